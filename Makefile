@@ -1,0 +1,35 @@
+# Every target creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench install install-scoring clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Slim install: control, llm and images workers (no torch).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# Adds the scoring extra (torch, transformers, open_clip) for the gpu workers.
+$(VENV)/.installed-scoring: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,scoring]"
+	touch $@
+
+install: $(VENV)/.installed
+install-scoring: $(VENV)/.installed-scoring
+
+demo: $(VENV)/.installed
+	$(BIN)/framefleet demo
+
+test: $(VENV)/.installed-scoring
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.pipeline_bench
+
+clean:
+	rm -rf $(VENV) output .pytest_cache

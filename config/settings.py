@@ -1,0 +1,81 @@
+"""One settings class for the whole fleet (env prefix ``FRAMEFLEET_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ScoreWeights(BaseModel):
+    """Weights of the overall score. PickScore leads: it predicts human preference best."""
+
+    model_config = {"extra": "forbid"}
+
+    pickscore: float = Field(0.5, ge=0)
+    clip_score: float = Field(0.25, ge=0)
+    aesthetic: float = Field(0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> "ScoreWeights":
+        if self.pickscore + self.clip_score + self.aesthetic <= 0:
+            raise ValueError("at least one score weight must be positive")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAMEFLEET_", extra="ignore", populate_by_name=True)
+
+    # Infrastructure. No broker URL means "embedded": `framefleet demo` starts its own Redis.
+    broker_url: str | None = None
+    result_backend: str | None = None
+    state_redis_url: str | None = None
+    store_url: str = "file://./output"
+    s3_endpoint_url: str | None = None
+    visibility_timeout_s: int = Field(3600, ge=60)
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+
+    # Providers per stage; `auto` picks the real one when its key or weights exist.
+    llm_provider: Literal["auto", "offline", "openai"] = "auto"
+    image_provider: Literal["auto", "offline", "replicate"] = "auto"
+    scorer: Literal["auto", "heuristic", "models"] = "auto"
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "FRAMEFLEET_OPENAI_API_KEY"))
+    replicate_api_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("REPLICATE_API_TOKEN", "FRAMEFLEET_REPLICATE_API_TOKEN")
+    )
+
+    # Pipeline defaults (each can be overridden per job).
+    num_variations: int = Field(4, ge=1, le=8)
+    max_enhancement_iterations: int = Field(4, ge=1, le=10)
+    score_threshold: float = Field(85.0, ge=0, le=100)
+    convergence_epsilon: float = Field(0.5, ge=0)
+    quality_threshold: float = Field(30.0, ge=0, le=100)
+    score_weights: ScoreWeights = ScoreWeights()
+    keep_traces: bool = False
+
+    # Request limits.
+    max_frames: int = Field(64, ge=1)
+    max_prompt_chars: int = Field(4000, ge=1)
+
+    # Offline providers: simulated latency and failures for tests and benchmarks.
+    offline_llm_latency_s: float = Field(0.0, ge=0)
+    offline_image_latency_s: float = Field(0.0, ge=0)
+    offline_image_failure_rate: float = Field(0.0, ge=0, le=1)
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @property
+    def backend_url(self) -> str | None:
+        return self.result_backend or self.broker_url
+
+    @property
+    def state_url(self) -> str | None:
+        return self.state_redis_url or self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

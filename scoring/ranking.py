@@ -1,0 +1,29 @@
+"""Overall score and ranking of a frame's variations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel
+
+from scoring.types import METRICS, MetricScores
+
+
+def overall_score(scores: MetricScores, weights: Mapping[str, float]) -> float | None:
+    """Weighted mean of the metrics that exist; a failed metric's weight goes to the others."""
+    present = {m: getattr(scores, m) for m in METRICS if getattr(scores, m) is not None and weights.get(m, 0) > 0}
+    total = sum(weights[m] for m in present)
+    if not present or total <= 0:
+        return None
+    return round(sum(weights[m] * value for m, value in present.items()) / total, 3)
+
+
+class Ranked(BaseModel):
+    index: int
+    overall: float
+    pickscore: float | None = None
+
+
+def rank_images_by_quality(candidates: list[Ranked]) -> list[Ranked]:
+    """Best first: by overall, ties broken by PickScore, then by the lower variation index."""
+    return sorted(candidates, key=lambda c: (-c.overall, -(c.pickscore if c.pickscore is not None else -1), c.index))

@@ -1,0 +1,29 @@
+"""What a scorer returns for one image: each metric on 0-100, or None where it failed."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from PIL import Image
+from pydantic import BaseModel
+
+METRICS = ("pickscore", "clip_score", "aesthetic")
+
+
+class MetricScores(BaseModel):
+    pickscore: float | None = None
+    clip_score: float | None = None
+    aesthetic: float | None = None
+    # Cosine similarity to each of the frame's input images (reference, previous frame).
+    consistency: list[float] | None = None
+
+
+class Scorer(Protocol):
+    """Load once (``setup``), then score a frame's images in one call (``score``)."""
+
+    name: str
+
+    def setup(self) -> None: ...
+
+    def score(self, prompt: str, images: list[Image.Image],
+              input_images: list[Image.Image] | None = None) -> list[MetricScores]: ...

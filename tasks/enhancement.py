@@ -1,0 +1,126 @@
+"""The two-agent prompt enhancement loop, independent of which LLM plays the agents.
+
+Agent 1 (Creative Director) rewrites the prompt; agent 2 (Prompt Engineer) scores it 0-100 on
+five dimensions and critiques it. The loop stops when the score reaches the threshold, when it
+stops improving by more than ``convergence_epsilon``, or at the iteration cap, and keeps the
+best-scoring prompt (not blindly the last one). Every round goes to the trace callback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Literal, Protocol
+
+from pydantic import BaseModel
+
+DIMENSIONS = ("completeness", "specificity", "professionalism", "cinematography", "brand_alignment")
+
+ORIGINAL_PROMPT_TRACE = "00_original_prompt.txt"
+FINAL_PROMPT_TRACE = "final_enhanced_prompt.txt"
+SUMMARY_TRACE = "prompt_trace_summary.json"
+GENERATION_TRACE = "generation_trace.json"
+
+
+def agent1_trace_name(iteration: int) -> str:
+    return f"{2 * iteration - 1:02d}_agent1_iteration_{iteration}.txt"
+
+
+def agent2_trace_name(iteration: int) -> str:
+    return f"{2 * iteration:02d}_agent2_iteration_{iteration}.txt"
+
+
+class Critique(BaseModel):
+    scores: dict[str, float]
+    overall: float
+    critique: str
+    missing: list[str] = []
+
+    def as_text(self) -> str:
+        lines = [f"Overall score: {self.overall:.1f}"]
+        lines += [f"{name}: {self.scores.get(name, 0):.1f}" for name in DIMENSIONS]
+        lines.append(f"Critique: {self.critique}")
+        return "\n".join(lines)
+
+
+class PromptAgents(Protocol):
+    name: str
+
+    def creative_director(self, original: str, current: str, critique: Critique | None) -> str: ...
+    def prompt_engineer(self, prompt: str) -> Critique: ...
+
+
+class Round(BaseModel):
+    iteration: int
+    prompt: str
+    critique: Critique
+    started: float
+    finished: float
+
+
+class EnhancementResult(BaseModel):
+    original_prompt: str
+    final_prompt: str
+    final_score: float
+    best_iteration: int
+    stop_reason: Literal["threshold", "converged", "max_iterations"]
+    rounds: list[Round]
+
+    def summary(self) -> dict:
+        return {
+            "original_prompt": self.original_prompt,
+            "final_prompt": self.final_prompt,
+            "final_score": self.final_score,
+            "best_iteration": self.best_iteration,
+            "iterations": len(self.rounds),
+            "stop_reason": self.stop_reason,
+            "rounds": [
+                {"iteration": r.iteration, "overall": r.critique.overall, "scores": r.critique.scores,
+                 "started": r.started, "finished": r.finished}
+                for r in self.rounds
+            ],
+        }
+
+
+TraceWriter = Callable[[str, str], None]
+
+
+def enhance_prompt_iterative(
+    prompt: str,
+    agents: PromptAgents,
+    *,
+    max_iterations: int,
+    score_threshold: float,
+    convergence_epsilon: float,
+    trace: TraceWriter = lambda name, text: None,
+) -> EnhancementResult:
+    trace(ORIGINAL_PROMPT_TRACE, prompt)
+    rounds: list[Round] = []
+    best: Round | None = None
+    current, critique = prompt, None
+    stop_reason: Literal["threshold", "converged", "max_iterations"] = "max_iterations"
+    for iteration in range(1, max_iterations + 1):
+        started = time.time()
+        candidate = agents.creative_director(prompt, current, critique)
+        trace(agent1_trace_name(iteration), candidate)
+        critique = agents.prompt_engineer(candidate)
+        trace(agent2_trace_name(iteration), critique.as_text())
+        this_round = Round(iteration=iteration, prompt=candidate, critique=critique, started=started,
+                           finished=time.time())
+        rounds.append(this_round)
+        improved = best is None or critique.overall > best.critique.overall + convergence_epsilon
+        if best is None or critique.overall > best.critique.overall:
+            best = this_round
+        if critique.overall >= score_threshold:
+            stop_reason = "threshold"
+            break
+        if not improved:
+            stop_reason = "converged"
+            break
+        current = candidate
+    assert best is not None  # max_iterations >= 1
+    result = EnhancementResult(original_prompt=prompt, final_prompt=best.prompt, final_score=best.critique.overall,
+                               best_iteration=best.iteration, stop_reason=stop_reason, rounds=rounds)
+    trace(FINAL_PROMPT_TRACE, result.final_prompt)
+    trace(SUMMARY_TRACE, json.dumps(result.summary(), indent=2))
+    return result

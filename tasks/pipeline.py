@@ -1,0 +1,334 @@
+"""The Celery tasks and the canvas that wires them into a job.
+
+  create ─ chord(enhance(frame) for every frame [llm]) → start_frames [control]
+  frame k: chord(generate_variation × n [images]) → score_variations [gpu] → select [control]
+  select stores frame k's selection, then enqueues frame k+1's chord, or finalize [control].
+
+Tasks are thin: parse the small JSON payload, call a plain function, write artifacts, return
+small JSON (artifact keys and numbers). No task waits on another task's result.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+from celery import chord
+from PIL import Image
+
+from config.settings import get_settings
+from scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
+from tasks.enhancement import GENERATION_TRACE, enhance_prompt_iterative
+from tasks.plan import build_frame_plan, resolve_inputs
+from tasks.records import Enhancement, FrameRecord, Manifest, JobTimings, Scores, Selection, VariationRecord
+from tasks.requests import RequestError, JobConfig, parse_request
+from tasks.state import JobSpec, JobState
+from workers.app import app
+from workers.bootstrap import process_scorer
+from workers.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
+from workers.providers.base import ImageRequest
+from workers.store import fleet_store
+
+log = logging.getLogger(__name__)
+
+ENHANCED, ORIGINAL = "enhanced", "original"  # which prompt a generation stage uses
+GENERATION_RETRY_DELAY_S = 1.0
+
+
+# Artifact keys: deterministic in (job, frame, stage, variation), so redelivery overwrites.
+def variation_key(job_id: str, frame: str, stage: str, index: int) -> str:
+    name = f"v{index}.png" if stage == ENHANCED else f"original_v{index}.png"
+    return f"jobs/{job_id}/variations/{frame}/{name}"
+
+
+def frame_key(job_id: str, frame: str) -> str:
+    return f"jobs/{job_id}/frames/{frame}.png"
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest.json"
+
+
+def trace_key(job_id: str, frame: str, name: str) -> str:
+    return f"traces/{job_id}/{frame}/{name}"
+
+
+def _decode(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+# Submission ------------------------------------------------------------------------------
+def submit_job(kind: str, payload) -> dict:
+    """Validate, store the job's spec, and enqueue the enhancement chord. Raises RequestError."""
+    settings = get_settings()
+    request = parse_request(kind, payload, settings)
+    plan = build_frame_plan(request)
+    store = fleet_store()
+    if plan.reference_image and not store.exists(plan.reference_image):
+        field = "reference_image" if kind == "storyboard" else "initial_reference_image"
+        raise RequestError(f"{field}: no artifact {plan.reference_image!r} in the store")
+    spec = JobSpec(
+        job_id=request.job_id, kind=kind, aspect_ratio=request.aspect_ratio,
+        config=JobConfig.resolve(settings, request.overrides), plan=plan,
+        providers={"llm": llm_provider_name(settings), "images": image_provider_name(settings)},
+        submitted=time.time(),
+    )
+    JobState(request.job_id).create(spec)
+    chord([enhance_prompt.si(request.job_id, f.name) for f in plan.frames],
+          start_frames.si(request.job_id)).apply_async()
+    return {"job_id": request.job_id, "frames": len(plan.frames)}
+
+
+@app.task(name="framefleet.storyboard.create")
+def create_storyboard(request) -> dict:
+    return submit_job("storyboard", request)
+
+
+@app.task(name="framefleet.references.create")
+def create_references(request) -> dict:
+    return submit_job("references", request)
+
+
+@app.task(name="framefleet.jobs.status")
+def job_status(job_id: str) -> dict:
+    return JobState(job_id).status().model_dump(mode="json")
+
+
+# Enhancement -----------------------------------------------------------------------------
+@app.task(name="framefleet.prompts.enhance")
+def enhance_prompt(job_id: str, frame: str) -> dict:
+    state = JobState(job_id)
+    record = state.frame(frame)
+    if record.enhanced_prompt is not None:  # redelivered: the paid work is done
+        return {"frame": frame, "fallback": record.enhancement.fallback}
+    spec, settings, store = state.spec(), get_settings(), fleet_store()
+    started = time.time()
+    try:
+        result = enhance_prompt_iterative(
+            record.original_prompt, prompt_agents(settings),
+            max_iterations=spec.config.max_enhancement_iterations, score_threshold=spec.config.score_threshold,
+            convergence_epsilon=spec.config.convergence_epsilon,
+            trace=lambda name, text: store.put(trace_key(job_id, frame, name), text.encode(), "text/plain"),
+        )
+        record.enhanced_prompt = result.final_prompt
+        record.enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
+    except Exception as error:  # any failure of the LLM stage takes the seeds' fallback
+        log.warning("enhancement failed for %s/%s: %s; using the original prompt", job_id, frame, error)
+        record.enhanced_prompt = record.original_prompt
+        record.enhancement = Enhancement(fallback=True, error=str(error))
+        record.fallbacks.append("enhancement failed: original prompt, single image")
+    record.timings.enhance = (started, time.time())
+    state.save_frame(record)
+    state.prompt_enhanced(spec.kind, len(spec.plan.frames))
+    return {"frame": frame, "fallback": record.enhancement.fallback}
+
+
+@app.task(name="framefleet.jobs.start_frames")
+def start_frames(job_id: str) -> None:
+    state = JobState(job_id)
+    if state.claim("start_frames"):
+        enqueue_frame(state, state.spec().plan.frames[0].name, ENHANCED)
+
+
+def enqueue_frame(state: JobState, frame: str, stage: str) -> None:
+    """Resolve the frame's input images from stored selections and enqueue its chord."""
+    spec = state.spec()
+    record = state.frame(frame)
+    record.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), state.selections())
+    state.save_frame(record)
+    single = stage == ORIGINAL or record.enhancement.fallback
+    count = 1 if single else spec.config.num_variations
+    frames = state.frames()
+    done = sum(f.status != "pending" for f in frames.values())
+    state.frame_stage(spec.kind, "generate", frame, done, len(frames))
+    header = [generate_variation.si(state.job_id, frame, stage, index) for index in range(1, count + 1)]
+    body = score_variations.s(state.job_id, frame) | select_variation.s(state.job_id, frame, stage)
+    chord(header, body).apply_async()
+
+
+# Generation (chord header: never raises for a provider failure) --------------------------
+@app.task(bind=True, name="framefleet.images.generate_variation", max_retries=1)
+def generate_variation(self, job_id: str, frame: str, stage: str, index: int) -> dict:
+    state, store = JobState(job_id), fleet_store()
+    stored = state.variation(frame, stage, index)
+    if stored is not None and stored.key and store.exists(stored.key):
+        return stored.model_dump(mode="json")  # redelivered: never pay for an image twice
+    spec, record = state.spec(), state.frame(frame)
+    prompt = record.enhanced_prompt if stage == ENHANCED else record.original_prompt
+    key = variation_key(job_id, frame, stage, index)
+    started = time.time()
+    try:
+        png = image_generator(get_settings()).generate(ImageRequest(
+            prompt=prompt, aspect_ratio=spec.aspect_ratio, variation=index, attempt=self.request.retries,
+            input_images=[store.get(k) for k in record.inputs],
+        ))
+        store.put(key, png, "image/png")
+    except Exception as error:  # provider or store failure: retry once, then a failure record
+        if self.request.retries < self.max_retries:
+            log.warning("variation %s of %s/%s failed (%s); retrying once", index, job_id, frame, error)
+            raise self.retry(exc=error, countdown=GENERATION_RETRY_DELAY_S)
+        log.warning("variation %s of %s/%s failed after a retry: %s", index, job_id, frame, error)
+        return VariationRecord(index=index, prompt_source=stage, error=str(error),
+                               timing=(started, time.time())).model_dump(mode="json")
+    result = VariationRecord(index=index, key=key, prompt_source=stage, timing=(started, time.time()))
+    state.save_variation(frame, stage, result)
+    return result.model_dump(mode="json")
+
+
+# Scoring (gpu) ---------------------------------------------------------------------------
+def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list[str], weights: dict) -> str:
+    """Score every generated variation of a frame in one batch; fills ``scores`` in place."""
+    store = fleet_store()
+    generated = [v for v in variations if v.key]
+    scorer = process_scorer()
+    metrics: list[MetricScores] = scorer.score(prompt, [_decode(store.get(v.key)) for v in generated],
+                                               [_decode(store.get(k)) for k in input_keys])
+    for variation, m in zip(generated, metrics, strict=True):
+        variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,
+                                  overall=overall_score(m, weights))
+    return scorer.name
+
+
+@app.task(name="framefleet.scoring.score_variations")
+def score_variations(results: list[dict], job_id: str, frame: str) -> dict:
+    state = JobState(job_id)
+    spec, record = state.spec(), state.frame(frame)
+    variations = [VariationRecord.model_validate(r) for r in results]
+    started = time.time()
+    scorer, error = None, None
+    if any(v.key for v in variations):
+        try:
+            scorer = score_frame(record.enhanced_prompt or record.original_prompt, variations, record.inputs,
+                                 spec.config.score_weights.model_dump())
+        except Exception as exc:  # the seeds' fallback: first generated image, unranked
+            log.warning("scoring failed for %s/%s: %s", job_id, frame, exc)
+            error = str(exc)
+    return {"variations": [v.model_dump(mode="json") for v in variations], "scorer": scorer, "error": error,
+            "timing": [started, time.time()]}
+
+
+# Selection (control) ---------------------------------------------------------------------
+def select_best_variation(variations: list[VariationRecord], scoring_error: str | None,
+                          fallbacks: list[str]) -> VariationRecord:
+    """Rank 1 of the scored variations; the seeds' fallbacks when scoring or ranking failed."""
+    generated = [v for v in variations if v.key]
+    if scoring_error is not None:
+        fallbacks.append("scoring failed: first generated image, unranked")
+        return generated[0]
+    scored = [v for v in generated if v.scores is not None and v.scores.overall is not None]
+    try:
+        ranked = rank_images_by_quality(
+            [Ranked(index=v.index, overall=v.scores.overall, pickscore=v.scores.pickscore) for v in scored])
+    except Exception as error:
+        log.warning("ranking failed: %s", error)
+        fallbacks.append("ranking failed: first scored image")
+        return (scored or generated)[0]
+    if not ranked:
+        fallbacks.append("ranking failed: no overall score, first generated image")
+        return generated[0]
+    by_index = {v.index: v for v in scored}
+    for rank, candidate in enumerate(ranked, start=1):
+        by_index[candidate.index].rank = rank
+    return by_index[ranked[0].index]
+
+
+@app.task(name="framefleet.frames.select")
+def select_variation(scored: dict, job_id: str, frame: str, stage: str) -> None:
+    state, store = JobState(job_id), fleet_store()
+    spec, record = state.spec(), state.frame(frame)
+    if record.status != "pending":  # redelivered after the selection was stored
+        advance(state, frame)
+        return
+    variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
+    record.variations = [v for v in record.variations if v.prompt_source != stage] + variations
+    record.timings.variations += [v.timing for v in variations if v.timing]
+    record.timings.score = tuple(scored["timing"])
+    record.scorer = scored["scorer"] or record.scorer
+    state.frame_stage(spec.kind, "score", frame, *_progress(state))
+    if not any(v.key for v in variations):
+        if stage == ENHANCED and not record.enhancement.fallback:
+            record.fallbacks.append("generation failed: one image with the original prompt")
+            state.save_frame(record)
+            if state.claim(f"original:{frame}"):
+                enqueue_frame(state, frame, ORIGINAL)
+            return
+        record.status = "failed"
+        record.fallbacks.append("generation failed: frame failed")
+        log.error("frame %s/%s failed: no image could be generated", job_id, frame)
+    else:
+        chosen = select_best_variation(variations, scored["error"], record.fallbacks)
+        store.put(frame_key(job_id, frame), store.get(chosen.key), "image/png")
+        overall = chosen.scores.overall if chosen.scores else None
+        record.selected = Selection(index=chosen.index, key=chosen.key, frame_key=frame_key(job_id, frame),
+                                    overall=overall)
+        record.status = "succeeded"
+        if overall is not None and overall < spec.config.quality_threshold:
+            warning = f"quality {overall:.1f} is below the threshold {spec.config.quality_threshold:.1f}"
+            record.warnings.append(warning)
+            log.warning("%s/%s: %s; keeping the image", job_id, frame, warning)
+        log.info("%s/%s selected v%s (overall %s)", job_id, frame, chosen.index, overall)
+    store.put(trace_key(job_id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
+              "application/json")
+    state.save_frame(record)
+    advance(state, frame)
+
+
+def _progress(state: JobState) -> tuple[int, int]:
+    frames = state.frames()
+    return sum(f.status != "pending" for f in frames.values()), len(frames)
+
+
+def advance(state: JobState, frame: str) -> None:
+    """Enqueue the next frame that can run (or finalize), once, after ``frame`` is settled."""
+    if not state.claim(f"advance:{frame}"):
+        return
+    spec = state.spec()
+    frames = state.frames()
+    failed_clips = {f.clip for f in frames.values() if f.status == "failed" and f.clip is not None}
+    for planned in spec.plan.frames[spec.plan.index_of(frame) + 1:]:
+        record = frames[planned.name]
+        if record.status != "pending":
+            continue
+        if spec.kind == "storyboard" and planned.clip in failed_clips:
+            # The clip's start frame failed: its end frame has nothing to end, go to the next clip.
+            record.status = "skipped"
+            record.fallbacks.append("skipped: an earlier frame of this clip failed")
+            state.save_frame(record)
+            continue
+        enqueue_frame(state, planned.name, ENHANCED)
+        return
+    finalize_job.delay(state.job_id)
+
+
+# Finalize (control) ----------------------------------------------------------------------
+def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: float) -> Manifest:
+    ordered = [frames[f.name] for f in spec.plan.frames]
+    succeeded = [f for f in ordered if f.status == "succeeded"]
+    status = "succeeded" if len(succeeded) == len(ordered) else ("partial" if succeeded else "failed")
+    return Manifest(
+        job_id=spec.job_id, kind=spec.kind, status=status,
+        scorer=", ".join(sorted({f.scorer for f in ordered if f.scorer})) or "none",
+        providers=spec.providers, config=spec.config.model_dump(mode="json"),
+        failed_clips=sorted({f.clip for f in ordered if f.status in ("failed", "skipped") and f.clip is not None}),
+        warnings=[f"{f.name}: {w}" for f in ordered for w in f.warnings + f.fallbacks],
+        timings=JobTimings(submitted=spec.submitted, finished=finished),
+        frames=ordered,
+    )
+
+
+@app.task(name="framefleet.jobs.finalize")
+def finalize_job(job_id: str) -> dict:
+    state, store = JobState(job_id), fleet_store()
+    spec = state.spec()
+    manifest = build_manifest(spec, state.frames(), time.time())
+    store.put(manifest_key(job_id), manifest.model_dump_json(indent=2).encode(), "application/json")
+    if not spec.config.keep_traces:
+        store.delete_prefix(f"traces/{job_id}")
+    for frame in manifest.frames:
+        log.info("%s/%s quality: %s", job_id, frame.name, frame.selected.overall if frame.selected else "no image")
+    state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0,
+                        frames_done=len(manifest.frames), manifest_key=manifest_key(job_id),
+                        message=f"Finished: {manifest.status}")
+    return {"job_id": job_id, "status": manifest.status, "manifest": manifest_key(job_id)}
+

@@ -1,0 +1,105 @@
+"""The records a job keeps: per-variation, per-frame, the status record and the manifest.
+
+These models are the manifest schema (README, "Manifest"): change them only additively.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Span = tuple[float, float]
+FrameStatus = Literal["pending", "succeeded", "failed", "skipped"]
+JobOutcome = Literal["succeeded", "partial", "failed", "cancelled"]
+
+
+class Scores(BaseModel):
+    pickscore: float | None = None
+    clip_score: float | None = None
+    aesthetic: float | None = None
+    overall: float | None = None
+
+
+class VariationRecord(BaseModel):
+    """What one generation task returns (the chord header result) and the manifest keeps."""
+
+    index: int
+    key: str | None = None
+    prompt_source: Literal["enhanced", "original"] = "enhanced"
+    scores: Scores | None = None
+    rank: int | None = None
+    error: str | None = None
+    timing: Span | None = None
+
+
+class Enhancement(BaseModel):
+    iterations: int = 0
+    final_score: float | None = None
+    fallback: bool = False
+    error: str | None = None
+
+
+class Selection(BaseModel):
+    index: int
+    key: str
+    frame_key: str
+    overall: float | None = None
+
+
+class FrameTimings(BaseModel):
+    enhance: Span | None = None
+    variations: list[Span] = []
+    score: Span | None = None
+
+
+class FrameRecord(BaseModel):
+    name: str
+    clip: int | None = None
+    status: FrameStatus = "pending"
+    inputs: list[str] = []
+    original_prompt: str
+    enhanced_prompt: str | None = None
+    enhancement: Enhancement = Enhancement()
+    variations: list[VariationRecord] = []
+    selected: Selection | None = None
+    scorer: str | None = None
+    warnings: list[str] = []
+    fallbacks: list[str] = []
+    timings: FrameTimings = FrameTimings()
+
+
+class JobTimings(BaseModel):
+    submitted: float
+    finished: float | None = None
+
+
+class Manifest(BaseModel):
+    job_id: str
+    kind: Literal["storyboard", "references"]
+    status: JobOutcome
+    scorer: str
+    providers: dict[str, str]
+    config: dict
+    failed_clips: list[int] = []
+    warnings: list[str] = []
+    timings: JobTimings
+    frames: list[FrameRecord]
+
+
+class JobStatus(BaseModel):
+    """The progress record a main app reads (Redis hash ``framefleet:job:{id}:status``)."""
+
+    job_id: str
+    kind: str
+    state: Literal["queued", "running", "done"] = "queued"
+    stage: str = "queued"
+    message: str = ""
+    percent: float = 0.0
+    prompts_enhanced: int = 0
+    frames_done: int = 0
+    frames_total: int = 0
+    current_frame: str | None = None
+    outcome: JobOutcome | None = None
+    manifest_key: str | None = None
+    updated_at: float = Field(default=0.0)

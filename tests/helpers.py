@@ -1,0 +1,54 @@
+"""Helpers shared by the integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+from PIL import Image
+
+from workers.store import ArtifactStore
+
+
+def png_bytes(colour=(200, 40, 40), size=(64, 36)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def run_job(app, kind: str, request: dict, store: ArtifactStore, timeout_s: float = 120.0):
+    """Submit by task name, wait for the status record to reach done, return (status, manifest)."""
+    from workers.client import submit_job, wait_for_job
+
+    job_id = submit_job(app, kind, request)
+    status = wait_for_job(job_id, timeout_s=timeout_s)
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    return status, manifest
+
+
+def storyboard_request(job_id: str, clips: int = 3, **extra) -> dict:
+    return {
+        "job_id": job_id,
+        "clips": [{"start_prompt": f"Clip {n} opens on a harbour at dawn",
+                   "end_prompt": f"Clip {n} closes on the lighthouse at night"} for n in range(1, clips + 1)],
+        **extra,
+    }
+
+
+def references_request(job_id: str, scenes: int = 3, **extra) -> dict:
+    return {
+        "job_id": job_id,
+        "scene_prompts": [f"Scene {n}: the keeper walks the cliff path" for n in range(1, scenes + 1)],
+        "consistency_markers": {"character": "grey-bearded keeper in a yellow coat"},
+        "continuity_notes": ["the storm is coming"] * scenes,
+        "consistency_guidelines": ["same coat in every scene"],
+        "transition_notes": ["cut on the lantern swing"] * (scenes - 1),
+        **extra,
+    }
+
+
+def unique_id(prefix: str) -> str:
+    return f"{prefix}-{int(time.time() * 1000) % 10**9}-{os.getpid()}"
+

@@ -1,0 +1,71 @@
+"""Selection fallbacks and the manifest schema (plain functions, no broker)."""
+
+import json
+
+from config.settings import Settings
+from tasks.pipeline import build_manifest, select_best_variation
+from tasks.plan import build_frame_plan
+from tasks.records import FrameRecord, Scores, Selection, VariationRecord
+from tasks.requests import JobConfig, JobOverrides, parse_request
+from tasks.state import JobSpec
+
+MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings",
+                 "frames"}
+FRAME_KEYS = {"name", "clip", "status", "inputs", "original_prompt", "enhanced_prompt", "enhancement", "variations",
+              "selected", "scorer", "warnings", "fallbacks", "timings"}
+
+
+def variation(index, overall=None, pickscore=None, key=True):
+    scores = Scores(overall=overall, pickscore=pickscore) if overall is not None else None
+    return VariationRecord(index=index, key=f"v{index}.png" if key else None, scores=scores,
+                           error=None if key else "failed")
+
+
+def test_selects_rank_one_and_ranks_every_scored_variation():
+    variations = [variation(1, 40, 10), variation(2, 90, 50), variation(3, key=False), variation(4, 90, 70)]
+    fallbacks = []
+    chosen = select_best_variation(variations, None, fallbacks)
+    assert chosen.index == 4 and fallbacks == []
+    assert [v.rank for v in variations] == [3, 2, None, 1]
+
+
+def test_scoring_failure_takes_the_first_generated_image_unranked():
+    variations = [variation(1, key=False), variation(2), variation(3)]
+    fallbacks = []
+    assert select_best_variation(variations, "CUDA out of memory", fallbacks).index == 2
+    assert fallbacks == ["scoring failed: first generated image, unranked"]
+    assert all(v.rank is None for v in variations)
+
+
+def spec(clips=2):
+    request = parse_request("storyboard", {"job_id": "j1", "clips": [{"start_prompt": "a", "end_prompt": "b"}] * clips})
+    return JobSpec(job_id="j1", kind="storyboard", aspect_ratio="16:9",
+                   config=JobConfig.resolve(Settings(), JobOverrides()), plan=build_frame_plan(request),
+                   providers={"llm": "offline", "images": "offline"}, submitted=1.0)
+
+
+def frames(statuses):
+    out = {}
+    for planned, status in zip(spec(2).plan.frames, statuses):
+        record = FrameRecord(name=planned.name, clip=planned.clip, original_prompt="a", status=status,
+                             scorer="heuristic")
+        if status == "succeeded":
+            record.selected = Selection(index=1, key="k", frame_key="f", overall=20.0)
+            record.warnings = ["quality 20.0 is below the threshold 30.0"]
+        out[planned.name] = record
+    return out
+
+
+def test_manifest_schema_and_outcomes():
+    manifest = build_manifest(spec(2), frames(["succeeded"] * 4), finished=2.0)
+    data = json.loads(manifest.model_dump_json())
+    assert set(data) == MANIFEST_KEYS and set(data["frames"][0]) == FRAME_KEYS
+    assert set(data["timings"]) == {"submitted", "finished"}
+    assert set(data["frames"][0]["timings"]) == {"enhance", "variations", "score"}
+    assert data["status"] == "succeeded" and data["failed_clips"] == [] and data["scorer"] == "heuristic"
+    assert data["warnings"][0] == "clip_001_start: quality 20.0 is below the threshold 30.0"
+
+    partial = build_manifest(spec(2), frames(["succeeded", "succeeded", "failed", "skipped"]), finished=2.0)
+    assert partial.status == "partial" and partial.failed_clips == [2]
+    failed = build_manifest(spec(2), frames(["failed", "skipped", "failed", "skipped"]), finished=2.0)
+    assert failed.status == "failed" and failed.failed_clips == [1, 2]

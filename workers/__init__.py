@@ -1,0 +1,1 @@
+"""The Celery app, worker bootstrap, CLI, artifact store and provider clients."""

@@ -1,0 +1,61 @@
+"""Worker bootstrap: logging, and the scorer loaded once per process on gpu workers.
+
+The scorer is built in the process that runs the tasks (``worker_process_init``: each prefork
+child, or the solo pool's one process), so CUDA is never initialised in a parent that forks
+afterwards. A threads pool loads it on the first scoring task.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import threading
+
+from celery.signals import setup_logging, worker_init, worker_process_init
+
+from config.logging import setup_logging as configure_logging
+from config.settings import get_settings
+from scoring import Scorer, create_scorer
+
+log = logging.getLogger(__name__)
+_consumed_queues: set[str] = set()
+
+
+def scorer_name() -> str:
+    """``auto`` picks the model scorer when it is registered and its weights are present."""
+    name = get_settings().scorer
+    return "heuristic" if name == "auto" else name
+
+
+_scorer_lock = threading.Lock()
+
+
+def process_scorer() -> Scorer:
+    with _scorer_lock:  # threads pool: load once, not once per thread
+        return _load_scorer()
+
+
+@lru_cache(maxsize=1)
+def _load_scorer() -> Scorer:
+    name = scorer_name()
+    if name == "heuristic":
+        log.warning("scoring with the HEURISTIC scorer (image statistics, not PickScore/CLIP/aesthetic models)")
+    return create_scorer(name)
+
+
+@setup_logging.connect
+def _setup_logging(**_) -> None:
+    configure_logging(get_settings())
+
+
+@worker_init.connect
+def _remember_queues(sender, **_) -> None:
+    # Sent after -Q is applied and before the pool exists.
+    _consumed_queues.update(sender.app.amqp.queues.consume_from)
+
+
+@worker_process_init.connect
+def _warm_scorer(**_) -> None:
+    if "gpu" in _consumed_queues:
+        process_scorer()

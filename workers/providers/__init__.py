@@ -1,0 +1,49 @@
+"""Provider registry: which LLM and image provider run, chosen by name from settings.
+
+``auto`` picks the real provider when its key is set and that provider is registered here,
+the offline one otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from config.settings import Settings
+from tasks.enhancement import PromptAgents
+from workers.providers.base import ImageGenerator
+from workers.providers.offline_images import OfflineImageGenerator
+from workers.providers.offline_llm import OfflinePromptAgents
+
+PROMPT_AGENTS: dict[str, Callable[[Settings], PromptAgents]] = {
+    "offline": lambda s: OfflinePromptAgents(latency_s=s.offline_llm_latency_s),
+}
+IMAGE_GENERATORS: dict[str, Callable[[Settings], ImageGenerator]] = {
+    "offline": lambda s: OfflineImageGenerator(latency_s=s.offline_image_latency_s,
+                                               failure_rate=s.offline_image_failure_rate),
+}
+
+
+def llm_provider_name(settings: Settings) -> str:
+    if settings.llm_provider == "auto":
+        return "openai" if settings.openai_api_key and "openai" in PROMPT_AGENTS else "offline"
+    return settings.llm_provider
+
+
+def image_provider_name(settings: Settings) -> str:
+    if settings.image_provider == "auto":
+        return "replicate" if settings.replicate_api_token and "replicate" in IMAGE_GENERATORS else "offline"
+    return settings.image_provider
+
+
+def _lookup(registry: dict, name: str, field: str):
+    if name not in registry:
+        raise ValueError(f"{field}: provider {name!r} is not available (have {sorted(registry)})")
+    return registry[name]
+
+
+def prompt_agents(settings: Settings) -> PromptAgents:
+    return _lookup(PROMPT_AGENTS, llm_provider_name(settings), "llm_provider")(settings)
+
+
+def image_generator(settings: Settings) -> ImageGenerator:
+    return _lookup(IMAGE_GENERATORS, image_provider_name(settings), "image_provider")(settings)

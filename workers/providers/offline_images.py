@@ -1,0 +1,82 @@
+"""Procedural image generator: the embedded default, no network and no key.
+
+Deterministic for (prompt, variation, input images). The newest input image shows through the
+background and every input appears as an inset thumbnail, so the chaining is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import time
+
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+from workers.providers.base import ImageGenerationError, ImageRequest
+
+LONG_SIDE = 512
+
+
+def canvas_size(aspect_ratio: str) -> tuple[int, int]:
+    w, h = (int(part) for part in aspect_ratio.split(":"))
+    if w >= h:
+        return LONG_SIDE, max(8, round(LONG_SIDE * h / w))
+    return max(8, round(LONG_SIDE * w / h)), LONG_SIDE
+
+
+def _seed(request: ImageRequest) -> int:
+    digest = hashlib.sha256(request.prompt.encode())
+    digest.update(str(request.variation).encode())
+    for image in request.input_images:
+        digest.update(hashlib.sha256(image).digest())
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+def _palette(prompt: str) -> list[tuple[int, int, int]]:
+    digest = hashlib.sha256(prompt.encode()).digest()
+    return [tuple(digest[i : i + 3]) for i in range(0, 18, 3)]  # type: ignore[misc]
+
+
+class OfflineImageGenerator:
+    name = "offline"
+
+    def __init__(self, latency_s: float = 0.0, failure_rate: float = 0.0):
+        self.latency_s = latency_s
+        self.failure_rate = failure_rate
+
+    def generate(self, request: ImageRequest) -> bytes:
+        time.sleep(self.latency_s)
+        seed = _seed(request)
+        if self.failure_rate and random.Random(seed + 7919 * request.attempt).random() < self.failure_rate:
+            raise ImageGenerationError(f"simulated provider failure (variation {request.variation})")
+        rng = random.Random(seed)
+        size = canvas_size(request.aspect_ratio)
+        palette = _palette(request.prompt)
+
+        gradient = Image.linear_gradient("L").resize(size).rotate(rng.choice((0, 90, 180, 270)))
+        image = Image.composite(Image.new("RGB", size, palette[0]), Image.new("RGB", size, palette[1]), gradient)
+        inputs = [ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB") for data in request.input_images]
+        if inputs:
+            image = Image.blend(image, ImageOps.fit(inputs[-1], size), 0.55)
+
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(4, 10)):
+            x, y = rng.randrange(size[0]), rng.randrange(size[1])
+            r = rng.randint(size[1] // 12, size[1] // 3)
+            colour = rng.choice(palette[2:])
+            if rng.random() < 0.5:
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+            else:
+                draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=colour)
+        image = image.filter(ImageFilter.GaussianBlur(rng.choice((0, 0, 1, 2, 4))))
+
+        thumb_h = size[1] // 5
+        for slot, source in enumerate(inputs):
+            thumb = ImageOps.fit(source, (thumb_h * size[0] // size[1], thumb_h))
+            x, y = 6 + slot * (thumb.width + 6), size[1] - thumb_h - 6
+            image.paste(ImageOps.expand(thumb, border=2, fill="white"), (x - 2, y - 2))
+
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
