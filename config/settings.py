@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scoring.weights import DEFAULT_SOURCES, ModelSources
+
 
 class ScoreWeights(BaseModel):
     """Weights of the overall score. PickScore leads: it predicts human preference best."""
@@ -17,10 +19,12 @@ class ScoreWeights(BaseModel):
     pickscore: float = Field(0.5, ge=0)
     clip_score: float = Field(0.25, ge=0)
     aesthetic: float = Field(0.25, ge=0)
+    # Similarity to the frame's input images; 0 = recorded in the manifest only.
+    consistency: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> "ScoreWeights":
-        if self.pickscore + self.clip_score + self.aesthetic <= 0:
+        if self.pickscore + self.clip_score + self.aesthetic + self.consistency <= 0:
             raise ValueError("at least one score weight must be positive")
         return self
 
@@ -41,6 +45,14 @@ class Settings(BaseSettings):
     llm_provider: Literal["auto", "offline", "openai"] = "auto"
     image_provider: Literal["auto", "offline", "replicate"] = "auto"
     scorer: Literal["auto", "heuristic", "models"] = "auto"
+    # Scoring models: hub id / open_clip name or tag / local path (see scoring/weights.py).
+    pickscore_model: str = DEFAULT_SOURCES["pickscore_model"]
+    pickscore_processor: str = DEFAULT_SOURCES["pickscore_processor"]
+    clip_model: str = DEFAULT_SOURCES["clip_model"]
+    clip_pretrained: str = DEFAULT_SOURCES["clip_pretrained"]
+    clip_quick_gelu: bool = False
+    aesthetic_weights: str = DEFAULT_SOURCES["aesthetic_weights"]
+    models_cache_dir: str | None = None
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "FRAMEFLEET_OPENAI_API_KEY"))
     replicate_api_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("REPLICATE_API_TOKEN", "FRAMEFLEET_REPLICATE_API_TOKEN")
@@ -66,6 +78,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    def model_sources(self) -> ModelSources:
+        return ModelSources(pickscore_model=self.pickscore_model, pickscore_processor=self.pickscore_processor,
+                            clip_model=self.clip_model, clip_pretrained=self.clip_pretrained,
+                            clip_quick_gelu=self.clip_quick_gelu, aesthetic_weights=self.aesthetic_weights,
+                            cache_dir=self.models_cache_dir)
 
     @property
     def backend_url(self) -> str | None:

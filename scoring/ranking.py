@@ -9,9 +9,17 @@ from pydantic import BaseModel
 from scoring.types import METRICS, MetricScores
 
 
+def metric_values(scores: MetricScores) -> dict[str, float]:
+    """The 0-100 metrics that exist; consistency counts as 100 · mean(max(cos, 0))."""
+    values = {m: getattr(scores, m) for m in METRICS if getattr(scores, m) is not None}
+    if scores.consistency:
+        values["consistency"] = 100.0 * sum(max(c, 0.0) for c in scores.consistency) / len(scores.consistency)
+    return values
+
+
 def overall_score(scores: MetricScores, weights: Mapping[str, float]) -> float | None:
     """Weighted mean of the metrics that exist; a failed metric's weight goes to the others."""
-    present = {m: getattr(scores, m) for m in METRICS if getattr(scores, m) is not None and weights.get(m, 0) > 0}
+    present = {m: v for m, v in metric_values(scores).items() if weights.get(m, 0) > 0}
     total = sum(weights[m] for m in present)
     if not present or total <= 0:
         return None

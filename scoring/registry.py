@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from scoring.heuristic import HeuristicScorer
 from scoring.types import Scorer
 
+
+def _model_scorer(**options) -> Scorer:
+    # Imported on demand: torch is only installed on gpu workers (the `scoring` extra).
+    return importlib.import_module("scoring.models").ModelScorer(**options)
+
+
 SCORERS: dict[str, Callable[..., Scorer]] = {
     "heuristic": HeuristicScorer,
+    "models": _model_scorer,
 }
 
 

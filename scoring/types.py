@@ -16,6 +16,8 @@ class MetricScores(BaseModel):
     aesthetic: float | None = None
     # Cosine similarity to each of the frame's input images (reference, previous frame).
     consistency: list[float] | None = None
+    pickscore_raw: float | None = None
+    errors: dict[str, str] = {}
 
 
 class Scorer(Protocol):

@@ -177,17 +177,24 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int) ->
 
 
 # Scoring (gpu) ---------------------------------------------------------------------------
-def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list[str], weights: dict) -> str:
-    """Score every generated variation of a frame in one batch; fills ``scores`` in place."""
+def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list[str],
+                weights: dict) -> tuple[str, list[str]]:
+    """Score every generated variation of a frame in one batch; fills ``scores`` in place.
+
+    Returns the scorer's name and a note per metric that failed (its weight went to the others).
+    """
     store = fleet_store()
     generated = [v for v in variations if v.key]
     scorer = process_scorer()
     metrics: list[MetricScores] = scorer.score(prompt, [_decode(store.get(v.key)) for v in generated],
                                                [_decode(store.get(k)) for k in input_keys])
+    notes: dict[str, str] = {}
     for variation, m in zip(generated, metrics, strict=True):
         variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,
-                                  overall=overall_score(m, weights))
-    return scorer.name
+                                  overall=overall_score(m, weights), consistency=m.consistency)
+        notes.update(m.errors)
+    return scorer.name, [f"{metric} failed ({why}); overall re-weighted over the other metrics"
+                         for metric, why in sorted(notes.items())]
 
 
 @app.task(name="framefleet.scoring.score_variations")
@@ -196,16 +203,16 @@ def score_variations(results: list[dict], job_id: str, frame: str) -> dict:
     spec, record = state.spec(), state.frame(frame)
     variations = [VariationRecord.model_validate(r) for r in results]
     started = time.time()
-    scorer, error = None, None
+    scorer, error, notes = None, None, []
     if any(v.key for v in variations):
         try:
-            scorer = score_frame(record.enhanced_prompt or record.original_prompt, variations, record.inputs,
-                                 spec.config.score_weights.model_dump())
+            scorer, notes = score_frame(record.enhanced_prompt or record.original_prompt, variations, record.inputs,
+                                        spec.config.score_weights.model_dump())
         except Exception as exc:  # the seeds' fallback: first generated image, unranked
             log.warning("scoring failed for %s/%s: %s", job_id, frame, exc)
             error = str(exc)
     return {"variations": [v.model_dump(mode="json") for v in variations], "scorer": scorer, "error": error,
-            "timing": [started, time.time()]}
+            "notes": notes, "timing": [started, time.time()]}
 
 
 # Selection (control) ---------------------------------------------------------------------
@@ -245,6 +252,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str) -> None:
     record.timings.variations += [v.timing for v in variations if v.timing]
     record.timings.score = tuple(scored["timing"])
     record.scorer = scored["scorer"] or record.scorer
+    record.warnings += scored.get("notes", [])
     state.frame_stage(spec.kind, "score", frame, *_progress(state))
     if not any(v.key for v in variations):
         if stage == ENHANCED and not record.enhancement.fallback:

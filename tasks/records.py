@@ -19,6 +19,7 @@ class Scores(BaseModel):
     clip_score: float | None = None
     aesthetic: float | None = None
     overall: float | None = None
+    consistency: list[float] | None = None  # cosine to each input image, in `inputs` order
 
 
 class VariationRecord(BaseModel):

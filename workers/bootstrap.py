@@ -7,25 +7,34 @@ afterwards. A threads pool loads it on the first scoring task.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from functools import lru_cache
-
 import threading
+from functools import lru_cache
 
 from celery.signals import setup_logging, worker_init, worker_process_init
 
 from config.logging import setup_logging as configure_logging
 from config.settings import get_settings
 from scoring import Scorer, create_scorer
+from scoring.weights import check_sources
 
 log = logging.getLogger(__name__)
 _consumed_queues: set[str] = set()
 
 
 def scorer_name() -> str:
-    """``auto`` picks the model scorer when it is registered and its weights are present."""
-    name = get_settings().scorer
-    return "heuristic" if name == "auto" else name
+    """``auto`` picks the model scorer when torch is installed and every model's weights are here."""
+    settings = get_settings()
+    if settings.scorer != "auto":
+        return settings.scorer
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("open_clip") is None:
+        log.warning("scorer auto: torch/open_clip not installed (the `scoring` extra)")
+        return "heuristic"
+    missing = {k: v for k, v in check_sources(settings.model_sources()).items() if v.startswith("missing")}
+    for model, why in missing.items():
+        log.warning("scorer auto: %s %s", model, why)
+    return "heuristic" if missing else "models"
 
 
 _scorer_lock = threading.Lock()
@@ -41,6 +50,8 @@ def _load_scorer() -> Scorer:
     name = scorer_name()
     if name == "heuristic":
         log.warning("scoring with the HEURISTIC scorer (image statistics, not PickScore/CLIP/aesthetic models)")
+    if name == "models":
+        return create_scorer(name, sources=get_settings().model_sources())
     return create_scorer(name)
 
 

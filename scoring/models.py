@@ -1,0 +1,151 @@
+"""The model scorer: PickScore, CLIP-Score, LAION aesthetic and input-image consistency.
+
+Mappings to 0-100 (README, "Scoring"):
+- PickScore: raw = logit_scale · cos(text, image) (typically 18-24), mapped by an absolute
+  logistic curve 100 / (1 + exp(-(raw - 21) / 1.5)): 18 → 12, 21 → 50, 24 → 88. It does not
+  depend on the other candidates, so four bad images stay bad (no softmax).
+- CLIP-Score (Hessel et al. 2021, capped): 100 · min(1, 2.5 · max(cos, 0)) with open_clip.
+- Aesthetic: the LAION improved aesthetic MLP on the same L2-normalised image embedding as
+  CLIP-Score; its 1-10 output is mapped linearly to 0-100 and clamped.
+- Consistency: cos(candidate embedding, input image embedding) per input image.
+Models run in half precision on a GPU; normalisation and dot products are done in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from PIL import Image
+from torch import nn
+
+from scoring.types import MetricScores
+from scoring.weights import ModelSources, clip_model_name, resolve_file, resolve_hf, resolve_open_clip
+
+log = logging.getLogger(__name__)
+
+CONTEXT_LENGTH = 77
+PICKSCORE_MIDPOINT, PICKSCORE_SCALE = 21.0, 1.5
+
+
+def pickscore_to_100(raw: float) -> float:
+    return 100.0 / (1.0 + math.exp(-(raw - PICKSCORE_MIDPOINT) / PICKSCORE_SCALE))
+
+
+def clip_score_to_100(cosine: float) -> float:
+    return 100.0 * min(1.0, 2.5 * max(cosine, 0.0))
+
+
+def aesthetic_to_100(rating: float) -> float:
+    return min(100.0, max(0.0, (rating - 1.0) / 9.0 * 100.0))
+
+
+class AestheticHead(nn.Module):
+    """LAION improved aesthetic predictor; layer indices match its state dict (layers.0/2/4/6/7)."""
+
+    def __init__(self, input_size: int = 768):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(input_size, 1024), nn.Dropout(0.2),
+            nn.Linear(1024, 128), nn.Dropout(0.2),
+            nn.Linear(128, 64), nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.layers(embedding)
+
+
+def load_aesthetic_head(path: str, device: str) -> AestheticHead:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    head = AestheticHead(input_size=state["layers.0.weight"].shape[1])
+    head.load_state_dict(state)
+    return head.to(device).eval()
+
+
+def projected(features) -> torch.Tensor:
+    """transformers 5 returns an output object whose pooler_output is the projected embedding."""
+    return features if isinstance(features, torch.Tensor) else features.pooler_output
+
+
+def normalised(x: torch.Tensor) -> torch.Tensor:
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+class ModelScorer:
+    name = "models"
+
+    def __init__(self, sources: ModelSources | None = None, device: str | None = None):
+        self.sources = sources or ModelSources()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+
+    def setup(self) -> None:
+        """Load all three models once; raises WeightsMissing when any is not on this machine."""
+        from transformers import AutoProcessor, CLIPModel
+        import open_clip
+
+        s = self.sources
+        self.pick_model = CLIPModel.from_pretrained(resolve_hf(s.pickscore_model, "pickscore_model"),
+                                                    local_files_only=True, dtype=self.dtype).to(self.device).eval()
+        self.pick_processor = AutoProcessor.from_pretrained(resolve_hf(s.pickscore_processor, "pickscore_processor"),
+                                                            local_files_only=True)
+        name = clip_model_name(s.clip_model)
+        weights, quick_gelu = resolve_open_clip(name, s.clip_pretrained, s.clip_quick_gelu)
+        self.clip_model, _, self.clip_preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, device=self.device, force_quick_gelu=quick_gelu,
+            precision="fp16" if self.dtype == torch.float16 else "fp32")
+        self.clip_model.eval()
+        self.clip_tokenizer = open_clip.get_tokenizer(name)
+        self.aesthetic = load_aesthetic_head(resolve_file(s.aesthetic_weights, s, "aesthetic_weights"), self.device)
+
+    @torch.inference_mode()
+    def pickscore_raw(self, prompt: str, images: list[Image.Image]) -> list[float]:
+        image_inputs = self.pick_processor(images=images, return_tensors="pt").to(self.device)
+        text_inputs = self.pick_processor(text=[prompt], padding=True, truncation=True, max_length=CONTEXT_LENGTH,
+                                          return_tensors="pt").to(self.device)
+        image_embeds = normalised(projected(self.pick_model.get_image_features(
+            pixel_values=image_inputs["pixel_values"].to(self.dtype))))
+        text_embeds = normalised(projected(self.pick_model.get_text_features(**text_inputs)))
+        scale = self.pick_model.logit_scale.float().exp()
+        return (scale * image_embeds @ text_embeds.T).squeeze(-1).tolist()
+
+    @torch.inference_mode()
+    def clip_embeddings(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.clip_preprocess(image) for image in images]).to(self.device, self.dtype)
+        return normalised(self.clip_model.encode_image(batch))
+
+    @torch.inference_mode()
+    def clip_text_embedding(self, prompt: str) -> torch.Tensor:
+        tokens = self.clip_tokenizer([prompt]).to(self.device)  # open_clip truncates to 77 tokens
+        return normalised(self.clip_model.encode_text(tokens))
+
+    @torch.inference_mode()
+    def score(self, prompt: str, images: list[Image.Image],
+              input_images: list[Image.Image] | None = None) -> list[MetricScores]:
+        results = [MetricScores() for _ in images]
+        try:
+            for result, raw in zip(results, self.pickscore_raw(prompt, images), strict=True):
+                result.pickscore = round(pickscore_to_100(raw), 4)
+                result.pickscore_raw = raw
+        except Exception as error:  # one metric failing must not lose the others
+            log.warning("PickScore failed: %s", error)
+            for result in results:
+                result.errors["pickscore"] = str(error)
+        try:
+            embeddings = self.clip_embeddings(images)
+            cosines = (embeddings @ self.clip_text_embedding(prompt).T).squeeze(-1).tolist()
+            ratings = self.aesthetic(embeddings).squeeze(-1).tolist()  # float32 head on float32 embeddings
+            consistency = (embeddings @ self.clip_embeddings(input_images).T).tolist() if input_images else None
+            for i, result in enumerate(results):
+                result.clip_score = round(clip_score_to_100(cosines[i]), 4)
+                result.aesthetic = round(aesthetic_to_100(ratings[i]), 4)
+                result.consistency = [round(c, 6) for c in consistency[i]] if consistency else None
+        except Exception as error:
+            log.warning("CLIP-Score/aesthetic failed: %s", error)
+            for result in results:
+                result.errors["clip_score"] = result.errors["aesthetic"] = str(error)
+        return results

@@ -1,0 +1,87 @@
+"""Tiny scoring models built locally (no downloads), saved the way the real weights are stored.
+
+- PickScore stand-in: a transformers CLIPModel with a tiny config and a tiny byte-level BPE
+  tokenizer, saved with save_pretrained (a local directory, like a hub snapshot).
+- CLIP: an open_clip model-config JSON (registered under its file stem) and a state-dict file.
+- Aesthetic: an MLP state dict with the LAION key names (layers.0/2/4/6/7).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from scoring.models import AestheticHead
+from scoring.weights import ModelSources
+
+EMBED_DIM = 16
+OPEN_CLIP_CONFIG = {
+    "embed_dim": EMBED_DIM,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def build_pickscore(directory: Path) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77,
+                     "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+                     "pad_token_id": vocab["<|endoftext|>"]},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        projection_dim=EMBED_DIM,
+    )
+    CLIPModel(config).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def build_open_clip(directory: Path) -> tuple[Path, Path]:
+    import open_clip
+
+    config = directory / "framefleet-tiny-clip.json"
+    config.write_text(json.dumps(OPEN_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(1)
+    model = open_clip.create_model("framefleet-tiny-clip")
+    weights = directory / "tiny-clip.pt"
+    torch.save(model.state_dict(), weights)
+    return config, weights
+
+
+def build_aesthetic(path: Path) -> Path:
+    torch.manual_seed(2)
+    torch.save(AestheticHead(input_size=EMBED_DIM).state_dict(), path)
+    return path
+
+
+def build_tiny_models(root: Path) -> ModelSources:
+    root.mkdir(parents=True, exist_ok=True)
+    pickscore = build_pickscore(root / "pickscore")
+    config, weights = build_open_clip(root)
+    aesthetic = build_aesthetic(root / "aesthetic.pth")
+    return ModelSources(pickscore_model=str(pickscore), pickscore_processor=str(pickscore),
+                        clip_model=str(config), clip_pretrained=str(weights), aesthetic_weights=str(aesthetic))
+
+
+def sources_env(sources: ModelSources) -> dict[str, str]:
+    """The FRAMEFLEET_ variables that point a worker at these models."""
+    return {"FRAMEFLEET_SCORER": "models", "FRAMEFLEET_PICKSCORE_MODEL": sources.pickscore_model,
+            "FRAMEFLEET_PICKSCORE_PROCESSOR": sources.pickscore_processor,
+            "FRAMEFLEET_CLIP_MODEL": sources.clip_model, "FRAMEFLEET_CLIP_PRETRAINED": sources.clip_pretrained,
+            "FRAMEFLEET_AESTHETIC_WEIGHTS": sources.aesthetic_weights}
