@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench install install-scoring clean
+.PHONY: demo test bench bench-scoring install install-scoring clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(VENV)/.installed-scoring
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.pipeline_bench
+
+bench-scoring: $(VENV)/.installed-scoring
+	$(BIN)/python -m tests.bench.scoring_bench
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

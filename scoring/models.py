@@ -83,6 +83,16 @@ class ModelScorer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
 
+    @classmethod
+    def from_loaded(cls, *, pick_model, pick_processor, clip_model, clip_preprocess, clip_tokenizer, aesthetic,
+                    device: str) -> "ModelScorer":
+        """A scorer around models already in memory (the benchmark's random full-size weights)."""
+        scorer = cls(device=device)
+        scorer.pick_model, scorer.pick_processor = pick_model, pick_processor
+        scorer.clip_model, scorer.clip_preprocess, scorer.clip_tokenizer = clip_model, clip_preprocess, clip_tokenizer
+        scorer.aesthetic = aesthetic
+        return scorer
+
     def setup(self) -> None:
         """Load all three models once; raises WeightsMissing when any is not on this machine."""
         from transformers import AutoProcessor, CLIPModel

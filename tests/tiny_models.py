@@ -24,15 +24,23 @@ OPEN_CLIP_CONFIG = {
 }
 
 
-def build_pickscore(directory: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+def build_pickscore_tokenizer():
+    """A byte-level BPE CLIP tokenizer with no merges: every byte is a token."""
+    from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def build_pickscore(directory: Path) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = build_pickscore_tokenizer()
+    vocab = tokenizer.get_vocab()
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
                                                                  crop_size={"height": 32, "width": 32}),
                               tokenizer=tokenizer)
