@@ -58,6 +58,26 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("REPLICATE_API_TOKEN", "FRAMEFLEET_REPLICATE_API_TOKEN")
     )
 
+    # OpenAI (OPENAI_BASE_URL, read by the official client, points it at any compatible server).
+    openai_model: str = "gpt-4o-mini"
+    openai_temperature: float = Field(0.7, ge=0, le=2)
+    openai_timeout_s: float = Field(60.0, gt=0)
+    openai_max_retries: int = Field(3, ge=0)
+    # Replicate (REPLICATE_BASE_URL, read by the official client, points it at a proxy).
+    replicate_model: str = "google/nano-banana"
+    replicate_prediction_timeout_s: float = Field(300.0, gt=0)
+    replicate_poll_interval_s: float = Field(1.0, gt=0)
+    replicate_http_timeout_s: float = Field(60.0, gt=0)
+    replicate_rate_limit: int = Field(60, ge=1)  # prediction creations per window, whole fleet
+    replicate_rate_window_s: float = Field(60.0, gt=0)
+    # Prices for the cost estimate in the manifest.
+    openai_usd_per_1m_prompt_tokens: float = 0.15
+    openai_usd_per_1m_completion_tokens: float = 0.60
+    replicate_usd_per_prediction: dict[str, float] = {
+        "google/nano-banana": 0.039, "bytedance/seedream-4": 0.03,
+        "black-forest-labs/flux-kontext-pro": 0.04, "black-forest-labs/flux-schnell": 0.003,
+    }
+
     # Pipeline defaults (each can be overridden per job).
     num_variations: int = Field(4, ge=1, le=8)
     max_enhancement_iterations: int = Field(4, ge=1, le=10)

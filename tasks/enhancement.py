@@ -56,6 +56,7 @@ class Round(BaseModel):
     critique: Critique
     started: float
     finished: float
+    usage: dict[str, int] = {}  # LLM calls and tokens of this round, where the agents count them
 
 
 class EnhancementResult(BaseModel):
@@ -76,7 +77,8 @@ class EnhancementResult(BaseModel):
             "stop_reason": self.stop_reason,
             "rounds": [
                 {"iteration": r.iteration, "overall": r.critique.overall, "scores": r.critique.scores,
-                 "started": r.started, "finished": r.finished}
+                 "started": r.started, "finished": r.finished, "seconds": round(r.finished - r.started, 3),
+                 "usage": r.usage}
                 for r in self.rounds
             ],
         }
@@ -101,12 +103,14 @@ def enhance_prompt_iterative(
     stop_reason: Literal["threshold", "converged", "max_iterations"] = "max_iterations"
     for iteration in range(1, max_iterations + 1):
         started = time.time()
+        usage_before = dict(getattr(agents, "usage", {}))
         candidate = agents.creative_director(prompt, current, critique)
         trace(agent1_trace_name(iteration), candidate)
         critique = agents.prompt_engineer(candidate)
         trace(agent2_trace_name(iteration), critique.as_text())
+        usage = {k: v - usage_before.get(k, 0) for k, v in getattr(agents, "usage", {}).items()}
         this_round = Round(iteration=iteration, prompt=candidate, critique=critique, started=started,
-                           finished=time.time())
+                           finished=time.time(), usage=usage)
         rounds.append(this_round)
         improved = best is None or critique.overall > best.critique.overall + convergence_epsilon
         if best is None or critique.overall > best.critique.overall:

@@ -10,6 +10,7 @@ small JSON (artifact keys and numbers). No task waits on another task's result.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -21,7 +22,8 @@ from config.settings import get_settings
 from scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
 from tasks.enhancement import GENERATION_TRACE, enhance_prompt_iterative
 from tasks.plan import build_frame_plan, resolve_inputs
-from tasks.records import Enhancement, FrameRecord, Manifest, JobTimings, Scores, Selection, VariationRecord
+from tasks.records import (Cost, Enhancement, FrameRecord, JobTimings, Manifest, Scores, Selection,
+                           VariationRecord)
 from tasks.requests import RequestError, JobConfig, parse_request
 from tasks.state import JobSpec, JobState
 from workers.app import app
@@ -40,6 +42,12 @@ GENERATION_RETRY_DELAY_S = 1.0
 def variation_key(job_id: str, frame: str, stage: str, index: int) -> str:
     name = f"v{index}.png" if stage == ENHANCED else f"original_v{index}.png"
     return f"jobs/{job_id}/variations/{frame}/{name}"
+
+
+def variation_seed(job_id: str, frame: str, stage: str, index: int, attempt: int) -> int:
+    """Different per variation (so 4 candidates are not copies), the same on redelivery."""
+    digest = hashlib.sha256(f"{job_id}/{frame}/{stage}/{index}/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31
 
 
 def frame_key(job_id: str, frame: str) -> str:
@@ -104,9 +112,11 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
         return {"frame": frame, "fallback": record.enhancement.fallback}
     spec, settings, store = state.spec(), get_settings(), fleet_store()
     started = time.time()
+    agents = None
     try:
+        agents = prompt_agents(settings)
         result = enhance_prompt_iterative(
-            record.original_prompt, prompt_agents(settings),
+            record.original_prompt, agents,
             max_iterations=spec.config.max_enhancement_iterations, score_threshold=spec.config.score_threshold,
             convergence_epsilon=spec.config.convergence_epsilon,
             trace=lambda name, text: store.put(trace_key(job_id, frame, name), text.encode(), "text/plain"),
@@ -119,6 +129,8 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
         record.enhancement = Enhancement(fallback=True, error=str(error))
         record.fallbacks.append("enhancement failed: original prompt, single image")
     record.timings.enhance = (started, time.time())
+    if getattr(agents, "usage", None):
+        state.add_costs(frame, **agents.usage)
     state.save_frame(record)
     state.prompt_enhanced(spec.kind, len(spec.plan.frames))
     return {"frame": frame, "fallback": record.enhancement.fallback}
@@ -158,12 +170,16 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int) ->
     prompt = record.enhanced_prompt if stage == ENHANCED else record.original_prompt
     key = variation_key(job_id, frame, stage, index)
     started = time.time()
+    attempt = self.request.retries
     try:
-        png = image_generator(get_settings()).generate(ImageRequest(
-            prompt=prompt, aspect_ratio=spec.aspect_ratio, variation=index, attempt=self.request.retries,
+        png = image_generator().generate(ImageRequest(
+            prompt=prompt, aspect_ratio=spec.aspect_ratio, variation=index, attempt=attempt,
+            seed=variation_seed(job_id, frame, stage, index, attempt), model=spec.config.image_model,
+            job_id=job_id, frame=frame, ledger_key=f"{key}#{attempt}",
             input_images=[store.get(k) for k in record.inputs],
         ))
         store.put(key, png, "image/png")
+        state.add_costs(frame, images_stored=1)
     except Exception as error:  # provider or store failure: retry once, then a failure record
         if self.request.retries < self.max_retries:
             log.warning("variation %s of %s/%s failed (%s); retrying once", index, job_id, frame, error)
@@ -310,7 +326,21 @@ def advance(state: JobState, frame: str) -> None:
 
 
 # Finalize (control) ----------------------------------------------------------------------
-def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: float) -> Manifest:
+def estimate_cost(spec: JobSpec, counters: dict[str, dict[str, int]], settings) -> Cost:
+    total = counters.get("total", {})
+    usd = 0.0
+    if spec.providers.get("llm") == "openai":
+        usd += total.get("prompt_tokens", 0) * settings.openai_usd_per_1m_prompt_tokens / 1e6
+        usd += total.get("completion_tokens", 0) * settings.openai_usd_per_1m_completion_tokens / 1e6
+    if spec.providers.get("images") == "replicate":
+        price = settings.replicate_usd_per_prediction.get(spec.config.image_model, 0.0)
+        usd += total.get("predictions_created", 0) * price
+    return Cost(frames={k: v for k, v in counters.items() if k != "total"}, total=total,
+                estimated_usd=round(usd, 6))
+
+
+def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: float,
+                   cost: Cost | None = None) -> Manifest:
     ordered = [frames[f.name] for f in spec.plan.frames]
     succeeded = [f for f in ordered if f.status == "succeeded"]
     status = "succeeded" if len(succeeded) == len(ordered) else ("partial" if succeeded else "failed")
@@ -322,6 +352,7 @@ def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: floa
         warnings=[f"{f.name}: {w}" for f in ordered for w in f.warnings + f.fallbacks],
         timings=JobTimings(submitted=spec.submitted, finished=finished),
         frames=ordered,
+        cost=cost or Cost(),
     )
 
 
@@ -329,7 +360,7 @@ def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: floa
 def finalize_job(job_id: str) -> dict:
     state, store = JobState(job_id), fleet_store()
     spec = state.spec()
-    manifest = build_manifest(spec, state.frames(), time.time())
+    manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()))
     store.put(manifest_key(job_id), manifest.model_dump_json(indent=2).encode(), "application/json")
     if not spec.config.keep_traces:
         store.delete_prefix(f"traces/{job_id}")

@@ -75,6 +75,14 @@ class JobTimings(BaseModel):
     finished: float | None = None
 
 
+class Cost(BaseModel):
+    """Counters per frame and for the job, and what they cost at the prices in settings."""
+
+    frames: dict[str, dict[str, int]] = {}
+    total: dict[str, int] = {}
+    estimated_usd: float = 0.0
+
+
 class Manifest(BaseModel):
     job_id: str
     kind: Literal["storyboard", "references"]
@@ -86,6 +94,7 @@ class Manifest(BaseModel):
     warnings: list[str] = []
     timings: JobTimings
     frames: list[FrameRecord]
+    cost: Cost = Cost()
 
 
 class JobStatus(BaseModel):

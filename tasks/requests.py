@@ -14,6 +14,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -70,6 +71,16 @@ class JobOverrides(BaseModel):
     quality_threshold: float | None = Field(None, ge=0, le=100)
     score_weights: ScoreWeights | None = None
     keep_traces: bool | None = None
+    image_model: str | None = Field(None, description="Replicate model; must have an adapter")
+
+    @field_validator("image_model")
+    @classmethod
+    def _known_image_model(cls, name: str | None) -> str | None:
+        from workers.providers.adapters import image_model_registry
+
+        if name is not None and name not in image_model_registry():
+            raise ValueError(f"no adapter for {name!r} (have {sorted(image_model_registry())})")
+        return name
 
 
 class JobConfig(BaseModel):
@@ -82,10 +93,12 @@ class JobConfig(BaseModel):
     quality_threshold: float
     score_weights: ScoreWeights
     keep_traces: bool
+    image_model: str
 
     @classmethod
     def resolve(cls, settings: Settings, overrides: JobOverrides) -> "JobConfig":
-        fields = {name: getattr(settings, name) for name in cls.model_fields}
+        fields = {name: getattr(settings, name) for name in cls.model_fields if name != "image_model"}
+        fields["image_model"] = settings.replicate_model
         fields.update(overrides.model_dump(exclude_none=True))
         return cls.model_validate(fields)
 

@@ -7,6 +7,8 @@ Keys (all expire after ``job_ttl_s``):
   framefleet:job:{id}:status      hash, the JobStatus fields (what a main app reads)
   framefleet:job:{id}:history     list of "stage: message" lines, in the order they happened
   framefleet:job:{id}:once:{step} markers that make "enqueue the next step" happen once
+  framefleet:job:{id}:cost        hash "{frame}:{counter}" and "total:{counter}" → int
+  framefleet:job:{id}:predictions hash "{variation key}#{attempt}" → Replicate prediction id
 """
 
 from __future__ import annotations
@@ -125,6 +127,39 @@ class JobState:
     def claim(self, step: str) -> bool:
         """True for the first caller only: a redelivered task must not enqueue a step twice."""
         return bool(self.r.set(_key(self.job_id, f"once:{step}"), "1", nx=True, ex=self.ttl))
+
+    # cost ledger ------------------------------------------------------------------------
+    def add_costs(self, frame: str, **counts: int) -> None:
+        name = _key(self.job_id, "cost")
+        pipe = self.r.pipeline()
+        for counter, value in counts.items():
+            pipe.hincrby(name, f"{frame}:{counter}", value)
+            pipe.hincrby(name, f"total:{counter}", value)
+        pipe.expire(name, self.ttl)
+        pipe.execute()
+
+    def costs(self) -> dict[str, dict[str, int]]:
+        """{frame or "total": {counter: value}}."""
+        out: dict[str, dict[str, int]] = {}
+        for field, value in self.r.hgetall(_key(self.job_id, "cost")).items():
+            owner, counter = field.rsplit(":", 1)
+            out.setdefault(owner, {})[counter] = int(value)
+        return out
+
+    # paid predictions ---------------------------------------------------------------------
+    def prediction_id(self, ledger_key: str) -> str | None:
+        return self.r.hget(_key(self.job_id, "predictions"), ledger_key)
+
+    def record_prediction(self, ledger_key: str, prediction_id: str) -> str:
+        """Record a prediction id; returns the id already recorded if another delivery won."""
+        name = _key(self.job_id, "predictions")
+        if self.r.hsetnx(name, ledger_key, prediction_id):
+            self.r.expire(name, self.ttl)
+            return prediction_id
+        return self.r.hget(name, ledger_key)
+
+    def predictions(self) -> dict[str, str]:
+        return self.r.hgetall(_key(self.job_id, "predictions"))
 
     # status -----------------------------------------------------------------------------
     def status(self) -> JobStatus:

@@ -6,20 +6,35 @@ the offline one otherwise.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
-from config.settings import Settings
+from config.settings import Settings, get_settings
 from tasks.enhancement import PromptAgents
 from workers.providers.base import ImageGenerator
 from workers.providers.offline_images import OfflineImageGenerator
 from workers.providers.offline_llm import OfflinePromptAgents
 
+def _openai(settings: Settings) -> PromptAgents:
+    from workers.providers.openai_llm import OpenAIPromptAgents
+
+    return OpenAIPromptAgents(settings)
+
+
+def _replicate(settings: Settings) -> ImageGenerator:
+    from workers.providers.replicate_images import ReplicateImageGenerator
+
+    return ReplicateImageGenerator(settings)
+
+
 PROMPT_AGENTS: dict[str, Callable[[Settings], PromptAgents]] = {
     "offline": lambda s: OfflinePromptAgents(latency_s=s.offline_llm_latency_s),
+    "openai": _openai,
 }
 IMAGE_GENERATORS: dict[str, Callable[[Settings], ImageGenerator]] = {
     "offline": lambda s: OfflineImageGenerator(latency_s=s.offline_image_latency_s,
                                                failure_rate=s.offline_image_failure_rate),
+    "replicate": _replicate,
 }
 
 
@@ -42,8 +57,12 @@ def _lookup(registry: dict, name: str, field: str):
 
 
 def prompt_agents(settings: Settings) -> PromptAgents:
+    """New agents per enhancement: they count the tokens of that one frame."""
     return _lookup(PROMPT_AGENTS, llm_provider_name(settings), "llm_provider")(settings)
 
 
-def image_generator(settings: Settings) -> ImageGenerator:
+@lru_cache(maxsize=1)
+def image_generator() -> ImageGenerator:
+    """One per worker process (shares the HTTP connection pool across threads)."""
+    settings = get_settings()
     return _lookup(IMAGE_GENERATORS, image_provider_name(settings), "image_provider")(settings)

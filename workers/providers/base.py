@@ -17,6 +17,12 @@ class ImageRequest(BaseModel):
     input_images: list[bytes] = []
     variation: int
     attempt: int = 0
+    seed: int = 0
+    model: str | None = None  # the job's image model (real providers)
+    job_id: str | None = None
+    frame: str | None = None
+    # Names this paid call: a redelivered task with the same key resumes the same prediction.
+    ledger_key: str | None = None
 
 
 class ImageGenerator(Protocol):
