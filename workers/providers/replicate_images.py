@@ -57,7 +57,7 @@ def _wait(state: RetryCallState) -> float:
     error = state.outcome.exception() if state.outcome else None
     if isinstance(error, RateLimited) and error.retry_after is not None:
         return error.retry_after
-    return wait_exponential_jitter(initial=0.5, max=30)(state)
+    return wait_exponential_jitter(multiplier=0.5, max=30)(state)
 
 
 provider_retry = retry(retry=retry_if_exception(_transient), wait=_wait, stop=stop_after_attempt(5), reraise=True)

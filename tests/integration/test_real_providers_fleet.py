@@ -1,0 +1,83 @@
+"""Whole jobs with both real providers (official clients) against the local API stand-ins."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.pipeline import variation_seed
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.replicate_api import FakeReplicate
+from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
+from workers.store import open_store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, start_fleet):
+    root = tmp_path_factory.mktemp("artifacts-real")
+    with FakeOpenAI() as openai_api, FakeReplicate() as replicate_api:
+        start_fleet({
+            "FRAMEFLEET_STORE_URL": f"file://{root}",
+            "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_api.base_url,
+            "REPLICATE_API_TOKEN": "r8-test", "REPLICATE_BASE_URL": replicate_api.base_url,
+            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "0.05", "FRAMEFLEET_SCORER": "heuristic",
+        })
+        yield open_store(f"file://{root}"), openai_api, replicate_api
+
+
+def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
+    store, openai_api, replicate_api = services
+    job_id = unique_id("real")
+    reference = f"uploads/{job_id}/reference.png"
+    store.put(reference, png_bytes((10, 200, 10)))
+    before = len(replicate_api.creations)
+    status, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 2, reference_image=reference),
+                               store)
+    assert status.outcome == "succeeded"
+    assert manifest["providers"] == {"llm": "openai", "images": "replicate"}
+    creations = replicate_api.creations[before:]
+    assert len(creations) == 16 and {c["model"] for c in creations} == {"google/nano-banana"}
+    frames = {f["name"]: f for f in manifest["frames"]}
+    for frame in frames.values():
+        assert frame["enhanced_prompt"].endswith(" refined refined")  # two rounds: 75, then 90 ≥ 85
+        assert frame["enhancement"] == {"iterations": 2, "final_score": 90.0, "fallback": False, "error": None}
+        assert len(frame["variations"]) == 4 and all(v["key"] for v in frame["variations"])
+    # clip 2's start frame: the model's image_input carries the reference and clip 1's end frame.
+    clip2 = [c for c in creations if c["input"]["prompt"] == frames["clip_002_start"]["enhanced_prompt"]]
+    assert len(clip2) == 4
+    for creation in clip2:
+        sent = [replicate_api.file_bytes(url) for url in creation["input"]["image_input"]]
+        assert sent == [store.get(reference), store.get(f"jobs/{job_id}/frames/clip_001_end.png")]
+        assert creation["input"]["aspect_ratio"] == "16:9"
+    cost = manifest["cost"]
+    assert cost["total"] == {"llm_calls": 16, "prompt_tokens": 1600, "completion_tokens": 320,
+                             "predictions_created": 16, "images_stored": 16}
+    assert cost["frames"]["clip_001_start"]["predictions_created"] == 4
+    assert cost["estimated_usd"] == pytest.approx(16 * 0.039 + 1600 * 0.15e-6 + 320 * 0.6e-6)
+    assert all(r["auth"] == "Bearer sk-test" for r in openai_api.requests)
+
+
+def test_a_failed_prediction_among_four_is_a_failure_record_for_that_variation(celery_app, services):
+    store, _, replicate_api = services
+    job_id = unique_id("nsfw")
+    frame = "clip_001_start"
+    replicate_api.fail_seeds = {variation_seed(job_id, frame, "enhanced", 2, attempt) for attempt in (0, 1)}
+    request = storyboard_request(job_id, 1, overrides={"image_model": "bytedance/seedream-4"})
+    status, manifest = run_job(celery_app, "storyboard", request, store)
+    assert status.outcome == "succeeded"
+    first = manifest["frames"][0]
+    by_index = {v["index"]: v for v in first["variations"]}
+    assert "NSFW" in by_index[2]["error"] and by_index[2]["key"] is None and by_index[2]["rank"] is None
+    assert all(by_index[i]["key"] and by_index[i]["error"] is None for i in (1, 3, 4))
+    assert first["selected"]["index"] != 2
+    assert manifest["cost"]["frames"][frame]["predictions_created"] == 5  # 4 + the one retry
+
+
+def test_unknown_image_model_is_refused_naming_the_field(celery_app, services):
+    from tasks.requests import RequestError
+    from workers.client import submit_job
+
+    with pytest.raises(RequestError, match="overrides.image_model"):
+        submit_job(celery_app, "storyboard", storyboard_request(unique_id("badmodel"), 1,
+                                                                overrides={"image_model": "acme/nothing"}))
