@@ -12,6 +12,9 @@ TASK_QUEUES = {
     "framefleet.references.create": "control",
     "framefleet.jobs.start_frames": "control",
     "framefleet.jobs.status": "control",
+    "framefleet.jobs.resume": "control",
+    "framefleet.jobs.cancel": "control",
+    "framefleet.jobs.watchdog": "control",
     "framefleet.jobs.finalize": "control",
     "framefleet.frames.select": "control",
     "framefleet.prompts.enhance": "llm",
@@ -50,4 +53,8 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "result_expires": settings.job_ttl_s,
         "worker_hijack_root_logger": False,
+        # Run one beat per fleet (`celery -A workers.app beat`, or `-B` on one control worker).
+        "beat_schedule": {
+            "framefleet-watchdog": {"task": "framefleet.jobs.watchdog", "schedule": settings.watchdog_interval_s},
+        },
     }

@@ -38,7 +38,13 @@ class Settings(BaseSettings):
     state_redis_url: str | None = None
     store_url: str = "file://./output"
     s3_endpoint_url: str | None = None
-    visibility_timeout_s: int = Field(3600, ge=60)
+    # Redis redelivers an unacknowledged task after this; it must exceed the slowest task.
+    visibility_timeout_s: int = Field(3600, ge=1)
+    # The watchdog re-drives a job whose status has not moved for this long.
+    stall_after_s: float = Field(900.0, gt=0)
+    watchdog_interval_s: float = Field(30.0, gt=0)
+    s3_server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+    s3_sse_kms_key_id: str | None = None
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
     # Providers per stage; `auto` picks the real one when its key or weights exist.
@@ -90,11 +96,21 @@ class Settings(BaseSettings):
     # Request limits.
     max_frames: int = Field(64, ge=1)
     max_prompt_chars: int = Field(4000, ge=1)
+    # Reference images: decoded with a pixel cap and a format allow-list; URLs fetched with a
+    # size cap and timeout, never to loopback/private/link-local/metadata addresses unless the
+    # host is allowed here.
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_bytes: int = Field(20_000_000, ge=1)
+    image_formats: list[str] = ["PNG", "JPEG", "WEBP"]
+    reference_url_timeout_s: float = Field(10.0, gt=0)
+    reference_url_allowed_hosts: list[str] = []
 
     # Offline providers: simulated latency and failures for tests and benchmarks.
     offline_llm_latency_s: float = Field(0.0, ge=0)
     offline_image_latency_s: float = Field(0.0, ge=0)
     offline_image_failure_rate: float = Field(0.0, ge=0, le=1)
+    # Fault drills: make a stage fail on purpose ("enhancement", "scoring", "ranking").
+    inject_faults: set[Literal["enhancement", "scoring", "ranking"]] = set()
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -95,6 +95,7 @@ def enhance_prompt_iterative(
     score_threshold: float,
     convergence_epsilon: float,
     trace: TraceWriter = lambda name, text: None,
+    check_cancelled: Callable[[], None] = lambda: None,
 ) -> EnhancementResult:
     trace(ORIGINAL_PROMPT_TRACE, prompt)
     rounds: list[Round] = []
@@ -102,6 +103,7 @@ def enhance_prompt_iterative(
     current, critique = prompt, None
     stop_reason: Literal["threshold", "converged", "max_iterations"] = "max_iterations"
     for iteration in range(1, max_iterations + 1):
+        check_cancelled()  # raises when the job was cancelled: no paid round after a cancel
         started = time.time()
         usage_before = dict(getattr(agents, "usage", {}))
         candidate = agents.creative_director(prompt, current, critique)

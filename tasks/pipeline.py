@@ -24,12 +24,13 @@ from tasks.enhancement import GENERATION_TRACE, enhance_prompt_iterative
 from tasks.plan import build_frame_plan, resolve_inputs
 from tasks.records import (Cost, Enhancement, FrameRecord, JobTimings, Manifest, Scores, Selection,
                            VariationRecord)
-from tasks.requests import RequestError, JobConfig, parse_request
-from tasks.state import JobSpec, JobState
+from tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
+from tasks.state import JobExists, JobSpec, JobState, active_jobs
 from workers.app import app
 from workers.bootstrap import process_scorer
 from workers.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
 from workers.providers.base import ImageRequest
+from workers.inputs import fetch_url, is_url, normalise_image
 from workers.store import fleet_store
 
 log = logging.getLogger(__name__)
@@ -66,25 +67,67 @@ def _decode(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-# Submission ------------------------------------------------------------------------------
+class JobCancelled(Exception):
+    pass
+
+
+def _raise_if_cancelled(state: JobState) -> None:
+    if state.cancelled():
+        raise JobCancelled(state.job_id)
+
+
+def reference_key(job_id: str) -> str:
+    return f"jobs/{job_id}/inputs/reference.png"
+
+
+def load_reference(source: str, field: str, settings) -> bytes:
+    """The reference image as validated PNG bytes, from a store key or an http(s) URL."""
+    if is_url(source):
+        return normalise_image(fetch_url(source, field, settings), field, settings)
+    try:
+        return normalise_image(fleet_store().get(source), field, settings)
+    except KeyError:
+        raise RequestError(f"{field}: no artifact {source!r} in the store") from None
+
+
+def _send(state: JobState, header: list, body) -> None:
+    """Enqueue chord(header, body), remembering its task ids so a cancel can revoke them."""
+    ids = [signature.freeze().id for signature in header]
+    result = body.freeze()
+    while result is not None:  # a chain body: its last task's result links back to the first
+        ids.append(result.id)
+        result = result.parent
+    state.add_task_ids(ids)
+    chord(header, body).apply_async()
+
+
 def submit_job(kind: str, payload) -> dict:
-    """Validate, store the job's spec, and enqueue the enhancement chord. Raises RequestError."""
+    """Validate everything, then store the spec and enqueue the enhancement chord.
+
+    Bad input raises RequestError naming the field before anything is written or enqueued.
+    """
     settings = get_settings()
     request = parse_request(kind, payload, settings)
+    state = JobState(request.job_id)
+    if state.exists():
+        raise JobExists(f"job_id: a job {request.job_id!r} already exists")
+    field = REFERENCE_FIELDS[kind]
+    source = getattr(request, field)
+    reference_png = load_reference(source, field, settings) if source else None
+    if reference_png is not None:
+        request = request.model_copy(update={field: reference_key(request.job_id)})
     plan = build_frame_plan(request)
-    store = fleet_store()
-    if plan.reference_image and not store.exists(plan.reference_image):
-        field = "reference_image" if kind == "storyboard" else "initial_reference_image"
-        raise RequestError(f"{field}: no artifact {plan.reference_image!r} in the store")
     spec = JobSpec(
         job_id=request.job_id, kind=kind, aspect_ratio=request.aspect_ratio,
         config=JobConfig.resolve(settings, request.overrides), plan=plan,
         providers={"llm": llm_provider_name(settings), "images": image_provider_name(settings)},
         submitted=time.time(),
     )
-    JobState(request.job_id).create(spec)
-    chord([enhance_prompt.si(request.job_id, f.name) for f in plan.frames],
-          start_frames.si(request.job_id)).apply_async()
+    state.create(spec)
+    if reference_png is not None:
+        fleet_store().put(reference_key(request.job_id), reference_png, "image/png")
+    state.set_active(True)
+    _send(state, [enhance_prompt.si(request.job_id, f.name) for f in plan.frames], start_frames.si(request.job_id))
     return {"job_id": request.job_id, "frames": len(plan.frames)}
 
 
@@ -114,15 +157,20 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
     started = time.time()
     agents = None
     try:
+        if "enhancement" in settings.inject_faults:
+            raise RuntimeError("injected fault: enhancement")
         agents = prompt_agents(settings)
         result = enhance_prompt_iterative(
             record.original_prompt, agents,
             max_iterations=spec.config.max_enhancement_iterations, score_threshold=spec.config.score_threshold,
             convergence_epsilon=spec.config.convergence_epsilon,
             trace=lambda name, text: store.put(trace_key(job_id, frame, name), text.encode(), "text/plain"),
+            check_cancelled=lambda: _raise_if_cancelled(state),
         )
         record.enhanced_prompt = result.final_prompt
         record.enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
+    except JobCancelled:
+        return {"frame": frame, "cancelled": True}
     except Exception as error:  # any failure of the LLM stage takes the seeds' fallback
         log.warning("enhancement failed for %s/%s: %s; using the original prompt", job_id, frame, error)
         record.enhanced_prompt = record.original_prompt
@@ -137,10 +185,39 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
 
 
 @app.task(name="framefleet.jobs.start_frames")
-def start_frames(job_id: str) -> None:
+def start_frames(job_id: str, resumed: bool = False) -> None:
     state = JobState(job_id)
-    if state.claim("start_frames"):
-        enqueue_frame(state, state.spec().plan.frames[0].name, ENHANCED)
+    if not state.cancelled() and (resumed or state.claim("start_frames")):
+        continue_frames(state)
+
+
+def continue_frames(state: JobState) -> str:
+    """Enqueue the first frame without a stored selection (or finalize). Safe to repeat."""
+    spec, frames = state.spec(), state.frames()
+    for planned in spec.plan.frames:
+        record = frames[planned.name]
+        if record.status == "pending":
+            original = "generation failed: one image with the original prompt" in record.fallbacks
+            enqueue_frame(state, planned.name, ORIGINAL if original else ENHANCED)
+            return planned.name
+    finalize_job.delay(state.job_id)
+    return "finalize"
+
+
+def resume(state: JobState) -> str:
+    """Continue a job from its stored state: missing enhancements first, then the first open frame."""
+    status = state.status()
+    if status.state == "done" or state.cancelled():
+        return "nothing to do"
+    spec, frames = state.spec(), state.frames()
+    state.set_active(True)
+    state.update_status(message=f"Resumed at {status.stage}")
+    missing = [f.name for f in spec.plan.frames if frames[f.name].enhanced_prompt is None]
+    if missing:
+        _send(state, [enhance_prompt.si(state.job_id, name) for name in missing],
+              start_frames.si(state.job_id, True))
+        return "enhance"
+    return continue_frames(state)
 
 
 def enqueue_frame(state: JobState, frame: str, stage: str) -> None:
@@ -156,7 +233,7 @@ def enqueue_frame(state: JobState, frame: str, stage: str) -> None:
     state.frame_stage(spec.kind, "generate", frame, done, len(frames))
     header = [generate_variation.si(state.job_id, frame, stage, index) for index in range(1, count + 1)]
     body = score_variations.s(state.job_id, frame) | select_variation.s(state.job_id, frame, stage)
-    chord(header, body).apply_async()
+    _send(state, header, body)
 
 
 # Generation (chord header: never raises for a provider failure) --------------------------
@@ -166,6 +243,8 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int) ->
     stored = state.variation(frame, stage, index)
     if stored is not None and stored.key and store.exists(stored.key):
         return stored.model_dump(mode="json")  # redelivered: never pay for an image twice
+    if state.cancelled():  # checked before any paid call
+        return VariationRecord(index=index, prompt_source=stage, error="cancelled").model_dump(mode="json")
     spec, record = state.spec(), state.frame(frame)
     prompt = record.enhanced_prompt if stage == ENHANCED else record.original_prompt
     key = variation_key(job_id, frame, stage, index)
@@ -201,6 +280,8 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
     """
     store = fleet_store()
     generated = [v for v in variations if v.key]
+    if "scoring" in get_settings().inject_faults:
+        raise RuntimeError("injected fault: scoring")
     scorer = process_scorer()
     metrics: list[MetricScores] = scorer.score(prompt, [_decode(store.get(v.key)) for v in generated],
                                                [_decode(store.get(k)) for k in input_keys])
@@ -220,7 +301,7 @@ def score_variations(results: list[dict], job_id: str, frame: str) -> dict:
     variations = [VariationRecord.model_validate(r) for r in results]
     started = time.time()
     scorer, error, notes = None, None, []
-    if any(v.key for v in variations):
+    if any(v.key for v in variations) and not state.cancelled():
         try:
             scorer, notes = score_frame(record.enhanced_prompt or record.original_prompt, variations, record.inputs,
                                         spec.config.score_weights.model_dump())
@@ -241,6 +322,8 @@ def select_best_variation(variations: list[VariationRecord], scoring_error: str 
         return generated[0]
     scored = [v for v in generated if v.scores is not None and v.scores.overall is not None]
     try:
+        if "ranking" in get_settings().inject_faults:
+            raise RuntimeError("injected fault: ranking")
         ranked = rank_images_by_quality(
             [Ranked(index=v.index, overall=v.scores.overall, pickscore=v.scores.pickscore) for v in scored])
     except Exception as error:
@@ -259,6 +342,8 @@ def select_best_variation(variations: list[VariationRecord], scoring_error: str 
 @app.task(name="framefleet.frames.select")
 def select_variation(scored: dict, job_id: str, frame: str, stage: str) -> None:
     state, store = JobState(job_id), fleet_store()
+    if state.cancelled():  # the cancel finalizes the job; keep only what was finished before
+        return
     spec, record = state.spec(), state.frame(frame)
     if record.status != "pending":  # redelivered after the selection was stored
         advance(state, frame)
@@ -322,7 +407,8 @@ def advance(state: JobState, frame: str) -> None:
             continue
         enqueue_frame(state, planned.name, ENHANCED)
         return
-    finalize_job.delay(state.job_id)
+    if state.claim("finalize"):
+        finalize_job.delay(state.job_id)
 
 
 # Finalize (control) ----------------------------------------------------------------------
@@ -340,10 +426,12 @@ def estimate_cost(spec: JobSpec, counters: dict[str, dict[str, int]], settings) 
 
 
 def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: float,
-                   cost: Cost | None = None) -> Manifest:
+                   cost: Cost | None = None, cancelled: bool = False) -> Manifest:
     ordered = [frames[f.name] for f in spec.plan.frames]
     succeeded = [f for f in ordered if f.status == "succeeded"]
     status = "succeeded" if len(succeeded) == len(ordered) else ("partial" if succeeded else "failed")
+    if cancelled:
+        status = "cancelled"
     return Manifest(
         job_id=spec.job_id, kind=spec.kind, status=status,
         scorer=", ".join(sorted({f.scorer for f in ordered if f.scorer})) or "none",
@@ -360,14 +448,62 @@ def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: floa
 def finalize_job(job_id: str) -> dict:
     state, store = JobState(job_id), fleet_store()
     spec = state.spec()
-    manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()))
+    manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()),
+                              cancelled=state.cancelled())
     store.put(manifest_key(job_id), manifest.model_dump_json(indent=2).encode(), "application/json")
     if not spec.config.keep_traces:
         store.delete_prefix(f"traces/{job_id}")
     for frame in manifest.frames:
         log.info("%s/%s quality: %s", job_id, frame.name, frame.selected.overall if frame.selected else "no image")
-    state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0,
-                        frames_done=len(manifest.frames), manifest_key=manifest_key(job_id),
-                        message=f"Finished: {manifest.status}")
+    done = sum(f.status != "pending" for f in manifest.frames)
+    state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0, frames_done=done,
+                        manifest_key=manifest_key(job_id), message=f"Finished: {manifest.status}")
+    state.set_active(False)
     return {"job_id": job_id, "status": manifest.status, "manifest": manifest_key(job_id)}
 
+
+
+# Operations: resume, cancel, watchdog (control) --------------------------------------------
+@app.task(name="framefleet.jobs.resume")
+def resume_job(job_id: str) -> dict:
+    return {"job_id": job_id, "resumed_at": resume(JobState(job_id))}
+
+
+@app.task(name="framefleet.jobs.cancel")
+def cancel_job(job_id: str) -> dict:
+    """Flag, revoke what is queued, cancel paid predictions in flight, finalize as cancelled."""
+    state = JobState(job_id)
+    if state.status().state == "done":  # KeyError naming job_id for an unknown job
+        return {"job_id": job_id, "cancelled": False, "reason": "the job had already finished"}
+    state.cancel()
+    app.control.revoke(sorted(state.task_ids()))
+    predictions = state.predictions()
+    if predictions and state.spec().providers.get("images") == "replicate":
+        generator = image_generator()
+        for prediction_id in predictions.values():
+            generator.cancel(prediction_id)
+    state.update_status(message="Cancelling")
+    if state.claim("finalize"):
+        finalize_job.delay(job_id)
+    return {"job_id": job_id, "cancelled": True, "predictions_cancelled": len(predictions)}
+
+
+@app.task(name="framefleet.jobs.watchdog")
+def watchdog() -> list[str]:
+    """Re-drive jobs whose status has not moved for ``stall_after_s`` (e.g. a worker died with
+    their tasks unacknowledged); the tasks are idempotent, so a re-drive redoes no paid work."""
+    settings, now, redriven = get_settings(), time.time(), []
+    for job_id in active_jobs():
+        state = JobState(job_id)
+        try:
+            status = state.status()
+        except KeyError:
+            state.set_active(False)
+            continue
+        if status.state == "done":
+            state.set_active(False)
+        elif status.stalled_for(now) > settings.stall_after_s:
+            log.warning("job %s stalled for %.0fs at %s; re-driving", job_id, status.stalled_for(now), status.stage)
+            resume(state)
+            redriven.append(job_id)
+    return redriven

@@ -113,3 +113,7 @@ class JobStatus(BaseModel):
     outcome: JobOutcome | None = None
     manifest_key: str | None = None
     updated_at: float = Field(default=0.0)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds without progress of a job that is not done (0 when done)."""
+        return 0.0 if self.state == "done" else max(0.0, now - self.updated_at)

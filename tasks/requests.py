@@ -55,6 +55,18 @@ def check_artifact_key(key: str) -> str:
 ArtifactKey = Annotated[str, AfterValidator(check_artifact_key)]
 
 
+def check_reference_source(source: str) -> str:
+    """An artifact-store key or an http(s) URL; nothing else (no file://, no paths)."""
+    if source.startswith(("http://", "https://")):
+        return source
+    if "://" in source:
+        raise ValueError("only artifact-store keys or http(s) URLs are accepted")
+    return check_artifact_key(source)
+
+
+ReferenceSource = Annotated[str, StringConstraints(max_length=2048), AfterValidator(check_reference_source)]
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -127,7 +139,7 @@ class Clip(BaseModel):
 class StoryboardRequest(_Request):
     kind: Literal["storyboard"] = "storyboard"
     clips: list[Clip] = Field(min_length=1)
-    reference_image: ArtifactKey | None = None
+    reference_image: ReferenceSource | None = None
 
     @model_validator(mode="after")
     def _limit_frames(self, info: ValidationInfo) -> "StoryboardRequest":
@@ -144,7 +156,7 @@ class ReferenceImagesRequest(_Request):
     transition_notes: list[str] = Field(
         default_factory=list, description="transition_notes[i] describes the cut from scene i+1 into scene i+2"
     )
-    initial_reference_image: ArtifactKey | None = None
+    initial_reference_image: ReferenceSource | None = None
 
 
     @model_validator(mode="after")
@@ -159,6 +171,7 @@ class ReferenceImagesRequest(_Request):
 
 
 JobRequest = StoryboardRequest | ReferenceImagesRequest
+REFERENCE_FIELDS = {"storyboard": "reference_image", "references": "initial_reference_image"}
 REQUEST_MODELS: dict[str, type[_Request]] = {"storyboard": StoryboardRequest, "references": ReferenceImagesRequest}
 
 

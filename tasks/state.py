@@ -9,6 +9,9 @@ Keys (all expire after ``job_ttl_s``):
   framefleet:job:{id}:once:{step} markers that make "enqueue the next step" happen once
   framefleet:job:{id}:cost        hash "{frame}:{counter}" and "total:{counter}" → int
   framefleet:job:{id}:predictions hash "{variation key}#{attempt}" → Replicate prediction id
+  framefleet:job:{id}:cancelled   set when the job is cancelled
+  framefleet:job:{id}:tasks       ids of the job's enqueued tasks (revoked on cancel)
+  framefleet:jobs:active          ids of jobs not finished yet (the watchdog's list)
 """
 
 from __future__ import annotations
@@ -70,6 +73,13 @@ def _key(job_id: str, part: str) -> str:
     return f"framefleet:job:{job_id}:{part}"
 
 
+ACTIVE_JOBS = "framefleet:jobs:active"
+
+
+def active_jobs(client: redis.Redis | None = None) -> set[str]:
+    return (client or state_client()).smembers(ACTIVE_JOBS)
+
+
 class JobState:
     def __init__(self, job_id: str, client: redis.Redis | None = None):
         self.job_id = job_id
@@ -91,6 +101,27 @@ class JobState:
         for part in ("frames", "status"):
             pipe.expire(_key(self.job_id, part), self.ttl)
         pipe.execute()
+
+    def exists(self) -> bool:
+        return bool(self.r.exists(_key(self.job_id, "spec")))
+
+    def set_active(self, active: bool) -> None:
+        (self.r.sadd if active else self.r.srem)(ACTIVE_JOBS, self.job_id)
+
+    # cancellation ------------------------------------------------------------------------
+    def cancel(self) -> None:
+        self.r.set(_key(self.job_id, "cancelled"), "1", ex=self.ttl)
+
+    def cancelled(self) -> bool:
+        return bool(self.r.exists(_key(self.job_id, "cancelled")))
+
+    def add_task_ids(self, ids: list[str]) -> None:
+        name = _key(self.job_id, "tasks")
+        self.r.sadd(name, *ids)
+        self.r.expire(name, self.ttl)
+
+    def task_ids(self) -> set[str]:
+        return self.r.smembers(_key(self.job_id, "tasks"))
 
     def spec(self) -> JobSpec:
         raw = self.r.get(_key(self.job_id, "spec"))

@@ -56,7 +56,9 @@ def test_storyboard_with_reference_chains_every_frame(celery_app, store):
     assert manifest["status"] == "succeeded" and manifest["scorer"] == "heuristic"
     assert [f["name"] for f in manifest["frames"]] == [
         "clip_001_start", "clip_001_end", "clip_002_start", "clip_002_end", "clip_003_start", "clip_003_end"]
-    expected = expected_storyboard_inputs(job_id, reference, 3)
+    # The reference is validated and stored as the job's own input (a PNG, EXIF applied).
+    stored_reference = f"jobs/{job_id}/inputs/reference.png"
+    expected = expected_storyboard_inputs(job_id, stored_reference, 3)
     assert {f["name"]: f["inputs"] for f in manifest["frames"]} == expected
     assert_frames_complete(manifest)
     for frame in manifest["frames"]:
@@ -87,7 +89,7 @@ def test_reference_job_chains_scenes_and_keeps_traces(celery_app, store):
     assert status.outcome == "succeeded" and status.percent == 100.0
     frames = {f["name"]: f for f in manifest["frames"]}
     assert list(frames) == ["scene_001", "scene_002", "scene_003"]
-    assert frames["scene_001"]["inputs"] == [initial]
+    assert frames["scene_001"]["inputs"] == [f"jobs/{job_id}/inputs/reference.png"]
     assert frames["scene_002"]["inputs"] == [f"jobs/{job_id}/frames/scene_001.png"]
     assert frames["scene_003"]["inputs"] == [f"jobs/{job_id}/frames/scene_002.png"]
     assert "grey-bearded keeper in a yellow coat" in frames["scene_002"]["original_prompt"]

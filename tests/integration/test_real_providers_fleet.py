@@ -48,7 +48,8 @@ def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
     assert len(clip2) == 4
     for creation in clip2:
         sent = [replicate_api.file_bytes(url) for url in creation["input"]["image_input"]]
-        assert sent == [store.get(reference), store.get(f"jobs/{job_id}/frames/clip_001_end.png")]
+        assert sent == [store.get(f"jobs/{job_id}/inputs/reference.png"),
+                        store.get(f"jobs/{job_id}/frames/clip_001_end.png")]
         assert creation["input"]["aspect_ratio"] == "16:9"
     cost = manifest["cost"]
     assert cost["total"] == {"llm_calls": 16, "prompt_tokens": 1600, "completion_tokens": 320,

@@ -43,11 +43,13 @@ def test_storyboard_on_s3(celery_app, s3_store):
     for frame in manifest["frames"]:
         assert len(frame["variations"]) == 4
         assert frame["selected"]["index"] == next(v["index"] for v in frame["variations"] if v["rank"] == 1)
-        assert frame["inputs"][0] == reference
-    assert manifest["frames"][2]["inputs"] == [reference, f"jobs/{job_id}/frames/clip_001_end.png"]
+        assert frame["inputs"][0] == f"jobs/{job_id}/inputs/reference.png"
+    assert manifest["frames"][2]["inputs"] == [f"jobs/{job_id}/inputs/reference.png",
+                                               f"jobs/{job_id}/frames/clip_001_end.png"]
     keys = s3_store.list(f"jobs/{job_id}")
     assert len([k for k in keys if "/variations/" in k]) == 24
     assert len([k for k in keys if "/frames/" in k]) == 6
+    assert s3_store.exists(f"jobs/{job_id}/inputs/reference.png")
     objects = s3_store.client.list_objects_v2(Bucket=BUCKET, Prefix=f"fleet/jobs/{job_id}/")["Contents"]
     assert len(objects) == len(keys)  # everything under the configured prefix
     assert s3_store.list(f"traces/{job_id}") == []
