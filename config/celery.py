@@ -24,7 +24,7 @@ TASK_QUEUES = {
 
 # How each queue's workers run by default: (pool, concurrency).
 WORKER_SHAPES = {
-    "control": ("prefork", 2),
+    "control": ("threads", 4),
     "llm": ("threads", 16),
     "images": ("threads", 16),
     "gpu": ("solo", 1),

@@ -226,8 +226,9 @@ def enqueue_frame(state: JobState, frame: str, stage: str) -> None:
     record = state.frame(frame)
     record.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), state.selections())
     state.save_frame(record)
-    single = stage == ORIGINAL or record.enhancement.fallback
-    count = 1 if single else spec.config.num_variations
+    if record.enhancement.fallback:  # the seeds' rule: original prompt, a single image
+        stage = ORIGINAL
+    count = 1 if stage == ORIGINAL else spec.config.num_variations
     frames = state.frames()
     done = sum(f.status != "pending" for f in frames.values())
     state.frame_stage(spec.kind, "generate", frame, done, len(frames))
@@ -356,7 +357,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str) -> None:
     record.warnings += scored.get("notes", [])
     state.frame_stage(spec.kind, "score", frame, *_progress(state))
     if not any(v.key for v in variations):
-        if stage == ENHANCED and not record.enhancement.fallback:
+        if stage == ENHANCED:
             record.fallbacks.append("generation failed: one image with the original prompt")
             state.save_frame(record)
             if state.claim(f"original:{frame}"):

@@ -16,6 +16,7 @@ Keys (all expire after ``job_ttl_s``):
 
 from __future__ import annotations
 
+import json
 import time
 from functools import lru_cache
 
@@ -191,6 +192,14 @@ class JobState:
 
     def predictions(self) -> dict[str, str]:
         return self.r.hgetall(_key(self.job_id, "predictions"))
+
+    def log_offline_call(self, ledger_key: str | None) -> None:
+        name = _key(self.job_id, "offline_calls")
+        self.r.rpush(name, json.dumps({"ledger_key": ledger_key, "time": time.time()}))
+        self.r.expire(name, self.ttl)
+
+    def offline_calls(self) -> list[dict]:
+        return [json.loads(line) for line in self.r.lrange(_key(self.job_id, "offline_calls"), 0, -1)]
 
     # status -----------------------------------------------------------------------------
     def status(self) -> JobStatus:

@@ -9,7 +9,7 @@ from workers.fleet import Fleet
 from workers.local_redis import LocalRedis
 
 # Small worker shapes: CI machines have 2 cores.
-TEST_SHAPES = {"control": ("prefork", 2), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
+TEST_SHAPES = {"control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,22 @@ def start_fleet(broker_url, tmp_path_factory):
         logs = tmp_path_factory.mktemp("worker-logs")
         fleet = Fleet({"FRAMEFLEET_BROKER_URL": broker_url, **env}, queues=tuple(queues), log_dir=logs,
                       shapes=TEST_SHAPES)
+        fleets.append(fleet.start())
+        return fleet
+
+    yield start
+    for fleet in fleets:
+        fleet.stop()
+
+
+@pytest.fixture
+def fleet_for_test(broker_url, tmp_path):
+    """Like start_fleet, but stopped at the end of the test (for fleets that get killed)."""
+    fleets: list[Fleet] = []
+
+    def start(env: dict[str, str], beat: bool = True) -> Fleet:
+        fleet = Fleet({"FRAMEFLEET_BROKER_URL": broker_url, **env}, log_dir=tmp_path / "worker-logs",
+                      shapes=TEST_SHAPES, beat=beat)
         fleets.append(fleet.start())
         return fleet
 

@@ -1,4 +1,4 @@
-"""The ``framefleet`` command: demo, worker, submit, status, score, models."""
+"""The ``framefleet`` command: demo, worker, submit, status, resume, cancel, score, models."""
 
 from __future__ import annotations
 
@@ -181,9 +181,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = job_status(args.job_id)
     if args.json:
         print(status.model_dump_json(indent=2))
-    else:
-        console.print(f"{status.job_id} [{status.kind}] {status.state} {status.percent:.0f}% — {status.message}"
-                      f" (frames {status.frames_done}/{status.frames_total})")
+        return 0
+    console.print(f"{status.job_id} [{status.kind}] {status.state} {status.percent:.0f}% — {status.message}"
+                  f" (frames {status.frames_done}/{status.frames_total})")
+    stalled = status.stalled_for(time.time())
+    if stalled > get_settings().stall_after_s:
+        console.print(f"[yellow]no progress for {stalled:.0f}s: `framefleet resume {status.job_id}`[/yellow]")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from workers.app import app
+    from workers.client import resume_job
+
+    console.print(resume_job(app, args.job_id))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from workers.app import app
+    from workers.client import cancel_job
+
+    console.print(cancel_job(app, args.job_id))
     return 0
 
 
@@ -261,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--follow", action="store_true")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    resume = sub.add_parser("resume", help="continue a job from its stored state")
+    resume.add_argument("job_id")
+    resume.set_defaults(func=cmd_resume)
+
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=cmd_cancel)
 
     score = sub.add_parser("score", help="score local images against a prompt")
     score.add_argument("--prompt", required=True)

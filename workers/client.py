@@ -18,24 +18,38 @@ from tasks.state import JobState
 CREATE_TASKS = {"storyboard": "framefleet.storyboard.create", "references": "framefleet.references.create"}
 
 
-def submit_job(app: Celery, kind: str, request: dict | str, timeout_s: float = 30.0, poll_s: float = 0.05) -> str:
+def submit_job(app: Celery, kind: str, request: dict | str, timeout_s: float = 30.0) -> str:
     """Enqueue a job by task name; returns its id once the control queue has accepted it.
 
     A request the fleet refuses raises the task's error, whose message names the field.
     """
-    task_id = app.send_task(CREATE_TASKS[kind], args=[request]).id
-    deadline = time.monotonic() + timeout_s
     # Poll the stored result rather than ``AsyncResult.get()``: get() subscribes to the task's
     # children too and leaves them pending in this process long after the job id is known.
+    return _send_and_wait(app, CREATE_TASKS[kind], request, timeout_s)["job_id"]
+
+
+def _send_and_wait(app: Celery, task: str, argument, timeout_s: float) -> dict:
+    task_id = app.send_task(task, args=[argument]).id
+    deadline = time.monotonic() + timeout_s
     while True:
         meta = app.backend.get_task_meta(task_id)
         if meta["status"] == "SUCCESS":
-            return meta["result"]["job_id"]
+            return meta["result"]
         if meta["status"] == "FAILURE":
             raise app.backend.exception_to_python(meta["result"])
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no control worker accepted the {kind} job within {timeout_s}s")
-        time.sleep(poll_s)
+            raise TimeoutError(f"no control worker answered {task} within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def resume_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
+    """Continue a job from its stored state (e.g. after every worker died and the broker was wiped)."""
+    return _send_and_wait(app, "framefleet.jobs.resume", job_id, timeout_s)
+
+
+def cancel_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
+    """Cancel a job: queued tasks revoked, paid predictions cancelled, manifest marked cancelled."""
+    return _send_and_wait(app, "framefleet.jobs.cancel", job_id, timeout_s)
 
 
 def job_status(job_id: str) -> JobStatus:

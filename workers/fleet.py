@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,13 +30,14 @@ class Fleet:
     """Worker subprocesses for the given queues, sharing one environment (broker, store, ...)."""
 
     def __init__(self, env: dict[str, str], queues: tuple[str, ...] = QUEUES, log_dir: str | Path | None = None,
-                 shapes: dict[str, tuple[str, int]] | None = None):
+                 shapes: dict[str, tuple[str, int]] | None = None, beat: bool = True):
         self.env = {**os.environ, **env}
         self.queues = queues
         self.log_dir = Path(log_dir) if log_dir else None
         self.shapes = shapes or {}
         self.processes: dict[str, subprocess.Popen] = {}
         self.run_id = uuid.uuid4().hex[:6]
+        self.beat = beat
 
     def node_name(self, queue: str, suffix: str = "") -> str:
         return f"{queue}{suffix}-{self.run_id}@{socket.gethostname()}"
@@ -44,6 +46,10 @@ class Fleet:
         pool, concurrency = self.shapes.get(queue, WORKER_SHAPES[queue])
         argv = [sys.executable, "-m", "celery", "-A", "workers.app",
                 *worker_argv([queue], pool, concurrency, self.node_name(queue, suffix))]
+        if self.beat and queue == "control" and not suffix:
+            # The watchdog's schedule: exactly one beat per fleet, here in the first control worker.
+            schedule = Path(tempfile.mkdtemp(prefix="framefleet-beat-")) / "schedule"
+            argv += ["-B", "-s", str(schedule)]
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             output = open(self.log_dir / f"{queue}{suffix}.log", "ab")

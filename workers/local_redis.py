@@ -25,25 +25,29 @@ class LocalRedis:
     ``appendonly`` keeps an AOF in ``data_dir`` so a restart on the same folder loses nothing.
     """
 
-    def __init__(self, port: int | None = None, data_dir: str | Path | None = None, appendonly: bool = True):
+    def __init__(self, port: int | None = None, data_dir: str | Path | None = None, appendonly: bool = True,
+                 password: str | None = None):
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="framefleet-redis-"))
         self.appendonly = appendonly
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> "LocalRedis":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [REDIS_SERVER_PATH, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--appendonly", "yes" if self.appendonly else "no", "--save", "", "--protected-mode", "yes"],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", "",
+             "--protected-mode", "yes", *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

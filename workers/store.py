@@ -79,8 +79,14 @@ class LocalStore:
 
 
 class S3Store:
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None):
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None,
+                 server_side_encryption: str | None = None, kms_key_id: str | None = None):
         self.bucket = bucket
+        self.encryption = {}
+        if server_side_encryption:
+            self.encryption["ServerSideEncryption"] = server_side_encryption
+            if kms_key_id:
+                self.encryption["SSEKMSKeyId"] = kms_key_id
         self.prefix = prefix.strip("/")
         self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -90,7 +96,8 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=content_type)
+        self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=content_type,
+                               **self.encryption)
 
     def get(self, key: str) -> bytes:
         try:
@@ -128,13 +135,15 @@ class S3Store:
         return f"s3://{self.bucket}/{self._object(key)}"
 
 
-def open_store(url: str, s3_endpoint_url: str | None = None) -> ArtifactStore:
+def open_store(url: str, s3_endpoint_url: str | None = None, server_side_encryption: str | None = None,
+               kms_key_id: str | None = None) -> ArtifactStore:
     """``s3://bucket/prefix`` → S3 (any S3-compatible endpoint); ``file://path`` or a plain path → folder."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"store_url: no bucket in {url!r}")
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url)
+        return S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url,
+                       server_side_encryption=server_side_encryption, kms_key_id=kms_key_id)
     if parsed.scheme == "file":
         return LocalStore(url[len("file://"):])
     if parsed.scheme == "":
@@ -145,4 +154,5 @@ def open_store(url: str, s3_endpoint_url: str | None = None) -> ArtifactStore:
 @lru_cache(maxsize=1)
 def fleet_store() -> ArtifactStore:
     settings: Settings = get_settings()
-    return open_store(settings.store_url, settings.s3_endpoint_url)
+    return open_store(settings.store_url, settings.s3_endpoint_url, settings.s3_server_side_encryption,
+                      settings.s3_sse_kms_key_id)

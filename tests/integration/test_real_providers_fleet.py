@@ -12,22 +12,25 @@ from workers.store import open_store
 
 pytestmark = pytest.mark.integration
 
+OPENAI_KEY, REPLICATE_TOKEN = "sk-secret-key-4711", "r8-secret-token-0815"
+
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, start_fleet):
     root = tmp_path_factory.mktemp("artifacts-real")
     with FakeOpenAI() as openai_api, FakeReplicate() as replicate_api:
-        start_fleet({
+        fleet = start_fleet({
             "FRAMEFLEET_STORE_URL": f"file://{root}",
-            "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_api.base_url,
-            "REPLICATE_API_TOKEN": "r8-test", "REPLICATE_BASE_URL": replicate_api.base_url,
+            "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": openai_api.base_url,
+            "REPLICATE_API_TOKEN": REPLICATE_TOKEN, "REPLICATE_BASE_URL": replicate_api.base_url,
             "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "0.05", "FRAMEFLEET_SCORER": "heuristic",
+            "FRAMEFLEET_LOG_LEVEL": "DEBUG",
         })
-        yield open_store(f"file://{root}"), openai_api, replicate_api
+        yield open_store(f"file://{root}"), openai_api, replicate_api, fleet, root
 
 
 def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
-    store, openai_api, replicate_api = services
+    store, openai_api, replicate_api, _, _ = services
     job_id = unique_id("real")
     reference = f"uploads/{job_id}/reference.png"
     store.put(reference, png_bytes((10, 200, 10)))
@@ -56,11 +59,11 @@ def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
                              "predictions_created": 16, "images_stored": 16}
     assert cost["frames"]["clip_001_start"]["predictions_created"] == 4
     assert cost["estimated_usd"] == pytest.approx(16 * 0.039 + 1600 * 0.15e-6 + 320 * 0.6e-6)
-    assert all(r["auth"] == "Bearer sk-test" for r in openai_api.requests)
+    assert all(r["auth"] == f"Bearer {OPENAI_KEY}" for r in openai_api.requests)
 
 
 def test_a_failed_prediction_among_four_is_a_failure_record_for_that_variation(celery_app, services):
-    store, _, replicate_api = services
+    store, _, replicate_api, _, _ = services
     job_id = unique_id("nsfw")
     frame = "clip_001_start"
     replicate_api.fail_seeds = {variation_seed(job_id, frame, "enhanced", 2, attempt) for attempt in (0, 1)}
@@ -82,3 +85,27 @@ def test_unknown_image_model_is_refused_naming_the_field(celery_app, services):
     with pytest.raises(RequestError, match="overrides.image_model"):
         submit_job(celery_app, "storyboard", storyboard_request(unique_id("badmodel"), 1,
                                                                 overrides={"image_model": "acme/nothing"}))
+
+
+def test_keys_never_reach_logs_artifacts_or_redis(celery_app, services, broker_url):
+    import redis
+
+    store, _, _, fleet, root = services
+    run_job(celery_app, "storyboard", storyboard_request(unique_id("secrets"), 1, overrides={"keep_traces": True}),
+            store)
+    texts = [path.read_bytes() for path in fleet.log_dir.rglob("*") if path.is_file()]
+    texts += [path.read_bytes() for path in root.rglob("*") if path.is_file()]
+    client = redis.Redis.from_url(broker_url)
+    for key in client.scan_iter():
+        kind = client.type(key)
+        if kind == b"string":
+            texts.append(client.get(key))
+        elif kind == b"hash":
+            texts += list(client.hgetall(key).values())
+        elif kind == b"list":
+            texts += client.lrange(key, 0, -1)
+        elif kind in (b"set", b"zset"):
+            texts += list(client.smembers(key)) if kind == b"set" else client.zrange(key, 0, -1)
+    assert len(texts) > 50
+    for secret in (OPENAI_KEY, REPLICATE_TOKEN):
+        assert not any(secret.encode() in text for text in texts), secret

@@ -49,3 +49,14 @@ def test_open_store_by_url(tmp_path):
         open_store("ftp://host/x")
     with pytest.raises(ValueError, match="store_url: no bucket"):
         open_store("s3:///prefix")
+
+
+@mock_aws
+def test_s3_server_side_encryption(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="sse-bucket")
+    store = open_store("s3://sse-bucket/p", server_side_encryption="AES256")
+    store.client = client
+    store.put("jobs/j/m.json", b"{}")
+    assert client.head_object(Bucket="sse-bucket", Key="p/jobs/j/m.json")["ServerSideEncryption"] == "AES256"

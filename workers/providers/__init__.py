@@ -11,6 +11,7 @@ from typing import Callable
 
 from config.settings import Settings, get_settings
 from tasks.enhancement import PromptAgents
+from tasks.state import JobState
 from workers.providers.base import ImageGenerator
 from workers.providers.offline_images import OfflineImageGenerator
 from workers.providers.offline_llm import OfflinePromptAgents
@@ -33,7 +34,8 @@ PROMPT_AGENTS: dict[str, Callable[[Settings], PromptAgents]] = {
 }
 IMAGE_GENERATORS: dict[str, Callable[[Settings], ImageGenerator]] = {
     "offline": lambda s: OfflineImageGenerator(latency_s=s.offline_image_latency_s,
-                                               failure_rate=s.offline_image_failure_rate),
+                                               failure_rate=s.offline_image_failure_rate,
+                                               call_log=lambda r: JobState(r.job_id).log_offline_call(r.ledger_key)),
     "replicate": _replicate,
 }
 

@@ -10,6 +10,7 @@ import hashlib
 import io
 import random
 import time
+from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
@@ -41,11 +42,17 @@ def _palette(prompt: str) -> list[tuple[int, int, int]]:
 class OfflineImageGenerator:
     name = "offline"
 
-    def __init__(self, latency_s: float = 0.0, failure_rate: float = 0.0):
+    def __init__(self, latency_s: float = 0.0, failure_rate: float = 0.0,
+                 call_log: Callable[[ImageRequest], None] | None = None):
         self.latency_s = latency_s
         self.failure_rate = failure_rate
+        # Every call, for the fault tests' "no image paid twice" check (the offline stand-in for
+        # a provider's bill).
+        self.call_log = call_log
 
     def generate(self, request: ImageRequest) -> bytes:
+        if self.call_log is not None and request.job_id:
+            self.call_log(request)
         time.sleep(self.latency_s)
         seed = _seed(request)
         if self.failure_rate and random.Random(seed + 7919 * request.attempt).random() < self.failure_rate:

@@ -1,0 +1,164 @@
+"""Fault injection on a real fleet: every fallback, worker crashes, a Redis restart, cancel, resume."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tasks.state import JobState
+from tests.helpers import run_job, storyboard_request, unique_id
+from workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
+from workers.store import open_store
+
+pytestmark = pytest.mark.integration
+
+# Short timeouts so redelivery and the watchdog act within a test's time.
+FAST = {"FRAMEFLEET_VISIBILITY_TIMEOUT_S": "5", "FRAMEFLEET_STALL_AFTER_S": "4",
+        "FRAMEFLEET_WATCHDOG_INTERVAL_S": "1", "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.02"}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return open_store(f"file://{tmp_path / 'artifacts'}")
+
+
+def store_env(store) -> dict[str, str]:
+    return {"FRAMEFLEET_STORE_URL": store.url}
+
+
+def wait_until(predicate, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def assert_no_image_paid_twice(job_id: str, manifest: dict) -> None:
+    """No provider call for a variation after its image had been stored."""
+    calls = JobState(job_id).offline_calls()
+    for frame in manifest["frames"]:
+        for variation in frame["variations"]:
+            if variation["key"]:
+                stored_at = variation["timing"][1]
+                late = [c for c in calls if c["ledger_key"].split("#")[0] == variation["key"] and c["time"] > stored_at]
+                assert late == [], variation["key"]
+
+
+def test_enhancement_and_scoring_failures_take_their_fallbacks(celery_app, fleet_for_test, store):
+    fleet_for_test({**store_env(store), "FRAMEFLEET_INJECT_FAULTS": '["enhancement", "scoring"]'})
+    status, manifest = run_job(celery_app, "storyboard", storyboard_request(unique_id("f-enh"), 2), store)
+    assert status.outcome == "succeeded" and manifest["status"] == "succeeded"
+    for frame in manifest["frames"]:
+        assert frame["enhancement"]["fallback"] and "injected fault" in frame["enhancement"]["error"]
+        assert frame["enhanced_prompt"] == frame["original_prompt"]
+        assert [v["prompt_source"] for v in frame["variations"]] == ["original"]  # a single image
+        assert frame["selected"]["index"] == 1 and frame["variations"][0]["rank"] is None
+        assert frame["fallbacks"] == ["enhancement failed: original prompt, single image",
+                                      "scoring failed: first generated image, unranked"]
+    assert len(manifest["warnings"]) == 2 * len(manifest["frames"])
+
+
+def test_ranking_failure_and_low_quality_keep_an_image_with_warnings(celery_app, fleet_for_test, store):
+    fleet_for_test({**store_env(store), "FRAMEFLEET_INJECT_FAULTS": '["ranking"]'})
+    job_id = unique_id("f-rank")
+    status, manifest = run_job(celery_app, "storyboard",
+                               storyboard_request(job_id, 1, overrides={"quality_threshold": 99.5}), store)
+    assert status.outcome == "succeeded"
+    for frame in manifest["frames"]:
+        assert frame["fallbacks"] == ["ranking failed: first scored image"]
+        assert frame["selected"]["index"] == 1 and all(v["scores"]["overall"] for v in frame["variations"])
+        assert len(frame["warnings"]) == 1 and "below the threshold 99.5" in frame["warnings"][0]
+        assert store.exists(f"jobs/{job_id}/frames/{frame['name']}.png")  # kept despite the warning
+
+
+def test_thirty_percent_image_failures_never_lose_a_job(celery_app, fleet_for_test, store):
+    fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_FAILURE_RATE": "0.3"})
+    job_ids = [submit_job(celery_app, "storyboard", storyboard_request(unique_id(f"f-rand{n}"), 3))
+               for n in range(3)]
+    for job_id in job_ids:
+        status = wait_for_job(job_id, timeout_s=180)
+        manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+        assert status.outcome == manifest["status"] in ("succeeded", "partial", "failed")
+        for frame in manifest["frames"]:
+            if frame["status"] == "succeeded":
+                assert store.exists(frame["selected"]["frame_key"])
+            elif frame["status"] == "failed":  # only when every fallback failed
+                assert all(v["error"] for v in frame["variations"])
+                assert [v["prompt_source"] for v in frame["variations"]][-1] == "original"
+                assert frame["clip"] in manifest["failed_clips"]
+            else:
+                assert frame["status"] == "skipped" and frame["name"].endswith("_end")
+        assert_no_image_paid_twice(job_id, manifest)
+
+
+@pytest.mark.parametrize("queue", ["images", "gpu"])
+def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_test, store, queue):
+    fleet = fleet_for_test({**store_env(store), **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.7"})
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id(f"kill-{queue}"), 3))
+    wait_until(lambda: job_status(job_id).frames_done >= 2)
+    fleet.kill(queue)
+    fleet.start_worker(queue, suffix="b")
+    fleet.wait_ready([fleet.node_name(queue, "b")])
+    status = wait_for_job(job_id, timeout_s=120)
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    assert status.outcome == "succeeded" and len(manifest["frames"]) == 6
+    assert all(f["status"] == "succeeded" and len(f["variations"]) == 4 for f in manifest["frames"])
+    assert_no_image_paid_twice(job_id, manifest)
+
+
+def test_redis_restart_mid_job(celery_app, fleet_for_test, store, redis_server):
+    fleet_for_test({**store_env(store), **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5"})
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("redis-restart"), 3))
+    wait_until(lambda: job_status(job_id).frames_done >= 2)
+    redis_server.stop(remove_data=False)  # SIGTERM: Redis writes its append-only file and exits
+    time.sleep(1.0)
+    redis_server.start()
+    status = wait_for_job(job_id, timeout_s=120)
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    assert status.outcome == "succeeded"
+    assert all(f["status"] == "succeeded" for f in manifest["frames"])
+    assert_no_image_paid_twice(job_id, manifest)
+
+
+def test_cancel_mid_job(celery_app, fleet_for_test, store):
+    fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.7"})
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("cancel"), 3))
+    wait_until(lambda: job_status(job_id).frames_done >= 1)
+    assert cancel_job(celery_app, job_id)["cancelled"] is True
+    cancelled_at = time.time()
+    status = wait_for_job(job_id, timeout_s=60)
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    assert status.outcome == "cancelled" and manifest["status"] == "cancelled"
+    done = [f for f in manifest["frames"] if f["status"] == "succeeded"]
+    assert 1 <= len(done) < 6 and manifest["frames"][-1]["status"] == "pending"
+    assert store.list(f"traces/{job_id}") == []
+    time.sleep(1.5)  # anything still queued would have run by now
+    late = [c for c in JobState(job_id).offline_calls() if c["time"] > cancelled_at + 0.8]
+    assert late == []  # calls already sleeping at the cancel finish; nothing new starts
+    assert cancel_job(celery_app, job_id)["cancelled"] is False  # already finished
+
+
+def test_resume_after_every_worker_died_and_the_broker_was_wiped(celery_app, fleet_for_test, store, broker_url):
+    import redis
+
+    env = {**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5", "FRAMEFLEET_STALL_AFTER_S": "2"}
+    fleet = fleet_for_test(env, beat=False)
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("resume"), 2))
+    wait_until(lambda: job_status(job_id).frames_done >= 1)
+    for name in list(fleet.processes):
+        fleet.kill(name)
+    client = redis.Redis.from_url(broker_url)
+    client.delete("control", "llm", "images", "gpu", "unacked", "unacked_index", "unacked_mutex")
+    time.sleep(2.5)
+    from workers.cli import main
+
+    assert main(["status", job_id]) == 0  # says it is stalled and how to resume
+    assert job_status(job_id).stalled_for(time.time()) > 2
+    fleet_for_test(env, beat=False)
+    assert resume_job(celery_app, job_id)["resumed_at"].startswith("clip_")
+    status = wait_for_job(job_id, timeout_s=60)
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    assert status.outcome == "succeeded" and all(f["status"] == "succeeded" for f in manifest["frames"])
+    assert_no_image_paid_twice(job_id, manifest)

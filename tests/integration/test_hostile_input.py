@@ -1,0 +1,122 @@
+"""Hostile and bad input on a real fleet: refused before anything is written or enqueued."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from tasks.requests import RequestError
+from tasks.state import JobState
+from tests.fakes.http import LocalServer
+from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
+from workers.client import submit_job
+from workers.store import open_store
+
+pytestmark = pytest.mark.integration
+
+
+class ImageHost:
+    """Serves /ref.jpg (an EXIF-rotated JPEG), /big.png (over the byte cap) and /moved (a redirect)."""
+
+    def __init__(self):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        out = io.BytesIO()
+        Image.new("RGB", (40, 20), (200, 100, 0)).save(out, format="JPEG", exif=exif.tobytes())
+        self.jpeg = out.getvalue()
+        self.server = LocalServer(self)
+
+    def handle(self, handler, method):
+        if handler.path == "/ref.jpg":
+            return handler.send(200, raw=self.jpeg, content_type="image/jpeg")
+        if handler.path == "/big.png":
+            return handler.send(200, raw=b"\0" * 300_000, content_type="image/png")
+        if handler.path == "/moved":
+            return handler.send(302, {}, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+        handler.send(404, {})
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, start_fleet):
+    root = tmp_path_factory.mktemp("artifacts-hostile")
+    host = ImageHost()
+    with host.server:
+        start_fleet({"FRAMEFLEET_STORE_URL": f"file://{root}", "FRAMEFLEET_MAX_IMAGE_BYTES": "200000",
+                     "FRAMEFLEET_REFERENCE_URL_ALLOWED_HOSTS": '["localhost"]'})
+        yield open_store(f"file://{root}"), host
+
+
+def refused(celery_app, store, request: dict, field: str, message: str = "") -> None:
+    with pytest.raises(RequestError, match=f"{field}: .*{message}"):
+        submit_job(celery_app, "storyboard", request)
+    assert not JobState(request["job_id"]).exists()
+    assert store.list(f"jobs/{request['job_id']}") == []
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://169.254.169.254/latest/meta-data/iam", "non-public address"),
+    ("http://10.0.0.7/ref.png", "non-public address"),
+    ("file:///etc/passwd", "only artifact-store keys or http"),
+])
+def test_ssrf_targets_are_refused(celery_app, env, url, message):
+    store, _ = env
+    refused(celery_app, store, storyboard_request(unique_id("ssrf"), 1, reference_image=url), "reference_image",
+            message)
+
+
+def test_loopback_by_address_is_refused_but_an_allowed_host_is_fetched(celery_app, env):
+    store, host = env
+    port = host.server.server_address[1]
+    refused(celery_app, store, storyboard_request(unique_id("loop"), 1,
+                                                  reference_image=f"http://127.0.0.1:{port}/ref.jpg"),
+            "reference_image", "non-public address")
+    refused(celery_app, store, storyboard_request(unique_id("redirect"), 1,
+                                                  reference_image=f"http://localhost:{port}/moved"),
+            "reference_image", "HTTP 302")
+    refused(celery_app, store, storyboard_request(unique_id("big"), 1,
+                                                  reference_image=f"http://localhost:{port}/big.png"),
+            "reference_image", "more than 200000 bytes")
+    job_id = unique_id("fetched")
+    status, manifest = run_job(celery_app, "storyboard",
+                               storyboard_request(job_id, 1, reference_image=f"http://localhost:{port}/ref.jpg"), store)
+    assert status.outcome == "succeeded"
+    stored = Image.open(io.BytesIO(store.get(f"jobs/{job_id}/inputs/reference.png")))
+    assert stored.format == "PNG" and stored.size == (20, 40)  # EXIF orientation applied
+    assert manifest["frames"][0]["inputs"] == [f"jobs/{job_id}/inputs/reference.png"]
+
+
+def test_a_store_key_that_is_not_an_image_is_refused(celery_app, env):
+    store, _ = env
+    job_id = unique_id("notimg")
+    store.put(f"uploads/{job_id}/notes.png", b"just text")
+    refused(celery_app, store, storyboard_request(job_id, 1, reference_image=f"uploads/{job_id}/notes.png"),
+            "reference_image", "not a readable image")
+
+
+def test_a_pickled_task_message_is_refused(celery_app, env):
+    store, _ = env
+    job_id = unique_id("pickle")
+    celery_app.send_task("framefleet.storyboard.create", args=[storyboard_request(job_id, 1)], serializer="pickle")
+    ok_id = unique_id("after-pickle")
+    run_job(celery_app, "storyboard", storyboard_request(ok_id, 1), store)  # the worker is still serving
+    time.sleep(0.5)
+    assert not JobState(job_id).exists() and store.list(f"jobs/{job_id}") == []
+
+
+def test_duplicate_job_id_while_the_first_is_known(celery_app, env):
+    store, _ = env
+    job_id = unique_id("twice")
+    submit_job(celery_app, "storyboard", storyboard_request(job_id, 1))
+    with pytest.raises(Exception, match="job_id: a job .* already exists"):
+        submit_job(celery_app, "storyboard", storyboard_request(job_id, 1, reference_image="uploads/x.png"))
+
+
+def test_a_reference_upload_is_only_written_for_valid_requests(celery_app, env):
+    store, _ = env
+    job_id = unique_id("valid-ref")
+    store.put(f"uploads/{job_id}/r.png", png_bytes())
+    request = storyboard_request(job_id, 1, reference_image=f"uploads/{job_id}/r.png", aspect_ratio="7:5")
+    refused(celery_app, store, request, "aspect_ratio")
