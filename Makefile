@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench bench-scoring install install-scoring clean
+.PHONY: demo test bench bench-scoring flower install install-scoring clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.installed-scoring
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.pipeline_bench
+
+# Needs FRAMEFLEET_BROKER_URL and FRAMEFLEET_FLOWER_BASIC_AUTH=user:password (or ARGS=--local-only).
+flower: $(VENV)/.installed
+	$(BIN)/framefleet flower $(ARGS)
 
 bench-scoring: $(VENV)/.installed-scoring
 	$(BIN)/python -m tests.bench.scoring_bench

@@ -1,13 +1,28 @@
-"""Logging setup: plain lines for humans, JSON lines when ``FRAMEFLEET_LOG_JSON`` is set."""
+"""Logging setup: plain lines for humans, JSON lines with ``FRAMEFLEET_LOG_JSON=true``.
+
+Every line carries the job id, frame, variation and task id of the task being run (set by the
+worker bootstrap from the task's arguments), so one job can be followed through the fleet.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 
 from config.settings import Settings
 
-_CONTEXT_FIELDS = ("job_id", "frame", "variation", "task_id")
+CONTEXT_FIELDS = ("job_id", "frame", "variation", "task_id")
+task_context: ContextVar[dict[str, str]] = ContextVar("framefleet_task_context", default={})
+
+
+class TaskContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = task_context.get()
+        for field in CONTEXT_FIELDS:
+            if not hasattr(record, field):
+                setattr(record, field, context.get(field, "-"))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,18 +33,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        line.update({f: getattr(record, f) for f in _CONTEXT_FIELDS if hasattr(record, f)})
+        line.update({f: getattr(record, f) for f in CONTEXT_FIELDS if getattr(record, f, "-") != "-"})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line)
 
 
+PLAIN_FORMAT = "%(asctime)s %(levelname)s [%(job_id)s %(frame)s v%(variation)s %(task_id)s] %(name)s: %(message)s"
+
+
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
-    if settings.log_json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(TaskContextFilter())
+    handler.setFormatter(JsonFormatter() if settings.log_json else logging.Formatter(PLAIN_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     # Fault drills: make a stage fail on purpose ("enhancement", "scoring", "ranking").
     inject_faults: set[Literal["enhancement", "scoring", "ranking"]] = set()
 
+    # Flower: "user:password" (several: comma-separated); required unless --local-only.
+    flower_basic_auth: SecretStr | None = None
+    flower_port: int = 5555
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from config.settings import get_settings
 from scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
+from tasks.contact_sheet import render_contact_html, render_contact_sheet
 from tasks.enhancement import GENERATION_TRACE, enhance_prompt_iterative
 from tasks.plan import build_frame_plan, resolve_inputs
 from tasks.records import (Cost, Enhancement, FrameRecord, JobTimings, Manifest, Scores, Selection,
@@ -445,12 +446,28 @@ def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: floa
     )
 
 
+def write_contact_sheet(store, spec: JobSpec, manifest: Manifest) -> dict[str, str]:
+    """The job's contact sheet (PNG and HTML) next to its frames; a failure here is only logged."""
+    prefix = f"jobs/{spec.job_id}/"
+    keys = {"png": prefix + "contact_sheet.png", "html": prefix + "contact_sheet.html"}
+    try:
+        png = render_contact_sheet(manifest, spec.aspect_ratio, lambda key: _decode(store.get(key)))
+        store.put(keys["png"], png, "image/png")
+        page = render_contact_html(manifest, lambda key: key.removeprefix(prefix))
+        store.put(keys["html"], page.encode(), "text/html")
+    except Exception:  # the frames and manifest matter more than the picture of them
+        log.exception("contact sheet for %s failed", spec.job_id)
+        return {}
+    return keys
+
+
 @app.task(name="framefleet.jobs.finalize")
 def finalize_job(job_id: str) -> dict:
     state, store = JobState(job_id), fleet_store()
     spec = state.spec()
     manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()),
                               cancelled=state.cancelled())
+    manifest.contact_sheet = write_contact_sheet(store, spec, manifest)
     store.put(manifest_key(job_id), manifest.model_dump_json(indent=2).encode(), "application/json")
     if not spec.config.keep_traces:
         store.delete_prefix(f"traces/{job_id}")

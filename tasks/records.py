@@ -95,6 +95,7 @@ class Manifest(BaseModel):
     timings: JobTimings
     frames: list[FrameRecord]
     cost: Cost = Cost()
+    contact_sheet: dict[str, str] = {}  # {"png": key, "html": key}
 
 
 class JobStatus(BaseModel):

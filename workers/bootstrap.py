@@ -12,9 +12,10 @@ import logging
 import threading
 from functools import lru_cache
 
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_process_init
 
 from config.logging import setup_logging as configure_logging
+from config.logging import task_context
 from config.settings import get_settings
 from scoring import Scorer, create_scorer
 from scoring.weights import check_sources
@@ -58,6 +59,31 @@ def _load_scorer() -> Scorer:
 @setup_logging.connect
 def _setup_logging(**_) -> None:
     configure_logging(get_settings())
+
+
+# Positional arguments of each task, for the log context (None: a chord/chain result).
+TASK_ARGUMENTS = {
+    "framefleet.images.generate_variation": ("job_id", "frame", "stage", "variation"),
+    "framefleet.scoring.score_variations": (None, "job_id", "frame"),
+    "framefleet.frames.select": (None, "job_id", "frame", "stage"),
+    "framefleet.prompts.enhance": ("job_id", "frame"),
+}
+
+
+@task_prerun.connect
+def _enter_task_context(task_id, task, args, kwargs, **_) -> None:
+    context = {"task_id": task_id[:8]}
+    for name, value in zip(TASK_ARGUMENTS.get(task.name, ("job_id",)), args or ()):
+        if name and isinstance(value, (str, int)):
+            context[name] = str(value)
+    if args and isinstance(args[0], dict) and isinstance(args[0].get("job_id"), str):  # a create request
+        context["job_id"] = args[0]["job_id"]
+    task_context.set(context)
+
+
+@task_postrun.connect
+def _leave_task_context(**_) -> None:
+    task_context.set({})
 
 
 @worker_init.connect

@@ -1,4 +1,4 @@
-"""The ``framefleet`` command: demo, worker, submit, status, resume, cancel, score, models."""
+"""The ``framefleet`` command: demo, worker, submit, status, resume, cancel, flower, score, models."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -91,6 +92,8 @@ def print_result(job_id: str) -> None:
         console.print(f"  {frame['name']:<16} overall {score:>5}  {where}")
     console.print(f"Candidates: {store.location(f'jobs/{job_id}/variations')}")
     console.print(f"Manifest:   {store.location(f'jobs/{job_id}/manifest.json')}")
+    for kind, key in manifest.get("contact_sheet", {}).items():
+        console.print(f"Contact sheet ({kind}): {store.location(key)}")
     if store.list(f"traces/{job_id}"):
         console.print(f"Traces:     {store.location(f'traces/{job_id}')}")
     for warning in manifest["warnings"]:
@@ -206,6 +209,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flower(args: argparse.Namespace) -> int:
+    """Flower on the configured broker: basic auth from settings, or loopback only."""
+    settings = get_settings()
+    if not settings.broker_url:
+        raise RequestError("broker_url: FRAMEFLEET_BROKER_URL is not set")
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={args.port or settings.flower_port}"]
+    env = dict(os.environ)
+    if args.local_only:
+        argv.append("--address=127.0.0.1")
+    elif settings.flower_basic_auth is None:
+        raise RequestError("flower_basic_auth: set FRAMEFLEET_FLOWER_BASIC_AUTH=user:password, or pass --local-only")
+    else:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()  # not on the command line
+    return subprocess.call(argv, env=env)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Score local image files with the same scorer a gpu worker would load."""
     from PIL import Image
@@ -288,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
     cancel.set_defaults(func=cmd_cancel)
+
+    flower = sub.add_parser("flower", help="run Flower on the configured broker")
+    flower.add_argument("--port", type=int)
+    flower.add_argument("--local-only", action="store_true", help="bind 127.0.0.1 and run without auth")
+    flower.set_defaults(func=cmd_flower)
 
     score = sub.add_parser("score", help="score local images against a prompt")
     score.add_argument("--prompt", required=True)
