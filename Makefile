@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
+EXTRAS ?= dev
 
 .PHONY: demo test bench bench-scoring flower install install-scoring clean
 
@@ -11,12 +13,12 @@ $(BIN)/python:
 
 # Slim install: control, llm and images workers (no torch).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 # Adds the scoring extra (torch, transformers, open_clip) for the gpu workers.
 $(VENV)/.installed-scoring: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev,scoring]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),scoring]"
 	touch $@
 
 install: $(VENV)/.installed

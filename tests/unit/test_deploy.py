@@ -1,0 +1,97 @@
+"""deploy/: the compose stack and Kubernetes manifests carry what the fleet needs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config.celery import QUEUES
+from config.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def k8s(kind: str) -> list[dict]:
+    docs = []
+    for path in (DEPLOY / "k8s").glob("*.yaml"):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == kind]
+    return docs
+
+
+def test_compose_has_a_scalable_service_per_queue():
+    services = compose()["services"]
+    for queue in QUEUES:
+        service = services[queue]
+        command = service["command"]
+        assert command[command.index("-Q") + 1] == queue
+        assert "container_name" not in service and "ports" not in service  # --scale works
+        assert service["restart"] == "always"
+    assert services["beat"]["command"][:4] == ["celery", "-A", "workers.app", "beat"]
+    assert services["flower"]["command"] == ["framefleet", "flower"]
+
+
+def test_compose_gpu_reservation_redis_persistence_and_bucket():
+    services = compose()["services"]
+    devices = services["gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    assert services["gpu"]["build"]["dockerfile"] == "deploy/Dockerfile.gpu"
+    redis = services["redis"]
+    assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    assert "mc mb" in services["minio-init"]["command"][0]
+
+
+def test_k8s_deployments_probes_and_gpu():
+    deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
+    for queue in QUEUES:
+        container = deployments[f"framefleet-{queue}"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][container["command"].index("-Q") + 1] == queue
+        assert "inspect ping" in " ".join(container["livenessProbe"]["exec"]["command"])
+        assert {"configMapRef": {"name": "framefleet-settings"}} in container["envFrom"]
+    gpu = deployments["framefleet-gpu"]["spec"]["template"]["spec"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert deployments["framefleet-beat"]["spec"]["replicas"] == 1
+
+
+def test_keda_scales_each_queue_on_its_redis_list():
+    scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in k8s("ScaledObject")}
+    assert set(scaled) == {f"framefleet-{q}" for q in QUEUES}
+    for queue in QUEUES:
+        spec = scaled[f"framefleet-{queue}"]["spec"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue
+        assert spec["minReplicaCount"] >= 1
+
+
+def test_every_framefleet_variable_in_deploy_is_a_setting():
+    fields = {f"FRAMEFLEET_{name.upper()}" for name in Settings.model_fields}
+    used = set()
+    for path in DEPLOY.rglob("*"):
+        if path.is_file():
+            used |= set(re.findall(r"FRAMEFLEET_[A-Z0-9_]+", path.read_text()))
+    assert used and not used - fields, sorted(used - fields)
+
+
+def test_dockerfiles_install_with_the_makefile_targets():
+    makefile = (DEPLOY.parent / "Makefile").read_text()
+    for name, target in (("Dockerfile", "install"), ("Dockerfile.gpu", "install-scoring")):
+        assert f"RUN make {target} " in (DEPLOY / name).read_text()
+        assert re.search(rf"^{target}:", makefile, re.M)
+
+
+@pytest.mark.skipif(shutil.which("docker") is None or subprocess.run(
+    ["docker", "compose", "version"], capture_output=True).returncode != 0, reason="no docker compose CLI here")
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text((DEPLOY / ".env.example").read_text())
+    subprocess.run(["docker", "compose", "--env-file", str(env), "-f", str(DEPLOY / "docker-compose.yml"), "config",
+                    "-q"], check=True, cwd=DEPLOY)
