@@ -22,6 +22,8 @@ from functools import lru_cache
 
 import redis
 from pydantic import BaseModel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from config.settings import get_settings
 from tasks.plan import FramePlan
@@ -60,7 +62,10 @@ class JobExists(Exception):
 
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True)
+    # Ride out a Redis restart (a few seconds) instead of failing the task that noticed it.
+    retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), retries=8)
+    return redis.Redis.from_url(url, decode_responses=True, retry=retry, health_check_interval=15,
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 def state_client() -> redis.Redis:

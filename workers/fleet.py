@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +28,12 @@ def worker_argv(queues: list[str], pool: str | None = None, concurrency: int | N
 
 
 class Fleet:
-    """Worker subprocesses for the given queues, sharing one environment (broker, store, ...)."""
+    """Worker subprocesses for the given queues, sharing one environment (broker, store, ...).
+
+    Like a process supervisor in production (Compose ``restart: always``, Kubernetes), it starts a
+    worker again when it exits on its own: kombu's Redis transport can end a worker with
+    "Unrecoverable error" when the broker restarts while the worker holds unacknowledged tasks.
+    """
 
     def __init__(self, env: dict[str, str], queues: tuple[str, ...] = QUEUES, log_dir: str | Path | None = None,
                  shapes: dict[str, tuple[str, int]] | None = None, beat: bool = True):
@@ -38,6 +44,10 @@ class Fleet:
         self.processes: dict[str, subprocess.Popen] = {}
         self.run_id = uuid.uuid4().hex[:6]
         self.beat = beat
+        self.restarts: list[str] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
 
     def node_name(self, queue: str, suffix: str = "") -> str:
         return f"{queue}{suffix}-{self.run_id}@{socket.gethostname()}"
@@ -58,13 +68,26 @@ class Fleet:
         # Own process group: a Ctrl-C in the terminal reaches us, and we stop the workers in order.
         process = subprocess.Popen(argv, env=self.env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-        self.processes[queue + suffix] = process
+        with self._lock:
+            self.processes[queue + suffix] = process
         return process
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                exited = [name for name, p in self.processes.items() if p.poll() is not None]
+            for name in exited:
+                if self._stopping.is_set():
+                    return
+                queue = next(q for q in QUEUES if name.startswith(q))
+                self.restarts.append(name)
+                self.start_worker(queue, name[len(queue):])
 
     def start(self, timeout_s: float = 60.0) -> "Fleet":
         for queue in self.queues:
             self.start_worker(queue)
         self.wait_ready([self.node_name(q) for q in self.queues], timeout_s)
+        self._supervisor.start()
         return self
 
     def wait_ready(self, nodes: list[str], timeout_s: float = 60.0) -> None:
@@ -73,22 +96,29 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         waiting = set(nodes)
         while waiting:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
+            with self._lock:
+                processes = list(self.processes.items())
+            for name, process in processes:
+                if process.poll() is not None and not self._supervisor.is_alive():
                     raise RuntimeError(f"worker {name} exited with code {process.returncode}")
-            replies = app.control.ping(destination=list(waiting), timeout=0.5) or []
+            with app.connection_for_write() as connection:  # fresh: a pooled one may predate a Redis restart
+                replies = app.control.ping(destination=list(waiting), timeout=0.5, connection=connection) or []
             for reply in replies:
                 waiting -= set(reply)
             if waiting and time.monotonic() > deadline:
                 raise RuntimeError(f"workers not ready after {timeout_s}s: {sorted(waiting)}")
 
     def kill(self, name: str) -> None:
-        """SIGKILL one worker (and its pool children): a crash, for fault tests."""
-        process = self.processes.pop(name)
+        """SIGKILL one worker (and its pool children): a crash that is not restarted, for fault tests."""
+        with self._lock:
+            process = self.processes.pop(name)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
     def stop(self, timeout_s: float = 20.0) -> None:
+        self._stopping.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join()
         for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)  # warm shutdown: finish the current task

@@ -109,7 +109,7 @@ def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_tes
 
 
 def test_redis_restart_mid_job(celery_app, fleet_for_test, store, redis_server):
-    fleet_for_test({**store_env(store), **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5"})
+    fleet = fleet_for_test({**store_env(store), **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5"})
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("redis-restart"), 3))
     wait_until(lambda: job_status(job_id).frames_done >= 2)
     redis_server.stop(remove_data=False)  # SIGTERM: Redis writes its append-only file and exits
@@ -120,6 +120,7 @@ def test_redis_restart_mid_job(celery_app, fleet_for_test, store, redis_server):
     assert status.outcome == "succeeded"
     assert all(f["status"] == "succeeded" for f in manifest["frames"])
     assert_no_image_paid_twice(job_id, manifest)
+    print("workers restarted by the fleet's supervisor:", fleet.restarts)
 
 
 def test_cancel_mid_job(celery_app, fleet_for_test, store):
