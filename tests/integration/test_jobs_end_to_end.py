@@ -65,6 +65,12 @@ def test_storyboard_with_reference_chains_every_frame(celery_app, store):
         assert store.exists(f"jobs/{job_id}/frames/{frame['name']}.png")
         assert store.get(frame["selected"]["frame_key"]) == store.get(frame["selected"]["key"])
     assert store.list(f"traces/{job_id}") == []  # deleted at finalize by default
+    sheet = manifest["contact_sheet"]
+    assert sheet == {"png": f"jobs/{job_id}/contact_sheet.png", "html": f"jobs/{job_id}/contact_sheet.html"}
+    assert store.get(sheet["png"]).startswith(b"\x89PNG")
+    page = store.get(sheet["html"]).decode()
+    assert page.count("<tr>") == 6 and "inputs/reference.png" in page
+    assert "variations/clip_003_end/v1.png" in page
     history = JobState(job_id).history()
     messages = STAGE_MESSAGES["storyboard"]
     order = [next(i for i, line in enumerate(history) if messages[stage] in line)

@@ -9,7 +9,7 @@ from tasks.records import FrameRecord, Scores, Selection, VariationRecord
 from tasks.requests import JobConfig, JobOverrides, parse_request
 from tasks.state import JobSpec
 
-MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings", "cost",
+MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings", "cost", "contact_sheet",
                  "frames"}
 FRAME_KEYS = {"name", "clip", "status", "inputs", "original_prompt", "enhanced_prompt", "enhancement", "variations",
               "selected", "scorer", "warnings", "fallbacks", "timings"}

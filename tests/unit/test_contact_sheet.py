@@ -1,0 +1,43 @@
+import io
+
+from PIL import Image
+
+from tasks.contact_sheet import SELECTED, render_contact_html, render_contact_sheet
+from tasks.records import FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
+
+COLOURS = {"in.png": (0, 0, 255), "v1.png": (255, 0, 0), "v2.png": (0, 255, 0)}
+
+
+def manifest() -> Manifest:
+    frame = FrameRecord(
+        name="clip_001_start", clip=1, status="succeeded", inputs=["in.png"], original_prompt="p",
+        variations=[
+            VariationRecord(index=1, key="v1.png", scores=Scores(overall=40, pickscore=50, clip_score=30,
+                                                                 aesthetic=20, consistency=[0.5]), rank=2),
+            VariationRecord(index=2, key="v2.png", scores=Scores(overall=60, pickscore=70), rank=1),
+            VariationRecord(index=3, error="NSFW content detected"),
+        ],
+        selected=Selection(index=2, key="v2.png", frame_key="f.png", overall=60),
+        warnings=["quality 60.0 is below the threshold 70.0"],
+    )
+    return Manifest(job_id="j", kind="storyboard", status="succeeded", scorer="models", providers={},
+                    config={}, timings=JobTimings(submitted=0), frames=[frame])
+
+
+def load(key):
+    return Image.new("RGB", (160, 90), COLOURS[key])
+
+
+def test_png_outlines_the_selected_candidate_and_shows_inputs():
+    sheet = Image.open(io.BytesIO(render_contact_sheet(manifest(), "16:9", load))).convert("RGB")
+    pixels = sheet.load()
+    colours = {pixels[x, y] for x in range(sheet.width) for y in range(0, sheet.height, 3)}
+    assert SELECTED in colours and (0, 0, 255) in colours and (255, 0, 0) in colours
+    assert sheet.width > 250 + 3 * 224
+
+
+def test_html_links_every_candidate_and_marks_failures():
+    page = render_contact_html(manifest(), lambda key: key)
+    assert "class='selected'><a href='v2.png'>" in page
+    assert "failed: NSFW content detected" in page and "below the threshold" in page
+    assert "cons" in page and "#1" in page
