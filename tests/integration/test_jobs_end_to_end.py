@@ -153,3 +153,34 @@ def test_status_task_answers_a_main_app_that_only_knows_task_names(celery_app, s
     run_job(celery_app, "storyboard", storyboard_request(job_id, 1), store)
     status = celery_app.send_task("framefleet.jobs.status", args=[job_id]).get(timeout=30)
     assert status["state"] == "done" and status["percent"] == 100.0 and status["outcome"] == "succeeded"
+
+
+def test_cli_submit_wait_and_status_against_the_configured_broker(celery_app, store, tmp_path, monkeypatch, capsys):
+    import json
+
+    from config.settings import get_settings
+    from workers.cli import main
+    from workers.store import fleet_store
+
+    monkeypatch.setenv("FRAMEFLEET_STORE_URL", store.url)
+    get_settings.cache_clear()
+    fleet_store.cache_clear()
+    try:
+        request = tmp_path / "request.json"
+        job_id = unique_id("cli")
+        request.write_text(json.dumps(storyboard_request(job_id, 1)))
+        reference = tmp_path / "ref.png"
+        reference.write_bytes(png_bytes((90, 90, 200)))
+        assert main(["submit", "storyboard", str(request), "--reference", str(reference), "--wait"]) == 0
+        out = capsys.readouterr().out
+        assert f"Job {job_id}: succeeded" in out and "contact_sheet.png" in out
+        assert main(["status", job_id]) == 0 and "done 100%" in capsys.readouterr().out
+        assert main(["status", job_id, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["outcome"] == "succeeded"
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"clips": [{"start_prompt": "a"}]}))
+        assert main(["submit", "storyboard", str(bad)]) == 2
+        assert "clips.0.end_prompt" in capsys.readouterr().out
+    finally:
+        get_settings.cache_clear()
+        fleet_store.cache_clear()

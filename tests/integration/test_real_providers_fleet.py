@@ -109,3 +109,25 @@ def test_keys_never_reach_logs_artifacts_or_redis(celery_app, services, broker_u
     assert len(texts) > 50
     for secret in (OPENAI_KEY, REPLICATE_TOKEN):
         assert not any(secret.encode() in text for text in texts), secret
+
+
+def test_cancelling_a_job_cancels_its_predictions_on_replicate(celery_app, services):
+    import time
+
+    from workers.client import cancel_job, submit_job, wait_for_job
+
+    store, _, replicate_api, _, _ = services
+    replicate_api.never_finish = True
+    try:
+        before = len(replicate_api.creations)
+        job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("cancel-rep"), 1))
+        deadline = time.monotonic() + 60
+        while len(replicate_api.creations) < before + 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert cancel_job(celery_app, job_id)["predictions_cancelled"] == 4
+        assert wait_for_job(job_id, timeout_s=60).outcome == "cancelled"
+        created = {c["id"] for c in replicate_api.creations[before:]}
+        assert created <= set(replicate_api.canceled)
+    finally:
+        replicate_api.never_finish = False
