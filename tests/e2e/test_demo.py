@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +19,9 @@ def test_demo_runs_a_storyboard_end_to_end_and_stops_what_it_started(tmp_path):
     result = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--clips", "1", "--out", str(tmp_path)],
                             env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Started Redis on redis://127.0.0.1:" in result.stdout
+    port = int(re.search(r"Started Redis on redis://127.0.0.1:(\d+)/0", result.stdout).group(1))
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # the demo's Redis is stopped
     (manifest_path,) = tmp_path.glob("jobs/*/manifest.json")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["status"] == "succeeded" and len(manifest["frames"]) == 2
@@ -24,7 +29,10 @@ def test_demo_runs_a_storyboard_end_to_end_and_stops_what_it_started(tmp_path):
     assert "Contact sheet (png)" in result.stdout and str(manifest_path) in result.stdout
     traces = list(tmp_path.glob("traces/*/clip_001_start/*"))
     assert any(p.name == "01_agent1_iteration_1.txt" for p in traces)  # the demo keeps its traces
-    workers = subprocess.run(["pgrep", "-f", "celery -A workers.app worker"], capture_output=True, text=True)
-    for pid in workers.stdout.split():
-        environ = open(f"/proc/{pid}/environ", "rb").read() if os.path.exists(f"/proc/{pid}/environ") else b""
-        assert str(tmp_path).encode() not in environ  # every worker the demo started is gone
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline, environ = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if b"workers.app" in cmdline:
+            assert str(tmp_path).encode() not in environ  # every worker the demo started is gone
