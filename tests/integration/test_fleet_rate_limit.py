@@ -32,7 +32,7 @@ def test_creations_per_window_stay_under_the_fleet_limit(celery_app, start_fleet
         times = sorted(c["time"] for c in replicate_api.creations)
     assert status.outcome == "succeeded" and len(times) == 16
     for start in times:
-        in_window = [t for t in times if start <= t < start + WINDOW_S - 0.05]  # 50 ms for the server's clock
+        in_window = [t for t in times if start <= t < start + WINDOW_S - 0.2]  # request transit: slot taken → creation seen
         assert len(in_window) <= LIMIT
     assert times[-1] - times[0] >= (16 / LIMIT - 1) * WINDOW_S * 0.9
     for log in ("images.log", "imagesb.log"):
