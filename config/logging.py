@@ -13,12 +13,12 @@ from contextvars import ContextVar
 from config.settings import Settings
 
 CONTEXT_FIELDS = ("job_id", "frame", "variation", "task_id")
-task_context: ContextVar[dict[str, str]] = ContextVar("framefleet_task_context", default={})
+task_context: ContextVar[dict[str, str] | None] = ContextVar("framefleet_task_context", default=None)
 
 
 class TaskContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        context = task_context.get()
+        context = task_context.get() or {}
         for field in CONTEXT_FIELDS:
             if not hasattr(record, field):
                 setattr(record, field, context.get(field, "-"))

@@ -264,7 +264,7 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int) ->
     except Exception as error:  # provider or store failure: retry once, then a failure record
         if self.request.retries < self.max_retries:
             log.warning("variation %s of %s/%s failed (%s); retrying once", index, job_id, frame, error)
-            raise self.retry(exc=error, countdown=GENERATION_RETRY_DELAY_S)
+            raise self.retry(exc=error, countdown=GENERATION_RETRY_DELAY_S) from error
         log.warning("variation %s of %s/%s failed after a retry: %s", index, job_id, frame, error)
         return VariationRecord(index=index, prompt_source=stage, error=str(error),
                                timing=(started, time.time())).model_dump(mode="json")

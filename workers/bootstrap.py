@@ -83,7 +83,7 @@ def _enter_task_context(task_id, task, args, kwargs, **_) -> None:
 
 @task_postrun.connect
 def _leave_task_context(**_) -> None:
-    task_context.set({})
+    task_context.set(None)
 
 
 @worker_init.connect
