@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 ENHANCED, ORIGINAL = "enhanced", "original"  # which prompt a generation stage uses
 GENERATION_RETRY_DELAY_S = 1.0
+RETRY_WITH_ORIGINAL_PROMPT = "generation failed: one image with the original prompt"
+
+
+def prompt_for(record: FrameRecord, stage: str) -> str:
+    """The prompt a stage generates from, and so the prompt its images are scored against."""
+    return record.original_prompt if stage == ORIGINAL else (record.enhanced_prompt or record.original_prompt)
 
 
 # Artifact keys: deterministic in (job, frame, stage, variation), so redelivery overwrites.
@@ -198,7 +204,7 @@ def continue_frames(state: JobState) -> str:
     for planned in spec.plan.frames:
         record = frames[planned.name]
         if record.status == "pending":
-            original = "generation failed: one image with the original prompt" in record.fallbacks
+            original = RETRY_WITH_ORIGINAL_PROMPT in record.fallbacks
             enqueue_frame(state, planned.name, ORIGINAL if original else ENHANCED)
             return planned.name
     finalize_job.delay(state.job_id)
@@ -230,9 +236,7 @@ def enqueue_frame(state: JobState, frame: str, stage: str) -> None:
     if record.enhancement.fallback:  # the seeds' rule: original prompt, a single image
         stage = ORIGINAL
     count = 1 if stage == ORIGINAL else spec.config.num_variations
-    frames = state.frames()
-    done = sum(f.status != "pending" for f in frames.values())
-    state.frame_stage(spec.kind, "generate", frame, done, len(frames))
+    state.frame_stage(spec.kind, "generate", frame, *_progress(state))
     header = [generate_variation.si(state.job_id, frame, stage, index) for index in range(1, count + 1)]
     body = score_variations.s(state.job_id, frame) | select_variation.s(state.job_id, frame, stage)
     _send(state, header, body)
@@ -248,7 +252,7 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int) ->
     if state.cancelled():  # checked before any paid call
         return VariationRecord(index=index, prompt_source=stage, error="cancelled").model_dump(mode="json")
     spec, record = state.spec(), state.frame(frame)
-    prompt = record.enhanced_prompt if stage == ENHANCED else record.original_prompt
+    prompt = prompt_for(record, stage)
     key = variation_key(job_id, frame, stage, index)
     started = time.time()
     attempt = self.request.retries
@@ -305,7 +309,7 @@ def score_variations(results: list[dict], job_id: str, frame: str) -> dict:
     scorer, error, notes = None, None, []
     if any(v.key for v in variations) and not state.cancelled():
         try:
-            scorer, notes = score_frame(record.enhanced_prompt or record.original_prompt, variations, record.inputs,
+            scorer, notes = score_frame(prompt_for(record, variations[0].prompt_source), variations, record.inputs,
                                         spec.config.score_weights.model_dump())
         except Exception as exc:  # the seeds' fallback: first generated image, unranked
             log.warning("scoring failed for %s/%s: %s", job_id, frame, exc)
@@ -359,7 +363,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str) -> None:
     state.frame_stage(spec.kind, "score", frame, *_progress(state))
     if not any(v.key for v in variations):
         if stage == ENHANCED:
-            record.fallbacks.append("generation failed: one image with the original prompt")
+            record.fallbacks.append(RETRY_WITH_ORIGINAL_PROMPT)
             state.save_frame(record)
             if state.claim(f"original:{frame}"):
                 enqueue_frame(state, frame, ORIGINAL)

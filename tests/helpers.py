@@ -52,3 +52,10 @@ def references_request(job_id: str, scenes: int = 3, **extra) -> dict:
 def unique_id(prefix: str) -> str:
     return f"{prefix}-{int(time.time() * 1000) % 10**9}-{os.getpid()}"
 
+
+
+def put_reference(store: ArtifactStore, job_id: str, colour=(200, 40, 40)) -> str:
+    """Upload a reference image the way a main app would; returns its artifact key."""
+    key = f"uploads/{job_id}/reference.png"
+    store.put(key, png_bytes(colour))
+    return key

@@ -41,18 +41,17 @@ def demo_request(clips: int) -> dict:
 
 
 def upload_reference(path: str, job_id: str) -> str:
-    """A local image given on the command line goes to the store as the job's reference input."""
-    from PIL import Image
-
+    """A local image given on the command line goes to the store as the job's reference input,
+    checked the same way the fleet checks every reference (pixel cap, formats, EXIF)."""
+    from workers.inputs import normalise_image
     from workers.store import fleet_store
 
-    data = Path(path).read_bytes()
     try:
-        Image.open(Path(path)).verify()
-    except Exception as error:
-        raise RequestError(f"reference: {path} is not a readable image ({error})") from None
-    key = f"jobs/{job_id}/inputs/reference{Path(path).suffix.lower() or '.png'}"
-    fleet_store().put(key, data, "image/png")
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise RequestError(f"reference: cannot read {path} ({error.strerror})") from None
+    key = f"jobs/{job_id}/inputs/reference.png"
+    fleet_store().put(key, normalise_image(data, "reference", get_settings()), "image/png")
     return key
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tasks.requests import RequestError
-from tasks.state import JobState
+from tasks.state import JobExists, JobState
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
 from workers.client import submit_job
@@ -110,7 +110,7 @@ def test_duplicate_job_id_while_the_first_is_known(celery_app, env):
     store, _ = env
     job_id = unique_id("twice")
     submit_job(celery_app, "storyboard", storyboard_request(job_id, 1))
-    with pytest.raises(Exception, match="job_id: a job .* already exists"):
+    with pytest.raises(JobExists, match="job_id: a job .* already exists"):
         submit_job(celery_app, "storyboard", storyboard_request(job_id, 1, reference_image="uploads/x.png"))
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from tasks.enhancement import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE
 from tasks.state import STAGE_MESSAGES, JobState
-from tests.helpers import png_bytes, references_request, run_job, storyboard_request, unique_id
+from tests.helpers import png_bytes, put_reference, references_request, run_job, storyboard_request, unique_id
 from workers.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -46,8 +46,7 @@ def assert_frames_complete(manifest: dict, variations: int = 4) -> None:
 
 def test_storyboard_with_reference_chains_every_frame(celery_app, store):
     job_id = unique_id("sb")
-    reference = f"uploads/{job_id}/reference.png"
-    store.put(reference, png_bytes())
+    reference = put_reference(store, job_id)
     status, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 3, reference_image=reference),
                                store)
 
@@ -138,7 +137,6 @@ def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, 
 
 
 def test_duplicate_job_id_is_refused(celery_app, store):
-    from tasks.requests import RequestError  # noqa: F401  (the error type the client re-raises)
     from tasks.state import JobExists
     from workers.client import submit_job
 
@@ -177,6 +175,10 @@ def test_cli_submit_wait_and_status_against_the_configured_broker(celery_app, st
         assert main(["status", job_id]) == 0 and "done 100%" in capsys.readouterr().out
         assert main(["status", job_id, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["outcome"] == "succeeded"
+        not_an_image = tmp_path / "notes.png"
+        not_an_image.write_text("not an image")
+        assert main(["submit", "storyboard", str(request), "--reference", str(not_an_image)]) == 2
+        assert "reference: not a readable image" in capsys.readouterr().out
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"clips": [{"start_prompt": "a"}]}))
         assert main(["submit", "storyboard", str(bad)]) == 2

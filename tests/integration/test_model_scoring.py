@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
+from tests.helpers import put_reference, run_job, storyboard_request, unique_id
 from tests.tiny_models import build_tiny_models, sources_env
 from workers.store import open_store
 
@@ -23,8 +23,7 @@ def store(tmp_path_factory, start_fleet):
 
 def test_storyboard_scored_by_the_models_with_consistency(celery_app, store):
     job_id = unique_id("models")
-    reference = f"uploads/{job_id}/reference.png"
-    store.put(reference, png_bytes())
+    reference = put_reference(store, job_id)
     status, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 1, reference_image=reference),
                                store)
     assert status.outcome == "succeeded"

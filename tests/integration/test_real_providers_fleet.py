@@ -7,7 +7,7 @@ import pytest
 from tasks.pipeline import variation_seed
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
-from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
+from tests.helpers import put_reference, run_job, storyboard_request, unique_id
 from workers.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -32,8 +32,7 @@ def services(tmp_path_factory, start_fleet):
 def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
     store, openai_api, replicate_api, _, _ = services
     job_id = unique_id("real")
-    reference = f"uploads/{job_id}/reference.png"
-    store.put(reference, png_bytes((10, 200, 10)))
+    reference = put_reference(store, job_id, (10, 200, 10))
     before = len(replicate_api.creations)
     status, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 2, reference_image=reference),
                                store)

@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import png_bytes, references_request, run_job, storyboard_request, unique_id
+from tests.helpers import put_reference, references_request, run_job, storyboard_request, unique_id
 from workers.local_redis import free_port
 from workers.store import S3Store
 
@@ -34,8 +34,7 @@ def s3_store(start_fleet):
 
 def test_storyboard_on_s3(celery_app, s3_store):
     job_id = unique_id("s3-sb")
-    reference = f"uploads/{job_id}/reference.png"
-    s3_store.put(reference, png_bytes())
+    reference = put_reference(s3_store, job_id)
     status, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 3, reference_image=reference),
                                s3_store)
     assert status.outcome == "succeeded" and status.percent == 100.0

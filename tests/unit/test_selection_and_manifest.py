@@ -3,7 +3,7 @@
 import json
 
 from config.settings import Settings
-from tasks.pipeline import build_manifest, select_best_variation
+from tasks.pipeline import ORIGINAL, ENHANCED, build_manifest, prompt_for, select_best_variation
 from tasks.plan import build_frame_plan
 from tasks.records import FrameRecord, Scores, Selection, VariationRecord
 from tasks.requests import JobConfig, JobOverrides, parse_request
@@ -69,3 +69,9 @@ def test_manifest_schema_and_outcomes():
     assert partial.status == "partial" and partial.failed_clips == [2]
     failed = build_manifest(spec(2), frames(["failed", "skipped", "failed", "skipped"]), finished=2.0)
     assert failed.status == "failed" and failed.failed_clips == [1, 2]
+
+
+def test_images_are_scored_against_the_prompt_they_were_generated_from():
+    record = FrameRecord(name="f", original_prompt="a keeper", enhanced_prompt="a keeper, 35mm lens, dusk light")
+    assert prompt_for(record, ENHANCED) == "a keeper, 35mm lens, dusk light"
+    assert prompt_for(record, ORIGINAL) == "a keeper"  # the generation fallback
