@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     quality_threshold: float = Field(30.0, ge=0, le=100)
     score_weights: ScoreWeights = ScoreWeights()
     keep_traces: bool = False
+    enhance: bool = True  # false: no LLM rounds, frames are generated from the original prompt
 
     # Request limits.
     max_frames: int = Field(64, ge=1)

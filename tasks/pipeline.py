@@ -164,6 +164,12 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
     started = time.time()
     agents = None
     try:
+        if not spec.config.enhance:  # the job asked for the original prompt (e.g. an evaluation baseline)
+            record.enhanced_prompt = record.original_prompt
+            record.enhancement = Enhancement(skipped=True)
+            state.save_frame(record)
+            state.prompt_enhanced(spec.kind, len(spec.plan.frames))
+            return {"frame": frame, "fallback": False}
         if "enhancement" in settings.inject_faults:
             raise RuntimeError("injected fault: enhancement")
         agents = prompt_agents(settings)
@@ -232,6 +238,7 @@ def enqueue_frame(state: JobState, frame: str, stage: str) -> None:
     spec = state.spec()
     record = state.frame(frame)
     record.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), state.selections())
+    record.timings.enqueued = time.time()
     state.save_frame(record)
     if record.enhancement.fallback:  # the seeds' rule: original prompt, a single image
         stage = ORIGINAL
@@ -272,7 +279,9 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int) ->
         log.warning("variation %s of %s/%s failed after a retry: %s", index, job_id, frame, error)
         return VariationRecord(index=index, prompt_source=stage, error=str(error),
                                timing=(started, time.time())).model_dump(mode="json")
-    result = VariationRecord(index=index, key=key, prompt_source=stage, timing=(started, time.time()))
+    queue_wait = round(started - record.timings.enqueued, 3) if record.timings.enqueued else None
+    result = VariationRecord(index=index, key=key, prompt_source=stage, timing=(started, time.time()),
+                             queue_wait=queue_wait)
     state.save_variation(frame, stage, result)
     return result.model_dump(mode="json")
 

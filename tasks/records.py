@@ -32,10 +32,12 @@ class VariationRecord(BaseModel):
     rank: int | None = None
     error: str | None = None
     timing: Span | None = None
+    queue_wait: float | None = None  # seconds from the frame's enqueue to this generation's start
 
 
 class Enhancement(BaseModel):
     iterations: int = 0
+    skipped: bool = False  # the job asked for no enhancement (overrides.enhance = false)
     final_score: float | None = None
     fallback: bool = False
     error: str | None = None
@@ -49,6 +51,7 @@ class Selection(BaseModel):
 
 
 class FrameTimings(BaseModel):
+    enqueued: float | None = None  # when the frame's generations were enqueued (epoch seconds)
     enhance: Span | None = None
     variations: list[Span] = []
     score: Span | None = None

@@ -83,6 +83,7 @@ class JobOverrides(BaseModel):
     quality_threshold: float | None = Field(None, ge=0, le=100)
     score_weights: ScoreWeights | None = None
     keep_traces: bool | None = None
+    enhance: bool | None = Field(None, description="false: generate from the original prompt, no LLM rounds")
     image_model: str | None = Field(None, description="Replicate model; must have an adapter")
 
     @field_validator("image_model")
@@ -106,6 +107,7 @@ class JobConfig(BaseModel):
     score_weights: ScoreWeights
     keep_traces: bool
     image_model: str
+    enhance: bool = True
 
     @classmethod
     def resolve(cls, settings: Settings, overrides: JobOverrides) -> "JobConfig":

@@ -61,7 +61,7 @@ def test_manifest_schema_and_outcomes():
     data = json.loads(manifest.model_dump_json())
     assert set(data) == MANIFEST_KEYS and set(data["frames"][0]) == FRAME_KEYS
     assert set(data["timings"]) == {"submitted", "finished"}
-    assert set(data["frames"][0]["timings"]) == {"enhance", "variations", "score"}
+    assert set(data["frames"][0]["timings"]) == {"enqueued", "enhance", "variations", "score"}
     assert data["status"] == "succeeded" and data["failed_clips"] == [] and data["scorer"] == "heuristic"
     assert data["warnings"][0] == "clip_001_start: quality 20.0 is below the threshold 30.0"
 
