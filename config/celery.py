@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from config.settings import Settings
 
-QUEUES = ("control", "llm", "images", "gpu")
+QUEUES = ("intake", "control", "llm", "images", "gpu")
 
 # Task name → queue. Every task is named explicitly, so the main app and Flower see these names.
+# Creates run on `intake`: validating a request and fetching its reference URL (up to the fetch
+# deadline) never holds a thread that selects frames, finalizes jobs or runs the watchdog.
 TASK_QUEUES = {
-    "framefleet.storyboard.create": "control",
-    "framefleet.references.create": "control",
-    "framefleet.jobs.start_frames": "control",
+    "framefleet.storyboard.create": "intake",
+    "framefleet.references.create": "intake",
     "framefleet.jobs.status": "control",
     "framefleet.jobs.resume": "control",
     "framefleet.jobs.cancel": "control",
@@ -24,6 +25,7 @@ TASK_QUEUES = {
 
 # How each queue's workers run by default: (pool, concurrency).
 WORKER_SHAPES = {
+    "intake": ("threads", 8),
     "control": ("threads", 4),
     "llm": ("threads", 16),
     "images": ("threads", 16),
@@ -31,8 +33,25 @@ WORKER_SHAPES = {
 }
 
 
+def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Soft/hard time limits per task. The prefork pool enforces them; threads and solo pools
+    cannot interrupt a thread, so there every blocking call also has its own deadline (reference
+    fetch, OpenAI timeout and rate-limit wait, Replicate prediction timeout)."""
+    short = {"soft_time_limit": 120, "time_limit": 150}
+    limits = {name: short for name in TASK_QUEUES}
+    limits["framefleet.storyboard.create"] = limits["framefleet.references.create"] = {
+        "soft_time_limit": 90, "time_limit": 120}
+    limits["framefleet.prompts.enhance"] = {"soft_time_limit": 1800, "time_limit": 1900}
+    generation = settings.replicate_prediction_timeout_s + 300
+    limits["framefleet.images.generate_variation"] = {"soft_time_limit": generation, "time_limit": generation + 60}
+    limits["framefleet.scoring.score_variations"] = {"soft_time_limit": 600, "time_limit": 660}
+    return limits
+
+
 def celery_config(settings: Settings) -> dict:
-    transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+    # Message priorities (tasks/scheduling.py): each queue is two Redis lists, `queue` (priority 0,
+    # served first) and `queue:9`. Queue-length metrics must count both (deploy/k8s/keda.yaml).
+    transport_options = {"visibility_timeout": settings.visibility_timeout_s, "priority_steps": [0, 9], "sep": ":"}
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,
@@ -48,6 +67,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         "task_default_queue": "control",
+        "task_annotations": task_time_limits(settings),
         "task_track_started": True,
         "task_send_sent_event": True,
         "worker_send_task_events": True,

@@ -14,7 +14,8 @@ from scoring.weights import DEFAULT_SOURCES, ModelSources
 class ScoreWeights(BaseModel):
     """Weights of the overall score. PickScore leads: it predicts human preference best."""
 
-    model_config = {"extra": "forbid"}
+    # Infinity/NaN would be stored as null and make the job unreadable: refuse them here.
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
     pickscore: float = Field(0.5, ge=0)
     clip_score: float = Field(0.25, ge=0)
@@ -30,7 +31,8 @@ class ScoreWeights(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FRAMEFLEET_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="FRAMEFLEET_", extra="ignore", populate_by_name=True,
+                                      allow_inf_nan=False)
 
     # Infrastructure. No broker URL means "embedded": `framefleet demo` starts its own Redis.
     broker_url: str | None = None
@@ -40,9 +42,16 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     # Redis redelivers an unacknowledged task after this; it must exceed the slowest task.
     visibility_timeout_s: int = Field(3600, ge=1)
-    # The watchdog re-drives a job whose status has not moved for this long.
+    # Step leases: a running step renews its lease every lease_ttl_s / 3; the watchdog re-drives
+    # a step whose lease expired (its worker died), at most max_redrives times before parking the job.
+    lease_ttl_s: float = Field(30.0, gt=0)
+    max_redrives: int = Field(3, ge=1)
+    watchdog_interval_s: float = Field(10.0, gt=0)
+    # Last resort for lost messages (no step running, no lease): re-drive a job whose status has
+    # not moved for this long.
     stall_after_s: float = Field(900.0, gt=0)
-    watchdog_interval_s: float = Field(30.0, gt=0)
+    # A create that died half-way (stage "creating") is discarded after this long.
+    create_timeout_s: float = Field(120.0, gt=0)
     s3_server_side_encryption: Literal["AES256", "aws:kms"] | None = None
     s3_sse_kms_key_id: str | None = None
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
@@ -93,6 +102,14 @@ class Settings(BaseSettings):
     score_weights: ScoreWeights = ScoreWeights()
     keep_traces: bool = False
     enhance: bool = True  # false: no LLM rounds, frames are generated from the original prompt
+
+    # Scheduling (tasks/scheduling.py): "priority" runs a running job's next frame ahead of new
+    # jobs' first frames; "fifo" is the plain queue order (for comparison).
+    scheduling: Literal["priority", "fifo"] = "priority"
+    # Straggler cut: once min_variations of a frame's variations are stored, one still running
+    # straggler_grace_s later is stopped (its prediction cancelled). min = num_variations: no cut.
+    min_variations: int = Field(3, ge=1, le=8)
+    straggler_grace_s: float = Field(20.0, gt=0)
 
     # Request limits.
     max_frames: int = Field(64, ge=1)

@@ -87,6 +87,22 @@ class EnhancementResult(BaseModel):
 TraceWriter = Callable[[str, str], None]
 
 
+class RoundLedger(Protocol):
+    """Replies already paid for, by (iteration, agent): a second run of the same enhancement
+    (redelivery, a re-drive after a crash) replays them instead of asking the LLM again."""
+
+    def get(self, iteration: int, agent: str) -> str | None: ...
+    def put(self, iteration: int, agent: str, reply: str) -> None: ...
+
+
+class NoLedger:
+    def get(self, iteration: int, agent: str) -> str | None:
+        return None
+
+    def put(self, iteration: int, agent: str, reply: str) -> None:
+        pass
+
+
 def enhance_prompt_iterative(
     prompt: str,
     agents: PromptAgents,
@@ -96,7 +112,9 @@ def enhance_prompt_iterative(
     convergence_epsilon: float,
     trace: TraceWriter = lambda name, text: None,
     check_cancelled: Callable[[], None] = lambda: None,
+    ledger: RoundLedger = NoLedger(),
 ) -> EnhancementResult:
+    check_cancelled()  # nothing, not even the first trace file, after a cancel
     trace(ORIGINAL_PROMPT_TRACE, prompt)
     rounds: list[Round] = []
     best: Round | None = None
@@ -106,9 +124,17 @@ def enhance_prompt_iterative(
         check_cancelled()  # raises when the job was cancelled: no paid round after a cancel
         started = time.time()
         usage_before = dict(getattr(agents, "usage", {}))
-        candidate = agents.creative_director(prompt, current, critique)
+        candidate = ledger.get(iteration, "agent1")
+        if candidate is None:
+            candidate = agents.creative_director(prompt, current, critique)
+            ledger.put(iteration, "agent1", candidate)
         trace(agent1_trace_name(iteration), candidate)
-        critique = agents.prompt_engineer(candidate)
+        replayed = ledger.get(iteration, "agent2")
+        if replayed is None:
+            critique = agents.prompt_engineer(candidate)
+            ledger.put(iteration, "agent2", critique.model_dump_json())
+        else:
+            critique = Critique.model_validate_json(replayed)
         trace(agent2_trace_name(iteration), critique.as_text())
         usage = {k: v - usage_before.get(k, 0) for k, v in getattr(agents, "usage", {}).items()}
         this_round = Round(iteration=iteration, prompt=candidate, critique=critique, started=started,

@@ -1,77 +1,52 @@
-"""The Celery tasks and the canvas that wires them into a job.
+"""The Celery tasks of a job.
 
-  create ─ chord(enhance(frame) for every frame [llm]) → start_frames [control]
-  frame k: chord(generate_variation × n [images]) → score_variations [gpu] → select [control]
-  select stores frame k's selection, then enqueues frame k+1's chord, or finalize [control].
+  create [intake] ─ enhance(frame) for every frame [llm], all at once
+  frame k, once its enhancement is stored and frame k-1 is settled (tasks/scheduling.py):
+      chord(generate_variation × n [images]) → score_variations [gpu] → select [control]
+  select stores frame k's selection, then enqueues the next ready frame, or finalize [control].
 
 Tasks are thin: parse the small JSON payload, call a plain function, write artifacts, return
 small JSON (artifact keys and numbers). No task waits on another task's result.
+
+Every step is race-free: it takes a lease (tasks/leases.py) before it works, a second copy waits
+for the first copy's stored result (or takes over when the first died) and never pays twice,
+and frame records change only by compare-and-set (``JobState.update_frame``), so a late duplicate
+cannot write an old state back.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import time
 
-from celery import chord
-from PIL import Image
-
 from config.settings import get_settings
 from scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
-from tasks.contact_sheet import render_contact_html, render_contact_sheet
 from tasks.enhancement import GENERATION_TRACE, enhance_prompt_iterative
-from tasks.plan import build_frame_plan, resolve_inputs
-from tasks.records import (Cost, Enhancement, FrameRecord, JobTimings, Manifest, Scores, Selection,
-                           VariationRecord)
+from tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, trace_key, variation_key,
+                        variation_seed)
+from tasks.leases import Lease, wait_for
+from tasks.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
+from tasks.plan import build_frame_plan
+from tasks.records import Enhancement, FrameRecord, Scores, Selection, VariationRecord
+from tasks.recovery import resume, watchdog_round
 from tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
-from tasks.state import JobExists, JobSpec, JobState, active_jobs
+from tasks.scheduling import RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
+from tasks.state import JobExists, JobSpec, JobState, StaleWrite
 from workers.app import app
 from workers.bootstrap import process_scorer
-from workers.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
-from workers.providers.base import ImageRequest
 from workers.inputs import fetch_url, is_url, normalise_image
+from workers.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
+from workers.providers.base import GenerationStopped, ImageRequest
 from workers.store import fleet_store
 
 log = logging.getLogger(__name__)
 
-ENHANCED, ORIGINAL = "enhanced", "original"  # which prompt a generation stage uses
 GENERATION_RETRY_DELAY_S = 1.0
-RETRY_WITH_ORIGINAL_PROMPT = "generation failed: one image with the original prompt"
 
 
 def prompt_for(record: FrameRecord, stage: str) -> str:
     """The prompt a stage generates from, and so the prompt its images are scored against."""
     return record.original_prompt if stage == ORIGINAL else (record.enhanced_prompt or record.original_prompt)
-
-
-# Artifact keys: deterministic in (job, frame, stage, variation), so redelivery overwrites.
-def variation_key(job_id: str, frame: str, stage: str, index: int) -> str:
-    name = f"v{index}.png" if stage == ENHANCED else f"original_v{index}.png"
-    return f"jobs/{job_id}/variations/{frame}/{name}"
-
-
-def variation_seed(job_id: str, frame: str, stage: str, index: int, attempt: int) -> int:
-    """Different per variation (so 4 candidates are not copies), the same on redelivery."""
-    digest = hashlib.sha256(f"{job_id}/{frame}/{stage}/{index}/{attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 2**31
-
-
-def frame_key(job_id: str, frame: str) -> str:
-    return f"jobs/{job_id}/frames/{frame}.png"
-
-
-def manifest_key(job_id: str) -> str:
-    return f"jobs/{job_id}/manifest.json"
-
-
-def trace_key(job_id: str, frame: str, name: str) -> str:
-    return f"traces/{job_id}/{frame}/{name}"
-
-
-def _decode(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 class JobCancelled(Exception):
@@ -83,10 +58,23 @@ def _raise_if_cancelled(state: JobState) -> None:
         raise JobCancelled(state.job_id)
 
 
-def reference_key(job_id: str) -> str:
-    return f"jobs/{job_id}/inputs/reference.png"
+def claim_step(state: JobState, step: str, outcome) -> tuple[object, Lease | None]:
+    """(stored outcome, None) when the step's outcome exists — now or once the copy running it
+    finishes — else (None, lease) with this copy holding the step's lease."""
+    stored = outcome()
+    if stored is not None:
+        return stored, None
+    lease = state.lease(step)
+    if lease.acquire():
+        stored = outcome()  # finished between the check and the acquire
+        if stored is None:
+            return None, lease
+        lease.release(finished=True)
+        return stored, None
+    return wait_for(outcome, lease)
 
 
+# Create (intake queue: validating and fetching a reference never holds up select/finalize) ---
 def load_reference(source: str, field: str, settings) -> bytes:
     """The reference image as validated PNG bytes, from a store key or an http(s) URL."""
     if is_url(source):
@@ -97,21 +85,12 @@ def load_reference(source: str, field: str, settings) -> bytes:
         raise RequestError(f"{field}: no artifact {source!r} in the store") from None
 
 
-def _send(state: JobState, header: list, body) -> None:
-    """Enqueue chord(header, body), remembering its task ids so a cancel can revoke them."""
-    ids = [signature.freeze().id for signature in header]
-    result = body.freeze()
-    while result is not None:  # a chain body: its last task's result links back to the first
-        ids.append(result.id)
-        result = result.parent
-    state.add_task_ids(ids)
-    chord(header, body).apply_async()
-
-
 def submit_job(kind: str, payload) -> dict:
-    """Validate everything, then store the spec and enqueue the enhancement chord.
+    """Validate everything, then store the job and enqueue every frame's enhancement.
 
-    Bad input raises RequestError naming the field before anything is written or enqueued.
+    Bad input raises RequestError naming the field before anything is written or enqueued. The
+    create is all-or-nothing: if storing the reference or enqueueing fails, the job is deleted
+    again and its id is free.
     """
     settings = get_settings()
     request = parse_request(kind, payload, settings)
@@ -130,22 +109,39 @@ def submit_job(kind: str, payload) -> dict:
         providers={"llm": llm_provider_name(settings), "images": image_provider_name(settings)},
         submitted=time.time(),
     )
-    state.create(spec)
-    if reference_png is not None:
-        fleet_store().put(reference_key(request.job_id), reference_png, "image/png")
-    state.set_active(True)
-    _send(state, [enhance_prompt.si(request.job_id, f.name) for f in plan.frames], start_frames.si(request.job_id))
+    state.create(spec)  # claims the id: from here on a failure must give it back
+    try:
+        if reference_png is not None:
+            fleet_store().put(reference_key(request.job_id), reference_png, "image/png")
+        state.created()
+        for frame in plan.frames:
+            send(state, "framefleet.prompts.enhance", (request.job_id, frame.name))
+    except Exception:
+        log.exception("create of %s failed half-way; deleting it", request.job_id)
+        state.discard()
+        raise
     return {"job_id": request.job_id, "frames": len(plan.frames)}
 
 
+def _the_request(kind: str, args: tuple, kwargs: dict):
+    """The create tasks take exactly one argument, the request (positional or ``request=``)."""
+    given = list(args) + ([kwargs.pop("request")] if "request" in kwargs else [])
+    if kwargs:
+        raise RequestError(f"request: unexpected keyword arguments {sorted(kwargs)}")
+    if len(given) != 1:
+        raise RequestError(f"request: framefleet.{kind}.create takes exactly one argument, the request "
+                           f"(a JSON object or JSON text); got {len(given)}")
+    return given[0]
+
+
 @app.task(name="framefleet.storyboard.create")
-def create_storyboard(request) -> dict:
-    return submit_job("storyboard", request)
+def create_storyboard(*args, **kwargs) -> dict:
+    return submit_job("storyboard", _the_request("storyboard", args, kwargs))
 
 
 @app.task(name="framefleet.references.create")
-def create_references(request) -> dict:
-    return submit_job("references", request)
+def create_references(*args, **kwargs) -> dict:
+    return submit_job("references", _the_request("references", args, kwargs))
 
 
 @app.task(name="framefleet.jobs.status")
@@ -153,137 +149,159 @@ def job_status(job_id: str) -> dict:
     return JobState(job_id).status().model_dump(mode="json")
 
 
-# Enhancement -----------------------------------------------------------------------------
+# Enhancement (llm) --------------------------------------------------------------------------
+class StateLedger:
+    """The LLM ledger of one frame's enhancement, in Redis (see tasks.enhancement.RoundLedger)."""
+
+    def __init__(self, state: JobState, frame: str, prompt: str):
+        self.state, self.frame, self.prompt = state, frame, prompt
+
+    def get(self, iteration: int, agent: str) -> str | None:
+        return self.state.llm_reply(self.frame, self.prompt, iteration, agent)
+
+    def put(self, iteration: int, agent: str, reply: str) -> None:
+        self.state.save_llm_reply(self.frame, self.prompt, iteration, agent, reply)
+
+
+def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
+    """Run the two-agent loop for one frame and store the result; None when cancelled."""
+    spec, settings, store, record = state.spec(), get_settings(), fleet_store(), state.frame(frame)
+    started = time.time()
+    fallback_note = None
+    agents = None
+    if not spec.config.enhance:  # the job asked for the original prompt (e.g. an evaluation baseline)
+        enhanced, enhancement = record.original_prompt, Enhancement(skipped=True)
+    else:
+        try:
+            if "enhancement" in settings.inject_faults:
+                raise RuntimeError("injected fault: enhancement")
+            agents = prompt_agents(settings)
+            result = enhance_prompt_iterative(
+                record.original_prompt, agents,
+                max_iterations=spec.config.max_enhancement_iterations, score_threshold=spec.config.score_threshold,
+                convergence_epsilon=spec.config.convergence_epsilon,
+                trace=lambda name, text: None if state.closed() else store.put(
+                    trace_key(state.job_id, frame, name), text.encode(), "text/plain"),
+                check_cancelled=lambda: _raise_if_cancelled(state),
+                ledger=StateLedger(state, frame, record.original_prompt),
+            )
+            enhanced = result.final_prompt
+            enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
+        except JobCancelled:
+            return None
+        except Exception as error:  # any failure of the LLM stage takes the seeds' fallback
+            log.warning("enhancement failed for %s/%s: %s; using the original prompt", state.job_id, frame, error)
+            enhanced, enhancement = record.original_prompt, Enhancement(fallback=True, error=str(error))
+            fallback_note = "enhancement failed: original prompt, single image"
+    if getattr(agents, "usage", None):
+        state.add_costs(frame, **agents.usage)
+
+    def store_enhancement(current: FrameRecord) -> None:
+        if current.enhanced_prompt is not None:
+            raise StaleWrite(f"{frame} is already enhanced")
+        current.enhanced_prompt, current.enhancement = enhanced, enhancement
+        current.timings.enhance = (started, time.time())
+        if fallback_note:
+            current.fallbacks.append(fallback_note)
+
+    state.update_frame(frame, store_enhancement)
+    state.prompt_enhanced(spec.kind, len(spec.plan.frames))
+    return enhancement
+
+
 @app.task(name="framefleet.prompts.enhance")
 def enhance_prompt(job_id: str, frame: str) -> dict:
     state = JobState(job_id)
-    record = state.frame(frame)
-    if record.enhanced_prompt is not None:  # redelivered: the paid work is done
-        return {"frame": frame, "fallback": record.enhancement.fallback}
-    spec, settings, store = state.spec(), get_settings(), fleet_store()
-    started = time.time()
-    agents = None
-    try:
-        if not spec.config.enhance:  # the job asked for the original prompt (e.g. an evaluation baseline)
-            record.enhanced_prompt = record.original_prompt
-            record.enhancement = Enhancement(skipped=True)
-            state.save_frame(record)
-            state.prompt_enhanced(spec.kind, len(spec.plan.frames))
-            return {"frame": frame, "fallback": False}
-        if "enhancement" in settings.inject_faults:
-            raise RuntimeError("injected fault: enhancement")
-        agents = prompt_agents(settings)
-        result = enhance_prompt_iterative(
-            record.original_prompt, agents,
-            max_iterations=spec.config.max_enhancement_iterations, score_threshold=spec.config.score_threshold,
-            convergence_epsilon=spec.config.convergence_epsilon,
-            trace=lambda name, text: store.put(trace_key(job_id, frame, name), text.encode(), "text/plain"),
-            check_cancelled=lambda: _raise_if_cancelled(state),
-        )
-        record.enhanced_prompt = result.final_prompt
-        record.enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
-    except JobCancelled:
+
+    def enhanced():
+        record = state.frame(frame)
+        return record.enhancement if record.enhanced_prompt is not None else None
+
+    enhancement, lease = claim_step(state, f"enhance:{frame}", enhanced)
+    if lease is None:
+        dispatch_ready(state)
+    else:
+        try:
+            try:
+                enhancement = enhance_frame(state, frame)
+            except StaleWrite:  # another copy stored it first (its lease had expired)
+                enhancement = enhanced()
+            dispatch_ready(state)  # inside the lease: if this fails, the watchdog re-drives the step
+        except BaseException:
+            lease.release(finished=False)
+            raise
+        lease.release(finished=True)
+    if enhancement is None:
         return {"frame": frame, "cancelled": True}
-    except Exception as error:  # any failure of the LLM stage takes the seeds' fallback
-        log.warning("enhancement failed for %s/%s: %s; using the original prompt", job_id, frame, error)
-        record.enhanced_prompt = record.original_prompt
-        record.enhancement = Enhancement(fallback=True, error=str(error))
-        record.fallbacks.append("enhancement failed: original prompt, single image")
-    record.timings.enhance = (started, time.time())
-    if getattr(agents, "usage", None):
-        state.add_costs(frame, **agents.usage)
-    state.save_frame(record)
-    state.prompt_enhanced(spec.kind, len(spec.plan.frames))
-    return {"frame": frame, "fallback": record.enhancement.fallback}
+    return {"frame": frame, "fallback": enhancement.fallback}
 
 
-@app.task(name="framefleet.jobs.start_frames")
-def start_frames(job_id: str, resumed: bool = False) -> None:
-    state = JobState(job_id)
-    if not state.cancelled() and (resumed or state.claim("start_frames")):
-        continue_frames(state)
-
-
-def continue_frames(state: JobState) -> str:
-    """Enqueue the first frame without a stored selection (or finalize). Safe to repeat."""
-    spec, frames = state.spec(), state.frames()
-    for planned in spec.plan.frames:
-        record = frames[planned.name]
-        if record.status == "pending":
-            original = RETRY_WITH_ORIGINAL_PROMPT in record.fallbacks
-            enqueue_frame(state, planned.name, ORIGINAL if original else ENHANCED)
-            return planned.name
-    finalize_job.delay(state.job_id)
-    return "finalize"
-
-
-def resume(state: JobState) -> str:
-    """Continue a job from its stored state: missing enhancements first, then the first open frame."""
-    status = state.status()
-    if status.state == "done" or state.cancelled():
-        return "nothing to do"
-    spec, frames = state.spec(), state.frames()
-    state.set_active(True)
-    state.update_status(message=f"Resumed at {status.stage}")
-    missing = [f.name for f in spec.plan.frames if frames[f.name].enhanced_prompt is None]
-    if missing:
-        _send(state, [enhance_prompt.si(state.job_id, name) for name in missing],
-              start_frames.si(state.job_id, True))
-        return "enhance"
-    return continue_frames(state)
-
-
-def enqueue_frame(state: JobState, frame: str, stage: str) -> None:
-    """Resolve the frame's input images from stored selections and enqueue its chord."""
-    spec = state.spec()
-    record = state.frame(frame)
-    record.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), state.selections())
-    record.timings.enqueued = time.time()
-    state.save_frame(record)
-    if record.enhancement.fallback:  # the seeds' rule: original prompt, a single image
-        stage = ORIGINAL
-    count = 1 if stage == ORIGINAL else spec.config.num_variations
-    state.frame_stage(spec.kind, "generate", frame, *_progress(state))
-    header = [generate_variation.si(state.job_id, frame, stage, index) for index in range(1, count + 1)]
-    body = score_variations.s(state.job_id, frame) | select_variation.s(state.job_id, frame, stage)
-    _send(state, header, body)
-
-
-# Generation (chord header: never raises for a provider failure) --------------------------
+# Generation (images; chord header: never raises for a provider failure) --------------------
 @app.task(bind=True, name="framefleet.images.generate_variation", max_retries=1)
-def generate_variation(self, job_id: str, frame: str, stage: str, index: int) -> dict:
+def generate_variation(self, job_id: str, frame: str, stage: str, index: int, revision: int = 0) -> dict:
     state, store = JobState(job_id), fleet_store()
-    stored = state.variation(frame, stage, index)
-    if stored is not None and stored.key and store.exists(stored.key):
-        return stored.model_dump(mode="json")  # redelivered: never pay for an image twice
     if state.cancelled():  # checked before any paid call
         return VariationRecord(index=index, prompt_source=stage, error="cancelled").model_dump(mode="json")
-    spec, record = state.spec(), state.frame(frame)
-    prompt = prompt_for(record, stage)
-    key = variation_key(job_id, frame, stage, index)
+
+    def stored():
+        record = state.variation(frame, revision, stage, index)
+        if record is None or (record.key and not store.exists(record.key)):
+            return None
+        return record.model_dump(mode="json")  # redelivered: never pay for an image twice
+
+    result, lease = claim_step(state, f"generate:{frame}/{revision}/{stage}/{index}", stored)
+    if lease is None:
+        return result
+    try:
+        record = generate_one(state, frame, stage, index, revision, attempt=self.request.retries)
+    except RetryGeneration as error:
+        lease.release(finished=True)  # the retry is a new, queued message
+        raise self.retry(exc=error.__cause__, countdown=GENERATION_RETRY_DELAY_S) from error
+    except BaseException:
+        lease.release(finished=False)
+        raise
+    if record.error != "cancelled":
+        state.save_variation(frame, revision, stage, record)
+    lease.release(finished=True)
+    return record.model_dump(mode="json")
+
+
+class RetryGeneration(Exception):
+    """A provider failure with a retry left: Celery retries the task as a new attempt."""
+
+
+def generate_one(state: JobState, frame: str, stage: str, index: int, revision: int, attempt: int) -> VariationRecord:
+    """One paid image: stored under its deterministic key, or a failure record."""
+    store, spec, record = fleet_store(), state.spec(), state.frame(frame)
+    key = variation_key(state.job_id, frame, stage, index, revision)
     started = time.time()
-    attempt = self.request.retries
+    queue_wait = round(started - record.timings.enqueued, 3) if record.timings.enqueued else None
+    count = 1 if stage == ORIGINAL else spec.config.num_variations
     try:
         png = image_generator().generate(ImageRequest(
-            prompt=prompt, aspect_ratio=spec.aspect_ratio, variation=index, attempt=attempt,
-            seed=variation_seed(job_id, frame, stage, index, attempt), model=spec.config.image_model,
-            job_id=job_id, frame=frame, ledger_key=f"{key}#{attempt}",
+            prompt=prompt_for(record, stage), aspect_ratio=spec.aspect_ratio, variation=index, attempt=attempt,
+            seed=variation_seed(state.job_id, frame, stage, index, attempt, revision), model=spec.config.image_model,
+            job_id=state.job_id, frame=frame, ledger_key=f"{key}#{attempt}",
             input_images=[store.get(k) for k in record.inputs],
-        ))
+        ), should_stop=straggler_check(state, frame, revision, stage, count, started))
         store.put(key, png, "image/png")
         state.add_costs(frame, images_stored=1)
+    except GenerationStopped as stop:  # a straggler cut or a cancel: not retried
+        reason = str(stop)
+        if reason != "cancelled":
+            log.warning("variation %s of %s/%s: %s", index, state.job_id, frame, reason)
+            state.add_costs(frame, straggler_cuts=1)
+        return VariationRecord(index=index, prompt_source=stage, error=reason, timing=(started, time.time()),
+                               queue_wait=queue_wait)
     except Exception as error:  # provider or store failure: retry once, then a failure record
-        if self.request.retries < self.max_retries:
-            log.warning("variation %s of %s/%s failed (%s); retrying once", index, job_id, frame, error)
-            raise self.retry(exc=error, countdown=GENERATION_RETRY_DELAY_S) from error
-        log.warning("variation %s of %s/%s failed after a retry: %s", index, job_id, frame, error)
-        return VariationRecord(index=index, prompt_source=stage, error=str(error),
-                               timing=(started, time.time())).model_dump(mode="json")
-    queue_wait = round(started - record.timings.enqueued, 3) if record.timings.enqueued else None
-    result = VariationRecord(index=index, key=key, prompt_source=stage, timing=(started, time.time()),
-                             queue_wait=queue_wait)
-    state.save_variation(frame, stage, result)
-    return result.model_dump(mode="json")
+        if attempt < generate_variation.max_retries:
+            log.warning("variation %s of %s/%s failed (%s); retrying once", index, state.job_id, frame, error)
+            raise RetryGeneration(str(error)) from error
+        log.warning("variation %s of %s/%s failed after a retry: %s", index, state.job_id, frame, error)
+        return VariationRecord(index=index, prompt_source=stage, error=str(error), timing=(started, time.time()),
+                               queue_wait=queue_wait)
+    return VariationRecord(index=index, key=key, prompt_source=stage, timing=(started, time.time()),
+                           queue_wait=queue_wait)
 
 
 # Scoring (gpu) ---------------------------------------------------------------------------
@@ -298,8 +316,8 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
     if "scoring" in get_settings().inject_faults:
         raise RuntimeError("injected fault: scoring")
     scorer = process_scorer()
-    metrics: list[MetricScores] = scorer.score(prompt, [_decode(store.get(v.key)) for v in generated],
-                                               [_decode(store.get(k)) for k in input_keys])
+    metrics: list[MetricScores] = scorer.score(prompt, [decode_image(store.get(v.key)) for v in generated],
+                                               [decode_image(store.get(k)) for k in input_keys])
     notes: dict[str, str] = {}
     for variation, m in zip(generated, metrics, strict=True):
         variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,
@@ -309,22 +327,40 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
                          for metric, why in sorted(notes.items())]
 
 
-@app.task(name="framefleet.scoring.score_variations")
-def score_variations(results: list[dict], job_id: str, frame: str) -> dict:
-    state = JobState(job_id)
+def score_round(state: JobState, frame: str, variations: list[VariationRecord]) -> dict:
     spec, record = state.spec(), state.frame(frame)
-    variations = [VariationRecord.model_validate(r) for r in results]
     started = time.time()
     scorer, error, notes = None, None, []
-    if any(v.key for v in variations) and not state.cancelled():
+    if any(v.key for v in variations):
         try:
             scorer, notes = score_frame(prompt_for(record, variations[0].prompt_source), variations, record.inputs,
                                         spec.config.score_weights.model_dump())
         except Exception as exc:  # the seeds' fallback: first generated image, unranked
-            log.warning("scoring failed for %s/%s: %s", job_id, frame, exc)
+            log.warning("scoring failed for %s/%s: %s", state.job_id, frame, exc)
             error = str(exc)
     return {"variations": [v.model_dump(mode="json") for v in variations], "scorer": scorer, "error": error,
             "notes": notes, "timing": [started, time.time()]}
+
+
+@app.task(name="framefleet.scoring.score_variations")
+def score_variations(results: list[dict], job_id: str, frame: str, revision: int = 0) -> dict:
+    state = JobState(job_id)
+    variations = [VariationRecord.model_validate(r) for r in results]
+    stage = variations[0].prompt_source if variations else ENHANCED
+    if state.cancelled():
+        return {"variations": results, "scorer": None, "error": None, "notes": [], "timing": None}
+    scored, lease = claim_step(state, f"score:{frame}/{revision}/{stage}",
+                               lambda: state.scored(frame, revision, stage))
+    if lease is None:
+        return scored
+    try:
+        scored = score_round(state, frame, variations)
+        state.save_scored(frame, revision, stage, scored)
+    except BaseException:
+        lease.release(finished=False)
+        raise
+    lease.release(finished=True)
+    return scored
 
 
 # Selection (control) ---------------------------------------------------------------------
@@ -354,144 +390,127 @@ def select_best_variation(variations: list[VariationRecord], scoring_error: str 
     return by_index[ranked[0].index]
 
 
-@app.task(name="framefleet.frames.select")
-def select_variation(scored: dict, job_id: str, frame: str, stage: str) -> None:
-    state, store = JobState(job_id), fleet_store()
-    if state.cancelled():  # the cancel finalizes the job; keep only what was finished before
-        return
-    spec, record = state.spec(), state.frame(frame)
-    if record.status != "pending":  # redelivered after the selection was stored
-        advance(state, frame)
-        return
+def round_settled(record: FrameRecord, revision: int, stage: str) -> bool:
+    """Whether the outcome of this generation round of the frame is stored."""
+    return (record.revision != revision or record.status != "pending"
+            or (stage == ENHANCED and RETRY_WITH_ORIGINAL_PROMPT in record.fallbacks))
+
+
+def select_round(state: JobState, frame: str, stage: str, revision: int, scored: dict) -> FrameRecord:
+    """Store the frame's selection (or failure) for this round; StaleWrite if it is settled."""
+    spec, store = state.spec(), fleet_store()
     variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
-    record.variations = [v for v in record.variations if v.prompt_source != stage] + variations
-    record.timings.variations += [v.timing for v in variations if v.timing]
-    record.timings.score = tuple(scored["timing"])
-    record.scorer = scored["scorer"] or record.scorer
-    record.warnings += scored.get("notes", [])
-    state.frame_stage(spec.kind, "score", frame, *_progress(state))
-    if not any(v.key for v in variations):
-        if stage == ENHANCED:
+    fallbacks: list[str] = [f"variation {v.index} failed: {v.error}" for v in variations if v.error]
+    chosen = select_best_variation(variations, scored["error"], fallbacks) if any(v.key for v in variations) else None
+    selected_key = frame_key(state.job_id, frame, revision)
+    if chosen is not None:
+        store.put(selected_key, store.get(chosen.key), "image/png")
+
+    def store_selection(record: FrameRecord) -> None:
+        if round_settled(record, revision, stage):
+            raise StaleWrite(f"{frame} round {revision}/{stage} is already settled")
+        record.variations = [v for v in record.variations if v.prompt_source != stage] + variations
+        record.timings.variations += [v.timing for v in variations if v.timing]
+        record.timings.score = tuple(scored["timing"]) if scored.get("timing") else None
+        record.scorer = scored["scorer"] or record.scorer
+        record.warnings += scored.get("notes", [])
+        record.fallbacks += fallbacks
+        if chosen is None and stage == ENHANCED:
             record.fallbacks.append(RETRY_WITH_ORIGINAL_PROMPT)
-            state.save_frame(record)
-            if state.claim(f"original:{frame}"):
-                enqueue_frame(state, frame, ORIGINAL)
             return
-        record.status = "failed"
-        record.fallbacks.append("generation failed: frame failed")
-        log.error("frame %s/%s failed: no image could be generated", job_id, frame)
-    else:
-        chosen = select_best_variation(variations, scored["error"], record.fallbacks)
-        store.put(frame_key(job_id, frame), store.get(chosen.key), "image/png")
+        if chosen is None:
+            record.status = "failed"
+            record.fallbacks.append("generation failed: frame failed")
+            return
         overall = chosen.scores.overall if chosen.scores else None
-        record.selected = Selection(index=chosen.index, key=chosen.key, frame_key=frame_key(job_id, frame),
-                                    overall=overall)
+        record.selected = Selection(index=chosen.index, key=chosen.key, frame_key=selected_key, overall=overall)
         record.status = "succeeded"
         if overall is not None and overall < spec.config.quality_threshold:
-            warning = f"quality {overall:.1f} is below the threshold {spec.config.quality_threshold:.1f}"
-            record.warnings.append(warning)
-            log.warning("%s/%s: %s; keeping the image", job_id, frame, warning)
-        log.info("%s/%s selected v%s (overall %s)", job_id, frame, chosen.index, overall)
-    store.put(trace_key(job_id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
-              "application/json")
-    state.save_frame(record)
-    advance(state, frame)
+            record.warnings.append(f"quality {overall:.1f} is below the threshold {spec.config.quality_threshold:.1f}")
+
+    record = state.update_frame(frame, store_selection)
+    if record.status == "failed":
+        log.error("frame %s/%s failed: no image could be generated", state.job_id, frame)
+    elif record.selected is not None:
+        for warning in record.warnings:
+            if warning.startswith("quality "):
+                log.warning("%s/%s: %s; keeping the image", state.job_id, frame, warning)
+        log.info("%s/%s selected v%s (overall %s)", state.job_id, frame, record.selected.index,
+                 record.selected.overall)
+    for fallback in fallbacks:
+        log.warning("%s/%s: %s", state.job_id, frame, fallback)
+    if not state.closed():
+        store.put(trace_key(state.job_id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
+                  "application/json")
+    return record
 
 
-def _progress(state: JobState) -> tuple[int, int]:
-    frames = state.frames()
-    return sum(f.status != "pending" for f in frames.values()), len(frames)
-
-
-def advance(state: JobState, frame: str) -> None:
-    """Enqueue the next frame that can run (or finalize), once, after ``frame`` is settled."""
-    if not state.claim(f"advance:{frame}"):
+@app.task(name="framefleet.frames.select")
+def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision: int = 0) -> None:
+    state = JobState(job_id)
+    if state.cancelled():  # the cancel finalizes the job; keep only what was finished before
         return
-    spec = state.spec()
-    frames = state.frames()
-    failed_clips = {f.clip for f in frames.values() if f.status == "failed" and f.clip is not None}
-    for planned in spec.plan.frames[spec.plan.index_of(frame) + 1:]:
-        record = frames[planned.name]
-        if record.status != "pending":
-            continue
-        if spec.kind == "storyboard" and planned.clip in failed_clips:
-            # The clip's start frame failed: its end frame has nothing to end, go to the next clip.
-            record.status = "skipped"
-            record.fallbacks.append("skipped: an earlier frame of this clip failed")
-            state.save_frame(record)
-            continue
-        enqueue_frame(state, planned.name, ENHANCED)
+    settled = lambda: True if round_settled(state.frame(frame), revision, stage) else None  # noqa: E731
+    _, lease = claim_step(state, f"select:{frame}/{revision}/{stage}", settled)
+    if lease is None:
+        dispatch_ready(state)
         return
-    if state.claim("finalize"):
-        finalize_job.delay(state.job_id)
+    try:
+        spec = state.spec()
+        frames = state.frames()
+        state.frame_stage(spec.kind, "score", frame, sum(f.status != "pending" for f in frames.values()),
+                          len(frames))
+        try:
+            select_round(state, frame, stage, revision, scored)
+        except StaleWrite:
+            pass  # another copy stored this round's outcome first
+        dispatch_ready(state)  # inside the lease: if this fails, the watchdog re-drives the step
+    except BaseException:
+        lease.release(finished=False)
+        raise
+    lease.release(finished=True)
 
 
 # Finalize (control) ----------------------------------------------------------------------
-def estimate_cost(spec: JobSpec, counters: dict[str, dict[str, int]], settings) -> Cost:
-    total = counters.get("total", {})
-    usd = 0.0
-    if spec.providers.get("llm") == "openai":
-        usd += total.get("prompt_tokens", 0) * settings.openai_usd_per_1m_prompt_tokens / 1e6
-        usd += total.get("completion_tokens", 0) * settings.openai_usd_per_1m_completion_tokens / 1e6
-    if spec.providers.get("images") == "replicate":
-        price = settings.replicate_usd_per_prediction.get(spec.config.image_model, 0.0)
-        usd += total.get("predictions_created", 0) * price
-    return Cost(frames={k: v for k, v in counters.items() if k != "total"}, total=total,
-                estimated_usd=round(usd, 6))
-
-
-def build_manifest(spec: JobSpec, frames: dict[str, FrameRecord], finished: float,
-                   cost: Cost | None = None, cancelled: bool = False) -> Manifest:
-    ordered = [frames[f.name] for f in spec.plan.frames]
-    succeeded = [f for f in ordered if f.status == "succeeded"]
-    status = "succeeded" if len(succeeded) == len(ordered) else ("partial" if succeeded else "failed")
-    if cancelled:
-        status = "cancelled"
-    return Manifest(
-        job_id=spec.job_id, kind=spec.kind, status=status,
-        scorer=", ".join(sorted({f.scorer for f in ordered if f.scorer})) or "none",
-        providers=spec.providers, config=spec.config.model_dump(mode="json"),
-        failed_clips=sorted({f.clip for f in ordered if f.status in ("failed", "skipped") and f.clip is not None}),
-        warnings=[f"{f.name}: {w}" for f in ordered for w in f.warnings + f.fallbacks],
-        timings=JobTimings(submitted=spec.submitted, finished=finished),
-        frames=ordered,
-        cost=cost or Cost(),
-    )
-
-
-def write_contact_sheet(store, spec: JobSpec, manifest: Manifest) -> dict[str, str]:
-    """The job's contact sheet (PNG and HTML) next to its frames; a failure here is only logged."""
-    prefix = f"jobs/{spec.job_id}/"
-    keys = {"png": prefix + "contact_sheet.png", "html": prefix + "contact_sheet.html"}
-    try:
-        png = render_contact_sheet(manifest, spec.aspect_ratio, lambda key: _decode(store.get(key)))
-        store.put(keys["png"], png, "image/png")
-        page = render_contact_html(manifest, lambda key: key.removeprefix(prefix))
-        store.put(keys["html"], page.encode(), "text/html")
-    except Exception:  # the frames and manifest matter more than the picture of them
-        log.exception("contact sheet for %s failed", spec.job_id)
-        return {}
-    return keys
+def finalize(state: JobState) -> dict:
+    store, spec = fleet_store(), state.spec()
+    state.mark_finalized()
+    manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()),
+                              cancelled=state.cancelled())
+    manifest.contact_sheet = write_contact_sheet(store, spec, manifest)
+    store.put(manifest_key(state.job_id), manifest.model_dump_json(indent=2).encode(), "application/json")
+    if not spec.config.keep_traces:
+        store.delete_prefix(f"traces/{state.job_id}")
+    for frame in manifest.frames:
+        log.info("%s/%s quality: %s", state.job_id, frame.name,
+                 frame.selected.overall if frame.selected else "no image")
+    done = sum(f.status != "pending" for f in manifest.frames)
+    state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0, frames_done=done,
+                        manifest_key=manifest_key(state.job_id), message=f"Finished: {manifest.status}")
+    state.set_active(False)
+    return {"job_id": state.job_id, "status": manifest.status, "manifest": manifest_key(state.job_id)}
 
 
 @app.task(name="framefleet.jobs.finalize")
 def finalize_job(job_id: str) -> dict:
-    state, store = JobState(job_id), fleet_store()
-    spec = state.spec()
-    manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()),
-                              cancelled=state.cancelled())
-    manifest.contact_sheet = write_contact_sheet(store, spec, manifest)
-    store.put(manifest_key(job_id), manifest.model_dump_json(indent=2).encode(), "application/json")
-    if not spec.config.keep_traces:
-        store.delete_prefix(f"traces/{job_id}")
-    for frame in manifest.frames:
-        log.info("%s/%s quality: %s", job_id, frame.name, frame.selected.overall if frame.selected else "no image")
-    done = sum(f.status != "pending" for f in manifest.frames)
-    state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0, frames_done=done,
-                        manifest_key=manifest_key(job_id), message=f"Finished: {manifest.status}")
-    state.set_active(False)
-    return {"job_id": job_id, "status": manifest.status, "manifest": manifest_key(job_id)}
+    state = JobState(job_id)
 
+    def finalized():
+        status = state.status()
+        if status.state != "done":
+            return None
+        return {"job_id": job_id, "status": status.outcome, "manifest": status.manifest_key}
+
+    result, lease = claim_step(state, "finalize", finalized)
+    if lease is None:
+        return result
+    try:
+        result = finalize(state)
+    except BaseException:
+        lease.release(finished=False)
+        raise
+    lease.release(finished=True)
+    return result
 
 
 # Operations: resume, cancel, watchdog (control) --------------------------------------------
@@ -515,26 +534,11 @@ def cancel_job(job_id: str) -> dict:
             generator.cancel(prediction_id)
     state.update_status(message="Cancelling")
     if state.claim("finalize"):
-        finalize_job.delay(job_id)
+        send(state, "framefleet.jobs.finalize", (job_id,))
     return {"job_id": job_id, "cancelled": True, "predictions_cancelled": len(predictions)}
 
 
 @app.task(name="framefleet.jobs.watchdog")
-def watchdog() -> list[str]:
-    """Re-drive jobs whose status has not moved for ``stall_after_s`` (e.g. a worker died with
-    their tasks unacknowledged); the tasks are idempotent, so a re-drive redoes no paid work."""
-    settings, now, redriven = get_settings(), time.time(), []
-    for job_id in active_jobs():
-        state = JobState(job_id)
-        try:
-            status = state.status()
-        except KeyError:
-            state.set_active(False)
-            continue
-        if status.state == "done":
-            state.set_active(False)
-        elif status.stalled_for(now) > settings.stall_after_s:
-            log.warning("job %s stalled for %.0fs at %s; re-driving", job_id, status.stalled_for(now), status.stage)
-            resume(state)
-            redriven.append(job_id)
-    return redriven
+def watchdog() -> dict:
+    """Re-drive steps whose worker died (their lease expired); see tasks/recovery.py."""
+    return watchdog_round()

@@ -61,6 +61,7 @@ class FrameRecord(BaseModel):
     name: str
     clip: int | None = None
     status: FrameStatus = "pending"
+    revision: int = 0  # the job revision of the current selection (iteration: choose, regenerate)
     inputs: list[str] = []
     original_prompt: str
     enhanced_prompt: str | None = None
@@ -117,6 +118,7 @@ class JobStatus(BaseModel):
     outcome: JobOutcome | None = None
     manifest_key: str | None = None
     updated_at: float = Field(default=0.0)
+    redrives: int = 0  # steps the watchdog re-sent because their worker died
 
     def stalled_for(self, now: float) -> float:
         """Seconds without progress of a job that is not done (0 when done)."""

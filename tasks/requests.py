@@ -74,7 +74,7 @@ def new_job_id() -> str:
 class JobOverrides(BaseModel):
     """Per-job overrides of the pipeline settings; unset fields take the fleet's settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_variations: int | None = Field(None, ge=1, le=8)
     max_enhancement_iterations: int | None = Field(None, ge=1, le=10)

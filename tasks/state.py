@@ -2,8 +2,12 @@
 
 Keys (all expire after ``job_ttl_s``):
   framefleet:job:{id}:spec        JSON JobSpec, written once at submission (SET NX)
-  framefleet:job:{id}:frames      hash frame name → JSON FrameRecord
-  framefleet:job:{id}:variations  hash "{frame}/{stage}/{index}" → JSON VariationRecord
+  framefleet:job:{id}:frames      hash frame name → JSON FrameRecord (compare-and-set updates)
+  framefleet:job:{id}:variations  hash "{frame}/{revision}/{stage}/{index}" → JSON VariationRecord
+  framefleet:job:{id}:scored      hash "{frame}/{revision}/{stage}" → JSON scoring result
+  framefleet:job:{id}:stored:{frame}/{revision}/{stage}  zset variation index → when its image was stored
+  framefleet:job:{id}:llm         hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply
+  framefleet:job:{id}:lease:{step}, :running   step leases (tasks/leases.py)
   framefleet:job:{id}:status      hash, the JobStatus fields (what a main app reads)
   framefleet:job:{id}:history     list of "stage: message" lines, in the order they happened
   framefleet:job:{id}:once:{step} markers that make "enqueue the next step" happen once
@@ -11,14 +15,19 @@ Keys (all expire after ``job_ttl_s``):
   framefleet:job:{id}:predictions hash "{variation key}#{attempt}" → Replicate prediction id
   framefleet:job:{id}:cancelled   set when the job is cancelled
   framefleet:job:{id}:tasks       ids of the job's enqueued tasks (revoked on cancel)
+  framefleet:job:{id}:finalized   set when finalize starts (late trace writes are dropped)
   framefleet:jobs:active          ids of jobs not finished yet (the watchdog's list)
+  framefleet:jobs:parked          hash job id → why: jobs whose state could not be read or whose
+                                  step kept dying; taken off the active list and reported
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from functools import lru_cache
+from typing import Callable
 
 import redis
 from pydantic import BaseModel
@@ -26,6 +35,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from config.settings import get_settings
+from tasks.leases import Lease
 from tasks.plan import FramePlan
 from tasks.records import FrameRecord, JobStatus, VariationRecord
 from tasks.requests import JobConfig
@@ -60,6 +70,10 @@ class JobExists(Exception):
     pass
 
 
+class StaleWrite(Exception):
+    """A step tried to write a frame record that has moved on since it read it."""
+
+
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
     # Ride out a Redis restart (a few seconds) instead of failing the task that noticed it.
@@ -80,10 +94,15 @@ def _key(job_id: str, part: str) -> str:
 
 
 ACTIVE_JOBS = "framefleet:jobs:active"
+PARKED_JOBS = "framefleet:jobs:parked"
 
 
 def active_jobs(client: redis.Redis | None = None) -> set[str]:
     return (client or state_client()).smembers(ACTIVE_JOBS)
+
+
+def parked_jobs(client: redis.Redis | None = None) -> dict[str, str]:
+    return (client or state_client()).hgetall(PARKED_JOBS)
 
 
 class JobState:
@@ -94,18 +113,35 @@ class JobState:
 
     # spec -------------------------------------------------------------------------------
     def create(self, spec: JobSpec) -> None:
-        """Store the spec and the first status; refuse a job id that is already known."""
+        """Claim the job id (refused when known) and store the spec, frames and first status.
+
+        The status stage is "creating" until ``created()``: a create that dies in between is seen
+        by the watchdog and discarded, so its id is free again.
+        """
         if not self.r.set(_key(self.job_id, "spec"), spec.model_dump_json(), nx=True, ex=self.ttl):
             raise JobExists(f"job_id: a job {self.job_id!r} already exists")
         frames = {f.name: FrameRecord(name=f.name, clip=f.clip, original_prompt=f.prompt).model_dump_json()
                   for f in spec.plan.frames}
         status = JobStatus(job_id=self.job_id, kind=spec.kind, frames_total=len(spec.plan.frames),
-                           message="Queued", updated_at=time.time())
+                           stage="creating", message="Queued", updated_at=time.time())
         pipe = self.r.pipeline()
         pipe.hset(_key(self.job_id, "frames"), mapping=frames)
         pipe.hset(_key(self.job_id, "status"), mapping=_flatten(status))
         for part in ("frames", "status"):
             pipe.expire(_key(self.job_id, part), self.ttl)
+        pipe.sadd(ACTIVE_JOBS, self.job_id)
+        pipe.execute()
+
+    def created(self) -> None:
+        self.update_status(stage="queued")
+
+    def discard(self) -> None:
+        """Delete every key of the job (a create that failed half-way): the id is free again."""
+        keys = list(self.r.scan_iter(match=f"framefleet:job:{self.job_id}:*", count=500))
+        pipe = self.r.pipeline()
+        if keys:
+            pipe.delete(*keys)
+        pipe.srem(ACTIVE_JOBS, self.job_id)
         pipe.execute()
 
     def exists(self) -> bool:
@@ -113,6 +149,27 @@ class JobState:
 
     def set_active(self, active: bool) -> None:
         (self.r.sadd if active else self.r.srem)(ACTIVE_JOBS, self.job_id)
+
+    def park(self, why: str) -> None:
+        """Take a job the fleet cannot run off the active list, and say why (framefleet jobs)."""
+        pipe = self.r.pipeline()
+        pipe.hset(PARKED_JOBS, self.job_id, why)
+        pipe.srem(ACTIVE_JOBS, self.job_id)
+        pipe.hset(_key(self.job_id, "status"), mapping=_flatten_fields(
+            {"state": "done", "stage": "parked", "outcome": "failed", "message": f"Parked: {why}",
+             "updated_at": time.time()}))
+        pipe.execute()
+
+    # leases and the end of the job --------------------------------------------------------
+    def lease(self, step: str) -> Lease:
+        return Lease(self.r, self.job_id, step, get_settings().lease_ttl_s, self.ttl)
+
+    def mark_finalized(self) -> None:
+        self.r.set(_key(self.job_id, "finalized"), "1", ex=self.ttl)
+
+    def closed(self) -> bool:
+        """Cancelled or finalizing: no more traces or paid work for this job."""
+        return bool(self.r.exists(_key(self.job_id, "cancelled"), _key(self.job_id, "finalized")))
 
     # cancellation ------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -143,21 +200,63 @@ class JobState:
         raw = self.r.hgetall(_key(self.job_id, "frames"))
         return {name: FrameRecord.model_validate_json(value) for name, value in raw.items()}
 
-    def save_frame(self, record: FrameRecord) -> None:
-        # Each step owns a frame at a time (enhance, then select), so a plain write is race-free.
-        self.r.hset(_key(self.job_id, "frames"), record.name, record.model_dump_json())
+    def update_frame(self, name: str, change: Callable[[FrameRecord], None]) -> FrameRecord:
+        """Read-change-write one frame record atomically (WATCH/MULTI, retried on a conflict).
+
+        ``change`` edits the record in place and raises StaleWrite when the record has moved on
+        (e.g. it is already selected), so a late duplicate step can never write an old state back.
+        """
+        key = _key(self.job_id, "frames")
+
+        def transaction(pipe: redis.client.Pipeline) -> FrameRecord:
+            record = FrameRecord.model_validate_json(pipe.hget(key, name))
+            change(record)
+            pipe.multi()
+            pipe.hset(key, name, record.model_dump_json())
+            return record
+
+        return self.r.transaction(transaction, key, value_from_callable=True)
 
     def selections(self) -> dict[str, str]:
         return {name: f.selected.frame_key for name, f in self.frames().items() if f.selected is not None}
 
-    # variations -------------------------------------------------------------------------
-    def variation(self, frame: str, stage: str, index: int) -> VariationRecord | None:
-        raw = self.r.hget(_key(self.job_id, "variations"), f"{frame}/{stage}/{index}")
+    # variations and scoring results, per frame revision -------------------------------------
+    def variation(self, frame: str, revision: int, stage: str, index: int) -> VariationRecord | None:
+        raw = self.r.hget(_key(self.job_id, "variations"), f"{frame}/{revision}/{stage}/{index}")
         return VariationRecord.model_validate_json(raw) if raw else None
 
-    def save_variation(self, frame: str, stage: str, record: VariationRecord) -> None:
+    def save_variation(self, frame: str, revision: int, stage: str, record: VariationRecord) -> None:
         name = _key(self.job_id, "variations")
-        self.r.hset(name, f"{frame}/{stage}/{record.index}", record.model_dump_json())
+        pipe = self.r.pipeline()
+        pipe.hset(name, f"{frame}/{revision}/{stage}/{record.index}", record.model_dump_json())
+        pipe.expire(name, self.ttl)
+        if record.key:  # the straggler cut counts stored images
+            stored = _key(self.job_id, f"stored:{frame}/{revision}/{stage}")
+            pipe.zadd(stored, {str(record.index): time.time()})
+            pipe.expire(stored, self.ttl)
+        pipe.execute()
+
+    def stored_times(self, frame: str, revision: int, stage: str) -> list[float]:
+        """When each stored variation of a frame's round was stored, earliest first."""
+        pairs = self.r.zrange(_key(self.job_id, f"stored:{frame}/{revision}/{stage}"), 0, -1, withscores=True)
+        return [when for _, when in pairs]
+
+    def scored(self, frame: str, revision: int, stage: str) -> dict | None:
+        raw = self.r.hget(_key(self.job_id, "scored"), f"{frame}/{revision}/{stage}")
+        return json.loads(raw) if raw else None
+
+    def save_scored(self, frame: str, revision: int, stage: str, result: dict) -> None:
+        name = _key(self.job_id, "scored")
+        self.r.hset(name, f"{frame}/{revision}/{stage}", json.dumps(result))
+        self.r.expire(name, self.ttl)
+
+    # LLM ledger: a redelivered enhancement replays the rounds already paid for ----------------
+    def llm_reply(self, frame: str, prompt: str, iteration: int, agent: str) -> str | None:
+        return self.r.hget(_key(self.job_id, "llm"), _llm_field(frame, prompt, iteration, agent))
+
+    def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> None:
+        name = _key(self.job_id, "llm")
+        self.r.hset(name, _llm_field(frame, prompt, iteration, agent), reply)
         self.r.expire(name, self.ttl)
 
     # once-only steps --------------------------------------------------------------------
@@ -222,6 +321,9 @@ class JobState:
             pipe.expire(_key(self.job_id, "history"), self.ttl)
         pipe.execute()
 
+    def count_redrives(self, steps: int) -> None:
+        self.r.hincrby(_key(self.job_id, "status"), "redrives", steps)
+
     def history(self) -> list[str]:
         return self.r.lrange(_key(self.job_id, "history"), 0, -1)
 
@@ -234,6 +336,11 @@ class JobState:
         self.update_status(state="running", stage=stage, message=STAGE_MESSAGES[kind][stage], current_frame=frame,
                            frames_done=frames_done,
                            percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
+
+
+def _llm_field(frame: str, prompt: str, iteration: int, agent: str) -> str:
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]  # a new prompt is a new conversation
+    return f"{frame}/{digest}/{iteration}/{agent}"
 
 
 def _flatten_fields(fields: dict) -> dict[str, str]:

@@ -9,7 +9,7 @@ from workers.fleet import Fleet
 from workers.local_redis import LocalRedis
 
 # Small worker shapes: CI machines have 2 cores.
-TEST_SHAPES = {"control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
+TEST_SHAPES = {"intake": ("threads", 8), "control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def start_fleet(broker_url, tmp_path_factory):
     """Start one worker subprocess per queue with extra environment; all stopped at module end."""
     fleets: list[Fleet] = []
 
-    def start(env: dict[str, str], queues=("control", "llm", "images", "gpu")) -> Fleet:
+    def start(env: dict[str, str], queues=("intake", "control", "llm", "images", "gpu")) -> Fleet:
         logs = tmp_path_factory.mktemp("worker-logs")
         fleet = Fleet({"FRAMEFLEET_BROKER_URL": broker_url, **env}, queues=tuple(queues), log_dir=logs,
                       shapes=TEST_SHAPES)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from config.celery import QUEUES
 from tasks.state import JobState
 from tests.helpers import run_job, storyboard_request, unique_id
 from workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
@@ -15,7 +16,7 @@ from workers.store import open_store
 pytestmark = pytest.mark.integration
 
 # Short timeouts so redelivery and the watchdog act within a test's time.
-FAST = {"FRAMEFLEET_VISIBILITY_TIMEOUT_S": "5", "FRAMEFLEET_STALL_AFTER_S": "4",
+FAST = {"FRAMEFLEET_VISIBILITY_TIMEOUT_S": "5", "FRAMEFLEET_LEASE_TTL_S": "3",
         "FRAMEFLEET_WATCHDOG_INTERVAL_S": "1", "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.02"}
 
 
@@ -82,6 +83,10 @@ def test_thirty_percent_image_failures_never_lose_a_job(celery_app, fleet_for_te
         manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
         assert status.outcome == manifest["status"] in ("succeeded", "partial", "failed")
         for frame in manifest["frames"]:
+            for variation in frame["variations"]:  # every failed variation is a listed fallback
+                if variation["error"]:
+                    note = f"variation {variation['index']} failed: {variation['error']}"
+                    assert note in frame["fallbacks"] and f"{frame['name']}: {note}" in manifest["warnings"]
             if frame["status"] == "succeeded":
                 assert store.exists(frame["selected"]["frame_key"])
             elif frame["status"] == "failed":  # only when every fallback failed
@@ -144,14 +149,15 @@ def test_cancel_mid_job(celery_app, fleet_for_test, store):
 def test_resume_after_every_worker_died_and_the_broker_was_wiped(celery_app, fleet_for_test, store, broker_url):
     import redis
 
-    env = {**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5", "FRAMEFLEET_STALL_AFTER_S": "2"}
+    env = {**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5", "FRAMEFLEET_STALL_AFTER_S": "2",
+           "FRAMEFLEET_LEASE_TTL_S": "1.5"}  # the killed workers' leases expire before the resume
     fleet = fleet_for_test(env, beat=False)
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("resume"), 2))
     wait_until(lambda: job_status(job_id).frames_done >= 1)
     for name in list(fleet.processes):
         fleet.kill(name)
     client = redis.Redis.from_url(broker_url)
-    client.delete("control", "llm", "images", "gpu", "unacked", "unacked_index", "unacked_mutex")
+    client.delete(*QUEUES, *(f"{queue}:9" for queue in QUEUES), "unacked", "unacked_index", "unacked_mutex")
     time.sleep(2.5)
     from workers.cli import main
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.pipeline import variation_seed
+from tasks.keys import variation_seed
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import put_reference, run_job, storyboard_request, unique_id

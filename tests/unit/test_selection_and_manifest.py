@@ -3,7 +3,9 @@
 import json
 
 from config.settings import Settings
-from tasks.pipeline import ORIGINAL, ENHANCED, build_manifest, prompt_for, select_best_variation
+from tasks.keys import ENHANCED, ORIGINAL
+from tasks.manifest import build_manifest
+from tasks.pipeline import prompt_for, select_best_variation
 from tasks.plan import build_frame_plan
 from tasks.records import FrameRecord, Scores, Selection, VariationRecord
 from tasks.requests import JobConfig, JobOverrides, parse_request
@@ -11,7 +13,7 @@ from tasks.state import JobSpec
 
 MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings", "cost", "contact_sheet",
                  "frames"}
-FRAME_KEYS = {"name", "clip", "status", "inputs", "original_prompt", "enhanced_prompt", "enhancement", "variations",
+FRAME_KEYS = {"name", "clip", "status", "revision", "inputs", "original_prompt", "enhanced_prompt", "enhancement", "variations",
               "selected", "scorer", "warnings", "fallbacks", "timings"}
 
 

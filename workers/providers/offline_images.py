@@ -50,7 +50,7 @@ class OfflineImageGenerator:
         # a provider's bill).
         self.call_log = call_log
 
-    def generate(self, request: ImageRequest) -> bytes:
+    def generate(self, request: ImageRequest, should_stop=None) -> bytes:
         if self.call_log is not None and request.job_id:
             self.call_log(request)
         time.sleep(self.latency_s)

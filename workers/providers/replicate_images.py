@@ -95,7 +95,7 @@ class ReplicateImageGenerator:
         except (ReplicateError, httpx.HTTPError, RateLimited) as error:
             log.warning("could not cancel prediction %s: %s", prediction_id, error)
 
-    def generate(self, request: ImageRequest) -> bytes:
+    def generate(self, request: ImageRequest, should_stop=None) -> bytes:
         model = request.model or self.settings.replicate_model
         adapter = image_model_adapter(model)
         state = JobState(request.job_id) if request.job_id else None

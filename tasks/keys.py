@@ -1,0 +1,40 @@
+"""Artifact keys: deterministic in (job, frame, revision, stage, variation), so a redelivered task
+overwrites its own output instead of duplicating it, and a later revision never overwrites an
+earlier one (revision 0 keeps the original layout)."""
+
+from __future__ import annotations
+
+import hashlib
+
+ENHANCED, ORIGINAL = "enhanced", "original"  # which prompt a generation stage uses
+
+
+def _revision_dir(revision: int) -> str:
+    return f"r{revision}/" if revision else ""
+
+
+def variation_key(job_id: str, frame: str, stage: str, index: int, revision: int = 0) -> str:
+    name = f"v{index}.png" if stage == ENHANCED else f"original_v{index}.png"
+    return f"jobs/{job_id}/variations/{frame}/{_revision_dir(revision)}{name}"
+
+
+def variation_seed(job_id: str, frame: str, stage: str, index: int, attempt: int, revision: int = 0) -> int:
+    """Different per variation (so 4 candidates are not copies), the same on redelivery."""
+    name = f"{job_id}/{frame}/{stage}/{index}/{attempt}" + (f"/r{revision}" if revision else "")
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 2**31
+
+
+def frame_key(job_id: str, frame: str, revision: int = 0) -> str:
+    return f"jobs/{job_id}/frames/{frame}.png" if not revision else f"jobs/{job_id}/frames/{frame}.r{revision}.png"
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest.json"
+
+
+def reference_key(job_id: str) -> str:
+    return f"jobs/{job_id}/inputs/reference.png"
+
+
+def trace_key(job_id: str, frame: str, name: str) -> str:
+    return f"traces/{job_id}/{frame}/{name}"

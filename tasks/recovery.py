@@ -1,0 +1,123 @@
+"""Resume and the watchdog: re-send exactly the steps that are neither finished nor running.
+
+A running step holds a lease that its worker renews (tasks/leases.py). A step listed as running
+whose lease has expired died with its worker: the watchdog re-drives that step (and only that
+one) within ``lease_ttl_s + watchdog_interval_s``. A step that keeps dying (``max_redrives``) parks
+its job. Queued steps have no lease and are never re-driven: a busy fleet is not a stalled one.
+A job whose messages were lost (the broker was wiped) has nothing running and nothing queued:
+`framefleet status` shows it stalled after ``stall_after_s`` and `framefleet resume` continues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from config.settings import get_settings
+from tasks.leases import lease_alive, running_key, running_steps
+from tasks.scheduling import dispatch_ready, send
+from tasks.state import JobState, active_jobs
+
+log = logging.getLogger(__name__)
+
+
+def resume(state: JobState) -> str:
+    """Continue a job from its stored state: missing enhancements, then the next frame.
+
+    Steps that hold a live lease are running and are left alone; finished steps are not redone.
+    """
+    status = state.status()
+    if status.state == "done" or state.cancelled():
+        return "nothing to do"
+    spec, frames = state.spec(), state.frames()
+    state.set_active(True)
+    state.update_status(message=f"Resumed at {status.stage}")
+    sent = []
+    for planned in spec.plan.frames:
+        if frames[planned.name].enhanced_prompt is None and not lease_alive(state.r, state.job_id,
+                                                                           f"enhance:{planned.name}"):
+            send(state, "framefleet.prompts.enhance", (state.job_id, planned.name))
+            sent.append(f"enhance {planned.name}")
+    if not _frame_steps_alive(state):
+        enqueued = dispatch_ready(state, force=True)
+        if enqueued:
+            sent.append(enqueued)
+    return ", ".join(sent) or "running"
+
+
+def _frame_steps_alive(state: JobState) -> bool:
+    """Whether any generation, scoring, selection or finalize step of the job is running."""
+    return any(lease_alive(state.r, state.job_id, step) for step in running_steps(state.r, state.job_id)
+               if not step.startswith("enhance:"))
+
+
+def redrive_dead_steps(state: JobState) -> list[str]:
+    """Re-send the job's steps whose lease expired. Returns the steps re-driven."""
+    settings = get_settings()
+    dead = {step: count for step, count in running_steps(state.r, state.job_id).items()
+            if not lease_alive(state.r, state.job_id, step)}
+    if not dead:
+        return []
+    for step, count in dead.items():
+        if count >= settings.max_redrives:
+            state.park(f"step {step} died {count + 1} times")
+            log.error("job %s parked: step %s died %s times", state.job_id, step, count + 1)
+            return []
+        state.r.hincrby(running_key(state.job_id), step, 1)
+    state.count_redrives(len(dead))
+    frame_redriven = False
+    for step in sorted(dead):
+        kind, _, frame = step.partition(":")
+        if kind == "enhance":
+            send(state, "framefleet.prompts.enhance", (state.job_id, frame))
+        elif kind == "finalize":
+            send(state, "framefleet.jobs.finalize", (state.job_id,))
+        elif not frame_redriven:
+            # A generation, scoring or selection step: re-send the frame's round. Its stored
+            # variations and scores are returned without new work; the dead step runs again.
+            frame_redriven = True
+            dispatch_ready(state, force=True)
+    log.warning("job %s: re-drove %s (their workers stopped renewing their leases)", state.job_id, sorted(dead))
+    return sorted(dead)
+
+
+def watch_job(state: JobState, now: float) -> str | None:
+    """One job's watchdog round. Returns what was done, or None."""
+    settings = get_settings()
+    status = state.status()
+    if status.state == "done":
+        state.set_active(False)
+        return None
+    if status.stage == "creating":
+        if now - status.updated_at > settings.create_timeout_s:
+            log.warning("job %s: its create never finished; discarding it (the id is free again)", state.job_id)
+            state.discard()
+            return "discarded"
+        return None
+    if redriven := redrive_dead_steps(state):
+        return "re-drove " + ", ".join(redriven)
+    return None
+
+
+def watchdog_round() -> dict:
+    """Watch every active job. One broken job never stops the round: it is logged, counted and
+    parked (its state cannot be read), and the round goes on with the next job."""
+    now, acted, failed, errors = time.time(), {}, {}, {}
+    for job_id in sorted(active_jobs()):
+        state = JobState(job_id)
+        try:
+            if (done := watch_job(state, now)) is not None:
+                acted[job_id] = done
+        except redis.RedisError as error:  # Redis restarting: not the job's fault, next round retries
+            log.warning("watchdog: job %s skipped this round: %s", job_id, error)
+            errors[job_id] = str(error)
+        except Exception as error:  # noqa: BLE001 — isolate each job
+            log.exception("watchdog: job %s cannot be watched; parking it", job_id)
+            failed[job_id] = f"{type(error).__name__}: {error}"
+            try:
+                state.park(f"state unreadable ({type(error).__name__}: {error})")
+            except Exception:  # noqa: BLE001 — Redis itself failing: the next round tries again
+                log.exception("watchdog: could not park job %s", job_id)
+    return {"acted": acted, "parked": failed, "errors": errors}

@@ -1,0 +1,161 @@
+"""When each frame runs, and ahead of what.
+
+- Per-frame readiness: a frame is enqueued as soon as its own enhancement is stored and the frame
+  it chains from is settled (selected, failed or skipped). Both events call ``dispatch_ready``;
+  whichever comes second enqueues the frame, once (a Redis claim).
+- Continuation first: Celery message priorities on Redis (kombu polls the `queue` list before
+  `queue:9`). A job's first frame goes out at NEW_JOB priority, every later step of a running job
+  at CONTINUATION priority, so running jobs finish before new ones take their slots, and jobs
+  complete roughly in submission order. ``FRAMEFLEET_SCHEDULING=fifo`` sends everything at one
+  priority (plain queue order) for comparison.
+- Straggler cut: ``straggler_check`` stops a variation still running ``straggler_grace_s`` after
+  ``min_variations`` of its frame's variations were stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import chord
+
+from config.settings import get_settings
+from tasks.keys import ENHANCED, ORIGINAL
+from tasks.plan import resolve_inputs
+from tasks.records import FrameRecord
+from tasks.state import JobSpec, JobState, StaleWrite
+from workers.app import app
+from workers.providers.base import StopCheck
+
+log = logging.getLogger(__name__)
+
+CONTINUATION, NEW_JOB = 0, 9  # kombu's Redis transport: 0 is served first
+PRIORITY_STEPS = [CONTINUATION, NEW_JOB]
+RETRY_WITH_ORIGINAL_PROMPT = "generation failed: one image with the original prompt"
+
+
+def priority_for(spec: JobSpec, frame: str) -> int:
+    if get_settings().scheduling == "fifo" or spec.plan.index_of(frame) > 0:
+        return CONTINUATION
+    return NEW_JOB
+
+
+def _signature(task: str, args: tuple, priority: int, **kwargs):
+    return app.signature(task, args=args, kwargs=kwargs, priority=priority)
+
+
+def send(state: JobState, task: str, args: tuple, priority: int = CONTINUATION, **kwargs) -> None:
+    """Enqueue one task of the job by name, remembering its id so a cancel can revoke it."""
+    signature = _signature(task, args, priority, **kwargs)
+    state.add_task_ids([signature.freeze().id])
+    signature.apply_async()
+
+
+def send_chord(state: JobState, header: list, body) -> None:
+    ids = [signature.freeze().id for signature in header]
+    result = body.freeze()
+    while result is not None:  # a chain body: its last task's result links back to the first
+        ids.append(result.id)
+        result = result.parent
+    state.add_task_ids(ids)
+    chord(header, body).apply_async()
+
+
+def frame_stage(record: FrameRecord) -> str:
+    """Which prompt the frame's next generation round uses (the seeds' fallbacks)."""
+    if record.enhancement.fallback or RETRY_WITH_ORIGINAL_PROMPT in record.fallbacks:
+        return ORIGINAL
+    return ENHANCED
+
+
+def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> None:
+    """Resolve the frame's input images from stored selections and enqueue its chord."""
+    selections = state.selections()
+
+    def set_inputs(record: FrameRecord) -> None:
+        if record.status != "pending":
+            raise StaleWrite(f"{frame} is already {record.status}")
+        record.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), selections)
+        record.timings.enqueued = time.time()
+
+    record = state.update_frame(frame, set_inputs)
+    count = 1 if stage == ORIGINAL else spec.config.num_variations
+    priority = priority_for(spec, frame)
+    frames = state.frames()
+    done = sum(f.status != "pending" for f in frames.values())
+    state.frame_stage(spec.kind, "generate", frame, done, len(frames))
+    revision = record.revision
+    header = [_signature("framefleet.images.generate_variation", (state.job_id, frame, stage, index), priority,
+                         revision=revision)
+              for index in range(1, count + 1)]
+    body = (_signature("framefleet.scoring.score_variations", (state.job_id, frame), priority, revision=revision)
+            | _signature("framefleet.frames.select", (state.job_id, frame, stage), priority, revision=revision))
+    send_chord(state, header, body)
+
+
+def dispatch_ready(state: JobState, force: bool = False) -> str | None:
+    """Enqueue the next frame that can run, or finalize when every frame is settled.
+
+    Called after every stored enhancement and every stored selection (and by resume/watchdog
+    with ``force``, which skips the once-only claim to re-send a frame whose steps died).
+    Returns what it enqueued (a frame name, "finalize") or None when nothing is ready yet.
+    """
+    if state.closed():
+        return None
+    spec = state.spec()
+    frames = state.frames()
+    failed_clips = {f.clip for f in frames.values() if f.status == "failed" and f.clip is not None}
+    for planned in spec.plan.frames:
+        record = frames[planned.name]
+        if record.status != "pending":
+            continue
+        if spec.kind == "storyboard" and planned.clip in failed_clips:
+            _skip(state, planned.name)  # its start frame failed: nothing to end, go to the next clip
+            continue
+        if record.enhanced_prompt is None:
+            return None  # its enhancement will call dispatch_ready when it is stored
+        stage = frame_stage(record)
+        if force or state.claim(f"enqueue:{planned.name}/{record.revision}/{stage}"):
+            enqueue_frame(state, spec, planned.name, stage)
+            return planned.name
+        return None  # already enqueued by another step
+    if force or state.claim("finalize"):
+        send(state, "framefleet.jobs.finalize", (state.job_id,))
+        return "finalize"
+    return None
+
+
+def _skip(state: JobState, frame: str) -> None:
+    def skip(record: FrameRecord) -> None:
+        if record.status == "pending":
+            record.status = "skipped"
+            record.fallbacks.append("skipped: an earlier frame of this clip failed")
+
+    state.update_frame(frame, skip)
+
+
+def straggler_check(state: JobState, frame: str, revision: int, stage: str, count: int,
+                    started: float) -> StopCheck:
+    """A stop check for one variation: "cancelled", or a straggler cut once ``min_variations`` of
+    the round's ``count`` images are stored and this one is still running ``straggler_grace_s``
+    later. Reads Redis at most twice a second (no provider calls)."""
+    settings = get_settings()
+    needed = min(settings.min_variations, count)
+    cut_enabled = needed < count
+    last_check, answer = 0.0, None
+
+    def should_stop() -> str | None:
+        nonlocal last_check, answer
+        now = time.monotonic()
+        if now - last_check < 0.5:
+            return answer
+        last_check = now
+        if state.cancelled():
+            answer = "cancelled"
+        elif cut_enabled:
+            stored = state.stored_times(frame, revision, stage)
+            if len(stored) >= needed and time.time() - stored[needed - 1] >= settings.straggler_grace_s:
+                answer = f"straggler cut after {time.time() - started:.0f} s"
+        return answer
+
+    return should_stop

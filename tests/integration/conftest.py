@@ -1,0 +1,28 @@
+"""Fixtures for tests that run pipeline steps in this process (on the real test Redis)."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import get_settings
+from workers.store import fleet_store
+
+
+@pytest.fixture
+def local_steps(broker_url, tmp_path, monkeypatch, celery_app):
+    """This process runs steps itself: offline providers with some latency, a store of its own."""
+    monkeypatch.setenv("FRAMEFLEET_STORE_URL", f"file://{tmp_path / 'artifacts'}")
+    monkeypatch.setenv("FRAMEFLEET_OFFLINE_LLM_LATENCY_S", "0.05")
+    monkeypatch.setenv("FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S", "0.3")
+    monkeypatch.setenv("FRAMEFLEET_LLM_PROVIDER", "offline")
+    monkeypatch.setenv("FRAMEFLEET_IMAGE_PROVIDER", "offline")
+    monkeypatch.setenv("FRAMEFLEET_SCORER", "heuristic")
+    for cached in (get_settings, fleet_store):
+        cached.cache_clear()
+    from workers.providers import image_generator
+
+    image_generator.cache_clear()
+    yield fleet_store()
+    celery_app.control.purge()  # follow-up steps the racing steps enqueued: no worker runs them here
+    for cached in (get_settings, fleet_store, image_generator):
+        cached.cache_clear()

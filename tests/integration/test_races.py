@@ -1,0 +1,151 @@
+"""Two copies of every step at once — a redelivery, a resume, a watchdog re-drive: the second copy
+waits for the first copy's result or exits; nothing is paid twice and no stale record is written.
+
+The step tests run the task functions themselves in two racing threads of this process, on the
+real test Redis and a real store (no Celery eager mode: nothing is enqueued through them except
+the follow-up steps, which are purged). The fleet test races duplicate messages and resumes
+against a running job on real workers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tasks.keys import ENHANCED
+from tasks.records import FrameRecord
+from tasks.state import JobState, StaleWrite
+from tests.helpers import storyboard_request, unique_id
+from workers.client import job_status, submit_job, wait_for_job
+from workers.store import open_store
+
+pytestmark = pytest.mark.integration
+
+
+def race(step, *args, copies: int = 2) -> list:
+    """Run ``step(*args)`` in ``copies`` threads released at the same instant; their results."""
+    barrier = threading.Barrier(copies)
+    results: list = [None] * copies
+    errors: list = []
+
+    def run(slot: int) -> None:
+        barrier.wait()
+        try:
+            results[slot] = step(*args)
+        except BaseException as error:  # noqa: BLE001 — reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    return results
+
+
+def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
+    from tasks import pipeline
+
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("race"), 1))["job_id"]
+    state = JobState(job_id)
+    frame = "clip_001_start"
+
+    enhanced = race(pipeline.enhance_prompt, job_id, frame)
+    record = state.frame(frame)
+    assert enhanced[0] == enhanced[1] and record.enhanced_prompt is not None
+    assert state.status().prompts_enhanced == 1  # counted once
+    paid = state.r.hlen(f"framefleet:job:{job_id}:llm")
+    assert paid == 2 * record.enhancement.iterations  # each round's two replies, asked once
+
+    variations = race(pipeline.generate_variation, job_id, frame, ENHANCED, 1)
+    assert variations[0] == variations[1] and variations[0]["key"]
+    assert [c["ledger_key"] for c in state.offline_calls()] == [f"{variations[0]['key']}#0"]  # paid once
+
+    results = [variations[0], {"index": 2, "prompt_source": ENHANCED, "error": "provider said no"}]
+    scored = race(pipeline.score_variations, results, job_id, frame)
+    assert scored[0] == scored[1]  # the second copy returned the first copy's stored result
+
+    race(pipeline.select_variation, scored[0], job_id, frame, ENHANCED)
+    record = state.frame(frame)
+    assert record.status == "succeeded" and record.selected.index == 1
+    assert record.fallbacks == ["variation 2 failed: provider said no"]  # written once, not twice
+    assert len(record.variations) == 2
+
+    for name in ("clip_001_end",):  # settle the rest so finalize has a whole job
+        state.update_frame(name, lambda r: setattr(r, "status", "skipped"))
+    finished = race(pipeline.finalize_job, job_id)
+    assert finished[0] == finished[1] and finished[0]["status"] == "partial"
+    assert state.status().state == "done"
+    assert json.loads(local_steps.get(f"jobs/{job_id}/manifest.json"))["status"] == "partial"
+    assert state.r.hlen(f"framefleet:job:{job_id}:running") == 0  # every step finished
+
+
+def test_a_stale_record_is_never_written_back(local_steps):
+    from tasks import pipeline
+
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("stale"), 1))["job_id"]
+    state = JobState(job_id)
+    pipeline.enhance_prompt(job_id, "clip_001_start")
+    before = state.frame("clip_001_start")
+
+    def late_enhancement(record: FrameRecord) -> None:  # what a late duplicate would try
+        if record.enhanced_prompt is not None:
+            raise StaleWrite("already enhanced")
+        record.enhanced_prompt = "stale"
+
+    with pytest.raises(StaleWrite):
+        state.update_frame("clip_001_start", late_enhancement)
+    assert state.frame("clip_001_start") == before
+
+    # Concurrent compare-and-set updates of one record all land (each retried on a conflict).
+    def add_warning(number: int):
+        return lambda: state.update_frame("clip_001_end", lambda r: r.warnings.append(f"w{number}"))
+
+    threads = [threading.Thread(target=add_warning(n)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(state.frame("clip_001_end").warnings) == [f"w{n}" for n in range(8)]
+
+
+def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_app, fleet_for_test, tmp_path):
+    store = open_store(f"file://{tmp_path / 'artifacts'}")
+    fleet_for_test({"FRAMEFLEET_STORE_URL": store.url, "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.1",
+                    "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5"})
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("dup"), 2))
+    state = JobState(job_id)
+    frames = [f.name for f in state.spec().plan.frames]
+    # During enhancement: a second copy of every enhancement, and an operator resuming twice.
+    for frame in frames:
+        celery_app.send_task("framefleet.prompts.enhance", args=[job_id, frame])
+    for _ in range(2):
+        celery_app.send_task("framefleet.jobs.resume", args=[job_id])
+    # During frame 1's generation: a second copy of each variation, and two more resumes.
+    deadline = time.monotonic() + 60
+    while state.frame(frames[0]).timings.enqueued is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for index in range(1, 5):
+        celery_app.send_task("framefleet.images.generate_variation", args=[job_id, frames[0], ENHANCED, index])
+    for _ in range(2):
+        celery_app.send_task("framefleet.jobs.resume", args=[job_id])
+
+    status = wait_for_job(job_id, timeout_s=120)
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    assert status.outcome == manifest["status"] == "succeeded"
+    records = {f["name"]: f for f in manifest["frames"]}
+    for previous, frame in zip(frames, frames[1:]):  # every chained frame chains from its predecessor
+        assert records[previous]["selected"]["frame_key"] in records[frame]["inputs"]
+    ledger = [c["ledger_key"] for c in state.offline_calls()]
+    assert len(ledger) == len(set(ledger)) == 4 * len(frames)  # every image paid exactly once
+    llm_replies = state.r.hlen(f"framefleet:job:{job_id}:llm")
+    assert llm_replies == sum(2 * f["enhancement"]["iterations"] for f in manifest["frames"])
+    time.sleep(2.0)  # late duplicates have run by now: nothing flips back
+    assert job_status(job_id).state == "done"
+    assert json.loads(store.get(f"jobs/{job_id}/manifest.json")) == manifest
+    assert all(r.status == "succeeded" for r in state.frames().values())
