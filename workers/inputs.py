@@ -46,9 +46,12 @@ def normalise_image(data: bytes, field: str, settings: Settings) -> bytes:
             width, height = image.size
             if width * height > settings.max_image_pixels:
                 raise RequestError(f"{field}: {width}x{height} pixels, the limit is {settings.max_image_pixels}")
-            image.draft("RGB", (side, side))  # JPEG: decode at a reduced scale already
+            if image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK"):  # palettes resample only by nearest
+                image = image.convert("RGB")
+            # Shrink first, in place (a JPEG is even decoded at a reduced scale): one full-size copy
+            # at most. Keeps the aspect, never enlarges; the square box makes it orientation-blind.
+            image.thumbnail((side, side), Image.Resampling.LANCZOS)
             image = ImageOps.exif_transpose(image).convert("RGB")
-            image.thumbnail((side, side), Image.Resampling.LANCZOS)  # keeps the aspect, only shrinks
     except RequestError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -90,12 +93,12 @@ def check_url_host(url: str, field: str, settings: Settings) -> list[str]:
     except (socket.gaierror, UnicodeError):
         raise RequestError(f"{field}: cannot resolve {host}") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not addresses:
+        raise RequestError(f"{field}: cannot resolve {host}")
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if not is_public(ip):
             raise RequestError(f"{field}: {host} resolves to {ip}, a non-public address")
-    if not addresses:
-        raise RequestError(f"{field}: cannot resolve {host}")
     return addresses
 
 
@@ -135,9 +138,9 @@ class _CheckedNetwork(httpcore.NetworkBackend):
         error = None
         for address in self.addresses:  # like socket.create_connection: the first that answers
             try:
-                stream = self.sockets.connect_tcp(address, port, _until(self.deadline, timeout, httpcore.ConnectTimeout),
-                                                  local_address, socket_options)
-                return _DeadlineStream(stream, self.deadline)
+                wait = _until(self.deadline, timeout, httpcore.ConnectTimeout)
+                return _DeadlineStream(self.sockets.connect_tcp(address, port, wait, local_address, socket_options),
+                                       self.deadline)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as failure:
                 error = failure
         raise error
@@ -151,15 +154,17 @@ def _until(deadline: float, timeout: float | None, expired: type[Exception]) -> 
     return left if timeout is None else min(timeout, left)
 
 
+_HEADERS = {"User-Agent": "framefleet"}  # some image hosts refuse a request without one
+
+
 def fetch_url(url: str, field: str, settings: Settings) -> bytes:
     deadline_s = settings.reference_url_deadline_s
     deadline = time.monotonic() + deadline_s
     addresses = check_url_host(url, field, settings)
-    timeout = settings.reference_url_timeout_s
+    timeouts = dict.fromkeys(("connect", "read", "write", "pool"), settings.reference_url_timeout_s)
     try:
         with httpcore.ConnectionPool(network_backend=_CheckedNetwork(addresses, deadline)) as pool:
-            with pool.stream("GET", url, extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"),
-                                                                              timeout)}) as response:
+            with pool.stream("GET", url, headers=_HEADERS, extensions={"timeout": timeouts}) as response:
                 if response.status != 200:
                     raise RequestError(f"{field}: {url} answered HTTP {response.status}")
                 data = bytearray()
