@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
 
+    # Reference inputs (issue 9): one total deadline for a URL fetch (connect, headers, body; well
+    # under a client's submit timeout), and the working size every reference is shrunk to at create.
+    reference_url_deadline_s: float = Field(15.0, gt=0)
+    reference_max_side: int = Field(2048, ge=64)
+
     log_level: str = "INFO"
     log_json: bool = False
 

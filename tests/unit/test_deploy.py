@@ -95,3 +95,20 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     env.write_text((DEPLOY / ".env.example").read_text())
     subprocess.run(["docker", "compose", "--env-file", str(env), "-f", str(DEPLOY / "docker-compose.yml"), "config",
                     "-q"], check=True, cwd=DEPLOY)
+
+
+def mebibytes(quantity: str) -> int:
+    """A Kubernetes (512Mi, 2Gi) or Compose (512m, 2g; binary units in Docker) memory size."""
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi|m|g)", str(quantity)).groups()
+    return int(number) * (1024 if unit in ("Gi", "g") else 1)
+
+
+@pytest.mark.parametrize("queue", ["control", "images"])
+def test_memory_limits_are_set_alike_in_compose_and_k8s(queue):
+    deployment = {d["metadata"]["name"]: d for d in k8s("Deployment")}[f"framefleet-{queue}"]
+    in_k8s = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    in_compose = compose()["services"][queue]["deploy"]["resources"]
+    request, limit = mebibytes(in_k8s["requests"]["memory"]), mebibytes(in_k8s["limits"]["memory"])
+    assert (request, limit) == (mebibytes(in_compose["reservations"]["memory"]),
+                                mebibytes(in_compose["limits"]["memory"]))
+    assert request < limit

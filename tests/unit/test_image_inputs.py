@@ -1,4 +1,4 @@
-"""Reference images from outside: decoding caps, formats, EXIF, and the SSRF guard."""
+"""Reference images from outside: decoding caps, formats, EXIF, the working size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 
 from config.settings import Settings
 from tasks.requests import RequestError
-from workers.inputs import check_url_host, normalise_image
+from workers.inputs import normalise_image
 
 SETTINGS = Settings(max_image_pixels=1_000_000, max_image_bytes=2_000_000)
 
@@ -45,16 +45,20 @@ def test_bad_images_are_refused_naming_the_field(data, message):
         normalise_image(data, "reference_image", SETTINGS)
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/x.png", "http://localhost:8080/x.png", "http://10.1.2.3/x.png", "http://192.168.0.1/x.png",
-    "http://169.254.169.254/latest/meta-data/", "http://[::1]/x.png", "http://0.0.0.0/x.png", "https://172.16.0.9/",
+@pytest.mark.parametrize("size, max_side, expected", [
+    ((6500, 6000), 2048, (2048, 1890)),  # the size from issue 9: a 113 KB PNG, under both caps
+    ((600, 6500), 2048, (189, 2048)),
+    ((1000, 400), 2048, (1000, 400)),  # never enlarged
 ])
-def test_non_public_addresses_are_refused(url):
-    with pytest.raises(RequestError, match="reference_image: .*non-public address"):
-        check_url_host(url, "reference_image", SETTINGS)
+def test_references_are_shrunk_to_the_working_size_keeping_the_aspect(size, max_side, expected):
+    settings = Settings(reference_max_side=max_side)
+    data = normalise_image(encode(Image.new("RGB", size, "green"), "PNG"), "reference_image", settings)
+    assert Image.open(io.BytesIO(data)).size == expected
 
 
-def test_allowed_hosts_and_schemes():
-    check_url_host("http://127.0.0.1/x.png", "f", Settings(reference_url_allowed_hosts=["127.0.0.1"]))
-    with pytest.raises(RequestError, match="only http"):
-        check_url_host("ftp://example.com/x.png", "f", SETTINGS)
+def test_a_large_rotated_jpeg_is_turned_then_shrunk():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(Image.new("RGB", (4000, 2000), "blue"), "JPEG", exif=exif.tobytes())
+    shrunk = normalise_image(data, "reference_image", Settings(reference_max_side=1000))
+    assert Image.open(io.BytesIO(shrunk)).size == (500, 1000)
