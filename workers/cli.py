@@ -28,7 +28,15 @@ from config.settings import Settings, get_settings
 from tasks.records import CompletionCallback, JobStatus, Manifest
 from tasks.requests import REFERENCE_FIELDS, REQUEST_MODELS, RequestError, new_job_id, parse_request
 from tasks.state import JobExists
-from workers.client import FleetUnavailable, UnknownJob
+from workers.client import (
+    FleetUnavailable,
+    UnknownJob,
+    cancel_job,
+    check_connection,
+    job_status,
+    resume_job,
+    submit_job,
+)
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -132,8 +140,6 @@ def uploaded_reference(kind: str, request: dict, png: bytes | None) -> Iterator[
 
 def follow(job_id: str, poll_s: float = 0.2) -> JobStatus:
     """Show the job's progress bars until it is done."""
-    from workers.client import job_status
-
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
         status = job_status(job_id)
@@ -177,7 +183,6 @@ def _raise_on_sigterm(*_) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.client import check_connection, submit_job
     from workers.fleet import Fleet
     from workers.local_redis import LocalRedis
 
@@ -196,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(f"Started Redis on {redis_server.url}")
         os.environ.update(env)
         get_settings.cache_clear()
-        cli_store()
+        cli_store()  # a bad store URL is reported now, not by every worker the demo would start
         from workers.app import configure
 
         app = configure()
@@ -226,15 +231,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from workers.client import check_connection, submit_job
+    from workers.app import app
 
     request = read_request(args.file)
     reference_png = prepare_request(args.kind, request, args.reference)
-    if reference_png is not None:
-        cli_store()
     check_connection()
-    from workers.app import app
-
     with uploaded_reference(args.kind, request, reference_png):
         job_id = submit_job(app, args.kind, request)
     console.print(job_id)
@@ -246,8 +247,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from workers.client import check_connection, job_status
-
     check_connection()
     if args.follow:
         follow(args.job_id)
@@ -265,7 +264,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from workers.app import app
-    from workers.client import check_connection, resume_job
 
     check_connection()
     console.print(resume_job(app, args.job_id))
@@ -274,7 +272,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from workers.app import app
-    from workers.client import cancel_job, check_connection
 
     check_connection()
     console.print(cancel_job(app, args.job_id))
