@@ -123,3 +123,14 @@ class JobStatus(BaseModel):
     def stalled_for(self, now: float) -> float:
         """Seconds without progress of a job that is not done (0 when done)."""
         return 0.0 if self.state == "done" else max(0.0, now - self.updated_at)
+
+
+class CompletionCallback(BaseModel):
+    """The one argument of the main app's completion callback task, sent by name at the end of every revision."""
+
+    job_id: str
+    kind: Literal["storyboard", "references"]
+    status: JobOutcome
+    revision: int = 0
+    manifest_key: str
+    failed_clips: list[int] = []

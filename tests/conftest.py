@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
+from tests.processes import MARKER, leftover_processes, marked_processes
 from workers.fleet import Fleet
 from workers.local_redis import LocalRedis
 
 # Small worker shapes: CI machines have 2 cores.
 TEST_SHAPES = {"intake": ("threads", 8), "control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session():
+    """Every process the tests start inherits a marker; none may be left when the session ends.
+
+    Autouse and session-scoped, so it is set up before and torn down after every other fixture
+    (the Redis server and fleets stop first).
+    """
+    os.environ[MARKER] = uuid.uuid4().hex
+    yield
+    left = leftover_processes(os.environ[MARKER])
+    assert not left, f"processes started by the tests are still running: {left}"
+
+
+@pytest.fixture
+def no_process_outlives_the_test():
+    """For tests that start processes (the CLI, demo, Flower): those they started are gone at their end.
+
+    Processes of longer-lived fixtures (Redis, module fleets) already run when this is set up.
+    """
+    before = set(marked_processes(os.environ[MARKER]))
+    yield
+    left = leftover_processes(os.environ[MARKER], ignore=before)
+    assert not left, f"processes started by this test are still running: {left}"
 
 
 @pytest.fixture(scope="session")

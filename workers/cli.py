@@ -1,4 +1,8 @@
-"""The ``framefleet`` command: demo, worker, submit, status, resume, cancel, flower, score, models."""
+"""The ``framefleet`` command: demo, worker, submit, status, resume, cancel, flower, score, models, schema.
+
+An ordinary mistake (a bad request, an unreachable broker, an unknown job id, ...) is one line on
+stderr and exit status 2; ``framefleet --debug ...`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,39 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from contextlib import ExitStack
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from config.celery import QUEUES
-from config.settings import get_settings
-from tasks.records import JobStatus
-from tasks.requests import RequestError, new_job_id, parse_request
+from config.settings import Settings, get_settings
+from tasks.records import CompletionCallback, JobStatus, Manifest
+from tasks.requests import REFERENCE_FIELDS, REQUEST_MODELS, RequestError, new_job_id, parse_request
+from tasks.state import JobExists
+from workers.client import (
+    FleetUnavailable,
+    UnknownJob,
+    cancel_job,
+    check_connection,
+    job_status,
+    resume_job,
+    submit_job,
+)
 
 console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True, highlight=False)
+
+# The mistakes a user makes: reported as one line, never a traceback (unless --debug).
+ORDINARY_ERRORS = (RequestError, JobExists, UnknownJob, FleetUnavailable, TimeoutError)
 
 DEMO_CLIPS = [
     ("A lighthouse keeper climbs the spiral stairs at dusk, lantern in hand",
@@ -40,25 +62,84 @@ def demo_request(clips: int) -> dict:
             "clips": [{"start_prompt": s, "end_prompt": e} for s, e in chosen]}
 
 
-def upload_reference(path: str, job_id: str) -> str:
-    """A local image given on the command line goes to the store as the job's reference input,
-    checked the same way the fleet checks every reference (pixel cap, formats, EXIF)."""
-    from workers.inputs import normalise_image
+def load_settings() -> Settings:
+    """The settings, with a bad environment value reported as the variable that holds it."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        parts = []
+        for item in error.errors():
+            field, *rest = [str(p) for p in item["loc"]] or ["settings"]
+            name = f"FRAMEFLEET_{field.upper()}" if field in Settings.model_fields else field
+            parts.append(f"{'.'.join([name, *rest])}: {item['msg']}")
+        raise RequestError("; ".join(parts)) from error
+    except SettingsError as error:
+        raise RequestError(f"settings: {error}") from error
+
+
+def cli_store():
+    """The configured artifact store; a bad ``FRAMEFLEET_STORE_URL`` is a one-line error."""
     from workers.store import fleet_store
 
     try:
-        data = Path(path).read_bytes()
+        return fleet_store()
+    except ValueError as error:  # open_store names store_url and the scheme it does not support
+        raise RequestError(str(error)) from error
+
+
+def read_request(path: str) -> dict:
+    try:
+        text = Path(path).read_text()
     except OSError as error:
-        raise RequestError(f"reference: cannot read {path} ({error.strerror})") from None
-    key = f"jobs/{job_id}/inputs/reference.png"
-    fleet_store().put(key, normalise_image(data, "reference", get_settings()), "image/png")
-    return key
+        raise RequestError(f"request: cannot read {path} ({error.strerror})") from None
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RequestError(f"request: {path} is not valid JSON ({error})") from None
+    if not isinstance(request, dict):
+        raise RequestError(f"request: {path} holds {type(request).__name__}, expected a JSON object")
+    return request
+
+
+def prepare_request(kind: str, request: dict, reference: str | None) -> bytes | None:
+    """Validate the request (and the image given with --reference) before anything is written.
+
+    A local reference image is checked the way the fleet checks every reference (pixel cap,
+    formats, EXIF) and gets a fresh upload key that no job owns; returns its PNG bytes.
+    """
+    from workers.inputs import normalise_image
+
+    request.setdefault("job_id", new_job_id())
+    png = None
+    if reference:
+        try:
+            data = Path(reference).read_bytes()
+        except OSError as error:
+            raise RequestError(f"reference: cannot read {reference} ({error.strerror})") from None
+        png = normalise_image(data, "reference", get_settings())
+        request[REFERENCE_FIELDS[kind]] = f"uploads/{uuid.uuid4().hex}/reference.png"
+    parse_request(kind, request)
+    return png
+
+
+@contextmanager
+def uploaded_reference(kind: str, request: dict, png: bytes | None) -> Iterator[None]:
+    """The reference stays in the store while the fleet creates the job, which copies it into the
+    job's own ``jobs/{job}/inputs/reference.png``; then it goes, whatever the fleet answered, so a
+    refused request leaves nothing behind and a job id in use never has its reference swapped."""
+    if png is None:
+        yield
+        return
+    store, key = cli_store(), request[REFERENCE_FIELDS[kind]]
+    store.put(key, png, "image/png")
+    try:
+        yield
+    finally:
+        store.delete_prefix(key.rsplit("/", 1)[0])
 
 
 def follow(job_id: str, poll_s: float = 0.2) -> JobStatus:
     """Show the job's progress bars until it is done."""
-    from workers.client import job_status
-
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
         status = job_status(job_id)
@@ -79,9 +160,7 @@ def follow(job_id: str, poll_s: float = 0.2) -> JobStatus:
 
 
 def print_result(job_id: str) -> None:
-    from workers.store import fleet_store
-
-    store = fleet_store()
+    store = cli_store()
     manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
     console.print(f"\n[bold]Job {job_id}: {manifest['status']}[/bold] (scorer: {manifest['scorer']})")
     for frame in manifest["frames"]:
@@ -108,6 +187,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from workers.local_redis import LocalRedis
 
     out = Path(args.out or "output").resolve()
+    request = read_request(args.request) if args.request else demo_request(args.clips)
+    reference_png = prepare_request(args.kind, request, args.reference)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     with ExitStack() as stack:
         env: dict[str, str] = {}
@@ -120,23 +201,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(f"Started Redis on {redis_server.url}")
         os.environ.update(env)
         get_settings.cache_clear()
+        cli_store()  # a bad store URL is reported now, not by every worker the demo would start
         from workers.app import configure
 
         app = configure()
         if embedded:
             console.print(f"Starting one worker per queue ({', '.join(QUEUES)}); logs in {out / 'logs'}")
             stack.enter_context(Fleet(env, log_dir=out / "logs"))
-        request = json.loads(Path(args.request).read_text()) if args.request else demo_request(args.clips)
-        request.setdefault("job_id", new_job_id())
-        kind = args.kind
-        if args.reference:
-            field = "reference_image" if kind == "storyboard" else "initial_reference_image"
-            request[field] = upload_reference(args.reference, request["job_id"])
-        parse_request(kind, request)
-        from workers.client import submit_job
-
-        job_id = submit_job(app, kind, request)
-        console.print(f"Submitted {kind} job {job_id}")
+        else:
+            check_connection()
+        with uploaded_reference(args.kind, request, reference_png):
+            job_id = submit_job(app, args.kind, request)
+        console.print(f"Submitted {args.kind} job {job_id}")
         status = follow(job_id)
         print_result(job_id)
         return 0 if status.outcome in ("succeeded", "partial") else 1
@@ -156,17 +232,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from workers.app import app
-    from workers.client import submit_job
 
-    request = json.loads(Path(args.file).read_text())
-    if not isinstance(request, dict):
-        raise RequestError("request: expected a JSON object")
-    request.setdefault("job_id", new_job_id())
-    if args.reference:
-        field = "reference_image" if args.kind == "storyboard" else "initial_reference_image"
-        request[field] = upload_reference(args.reference, request["job_id"])
-    parse_request(args.kind, request)
-    job_id = submit_job(app, args.kind, request)
+    request = read_request(args.file)
+    reference_png = prepare_request(args.kind, request, args.reference)
+    check_connection()
+    with uploaded_reference(args.kind, request, reference_png):
+        job_id = submit_job(app, args.kind, request)
     console.print(job_id)
     if args.wait:
         status = follow(job_id)
@@ -176,8 +247,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from workers.client import job_status
-
+    check_connection()
     if args.follow:
         follow(args.job_id)
     status = job_status(args.job_id)
@@ -194,16 +264,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from workers.app import app
-    from workers.client import resume_job
 
+    check_connection()
     console.print(resume_job(app, args.job_id))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from workers.app import app
-    from workers.client import cancel_job
 
+    check_connection()
     console.print(cancel_job(app, args.job_id))
     return 0
 
@@ -221,7 +291,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
         raise RequestError("flower_basic_auth: set FRAMEFLEET_FLOWER_BASIC_AUTH=user:password, or pass --local-only")
     else:
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()  # not on the command line
-    return subprocess.call(argv, env=env)
+    # Become Flower rather than wait on it: a signal to this process then reaches Flower itself,
+    # and no Flower is left orphaned when whoever started `framefleet flower` stops it.
+    os.execvpe(argv[0], argv, env)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -266,8 +338,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if any(v.startswith("missing") for v in report.values()) else 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """JSON Schema of the contracts with a main app, for apps in other languages or validating early."""
+    if args.contract == "request":
+        if args.kind is None:
+            raise RequestError(f"kind: `framefleet schema request` needs one of {sorted(REQUEST_MODELS)}")
+        schema = REQUEST_MODELS[args.kind].model_json_schema(mode="validation")
+    elif args.kind is not None:
+        raise RequestError(f"kind: only `framefleet schema request` takes a kind, not {args.contract}")
+    else:
+        model = {"manifest": Manifest, "callback": CompletionCallback}[args.contract]
+        schema = model.model_json_schema(mode="serialization")
+    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="framefleet", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a storyboard on a local Redis and local workers")
@@ -322,18 +410,26 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=("check", "download"))
     models.add_argument("--dir", help="with download: where to put the weights", default="models")
     models.set_defaults(func=cmd_models)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of a request, the manifest or the callback")
+    schema.add_argument("contract", choices=("request", "manifest", "callback"))
+    schema.add_argument("kind", nargs="?", choices=tuple(REQUEST_MODELS), help="with request: the job kind")
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        load_settings()
         return args.func(args)
-    except RequestError as error:
-        console.print(f"[red]error:[/red] {error}")
+    except ORDINARY_ERRORS as error:
+        if args.debug:
+            raise
+        errors.print(Text.assemble(("error: ", "red"), " ".join(str(error).split())))
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted; stopped everything this command started[/yellow]")
+        errors.print("[yellow]interrupted; stopped everything this command started[/yellow]")
         return 130
 
 

@@ -10,12 +10,54 @@ from __future__ import annotations
 
 import time
 
+import redis
 from celery import Celery
+from kombu.utils.url import sanitize_url
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from config.settings import Settings, get_settings
 from tasks.records import JobStatus
 from tasks.state import JobState
 
 CREATE_TASKS = {"storyboard": "framefleet.storyboard.create", "references": "framefleet.references.create"}
+
+
+class FleetUnavailable(ConnectionError):
+    """No broker is configured, or a Redis the fleet uses cannot be reached."""
+
+
+class UnknownJob(KeyError):
+    """No job with this id: never submitted, or its state expired (``job_ttl_s``)."""
+
+    def __str__(self) -> str:
+        return self.args[0]  # KeyError would show the repr, quotes and all
+
+
+def check_connection(settings: Settings | None = None, timeout_s: float = 3.0) -> None:
+    """Fail fast, naming the URL (password masked), before anything waits on an absent Redis.
+
+    Celery and the state client ride out outages with long retries, which is right for a worker
+    and wrong for a command that has not started anything yet.
+    """
+    settings = settings or get_settings()
+    if not settings.broker_url:
+        raise FleetUnavailable("broker_url: FRAMEFLEET_BROKER_URL is not set (`framefleet demo` starts its own)")
+    uses = {settings.broker_url: "broker"}
+    uses.setdefault(settings.backend_url, "result backend")
+    uses.setdefault(settings.state_url, "job state Redis")
+    for url, role in uses.items():
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                                          retry=Retry(NoBackoff(), 0))
+        except ValueError as error:
+            raise FleetUnavailable(f"{role} URL {sanitize_url(url)}: {error}") from None
+        try:
+            client.ping()
+        except redis.RedisError as error:
+            raise FleetUnavailable(f"cannot reach the {role} at {sanitize_url(url)} ({error})") from None
+        finally:
+            client.close()
 
 
 def submit_job(app: Celery, kind: str, request: dict | str, timeout_s: float = 30.0) -> str:
@@ -42,18 +84,28 @@ def _send_and_wait(app: Celery, task: str, argument, timeout_s: float) -> dict:
         time.sleep(0.05)
 
 
+def _known(job_id: str) -> None:
+    if not JobState(job_id).exists():
+        raise UnknownJob(f"job_id: no job {job_id!r}")
+
+
 def resume_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
     """Continue a job from its stored state (e.g. after every worker died and the broker was wiped)."""
+    _known(job_id)
     return _send_and_wait(app, "framefleet.jobs.resume", job_id, timeout_s)
 
 
 def cancel_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
     """Cancel a job: queued tasks revoked, paid predictions cancelled, manifest marked cancelled."""
+    _known(job_id)
     return _send_and_wait(app, "framefleet.jobs.cancel", job_id, timeout_s)
 
 
 def job_status(job_id: str) -> JobStatus:
-    return JobState(job_id).status()
+    try:
+        return JobState(job_id).status()
+    except KeyError as error:
+        raise UnknownJob(error.args[0]) from None
 
 
 def wait_for_job(job_id: str, timeout_s: float = 600.0, poll_s: float = 0.2) -> JobStatus:

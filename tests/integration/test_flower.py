@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
 import pytest
 
 from tests.helpers import run_job, storyboard_request, unique_id
+from tests.processes import leftover_processes
 from workers.local_redis import free_port
 from workers.store import open_store
 
@@ -21,7 +23,9 @@ pytestmark = pytest.mark.integration
 def flower(broker_url, start_fleet, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts-flower")
     port = free_port()
-    env = {**os.environ, "FRAMEFLEET_BROKER_URL": broker_url, "FRAMEFLEET_FLOWER_BASIC_AUTH": "ops:pa55word"}
+    owner = uuid.uuid4().hex  # marks Flower and anything it starts
+    env = {**os.environ, "FRAMEFLEET_BROKER_URL": broker_url, "FRAMEFLEET_FLOWER_BASIC_AUTH": "ops:pa55word",
+           "TEST_FLOWER_OWNER": owner}
     log = open(tmp_path_factory.mktemp("flower") / "flower.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "workers.cli", "flower", "--port", str(port)], env=env,
                                stdout=log, stderr=subprocess.STDOUT)
@@ -39,6 +43,8 @@ def flower(broker_url, start_fleet, tmp_path_factory):
     yield url, open_store(f"file://{root}")
     process.terminate()
     process.wait(timeout=10)
+    # `framefleet flower` became Flower: stopping it leaves no Flower behind.
+    assert leftover_processes(owner, name="TEST_FLOWER_OWNER") == {}
 
 
 def test_a_jobs_tasks_are_readable_in_flower(celery_app, flower):
@@ -63,9 +69,9 @@ def test_a_jobs_tasks_are_readable_in_flower(celery_app, flower):
     assert httpx.get(f"{url}/metrics", timeout=5).status_code == 200  # outside auth: keep it inside the network
 
 
-def test_flower_refuses_to_start_without_credentials(broker_url):
+def test_flower_refuses_to_start_without_credentials(broker_url, no_process_outlives_the_test):
     env = {k: v for k, v in os.environ.items() if k != "FRAMEFLEET_FLOWER_BASIC_AUTH"}
     env["FRAMEFLEET_BROKER_URL"] = broker_url
     result = subprocess.run([sys.executable, "-m", "workers.cli", "flower"], env=env, capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 2 and "flower_basic_auth" in result.stdout
+    assert result.returncode == 2 and "flower_basic_auth" in result.stderr and "Traceback" not in result.stderr
