@@ -178,11 +178,11 @@ def test_cli_submit_wait_and_status_against_the_configured_broker(celery_app, st
         not_an_image = tmp_path / "notes.png"
         not_an_image.write_text("not an image")
         assert main(["submit", "storyboard", str(request), "--reference", str(not_an_image)]) == 2
-        assert "reference: not a readable image" in capsys.readouterr().out
+        assert "reference: not a readable image" in capsys.readouterr().err
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"clips": [{"start_prompt": "a"}]}))
         assert main(["submit", "storyboard", str(bad)]) == 2
-        assert "clips.0.end_prompt" in capsys.readouterr().out
+        assert "clips.0.end_prompt" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
         fleet_store.cache_clear()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config.celery import QUEUES
+from config.celery import QUEUES, celery_config
 from config.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -67,9 +67,17 @@ def test_keda_scales_each_queue_on_its_redis_list():
     assert set(scaled) == {f"framefleet-{q}" for q in QUEUES}
     for queue in QUEUES:
         spec = scaled[f"framefleet-{queue}"]["spec"]
-        (trigger,) = spec["triggers"]
-        assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue
+        # Every priority sub-list of the queue counts, summed by the scaling formula.
+        lists = {t["name"]: t["metadata"]["listName"] for t in spec["triggers"] if t["type"] == "redis"}
+        assert sorted(lists.values()) == sorted(priority_lists(queue))
+        assert spec["advanced"]["scalingModifiers"]["formula"] == " + ".join(lists)
         assert spec["minReplicaCount"] >= 1
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for one queue under the fleet's transport options."""
+    options = celery_config(Settings())["broker_transport_options"]
+    return [queue if step == 0 else f"{queue}{options['sep']}{step}" for step in options["priority_steps"]]
 
 
 def test_every_framefleet_variable_in_deploy_is_a_setting():
@@ -103,7 +111,7 @@ def mebibytes(quantity: str) -> int:
     return int(number) * (1024 if unit in ("Gi", "g") else 1)
 
 
-@pytest.mark.parametrize("queue", ["control", "images"])
+@pytest.mark.parametrize("queue", ["intake", "control", "images"])
 def test_memory_limits_are_set_alike_in_compose_and_k8s(queue):
     deployment = {d["metadata"]["name"]: d for d in k8s("Deployment")}[f"framefleet-{queue}"]
     in_k8s = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
