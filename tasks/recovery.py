@@ -18,9 +18,10 @@ import redis
 from config.settings import get_settings
 from tasks.leases import lease_alive, running_key, running_steps
 from tasks.scheduling import dispatch_ready, send
-from tasks.state import JobState, active_jobs
+from tasks.state import JobState, active_jobs, state_client
 
 log = logging.getLogger(__name__)
+WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # how many rounds ran (operators and tests see it ran)
 
 
 def resume(state: JobState) -> str:
@@ -105,6 +106,7 @@ def watchdog_round() -> dict:
     """Watch every active job. One broken job never stops the round: it is logged, counted and
     parked (its state cannot be read), and the round goes on with the next job."""
     now, acted, failed, errors = time.time(), {}, {}, {}
+    state_client().incr(WATCHDOG_ROUNDS)
     for job_id in sorted(active_jobs()):
         state = JobState(job_id)
         try:

@@ -169,3 +169,39 @@ def test_resume_after_every_worker_died_and_the_broker_was_wiped(celery_app, fle
     manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
     assert status.outcome == "succeeded" and all(f["status"] == "succeeded" for f in manifest["frames"])
     assert_no_image_paid_twice(job_id, manifest)
+
+
+def test_a_killed_worker_is_recovered_at_the_default_settings(celery_app, fleet_for_test, store):
+    """Default lease (30 s) and watchdog interval (10 s): the recovery time is printed (the README
+    quotes it); the test asserts the job completes and the dead steps were re-driven."""
+    fleet = fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "2"})
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("recover"), 1))
+    state = JobState(job_id)
+    wait_until(lambda: state.frame("clip_001_start").timings.enqueued is not None
+               and len(state.offline_calls()) >= 4)  # all four variations are mid-generation
+    fleet.kill("images")
+    killed_at = time.time()
+    fleet.start_worker("images", suffix="b")
+    fleet.wait_ready([fleet.node_name("images", "b")])
+    status = wait_for_job(job_id, timeout_s=180)
+    recovered_s = time.time() - killed_at
+    print(f"recovery: job done {recovered_s:.1f}s after the kill ({status.redrives} steps re-driven)")
+    assert status.outcome == "succeeded" and status.redrives >= 1
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    assert_no_image_paid_twice(job_id, manifest)
+
+
+def test_no_healthy_queued_job_is_redriven_under_load(celery_app, fleet_for_test, store):
+    """40 jobs through 8 image threads: most wait in the queue for a long time. The watchdog (every
+    second here) re-drives only steps whose lease expired, so none of them."""
+    from tasks.recovery import WATCHDOG_ROUNDS
+
+    fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3",
+                    "FRAMEFLEET_WATCHDOG_INTERVAL_S": "1", "FRAMEFLEET_STALL_AFTER_S": "1"})
+    rounds_before = int(JobState("x").r.get(WATCHDOG_ROUNDS) or 0)
+    job_ids = [submit_job(celery_app, "storyboard", storyboard_request(unique_id(f"load{n}"), 1))
+               for n in range(40)]
+    statuses = [wait_for_job(job_id, timeout_s=400) for job_id in job_ids]
+    assert [s.outcome for s in statuses] == ["succeeded"] * 40
+    assert sum(s.redrives for s in statuses) == 0
+    assert int(JobState("x").r.get(WATCHDOG_ROUNDS)) - rounds_before >= 3  # the watchdog was watching
