@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     reference_url_timeout_s: float = Field(10.0, gt=0)
     reference_url_allowed_hosts: list[str] = []
 
+    # Budget guard (overrides.max_usd): estimated tokens of one LLM call (prompt, completion), and
+    # what the offline providers "cost" so the guard can be exercised without keys.
+    llm_call_estimate_tokens: tuple[int, int] = (800, 300)
+    offline_usd_per_image: float = Field(0.0, ge=0)
+    offline_usd_per_llm_call: float = Field(0.0, ge=0)
+
     # Offline providers: simulated latency and failures for tests and benchmarks.
     offline_llm_latency_s: float = Field(0.0, ge=0)
     offline_image_latency_s: float = Field(0.0, ge=0)

@@ -57,6 +57,21 @@ class FrameTimings(BaseModel):
     score: Span | None = None
 
 
+class FrameRevision(BaseModel):
+    """An earlier state of a frame, kept when a choose or regenerate replaced it (nothing is lost:
+    its artifact keys stay valid, later revisions write under keys of their own)."""
+
+    revision: int
+    status: FrameStatus
+    original_prompt: str
+    enhanced_prompt: str | None = None
+    variations: list[VariationRecord] = []
+    selected: Selection | None = None
+    warnings: list[str] = []
+    fallbacks: list[str] = []
+    replaced_by: str  # why it was replaced, e.g. "revision 2: chose v3"
+
+
 class FrameRecord(BaseModel):
     name: str
     clip: int | None = None
@@ -72,6 +87,14 @@ class FrameRecord(BaseModel):
     warnings: list[str] = []
     fallbacks: list[str] = []
     timings: FrameTimings = FrameTimings()
+    overrides: dict = {}  # per-frame overrides of a regenerate (num_variations, image_model, ...)
+    history: list[FrameRevision] = []  # earlier revisions of this frame, oldest first
+
+    def snapshot(self, replaced_by: str) -> FrameRevision:
+        return FrameRevision(revision=self.revision, status=self.status, original_prompt=self.original_prompt,
+                             enhanced_prompt=self.enhanced_prompt, variations=self.variations,
+                             selected=self.selected, warnings=self.warnings, fallbacks=self.fallbacks,
+                             replaced_by=replaced_by)
 
 
 class JobTimings(BaseModel):
@@ -87,6 +110,14 @@ class Cost(BaseModel):
     estimated_usd: float = 0.0
 
 
+class Budget(BaseModel):
+    """The job's spending cap (``overrides.max_usd``) and what the guard did to keep it."""
+
+    max_usd: float
+    committed_usd: float = 0.0  # estimates of every paid call made, checked against the cap before each
+    degradations: list[str] = []  # "frame: what was given up", in the order it happened
+
+
 class Manifest(BaseModel):
     job_id: str
     kind: Literal["storyboard", "references"]
@@ -100,6 +131,8 @@ class Manifest(BaseModel):
     frames: list[FrameRecord]
     cost: Cost = Cost()
     contact_sheet: dict[str, str] = {}  # {"png": key, "html": key}
+    revision: int = 0  # 0 for the first run; every choose or regenerate adds one
+    budget: Budget | None = None
 
 
 class JobStatus(BaseModel):
@@ -119,6 +152,7 @@ class JobStatus(BaseModel):
     manifest_key: str | None = None
     updated_at: float = Field(default=0.0)
     redrives: int = 0  # steps the watchdog re-sent because their worker died
+    revision: int = 0  # the revision running or last finished
 
     def stalled_for(self, now: float) -> float:
         """Seconds without progress of a job that is not done (0 when done)."""

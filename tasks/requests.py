@@ -85,6 +85,7 @@ class JobOverrides(BaseModel):
     keep_traces: bool | None = None
     enhance: bool | None = Field(None, description="false: generate from the original prompt, no LLM rounds")
     image_model: str | None = Field(None, description="Replicate model; must have an adapter")
+    max_usd: float | None = Field(None, gt=0, description="spending cap; the job degrades rather than exceed it")
 
     @field_validator("image_model")
     @classmethod
@@ -108,13 +109,28 @@ class JobConfig(BaseModel):
     keep_traces: bool
     image_model: str
     enhance: bool = True
+    max_usd: float | None = None
 
     @classmethod
     def resolve(cls, settings: Settings, overrides: JobOverrides) -> "JobConfig":
         fields = {name: getattr(settings, name) for name in cls.model_fields if name != "image_model"}
         fields["image_model"] = settings.replicate_model
+        fields["max_usd"] = None
         fields.update(overrides.model_dump(exclude_none=True))
         return cls.model_validate(fields)
+
+
+TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")]
+QueueName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]
+
+
+class Callback(BaseModel):
+    """The main app's task, sent by name at the end of every revision (no import of framefleet)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskName
+    queue: QueueName
 
 
 class _Request(BaseModel):
@@ -123,6 +139,7 @@ class _Request(BaseModel):
     job_id: JobId = Field(default_factory=new_job_id)
     aspect_ratio: Literal[ASPECT_RATIOS] = "16:9"  # type: ignore[valid-type]
     overrides: JobOverrides = JobOverrides()
+    callback: Callback | None = None
 
 
 def _check_frame_count(frames: int, field: str, info: ValidationInfo) -> None:
@@ -170,6 +187,31 @@ class ReferenceImagesRequest(_Request):
         if len(self.transition_notes) > max(scenes - 1, 0):
             raise ValueError(f"transition_notes: {len(self.transition_notes)} notes for {scenes - 1} transitions")
         return self
+
+
+class FrameOverrides(BaseModel):
+    """What a regenerate may change for one frame."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    num_variations: int | None = Field(None, ge=1, le=8)
+    max_enhancement_iterations: int | None = Field(None, ge=1, le=10)
+    score_threshold: float | None = Field(None, ge=0, le=100)
+    quality_threshold: float | None = Field(None, ge=0, le=100)
+    enhance: bool | None = None
+    image_model: str | None = None
+
+    _known_image_model = field_validator("image_model")(JobOverrides._known_image_model.__func__)
+
+
+class RegenerateOptions(BaseModel):
+    """``framefleet.frames.regenerate`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt | None = Field(None, description="a new original prompt, enhanced again")
+    overrides: FrameOverrides = FrameOverrides()
+    cascade: bool = Field(True, description="re-chain the frames that depend on this one")
 
 
 JobRequest = StoryboardRequest | ReferenceImagesRequest

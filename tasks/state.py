@@ -16,6 +16,9 @@ Keys (all expire after ``job_ttl_s``):
   framefleet:job:{id}:cancelled   set when the job is cancelled
   framefleet:job:{id}:tasks       ids of the job's enqueued tasks (revoked on cancel)
   framefleet:job:{id}:finalized   set when finalize starts (late trace writes are dropped)
+  framefleet:job:{id}:events      pub/sub channel: every status change as JSON (progress streams)
+  framefleet:job:{id}:budget      committed estimated spend (float); :degradations list of notes
+  framefleet:jobs:recent          zset job id → submitted time (framefleet jobs)
   framefleet:jobs:active          ids of jobs not finished yet (the watchdog's list)
   framefleet:jobs:parked          hash job id → why: jobs whose state could not be read or whose
                                   step kept dying; taken off the active list and reported
@@ -38,7 +41,7 @@ from config.settings import get_settings
 from tasks.leases import Lease
 from tasks.plan import FramePlan
 from tasks.records import FrameRecord, JobStatus, VariationRecord
-from tasks.requests import JobConfig
+from tasks.requests import Callback, JobConfig, RequestError
 
 STAGE_MESSAGES = {
     "references": {
@@ -64,10 +67,19 @@ class JobSpec(BaseModel):
     plan: FramePlan
     providers: dict[str, str]
     submitted: float
+    callback: Callback | None = None
+
+    def frame_config(self, record: FrameRecord) -> JobConfig:
+        """The job's config with the frame's own overrides (from a regenerate) applied."""
+        return self.config.model_copy(update={k: v for k, v in record.overrides.items() if v is not None})
 
 
 class JobExists(Exception):
     pass
+
+
+class RevisionRefused(RequestError):
+    """A choose or regenerate sent while the job runs: refused with the reason (not queued)."""
 
 
 class StaleWrite(Exception):
@@ -95,6 +107,16 @@ def _key(job_id: str, part: str) -> str:
 
 ACTIVE_JOBS = "framefleet:jobs:active"
 PARKED_JOBS = "framefleet:jobs:parked"
+RECENT_JOBS = "framefleet:jobs:recent"
+
+
+def events_channel(job_id: str) -> str:
+    return _key(job_id, "events")
+
+
+def recent_jobs(limit: int, client: redis.Redis | None = None) -> list[str]:
+    """Job ids, newest first."""
+    return (client or state_client()).zrevrange(RECENT_JOBS, 0, limit - 1)
 
 
 def active_jobs(client: redis.Redis | None = None) -> set[str]:
@@ -130,6 +152,7 @@ class JobState:
         for part in ("frames", "status"):
             pipe.expire(_key(self.job_id, part), self.ttl)
         pipe.sadd(ACTIVE_JOBS, self.job_id)
+        pipe.zadd(RECENT_JOBS, {self.job_id: spec.submitted})
         pipe.execute()
 
     def created(self) -> None:
@@ -142,6 +165,7 @@ class JobState:
         if keys:
             pipe.delete(*keys)
         pipe.srem(ACTIVE_JOBS, self.job_id)
+        pipe.zrem(RECENT_JOBS, self.job_id)
         pipe.execute()
 
     def exists(self) -> bool:
@@ -313,13 +337,61 @@ class JobState:
         return JobStatus.model_validate({k: (None if v == "" else v) for k, v in raw.items()})
 
     def update_status(self, **fields) -> None:
+        """Write status fields, append the message to the history, and publish the change on the
+        job's events channel (JSON: stage, message, percent, frame, revision, state)."""
         fields["updated_at"] = time.time()
         pipe = self.r.pipeline()
         pipe.hset(_key(self.job_id, "status"), mapping=_flatten_fields(fields))
         if "message" in fields:
             pipe.rpush(_key(self.job_id, "history"), f"{fields.get('stage', '')}: {fields['message']}")
             pipe.expire(_key(self.job_id, "history"), self.ttl)
-        pipe.execute()
+        pipe.hmget(_key(self.job_id, "status"), ["state", "stage", "message", "percent", "current_frame", "revision"])
+        current = pipe.execute()[-1]
+        event = dict(zip(("state", "stage", "message", "percent", "frame", "revision"), current))
+        event["percent"] = float(event["percent"] or 0)
+        event["revision"] = int(event["revision"] or 0)
+        self.r.publish(events_channel(self.job_id), json.dumps(event))
+
+    def start_revision(self) -> int:
+        """Open the next revision of a finished job (choose, regenerate); refused while it runs."""
+        key = _key(self.job_id, "status")
+
+        def transaction(pipe: redis.client.Pipeline) -> int:
+            status = pipe.hmget(key, ["state", "revision"])
+            if status[0] is None:
+                raise KeyError(f"job_id: no job {self.job_id!r}")
+            if status[0] != "done":
+                raise RevisionRefused(f"job_id: job {self.job_id!r} is still running revision {status[1] or 0}; "
+                                      "choose or regenerate once it is done")
+            revision = int(status[1] or 0) + 1
+            pipe.multi()
+            pipe.hset(key, mapping=_flatten_fields({"state": "running", "stage": "queued", "outcome": None,
+                                                    "revision": revision, "percent": 0.0}))
+            pipe.delete(_key(self.job_id, "finalized"))
+            pipe.sadd(ACTIVE_JOBS, self.job_id)
+            return revision
+
+        revision = self.r.transaction(transaction, key, value_from_callable=True)
+        self.update_status(message=f"Revision {revision}")
+        return revision
+
+    def revision(self) -> int:
+        return int(self.r.hget(_key(self.job_id, "status"), "revision") or 0)
+
+    # budget: estimated spend reserved before each paid call (tasks/budget.py) ------------------
+    def reserve_spend(self, script, cap: float, amount: float, keep_free: float = 0.0) -> bool:
+        return bool(script(keys=[_key(self.job_id, "budget")], args=[cap, amount, keep_free, self.ttl]))
+
+    def committed_spend(self) -> float:
+        return float(self.r.get(_key(self.job_id, "budget")) or 0.0)
+
+    def add_degradation(self, note: str) -> None:
+        name = _key(self.job_id, "degradations")
+        self.r.rpush(name, note)
+        self.r.expire(name, self.ttl)
+
+    def degradations(self) -> list[str]:
+        return self.r.lrange(_key(self.job_id, "degradations"), 0, -1)
 
     def count_redrives(self, steps: int) -> None:
         self.r.hincrby(_key(self.job_id, "status"), "redrives", steps)

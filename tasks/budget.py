@@ -1,0 +1,92 @@
+"""The budget guard: a job with ``overrides.max_usd`` never commits more than its cap.
+
+Before each paid call its estimated price is reserved atomically in Redis (one Lua script, so
+parallel variations and enhancements of one job cannot pass the check together); a call that
+does not fit is not made. When the next frame cannot be afforded at full size it degrades, in
+this order:
+  1. fewer variations (down to one),
+  2. no enhancement rounds beyond the first (a second round must leave one image per frame
+     still to generate affordable),
+  3. the frame is skipped with "budget" in its fallbacks.
+Prices are the cost settings (Replicate per prediction of the job's model, OpenAI per call at
+``llm_call_estimate_tokens``); the offline providers cost ``offline_usd_per_image`` and
+``offline_usd_per_llm_call`` (0 by default), so the guard can be exercised without keys.
+"""
+
+from __future__ import annotations
+
+from config.settings import Settings, get_settings
+from tasks.state import JobSpec, JobState
+
+# KEYS[1] committed spend; ARGV cap, amount, keep_free, ttl. Reserve amount if it fits under the
+# cap with keep_free left over; 1 when reserved.
+_RESERVE = """
+local committed = tonumber(redis.call('GET', KEYS[1]) or '0')
+if committed + tonumber(ARGV[2]) + tonumber(ARGV[3]) > tonumber(ARGV[1]) + 1e-9 then return 0 end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+def image_price(spec: JobSpec, model: str, settings: Settings) -> float:
+    if spec.providers.get("images") == "replicate":
+        return settings.replicate_usd_per_prediction.get(model, 0.0)
+    return settings.offline_usd_per_image
+
+
+def llm_call_price(spec: JobSpec, settings: Settings) -> float:
+    if spec.providers.get("llm") == "openai":
+        prompt, completion = settings.llm_call_estimate_tokens
+        return (prompt * settings.openai_usd_per_1m_prompt_tokens
+                + completion * settings.openai_usd_per_1m_completion_tokens) / 1e6
+    return settings.offline_usd_per_llm_call
+
+
+class BudgetGuard:
+    def __init__(self, state: JobState, spec: JobSpec):
+        self.state, self.spec, self.settings = state, spec, get_settings()
+        self.cap = spec.config.max_usd
+        self._reserve = state.r.register_script(_RESERVE)
+
+    @property
+    def active(self) -> bool:
+        return self.cap is not None
+
+    def reserve(self, amount: float, keep_free: float = 0.0) -> bool:
+        if not self.active or amount <= 0:
+            return True
+        return self.state.reserve_spend(self._reserve, self.cap, amount, keep_free)
+
+    def images_for_frame(self, frame: str, wanted: int, model: str) -> int:
+        """How many variations of the frame the budget affords (reserved now), from ``wanted``
+        down to 1; 0 means the frame is skipped. Each degradation is recorded."""
+        price = image_price(self.spec, model, self.settings)
+        for count in range(wanted, 0, -1):
+            if self.reserve(count * price):
+                if count < wanted:
+                    self.degrade(frame, f"{count} of {wanted} variations")
+                return count
+        self.degrade(frame, "skipped: not even one image is affordable")
+        return 0
+
+    def another_image(self, frame: str, model: str, why: str) -> bool:
+        if self.reserve(image_price(self.spec, model, self.settings)):
+            return True
+        self.degrade(frame, f"no {why}")
+        return False
+
+    def llm_round(self, frame: str, iteration: int, frames_without_image: int) -> bool:
+        """Reserve one enhancement round (two calls). Rounds after the first must leave one image
+        for each frame still to generate affordable; the first needs only itself."""
+        price = 2 * llm_call_price(self.spec, self.settings)
+        keep_free = 0.0
+        if iteration > 1:
+            keep_free = frames_without_image * image_price(self.spec, self.spec.config.image_model, self.settings)
+        if self.reserve(price, keep_free):
+            return True
+        self.degrade(frame, f"enhancement stopped before round {iteration}")
+        return False
+
+    def degrade(self, frame: str, what: str) -> None:
+        self.state.add_degradation(f"{frame}: budget: {what}")
