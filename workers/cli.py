@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=("check", "download"))
     models.add_argument("--dir", help="with download: where to put the weights", default="models")
     models.set_defaults(func=cmd_models)
+
+    from workers.evaluation.command import add_eval_command
+
+    add_eval_command(sub)
     return parser
 
 
