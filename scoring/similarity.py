@@ -16,6 +16,7 @@ from scoring.types import Scorer
 COLOUR_LAYOUT = "colour layout (8x8 RGB thumbnail, mean-centred): a stand-in, not a semantic embedding"
 VIT_L14 = "ViT-L/14 image embedding (the model scorer's CLIP tower)"
 LAYOUT_SIZE = 8
+FLAT = 1e-4  # below this norm the thumbnail is one colour (float rounding leaves a little)
 
 
 def colour_layout_embeddings(images: list[Image.Image]) -> np.ndarray:
@@ -26,7 +27,7 @@ def colour_layout_embeddings(images: list[Image.Image]) -> np.ndarray:
                            dtype=np.float32).ravel() / 255.0
         centred = thumb - thumb.mean()
         norm = np.linalg.norm(centred)
-        rows.append(centred / norm if norm > 0 else centred)
+        rows.append(centred / norm if norm > FLAT else np.zeros_like(centred))
     return np.stack(rows)
 
 

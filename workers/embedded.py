@@ -1,12 +1,14 @@
 """The fleet a command-line client talks to: the configured one, or an embedded one it starts.
 
 With no broker configured (`FRAMEFLEET_BROKER_URL` unset), a local Redis and one worker per queue
-are started, and stopped when the ``with`` block ends, however it ends.
+are started, and stopped when the ``with`` block ends, however it ends (SIGTERM included: it is
+raised as KeyboardInterrupt, like Ctrl-C, so the workers in their own sessions are not orphaned).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -29,6 +31,8 @@ def client_fleet(store_root: Path | None, log_dir: Path, say: Callable[[str], ob
             env["FRAMEFLEET_STORE_URL"] = f"file://{store_root}"
         embedded = not get_settings().broker_url
         if embedded:
+            previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
             redis_server = stack.enter_context(LocalRedis())
             env["FRAMEFLEET_BROKER_URL"] = redis_server.url
             say(f"Started Redis on {redis_server.url}")
@@ -43,3 +47,7 @@ def client_fleet(store_root: Path | None, log_dir: Path, say: Callable[[str], ob
             say(f"Starting one worker per queue ({', '.join(QUEUES)}); logs in {log_dir}")
             stack.enter_context(Fleet(env, log_dir=log_dir))
         yield app
+
+
+def _raise_keyboard_interrupt(*_) -> None:
+    raise KeyboardInterrupt

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.tiny_models import build_tiny_models, sources_env
-from workers.evaluation.report import HEURISTIC_CAVEAT, PLOTS, render_html
+from workers.evaluation.report import HEURISTIC_CAVEAT, PLOTS, caveats, render_html
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,8 @@ def test_eval_compares_arms_with_one_rescorer_and_writes_the_report(tmp_path):
     assert summary["arms"] == ["baseline", "enhanced"]
     assert [s["items"] for s in summary["prompt_sets"]] == [2, 3]
     assert summary["scorer"]["name"] == "models" and summary["selection_scorers"] == ["models"]
-    assert summary["providers"]["enhanced"] == ["images offline", "llm offline"] and summary["offline"]
+    assert summary["providers"]["enhanced"] == ["images offline", "llm offline"]
+    assert summary["offline"] == ["images", "llm"] and summary["caveats"] == caveats(summary)
     for arm, images in (("baseline", 1), ("enhanced", 4)):
         numbers = summary["by_arm"][arm]
         assert (numbers["jobs"], numbers["jobs_not_finished"], numbers["frames_with_image"]) == (5, 0, FRAMES)
@@ -100,6 +101,7 @@ def test_eval_compares_arms_with_one_rescorer_and_writes_the_report(tmp_path):
         with Image.open(out / source) as image:
             image.verify()
     assert "models scorer" in page and "llm offline" in page and HEURISTIC_CAVEAT not in page
+    assert page.index("Offline stand-ins ran the images and llm stage") < page.index("<h2>Summary")
     heuristic = render_html({**summary, "scorer": {**summary["scorer"], "name": "heuristic"}}, [])
     assert heuristic.index(HEURISTIC_CAVEAT) < heuristic.index("<h2>Summary")
 

@@ -66,16 +66,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from workers.store import fleet_store
 
         store = fleet_store()
+        scorer = process_scorer()  # loaded first: a scorer that cannot load must not cost a whole run
         runs = plan_runs(items, arms, args.repeats)
         console.print(f"{len(items)} items × {len(arms)} arms × {args.repeats} repeats = {len(runs)} jobs")
         with Progress(console=console) as progress:
             bar = progress.add_task("Jobs", total=len(runs))
             run_jobs(app, store, runs, args.parallel, args.job_timeout, lambda run: progress.advance(bar))
-        scorer = process_scorer()
         console.print(f"Re-scoring every arm's final frames with the {scorer.name} scorer")
-        summary, rows = evaluate(store, scorer, runs, arms, args.repeats,
-                           [{"name": path.stem, "path": str(path), "items": len(loaded)} for path, loaded in sets.items()],
-                           get_settings().score_weights.model_dump())
+        prompt_sets = [{"name": path.stem, "path": str(path), "items": len(loaded)} for path, loaded in sets.items()]
+        summary, rows = evaluate(store, scorer, runs, arms, args.repeats, prompt_sets,
+                                 get_settings().score_weights.model_dump())
         from workers.evaluation.report import write_report
 
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -101,13 +101,14 @@ def evaluate(store, scorer, runs, arms: list[str], repeats: int, prompt_sets: li
     """Re-score and measure finished runs: the summary and one row per frame and arm."""
     from scoring.similarity import embedding_name
     from workers.evaluation.metrics import RESAMPLES, arm_summary
+    from workers.evaluation.report import caveats
     from workers.evaluation.runner import add_consistency, frame_rows, rescore
 
     for run in runs:
         run.frames = frame_rows(run)
         add_consistency(store, scorer, run)
     rows = rescore(store, scorer, runs, weights)
-    providers = {arm: sorted({f"{stage} {name}" for r in runs if r.arm == arm and r.manifest
+    providers = {arm: sorted({_provider(stage, name, r.manifest) for r in runs if r.arm == arm and r.manifest
                               for stage, name in r.manifest["providers"].items()}) for arm in arms}
     summary = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -117,9 +118,15 @@ def evaluate(store, scorer, runs, arms: list[str], repeats: int, prompt_sets: li
         "scorer": {"name": scorer.name, "weights": weights, "embedding": embedding_name(scorer),
                    "prompt": "original", "batches": len({r["rescore_batch"] for r in rows if r["image_key"]})},
         "providers": providers,
-        "offline": all(name.endswith(" offline") for names in providers.values() for name in names),
+        "offline": sorted({r.split()[0] for names in providers.values() for r in names if r.endswith(" offline")}),
         "selection_scorers": sorted({r["selection_scorer"] for r in rows if r["selection_scorer"]}),
         "bootstrap_resamples": RESAMPLES,
         "by_arm": {arm: arm_summary(arm, runs, rows, ARMS[arm]) for arm in arms},
     }
+    summary["caveats"] = caveats(summary)
     return summary, rows
+
+
+def _provider(stage: str, name: str, manifest: dict) -> str:
+    model = f" ({manifest['config']['image_model']})" if stage == "images" and name == "replicate" else ""
+    return f"{stage} {name}{model}"

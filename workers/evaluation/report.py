@@ -20,8 +20,9 @@ HEURISTIC_CAVEAT = ("These scores come from the HEURISTIC scorer: image statisti
                     "colourfulness) that do not read the prompt. They are not image quality, and nothing here says "
                     "whether enhancement helps. Install the scoring extra and the model weights for PickScore, "
                     "CLIP-Score and the aesthetic model.")
-OFFLINE_CAVEAT = ("Offline providers ran these jobs: a rule-based prompt enhancer and a procedural image generator. "
-                  "This run tests the harness and the pipeline's mechanics, not the real models.")
+OFFLINE_CAVEAT = ("Offline stand-ins ran the {stages} stage of these jobs (llm: a rule-based prompt enhancer; images: "
+                  "a procedural generator). This run tests the harness and the pipeline's mechanics, not the real "
+                  "models.")
 THUMB_WIDTH = 240
 
 
@@ -122,7 +123,6 @@ def plot_cost_quality(summary, arms, path: Path) -> None:
         x = cost + (i - (len(arms) - 1) / 2) * dodge
         ax.errorbar(x, stat["mean"], yerr=[[stat["mean"] - stat["ci95"][0]], [stat["ci95"][1] - stat["mean"]]],
                     fmt="o", capsize=3, color=f"C{i}", label=arm)
-        ax.annotate(arm, (x, stat["mean"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("overall (mean, 95% CI)")
     ax.set_title("Cost against quality")
@@ -145,7 +145,7 @@ PLOTS = {
 
 
 def write_samples(store: ArtifactStore, rows: list[dict], arms: list[str], out: Path, count: int) -> list[dict]:
-    """Thumbnails of the same frames under every arm: the first frames of evenly spread items."""
+    """Thumbnails of the same frames under every arm, for frames spread evenly over the run."""
     complete = {}
     for row in rows:
         complete.setdefault(frame_key(row), {})[row["arm"]] = row
@@ -176,16 +176,18 @@ def _fmt(stat: dict, digits: int = 1) -> str:
     return f"{stat['mean']:.{digits}f} <small>[{low:.{digits}f}, {high:.{digits}f}]</small>"
 
 
+def caveats(summary: dict) -> list[str]:
+    """What the numbers are not, said at the top of the page (and in summary.json)."""
+    found = [HEURISTIC_CAVEAT] if summary["scorer"]["name"] == "heuristic" else []
+    stages = " and ".join(summary["offline"])
+    return found + ([OFFLINE_CAVEAT.format(stages=stages)] if stages else [])
+
+
 def render_html(summary: dict, samples: list[dict]) -> str:
     arms = summary["arms"]
     e = html.escape
     scorer = summary["scorer"]
-    banners = []
-    if scorer["name"] == "heuristic":
-        banners.append(HEURISTIC_CAVEAT)
-    if summary["offline"]:
-        banners.append(OFFLINE_CAVEAT)
-    header = "".join(f'<p class="caveat">{e(text)}</p>' for text in banners)
+    header = "".join(f'<p class="caveat">{e(text)}</p>' for text in caveats(summary))
     providers = "; ".join(f"{arm}: {e(', '.join(p))}" for arm, p in summary["providers"].items())
     head_row = "".join(f"<th>{e(a)}</th>" for a in arms)
 
@@ -203,11 +205,13 @@ def render_html(summary: dict, samples: list[dict]) -> str:
             if d["win_rate_vs_baseline"] else "–"),
         row("consistency: previous frame", lambda d: _fmt(d["consistency"]["previous"], 3)),
         row("consistency: reference", lambda d: _fmt(d["consistency"]["reference"], 3)),
-        row("below quality threshold (re-scored)", lambda d: f"{d['below_threshold']['rescored']} / {d['below_threshold']['of']}"),
+        row("below quality threshold (re-scored)",
+            lambda d: f"{d['below_threshold']['rescored']} / {d['below_threshold']['of']}"),
         row("below threshold at selection (warned)", lambda d: f"{d['below_threshold']['at_selection']} "
             f"({d['below_threshold']['at_selection_warned']})"),
     ]
-    table += [row(f"latency per frame: {s} (s)", lambda d, s=s: _fmt(d["latency_s"]["per_frame"][s], 3)) for s in STAGES]
+    table += [row(f"latency per frame: {s} (s)", lambda d, s=s: _fmt(d["latency_s"]["per_frame"][s], 3))
+              for s in STAGES]
     table += [row("latency per job (s)", lambda d: _fmt(d["latency_s"]["per_job"]["total"], 2)),
               row("USD per frame / per job", lambda d: f"{money(d['cost']['usd_per_frame'])} / "
                   f"{money(d['cost']['usd_per_job'])}"),
