@@ -86,6 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         win = summary["by_arm"][arm]["win_rate_vs_baseline"]
         line = f"  {arm:<13} overall {_mean(stat)}"
         console.print(line + (f"  win rate vs baseline {_mean(win, 2)}" if win else ""))
+        for error in summary["by_arm"][arm]["job_errors"]:
+            console.print(f"    [yellow]{error}[/yellow]")
     console.print(f"Summary: {out / 'summary.json'}\nReport:  {page}")
     return 0 if all(r.manifest for r in runs) else 1
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 
 import numpy as np
 
@@ -76,14 +76,16 @@ def arm_summary(arm: str, runs: list[JobRun], all_rows: list[dict], overrides: d
         "overrides": overrides,
         "jobs": len(runs),
         "jobs_not_finished": sum(r.manifest is None for r in runs),
-        "jobs_by_status": _count(r.manifest["status"] for r in runs if r.manifest),
+        "jobs_by_status": dict(Counter(r.manifest["status"] for r in runs if r.manifest)),
+        "job_errors": [f"{r.item.name} (repeat {r.repeat}, job {r.job_id}): {r.error}" for r in runs if r.error],
         "frames": len(rows),
         "frames_with_image": len(produced),
         "metrics": {m: mean_ci(r["scores"][m] for r in produced) for m in QUALITY_METRICS},
         "win_rate_vs_baseline": None if arm == BASELINE else {
             **mean_ci(outcomes), "wins": outcomes.count(1.0), "ties": outcomes.count(0.5),
             "losses": outcomes.count(0.0)},
-        "consistency": {kind: mean_ci(r["consistency"][kind] for r in produced) for kind in ("previous", "reference")},
+        "consistency": {kind: mean_ci(r["consistency"][kind] for r in produced)
+                        for kind in ("previous", "reference")},
         "below_threshold": {"rescored": len(below), "at_selection": len(selected_below),
                             "at_selection_warned": sum(r["threshold_warned"] for r in selected_below),
                             "of": len(produced)},
@@ -91,17 +93,12 @@ def arm_summary(arm: str, runs: list[JobRun], all_rows: list[dict], overrides: d
             "per_frame": {s: mean_ci(r["latency_s"][s] for r in produced) for s in STAGES},
             "per_job": {s: mean_ci(lat[s] for lat in latencies) for s in ("total", *STAGES)},
         },
-        "cost": {
+        "cost": {  # per planned frame: a frame that failed was paid for too
             "usd_per_job": float(np.mean(usd)) if usd else None,
-            "usd_per_frame": sum(usd) / len(produced) if produced else None,
-            "images_per_frame": float(np.mean([r["images"] for r in produced])) if produced else None,
-            "llm_tokens_per_frame": float(np.mean([r["llm_tokens"] for r in produced])) if produced else None,
+            "usd_per_frame": sum(usd) / len(rows) if rows else None,
+            "images_per_frame": float(np.mean([r["images"] for r in rows])) if rows else None,
+            "llm_tokens_per_frame": float(np.mean([r["llm_tokens"] for r in rows])) if rows else None,
         },
     }
 
 
-def _count(values) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for value in values:
-        counts[value] += 1
-    return dict(counts)

@@ -217,6 +217,8 @@ def render_html(summary: dict, samples: list[dict]) -> str:
                   f"{money(d['cost']['usd_per_job'])}"),
               row("images per frame", lambda d: money(d["cost"]["images_per_frame"], 2)),
               row("LLM tokens per frame", lambda d: money(d["cost"]["llm_tokens_per_frame"], 0))]
+    errors = "".join(f"<li>{e(arm)}: {e(error)}</li>" for arm in arms for error in summary["by_arm"][arm]["job_errors"])
+    errors = f"<h3>Jobs that did not finish</h3><ul>{errors}</ul>" if errors else ""
     plots = "".join(f'<h3>{e(title)}</h3><img src="plots/{name}" alt="{e(title)}">'
                     for name, (title, _) in PLOTS.items())
     grid = "".join(
@@ -241,6 +243,7 @@ frame's original prompt; overall = {e(weights)} (consistency is reported on its 
 <b>Prompt sets:</b> {sets}; repeats {summary['repeats']}; created {e(summary['created'])}.</p>
 <h2>Summary</h2>
 <table><tr><th></th>{head_row}</tr>{''.join(table)}</table>
+{errors}
 <p>Win rate: share of frames where the arm's re-scored overall beats baseline's for the same frame (ties count
 half). Intervals: 95% percentile bootstrap of the mean ({summary['bootstrap_resamples']} resamples).</p>
 <h2>Plots</h2>{plots}
