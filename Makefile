@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring flower install install-scoring clean
+.PHONY: demo test bench bench-scoring flower install install-scoring clean eval
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ install-scoring: $(VENV)/.installed-scoring
 demo: $(VENV)/.installed
 	$(BIN)/framefleet demo
 
-test: $(VENV)/.installed-scoring
+test: $(VENV)/.installed-scoring $(VENV)/.installed-eval
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
@@ -42,3 +42,12 @@ bench-scoring: $(VENV)/.installed-scoring
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
+
+# matplotlib, for the evaluation report's plots.
+$(VENV)/.installed-eval: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),eval]"
+	touch $@
+
+# Every arm on the shipped storyboards; the report lands in output/eval/report.html.
+eval: $(VENV)/.installed-eval
+	$(BIN)/framefleet eval --arms baseline,enhanced,enhance-only,best-of-4 --out output/eval $(ARGS)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -178,37 +177,19 @@ def print_result(job_id: str) -> None:
         console.print(f"  [yellow]warning[/yellow] {warning}")
 
 
-def _raise_on_sigterm(*_) -> None:
-    raise KeyboardInterrupt
-
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.fleet import Fleet
-    from workers.local_redis import LocalRedis
+    from workers.embedded import client_fleet
 
     out = Path(args.out or "output").resolve()
     request = read_request(args.request) if args.request else demo_request(args.clips)
     reference_png = prepare_request(args.kind, request, args.reference)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    with ExitStack() as stack:
-        env: dict[str, str] = {}
-        if args.out or not os.environ.get("FRAMEFLEET_STORE_URL"):
-            env["FRAMEFLEET_STORE_URL"] = f"file://{out}"
-        embedded = not get_settings().broker_url
-        if embedded:
-            redis_server = stack.enter_context(LocalRedis())
-            env["FRAMEFLEET_BROKER_URL"] = redis_server.url
-            console.print(f"Started Redis on {redis_server.url}")
-        os.environ.update(env)
-        get_settings.cache_clear()
+    store_root = out if args.out or not os.environ.get("FRAMEFLEET_STORE_URL") else None
+    if store_root is None:
         cli_store()  # a bad store URL is reported now, not by every worker the demo would start
-        from workers.app import configure
-
-        app = configure()
-        if embedded:
-            console.print(f"Starting one worker per queue ({', '.join(QUEUES)}); logs in {out / 'logs'}")
-            stack.enter_context(Fleet(env, log_dir=out / "logs"))
-        else:
+    embedded = not get_settings().broker_url
+    with client_fleet(store_root, out / "logs", console.print) as app:
+        if not embedded:
             check_connection()
         with uploaded_reference(args.kind, request, reference_png):
             job_id = submit_job(app, args.kind, request)
@@ -415,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("contract", choices=("request", "manifest", "callback"))
     schema.add_argument("kind", nargs="?", choices=tuple(REQUEST_MODELS), help="with request: the job kind")
     schema.set_defaults(func=cmd_schema)
+
+    from workers.evaluation.command import add_eval_command
+
+    add_eval_command(sub)
     return parser
 
 
