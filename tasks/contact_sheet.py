@@ -66,13 +66,14 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
     header_h = 56
     sheet = Image.new("RGB", (width, header_h + row_h * len(manifest.frames) + PAD), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    draw.text((PAD, 10), f"{manifest.job_id}: {manifest.kind}, {manifest.status}", fill=INK, font=_font(20))
+    draw.text((PAD, 10), f"{manifest.job_id}: {manifest.kind}, {manifest.status}, revision {manifest.revision}",
+              fill=INK, font=_font(20))
     draw.text((PAD, 34), f"scorer: {manifest.scorer}   providers: {manifest.providers.get('llm')} / "
                          f"{manifest.providers.get('images')}   failed clips: {manifest.failed_clips or 'none'}",
               fill=DIM, font=_font(13))
     for row, frame in enumerate(manifest.frames):
         top = header_h + row * row_h
-        _draw_label(draw, frame, top)
+        _draw_label(draw, frame, top, changed_in(manifest, frame))
         x = LABEL_W
         for key in frame.inputs:
             try:
@@ -91,9 +92,16 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
     return out.getvalue()
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, frame: FrameRecord, top: int) -> None:
+def changed_in(manifest: Manifest, frame: FrameRecord) -> bool:
+    """Whether the frame changed in the manifest's revision (a choose, regenerate or re-chain)."""
+    return manifest.revision > 0 and frame.revision == manifest.revision
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, frame: FrameRecord, top: int, changed: bool) -> None:
     colour = {"succeeded": INK, "failed": FAILED, "skipped": DIM, "pending": DIM}[frame.status]
     draw.text((PAD, top), frame.name, fill=colour, font=_font(16))
+    if changed:
+        draw.text((PAD + 150, top + 2), f"changed in r{frame.revision}", fill=WARNING, font=_font(12))
     draw.text((PAD, top + 20), f"{frame.status}, selected v{frame.selected.index}" if frame.selected
               else frame.status, fill=DIM, font=_font(12))
     y = top + 38
@@ -128,7 +136,9 @@ def render_contact_html(manifest: Manifest, relative: Callable[[str], str]) -> s
     rows = []
     for frame in manifest.frames:
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in frame.warnings + frame.fallbacks)
-        cells = [f"<td class=label><b>{frame.name}</b><br>{frame.status}<ul>{notes}</ul></td>"]
+        changed = f"<br><span class=changed>changed in revision {frame.revision}</span>" \
+            if changed_in(manifest, frame) else ""
+        cells = [f"<td class=label><b>{frame.name}</b><br>{frame.status}{changed}<ul>{notes}</ul></td>"]
         cells += [f"<td class=input><img src='{relative(k)}'><br>input</td>" for k in frame.inputs]
         for v in frame.variations:
             chosen = frame.selected is not None and frame.selected.key == v.key
@@ -141,8 +151,9 @@ def render_contact_html(manifest: Manifest, relative: Callable[[str], str]) -> s
     return f"""<!doctype html><meta charset=utf-8><title>{manifest.job_id} contact sheet</title>
 <style>body{{font-family:sans-serif;background:#fafaf8}} td{{vertical-align:top;padding:6px;font-size:13px}}
 img{{width:224px}} .input img{{width:134px}} .selected img{{outline:4px solid #1a9641}}
-.failed{{width:224px;height:126px;background:#e1e1e1;color:#c82828}} .label{{width:230px}} li{{color:#c87800}}</style>
-<h2>{manifest.job_id} — {manifest.kind}, {manifest.status}</h2>
+.failed{{width:224px;height:126px;background:#e1e1e1;color:#c82828}} .label{{width:230px}} li{{color:#c87800}}
+.changed{{color:#c87800;font-weight:bold}}</style>
+<h2>{manifest.job_id} — {manifest.kind}, {manifest.status}, revision {manifest.revision}</h2>
 <p>scorer: {manifest.scorer}; failed clips: {manifest.failed_clips or 'none'};
 <a href='manifest.json'>manifest.json</a></p>
 <table>{''.join(rows)}</table>

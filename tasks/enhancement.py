@@ -64,7 +64,7 @@ class EnhancementResult(BaseModel):
     final_prompt: str
     final_score: float
     best_iteration: int
-    stop_reason: Literal["threshold", "converged", "max_iterations"]
+    stop_reason: Literal["threshold", "converged", "max_iterations", "budget"]
     rounds: list[Round]
 
     def summary(self) -> dict:
@@ -85,6 +85,10 @@ class EnhancementResult(BaseModel):
 
 
 TraceWriter = Callable[[str, str], None]
+
+
+class BudgetExhausted(Exception):
+    """Not even the first enhancement round is affordable under the job's spending cap."""
 
 
 class RoundLedger(Protocol):
@@ -113,15 +117,22 @@ def enhance_prompt_iterative(
     trace: TraceWriter = lambda name, text: None,
     check_cancelled: Callable[[], None] = lambda: None,
     ledger: RoundLedger = NoLedger(),
+    may_start_round: Callable[[int], bool] = lambda iteration: True,
 ) -> EnhancementResult:
     check_cancelled()  # nothing, not even the first trace file, after a cancel
     trace(ORIGINAL_PROMPT_TRACE, prompt)
     rounds: list[Round] = []
     best: Round | None = None
     current, critique = prompt, None
-    stop_reason: Literal["threshold", "converged", "max_iterations"] = "max_iterations"
+    stop_reason: Literal["threshold", "converged", "max_iterations", "budget"] = "max_iterations"
     for iteration in range(1, max_iterations + 1):
         check_cancelled()  # raises when the job was cancelled: no paid round after a cancel
+        # The budget guard reserves each new round; a round replayed from the ledger is paid already.
+        if ledger.get(iteration, "agent1") is None and not may_start_round(iteration):
+            if not rounds:
+                raise BudgetExhausted("budget: not even one enhancement round is affordable")
+            stop_reason = "budget"
+            break
         started = time.time()
         usage_before = dict(getattr(agents, "usage", {}))
         candidate = ledger.get(iteration, "agent1")

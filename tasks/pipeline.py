@@ -21,17 +21,19 @@ import time
 
 from config.settings import get_settings
 from scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
-from tasks.enhancement import GENERATION_TRACE, enhance_prompt_iterative
+from tasks.budget import BudgetGuard
+from tasks.enhancement import GENERATION_TRACE, BudgetExhausted, enhance_prompt_iterative
 from tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, trace_key, variation_key,
                         variation_seed)
 from tasks.leases import Lease, wait_for
 from tasks.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
 from tasks.plan import build_frame_plan
-from tasks.records import Enhancement, FrameRecord, Scores, Selection, VariationRecord
+from tasks import revisions
+from tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
 from tasks.recovery import resume, watchdog_round
 from tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
 from tasks.scheduling import RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
-from tasks.state import JobExists, JobSpec, JobState, StaleWrite
+from tasks.state import JobExists, JobSpec, JobState, StaleWrite, recent_jobs
 from workers.app import app
 from workers.bootstrap import process_scorer
 from workers.inputs import fetch_url, is_url, normalise_image
@@ -107,7 +109,7 @@ def submit_job(kind: str, payload) -> dict:
         job_id=request.job_id, kind=kind, aspect_ratio=request.aspect_ratio,
         config=JobConfig.resolve(settings, request.overrides), plan=plan,
         providers={"llm": llm_provider_name(settings), "images": image_provider_name(settings)},
-        submitted=time.time(),
+        submitted=time.time(), callback=request.callback,
     )
     state.create(spec)  # claims the id: from here on a failure must give it back
     try:
@@ -166,10 +168,12 @@ class StateLedger:
 def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
     """Run the two-agent loop for one frame and store the result; None when cancelled."""
     spec, settings, store, record = state.spec(), get_settings(), fleet_store(), state.frame(frame)
+    config = spec.frame_config(record)
+    guard = BudgetGuard(state, spec)
     started = time.time()
     fallback_note = None
     agents = None
-    if not spec.config.enhance:  # the job asked for the original prompt (e.g. an evaluation baseline)
+    if not config.enhance:  # the job asked for the original prompt (e.g. an evaluation baseline)
         enhanced, enhancement = record.original_prompt, Enhancement(skipped=True)
     else:
         try:
@@ -178,17 +182,22 @@ def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
             agents = prompt_agents(settings)
             result = enhance_prompt_iterative(
                 record.original_prompt, agents,
-                max_iterations=spec.config.max_enhancement_iterations, score_threshold=spec.config.score_threshold,
-                convergence_epsilon=spec.config.convergence_epsilon,
+                max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,
+                convergence_epsilon=config.convergence_epsilon,
                 trace=lambda name, text: None if state.closed() else store.put(
                     trace_key(state.job_id, frame, name), text.encode(), "text/plain"),
                 check_cancelled=lambda: _raise_if_cancelled(state),
                 ledger=StateLedger(state, frame, record.original_prompt),
+                may_start_round=lambda iteration: guard.llm_round(
+                    frame, iteration, sum(f.status == "pending" for f in state.frames().values())),
             )
             enhanced = result.final_prompt
             enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
         except JobCancelled:
             return None
+        except BudgetExhausted as error:
+            enhanced, enhancement = record.original_prompt, Enhancement(fallback=True, error=str(error))
+            fallback_note = "enhancement skipped (budget): original prompt, single image"
         except Exception as error:  # any failure of the LLM stage takes the seeds' fallback
             log.warning("enhancement failed for %s/%s: %s; using the original prompt", state.job_id, frame, error)
             enhanced, enhancement = record.original_prompt, Enhancement(fallback=True, error=str(error))
@@ -273,14 +282,15 @@ class RetryGeneration(Exception):
 def generate_one(state: JobState, frame: str, stage: str, index: int, revision: int, attempt: int) -> VariationRecord:
     """One paid image: stored under its deterministic key, or a failure record."""
     store, spec, record = fleet_store(), state.spec(), state.frame(frame)
+    config = spec.frame_config(record)
     key = variation_key(state.job_id, frame, stage, index, revision)
     started = time.time()
     queue_wait = round(started - record.timings.enqueued, 3) if record.timings.enqueued else None
-    count = 1 if stage == ORIGINAL else spec.config.num_variations
+    count = 1 if stage == ORIGINAL else config.num_variations
     try:
         png = image_generator().generate(ImageRequest(
             prompt=prompt_for(record, stage), aspect_ratio=spec.aspect_ratio, variation=index, attempt=attempt,
-            seed=variation_seed(state.job_id, frame, stage, index, attempt, revision), model=spec.config.image_model,
+            seed=variation_seed(state.job_id, frame, stage, index, attempt, revision), model=config.image_model,
             job_id=state.job_id, frame=frame, ledger_key=f"{key}#{attempt}",
             input_images=[store.get(k) for k in record.inputs],
         ), should_stop=straggler_check(state, frame, revision, stage, count, started))
@@ -294,7 +304,8 @@ def generate_one(state: JobState, frame: str, stage: str, index: int, revision: 
         return VariationRecord(index=index, prompt_source=stage, error=reason, timing=(started, time.time()),
                                queue_wait=queue_wait)
     except Exception as error:  # provider or store failure: retry once, then a failure record
-        if attempt < generate_variation.max_retries:
+        if attempt < generate_variation.max_retries and BudgetGuard(state, spec).another_image(
+                frame, config.image_model, f"retry of variation {index}"):
             log.warning("variation %s of %s/%s failed (%s); retrying once", index, state.job_id, frame, error)
             raise RetryGeneration(str(error)) from error
         log.warning("variation %s of %s/%s failed after a retry: %s", index, state.job_id, frame, error)
@@ -399,6 +410,7 @@ def round_settled(record: FrameRecord, revision: int, stage: str) -> bool:
 def select_round(state: JobState, frame: str, stage: str, revision: int, scored: dict) -> FrameRecord:
     """Store the frame's selection (or failure) for this round; StaleWrite if it is settled."""
     spec, store = state.spec(), fleet_store()
+    threshold = spec.frame_config(state.frame(frame)).quality_threshold
     variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
     fallbacks: list[str] = [f"variation {v.index} failed: {v.error}" for v in variations if v.error]
     chosen = select_best_variation(variations, scored["error"], fallbacks) if any(v.key for v in variations) else None
@@ -425,8 +437,8 @@ def select_round(state: JobState, frame: str, stage: str, revision: int, scored:
         overall = chosen.scores.overall if chosen.scores else None
         record.selected = Selection(index=chosen.index, key=chosen.key, frame_key=selected_key, overall=overall)
         record.status = "succeeded"
-        if overall is not None and overall < spec.config.quality_threshold:
-            record.warnings.append(f"quality {overall:.1f} is below the threshold {spec.config.quality_threshold:.1f}")
+        if overall is not None and overall < threshold:
+            record.warnings.append(f"quality {overall:.1f} is below the threshold {threshold:.1f}")
 
     record = state.update_frame(frame, store_selection)
     if record.status == "failed":
@@ -472,11 +484,17 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
 
 
 # Finalize (control) ----------------------------------------------------------------------
-def finalize(state: JobState) -> dict:
+def finalize(state: JobState, revision: int) -> dict:
+    """The end of a revision: manifest, contact sheet, traces cleared, status done, callback."""
     store, spec = fleet_store(), state.spec()
     state.mark_finalized()
     manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()),
                               cancelled=state.cancelled())
+    manifest.revision = revision
+    if spec.config.max_usd is not None:
+        manifest.budget = Budget(max_usd=spec.config.max_usd, committed_usd=round(state.committed_spend(), 6),
+                                 degradations=state.degradations())
+        manifest.warnings += manifest.budget.degradations
     manifest.contact_sheet = write_contact_sheet(store, spec, manifest)
     store.put(manifest_key(state.job_id), manifest.model_dump_json(indent=2).encode(), "application/json")
     if not spec.config.keep_traces:
@@ -488,29 +506,93 @@ def finalize(state: JobState) -> dict:
     state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0, frames_done=done,
                         manifest_key=manifest_key(state.job_id), message=f"Finished: {manifest.status}")
     state.set_active(False)
-    return {"job_id": state.job_id, "status": manifest.status, "manifest": manifest_key(state.job_id)}
+    if spec.callback is not None and state.claim(f"callback:{revision}"):
+        send(state, "framefleet.jobs.notify", (state.job_id, revision))
+    return {"job_id": state.job_id, "status": manifest.status, "manifest": manifest_key(state.job_id),
+            "revision": revision}
 
 
 @app.task(name="framefleet.jobs.finalize")
 def finalize_job(job_id: str) -> dict:
     state = JobState(job_id)
+    revision = state.revision()
 
     def finalized():
         status = state.status()
-        if status.state != "done":
+        if status.state != "done" or status.revision != revision:
             return None
-        return {"job_id": job_id, "status": status.outcome, "manifest": status.manifest_key}
+        return {"job_id": job_id, "status": status.outcome, "manifest": status.manifest_key, "revision": revision}
 
-    result, lease = claim_step(state, "finalize", finalized)
+    result, lease = claim_step(state, f"finalize:{revision}", finalized)
     if lease is None:
         return result
     try:
-        result = finalize(state)
+        result = finalize(state, revision)
     except BaseException:
         lease.release(finished=False)
         raise
     lease.release(finished=True)
     return result
+
+
+@app.task(bind=True, name="framefleet.jobs.notify", max_retries=30)
+def notify_main_app(self, job_id: str, revision: int) -> dict:
+    """Send the main app's completion callback by name, once per revision; a failure to send is
+    logged and retried with backoff, never fatal to the job."""
+    state = JobState(job_id)
+    spec, status = state.spec(), state.status()
+    marker = f"framefleet:job:{job_id}:callback-sent:{revision}"
+    sent = lambda: {"job_id": job_id, "revision": revision, "sent": True} if state.r.exists(marker) else None  # noqa: E731
+    result, lease = claim_step(state, f"notify:{revision}", sent)
+    if lease is None:
+        return result  # sent already (a redelivered or concurrent copy)
+    payload = CompletionCallback(job_id=job_id, kind=spec.kind, status=status.outcome, revision=revision,
+                                 manifest_key=manifest_key(job_id),
+                                 failed_clips=build_manifest(spec, state.frames(), 0).failed_clips)
+    try:
+        app.send_task(spec.callback.task, args=[payload.model_dump(mode="json")], queue=spec.callback.queue)
+    except Exception as error:  # the broker hiccuped: try again later, the job is done either way
+        lease.release(finished=True)
+        log.warning("completion callback %s for %s failed (%s); retrying", spec.callback.task, job_id, error)
+        raise self.retry(exc=error, countdown=min(2 ** self.request.retries, 60)) from error
+    state.r.set(marker, "1", ex=get_settings().job_ttl_s)
+    lease.release(finished=True)
+    log.info("completion callback %s sent for %s revision %s", spec.callback.task, job_id, revision)
+    return {"job_id": job_id, "revision": revision, "sent": True}
+
+
+# Iteration (control) -----------------------------------------------------------------------
+@app.task(name="framefleet.frames.choose")
+def choose_candidate(job_id: str, frame: str, variation_index: int) -> dict:
+    if not isinstance(variation_index, int) or isinstance(variation_index, bool):
+        raise RequestError(f"variation_index: expected a whole number, got {variation_index!r}")
+    return revisions.choose(JobState(job_id), frame, variation_index)
+
+
+@app.task(name="framefleet.frames.regenerate")
+def regenerate_frame(job_id: str, frame: str, options: dict | None = None) -> dict:
+    return revisions.regenerate(JobState(job_id), frame, revisions.parse_options(options))
+
+
+@app.task(name="framefleet.jobs.list")
+def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
+    """Recent jobs, newest first: id, kind, state, revision, outcome, percent, submitted."""
+    return recent_job_summaries(active_only, limit)
+
+
+def recent_job_summaries(active_only: bool, limit: int) -> list[dict]:
+    rows = []
+    for job_id in recent_jobs(limit):
+        try:
+            status = JobState(job_id).status()
+        except KeyError:  # expired
+            continue
+        if active_only and status.state == "done":
+            continue
+        rows.append({"job_id": job_id, "kind": status.kind, "state": status.state, "stage": status.stage,
+                     "revision": status.revision, "outcome": status.outcome, "percent": status.percent,
+                     "updated_at": status.updated_at})
+    return rows
 
 
 # Operations: resume, cancel, watchdog (control) --------------------------------------------
@@ -533,7 +615,7 @@ def cancel_job(job_id: str) -> dict:
         for prediction_id in predictions.values():
             generator.cancel(prediction_id)
     state.update_status(message="Cancelling")
-    if state.claim("finalize"):
+    if state.claim(f"finalize:{state.revision()}"):
         send(state, "framefleet.jobs.finalize", (job_id,))
     return {"job_id": job_id, "cancelled": True, "predictions_cancelled": len(predictions)}
 

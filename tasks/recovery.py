@@ -75,6 +75,8 @@ def redrive_dead_steps(state: JobState) -> list[str]:
             send(state, "framefleet.prompts.enhance", (state.job_id, frame))
         elif kind == "finalize":
             send(state, "framefleet.jobs.finalize", (state.job_id,))
+        elif kind == "notify":
+            send(state, "framefleet.jobs.notify", (state.job_id, int(frame)))
         elif not frame_redriven:
             # A generation, scoring or selection step: re-send the frame's round. Its stored
             # variations and scores are returned without new work; the dead step runs again.

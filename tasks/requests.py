@@ -113,9 +113,8 @@ class JobConfig(BaseModel):
 
     @classmethod
     def resolve(cls, settings: Settings, overrides: JobOverrides) -> "JobConfig":
-        fields = {name: getattr(settings, name) for name in cls.model_fields if name != "image_model"}
+        fields = {name: getattr(settings, name) for name in cls.model_fields if name not in ("image_model", "max_usd")}
         fields["image_model"] = settings.replicate_model
-        fields["max_usd"] = None
         fields.update(overrides.model_dump(exclude_none=True))
         return cls.model_validate(fields)
 

@@ -20,6 +20,7 @@ import time
 from celery import chord
 
 from config.settings import get_settings
+from tasks.budget import BudgetGuard
 from tasks.keys import ENHANCED, ORIGINAL
 from tasks.plan import resolve_inputs
 from tasks.records import FrameRecord
@@ -68,9 +69,21 @@ def frame_stage(record: FrameRecord) -> str:
     return ENHANCED
 
 
-def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> None:
-    """Resolve the frame's input images from stored selections and enqueue its chord."""
+def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> bool:
+    """Resolve the frame's input images from stored selections and enqueue its chord.
+
+    With a spending cap the round gets as many variations as the budget affords; False when not
+    even one is (the frame is then skipped with "budget" in its fallbacks).
+    """
     selections = state.selections()
+    config = spec.frame_config(state.frame(frame))
+    count = 1 if stage == ORIGINAL else config.num_variations
+    guard = BudgetGuard(state, spec)
+    if guard.active:
+        count = guard.images_for_frame(frame, count, config.image_model)
+        if count == 0:
+            _skip(state, frame, "budget: skipped, not even one image is affordable under max_usd")
+            return False
 
     def set_inputs(record: FrameRecord) -> None:
         if record.status != "pending":
@@ -79,7 +92,6 @@ def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> Non
         record.timings.enqueued = time.time()
 
     record = state.update_frame(frame, set_inputs)
-    count = 1 if stage == ORIGINAL else spec.config.num_variations
     priority = priority_for(spec, frame)
     frames = state.frames()
     done = sum(f.status != "pending" for f in frames.values())
@@ -91,6 +103,7 @@ def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> Non
     body = (_signature("framefleet.scoring.score_variations", (state.job_id, frame), priority, revision=revision)
             | _signature("framefleet.frames.select", (state.job_id, frame, stage), priority, revision=revision))
     send_chord(state, header, body)
+    return True
 
 
 def dispatch_ready(state: JobState, force: bool = False) -> str | None:
@@ -115,21 +128,22 @@ def dispatch_ready(state: JobState, force: bool = False) -> str | None:
         if record.enhanced_prompt is None:
             return None  # its enhancement will call dispatch_ready when it is stored
         stage = frame_stage(record)
-        if force or state.claim(f"enqueue:{planned.name}/{record.revision}/{stage}"):
-            enqueue_frame(state, spec, planned.name, stage)
+        if not (force or state.claim(f"enqueue:{planned.name}/{record.revision}/{stage}")):
+            return None  # already enqueued by another step
+        if enqueue_frame(state, spec, planned.name, stage):
             return planned.name
-        return None  # already enqueued by another step
-    if force or state.claim("finalize"):
+        frames[planned.name] = state.frame(planned.name)  # skipped for the budget: on to the next
+    if force or state.claim(f"finalize:{state.revision()}"):
         send(state, "framefleet.jobs.finalize", (state.job_id,))
         return "finalize"
     return None
 
 
-def _skip(state: JobState, frame: str) -> None:
+def _skip(state: JobState, frame: str, why: str = "skipped: an earlier frame of this clip failed") -> None:
     def skip(record: FrameRecord) -> None:
         if record.status == "pending":
             record.status = "skipped"
-            record.fallbacks.append("skipped: an earlier frame of this clip failed")
+            record.fallbacks.append(why)
 
     state.update_frame(frame, skip)
 

@@ -67,11 +67,11 @@ def submit_job(app: Celery, kind: str, request: dict | str, timeout_s: float = 3
     """
     # Poll the stored result rather than ``AsyncResult.get()``: get() subscribes to the task's
     # children too and leaves them pending in this process long after the job id is known.
-    return _send_and_wait(app, CREATE_TASKS[kind], request, timeout_s)["job_id"]
+    return _send_and_wait(app, CREATE_TASKS[kind], request, timeout_s=timeout_s)["job_id"]
 
 
-def _send_and_wait(app: Celery, task: str, argument, timeout_s: float) -> dict:
-    task_id = app.send_task(task, args=[argument]).id
+def _send_and_wait(app: Celery, task: str, *arguments, timeout_s: float = 30.0):
+    task_id = app.send_task(task, args=list(arguments)).id
     deadline = time.monotonic() + timeout_s
     while True:
         meta = app.backend.get_task_meta(task_id)
@@ -92,13 +92,46 @@ def _known(job_id: str) -> None:
 def resume_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
     """Continue a job from its stored state (e.g. after every worker died and the broker was wiped)."""
     _known(job_id)
-    return _send_and_wait(app, "framefleet.jobs.resume", job_id, timeout_s)
+    return _send_and_wait(app, "framefleet.jobs.resume", job_id, timeout_s=timeout_s)
 
 
 def cancel_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
     """Cancel a job: queued tasks revoked, paid predictions cancelled, manifest marked cancelled."""
     _known(job_id)
-    return _send_and_wait(app, "framefleet.jobs.cancel", job_id, timeout_s)
+    return _send_and_wait(app, "framefleet.jobs.cancel", job_id, timeout_s=timeout_s)
+
+
+def choose_candidate(app: Celery, job_id: str, frame: str, variation_index: int, timeout_s: float = 30.0) -> dict:
+    """Make another candidate the frame's selection; the frames that chain from it regenerate."""
+    _known(job_id)
+    return _send_and_wait(app, "framefleet.frames.choose", job_id, frame, variation_index, timeout_s=timeout_s)
+
+
+def regenerate_frame(app: Celery, job_id: str, frame: str, options: dict | None = None,
+                     timeout_s: float = 30.0) -> dict:
+    """Generate a frame again (options: prompt, overrides, cascade); see README "Iterating"."""
+    _known(job_id)
+    return _send_and_wait(app, "framefleet.frames.regenerate", job_id, frame, options or {}, timeout_s=timeout_s)
+
+
+def list_jobs(app: Celery, active_only: bool = False, limit: int = 50, timeout_s: float = 30.0) -> list[dict]:
+    return _send_and_wait(app, "framefleet.jobs.list", active_only, limit, timeout_s=timeout_s)
+
+
+def status_updates(job_id: str, idle_s: float = 1.0) -> Iterator[JobStatus]:
+    """The job's status now and after every change (its events channel), until it is done; also
+    every ``idle_s`` without an event, so a missed message only delays an update."""
+    pubsub = JobState(job_id).r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events_channel(job_id))
+    try:
+        while True:
+            status = job_status(job_id)
+            yield status
+            if status.state == "done":
+                return
+            pubsub.get_message(timeout=idle_s)
+    finally:
+        pubsub.close()
 
 
 def job_status(job_id: str) -> JobStatus:
@@ -108,11 +141,12 @@ def job_status(job_id: str) -> JobStatus:
         raise UnknownJob(error.args[0]) from None
 
 
-def wait_for_job(job_id: str, timeout_s: float = 600.0, poll_s: float = 0.2) -> JobStatus:
+def wait_for_job(job_id: str, timeout_s: float = 600.0, poll_s: float = 0.2, revision: int = 0) -> JobStatus:
+    """Wait until the job (at ``revision`` or later) is done."""
     deadline = time.monotonic() + timeout_s
     while True:
         status = job_status(job_id)
-        if status.state == "done":
+        if status.state == "done" and status.revision >= revision:
             return status
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} not done after {timeout_s}s: {status.stage} {status.percent}%")

@@ -11,10 +11,10 @@ from tasks.records import FrameRecord, Scores, Selection, VariationRecord
 from tasks.requests import JobConfig, JobOverrides, parse_request
 from tasks.state import JobSpec
 
-MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings", "cost", "contact_sheet",
+MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings", "cost", "contact_sheet", "revision", "budget",
                  "frames"}
 FRAME_KEYS = {"name", "clip", "status", "revision", "inputs", "original_prompt", "enhanced_prompt", "enhancement", "variations",
-              "selected", "scorer", "warnings", "fallbacks", "timings"}
+              "selected", "scorer", "warnings", "fallbacks", "timings", "overrides", "history"}
 
 
 def variation(index, overall=None, pickscore=None, key=True):
