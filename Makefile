@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring flower install install-scoring clean
+.PHONY: demo test bench bench-scoring flower install install-scoring clean bench-load
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,7 @@ bench-scoring: $(VENV)/.installed-scoring
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
+
+# Many jobs at once (FIFO beside priority); ARGS=--realistic, --heavy-tail or --scaling for the other modes.
+bench-load: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.load_bench $(ARGS)

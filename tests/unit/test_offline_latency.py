@@ -59,15 +59,13 @@ def test_settings_build_the_profiles():
 
 def test_llm_calls_draw_by_context_and_call_number():
     settings = Settings(llm_provider="offline", offline_llm_latency_s=0.001, offline_llm_latency_sigma=1.0)
-    first, again = prompt_agents(settings, "job-a/clip_001_start"), prompt_agents(settings, "job-a/clip_001_start")
-    other = prompt_agents(settings, "job-a/clip_001_end")
-    key = "llm/job-a/clip_001_start/{}"
-    assert first.context == "job-a/clip_001_start"
-    assert [first.latency.draw(key.format(n)) for n in range(3)] == [again.latency.draw(key.format(n)) for n in range(3)]
-    assert first.latency.draw(key.format(0)) != first.latency.draw(key.format(1))
-    assert other.latency.draw("llm/job-a/clip_001_end/0") != first.latency.draw(key.format(0))
-    first.prompt_engineer("a lighthouse")  # the calls run with their drawn latency
+    first, again = (prompt_agents(settings, "job-a/clip_001_start") for _ in range(2))
+    sequence = [again.next_latency_s() for _ in range(3)]
+    assert len(set(sequence)) == 3  # each call draws anew
+    first.prompt_engineer("a lighthouse")  # the real calls take draws 0 and 1 of the same sequence
     first.creative_director("a lighthouse", "a lighthouse", None)
+    assert first.next_latency_s() == sequence[2]
+    assert prompt_agents(settings, "job-a/clip_001_end").next_latency_s() != sequence[0]
 
 
 def test_should_stop_interrupts_the_wait():

@@ -93,18 +93,19 @@ class OfflinePromptAgents:
         self.context = context
         self._calls = itertools.count()
 
-    def _respond_after_latency(self) -> None:
-        time.sleep(self.latency.draw(f"llm/{self.context}/{next(self._calls)}"))
+    def next_latency_s(self) -> float:
+        """The simulated latency of the next call (each call draws once, in order)."""
+        return self.latency.draw(f"llm/{self.context}/{next(self._calls)}")
 
     def creative_director(self, original: str, current: str, critique: Critique | None) -> str:
-        self._respond_after_latency()
+        time.sleep(self.next_latency_s())
         missing = critique.missing if critique else [a for a in ASPECTS if a not in present_aspects(current)]
         text = re.sub(r"\b(" + "|".join(VAGUE_WORDS) + r")\b\s*", "", current, flags=re.IGNORECASE).strip()
         additions = [_choose(ASPECTS[aspect][1], original + aspect) for aspect in missing[:ASPECTS_PER_ROUND]]
         return ", ".join([text.rstrip(" ,.")] + additions)
 
     def prompt_engineer(self, prompt: str) -> Critique:
-        self._respond_after_latency()
+        time.sleep(self.next_latency_s())
         scores = rubric(prompt)
         missing = [aspect for aspect in ASPECTS if aspect not in present_aspects(prompt)]
         notes = []
