@@ -31,9 +31,16 @@ from multiprocessing import get_context
 from rich.console import Console
 from rich.table import Table
 
+from config.settings import get_settings
 from tests.bench.pipeline_bench import critical_path
 from tests.bench.stats import (Summary, frame_times, images_stored, job_latency, queue_waits, scheduling_gaps,
                                summarize, wave_bound)
+from workers.app import configure
+from workers.cli import demo_request
+from workers.client import submit_job, wait_for_job
+from workers.fleet import Fleet
+from workers.local_redis import LocalRedis
+from workers.store import open_store
 
 IMAGES_PER_FRAME = 4
 
@@ -108,21 +115,12 @@ def provider_env(image: dict[str, float], llm: dict[str, float], time_factor: fl
 
 
 def storyboard(job_id: str, clips: int) -> dict:
-    from workers.cli import demo_request
-
     return {**demo_request(clips), "job_id": job_id, "overrides": {}}
 
 
 def run_load(config: LoadConfig) -> LoadResult:
     """One configuration on its own Redis, store and fleet (run in a fresh process: the Celery
     app caches its broker connection and result backend)."""
-    from config.settings import get_settings
-    from workers.app import configure
-    from workers.client import submit_job, wait_for_job
-    from workers.fleet import Fleet
-    from workers.local_redis import LocalRedis
-    from workers.store import open_store
-
     with tempfile.TemporaryDirectory() as out, LocalRedis() as redis_server:
         env = {"FRAMEFLEET_BROKER_URL": redis_server.url, "FRAMEFLEET_STORE_URL": f"file://{out}",
                "FRAMEFLEET_LLM_PROVIDER": "offline", "FRAMEFLEET_IMAGE_PROVIDER": "offline",
