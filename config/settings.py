@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     flower_port: int = 5555
 
     # Offline latency profiles (load benchmark): a lognormal spread around the median latency
-    # above and cold starts, drawn per call deterministically (README, "Load benchmark").
+    # above and cold starts, drawn per call deterministically (README, "Simulated latency").
     offline_llm_latency_sigma: float = Field(0.0, ge=0, le=3)
     offline_llm_cold_start_rate: float = Field(0.0, ge=0, le=1)
     offline_llm_cold_start_s: float = Field(0.0, ge=0)
