@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring flower install install-scoring clean eval
+.PHONY: demo test bench bench-scoring flower install install-scoring clean eval bench-load
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,7 @@ $(VENV)/.installed-eval: pyproject.toml $(VENV)/.installed
 # Every arm on the shipped storyboards; the report lands in output/eval/report.html.
 eval: $(VENV)/.installed-eval
 	$(BIN)/framefleet eval --arms baseline,enhanced,enhance-only,best-of-4 --out output/eval $(ARGS)
+
+# Many jobs at once (FIFO beside priority); ARGS=--realistic, --heavy-tail or --scaling for the other modes.
+bench-load: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.load_bench $(ARGS)

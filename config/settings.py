@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     # under a client's submit timeout), and the working size every reference is shrunk to at create.
     reference_url_deadline_s: float = Field(15.0, gt=0)
     reference_max_side: int = Field(2048, ge=64)
+    # Offline latency profiles (load benchmark): a lognormal spread around the median latency
+    # above and cold starts, drawn per call deterministically (README, "Simulated latency").
+    offline_llm_latency_sigma: float = Field(0.0, ge=0, le=3)
+    offline_llm_cold_start_rate: float = Field(0.0, ge=0, le=1)
+    offline_llm_cold_start_s: float = Field(0.0, ge=0)
+    offline_image_latency_sigma: float = Field(0.0, ge=0, le=3)
+    offline_image_cold_start_rate: float = Field(0.0, ge=0, le=1)
+    offline_image_cold_start_s: float = Field(0.0, ge=0)
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -179,7 +179,7 @@ def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
         try:
             if "enhancement" in settings.inject_faults:
                 raise RuntimeError("injected fault: enhancement")
-            agents = prompt_agents(settings)
+            agents = prompt_agents(settings, f"{state.job_id}/{frame}")
             result = enhance_prompt_iterative(
                 record.original_prompt, agents,
                 max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,

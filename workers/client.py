@@ -9,6 +9,7 @@ progress record is the Redis hash ``framefleet:job:{job_id}:status`` (or the tas
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import redis
 from celery import Celery
@@ -18,7 +19,7 @@ from redis.retry import Retry
 
 from config.settings import Settings, get_settings
 from tasks.records import JobStatus
-from tasks.state import JobState
+from tasks.state import JobState, events_channel
 
 CREATE_TASKS = {"storyboard": "framefleet.storyboard.create", "references": "framefleet.references.create"}
 

@@ -58,8 +58,7 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
     record = state.frame(frame)
     assert enhanced[0] == enhanced[1] and record.enhanced_prompt is not None
     assert state.status().prompts_enhanced == 1  # counted once
-    paid = state.r.hlen(f"framefleet:job:{job_id}:llm")
-    assert paid == 2 * record.enhancement.iterations  # each round's two replies, asked once
+    assert state.costs()["total"]["llm_calls"] == 2 * record.enhancement.iterations  # each round paid once
 
     variations = race(pipeline.generate_variation, job_id, frame, ENHANCED, 1)
     assert variations[0] == variations[1] and variations[0]["key"]
@@ -143,8 +142,7 @@ def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_ap
         assert records[previous]["selected"]["frame_key"] in records[frame]["inputs"]
     ledger = [c["ledger_key"] for c in state.offline_calls()]
     assert len(ledger) == len(set(ledger)) == 4 * len(frames)  # every image paid exactly once
-    llm_replies = state.r.hlen(f"framefleet:job:{job_id}:llm")
-    assert llm_replies == sum(2 * f["enhancement"]["iterations"] for f in manifest["frames"])
+    assert manifest["cost"]["total"]["llm_calls"] == sum(2 * f["enhancement"]["iterations"] for f in manifest["frames"])
     time.sleep(2.0)  # late duplicates have run by now: nothing flips back
     assert job_status(job_id).state == "done"
     assert json.loads(store.get(f"jobs/{job_id}/manifest.json")) == manifest

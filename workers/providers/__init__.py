@@ -14,7 +14,9 @@ from tasks.enhancement import PromptAgents
 from tasks.state import JobState
 from workers.providers.base import ImageGenerator
 from workers.providers.offline_images import OfflineImageGenerator
+from workers.providers.offline_latency import LatencyProfile
 from workers.providers.offline_llm import OfflinePromptAgents
+
 
 def _openai(settings: Settings) -> PromptAgents:
     from workers.providers.openai_llm import OpenAIPromptAgents
@@ -28,12 +30,24 @@ def _replicate(settings: Settings) -> ImageGenerator:
     return ReplicateImageGenerator(settings)
 
 
-PROMPT_AGENTS: dict[str, Callable[[Settings], PromptAgents]] = {
-    "offline": lambda s: OfflinePromptAgents(latency_s=s.offline_llm_latency_s),
-    "openai": _openai,
+def offline_llm_latency(s: Settings) -> LatencyProfile:
+    return LatencyProfile(median_s=s.offline_llm_latency_s, sigma=s.offline_llm_latency_sigma,
+                          cold_start_rate=s.offline_llm_cold_start_rate, cold_start_s=s.offline_llm_cold_start_s)
+
+
+def offline_image_latency(s: Settings) -> LatencyProfile:
+    return LatencyProfile(median_s=s.offline_image_latency_s, sigma=s.offline_image_latency_sigma,
+                          cold_start_rate=s.offline_image_cold_start_rate, cold_start_s=s.offline_image_cold_start_s)
+
+
+# Factories take the settings and a context (job/frame) that only the offline agents use, to
+# key their latency draws.
+PROMPT_AGENTS: dict[str, Callable[[Settings, str], PromptAgents]] = {
+    "offline": lambda s, context: OfflinePromptAgents(offline_llm_latency(s), context),
+    "openai": lambda s, context: _openai(s),
 }
 IMAGE_GENERATORS: dict[str, Callable[[Settings], ImageGenerator]] = {
-    "offline": lambda s: OfflineImageGenerator(latency_s=s.offline_image_latency_s,
+    "offline": lambda s: OfflineImageGenerator(offline_image_latency(s),
                                                failure_rate=s.offline_image_failure_rate,
                                                call_log=lambda r: JobState(r.job_id).log_offline_call(r.ledger_key)),
     "replicate": _replicate,
@@ -58,9 +72,10 @@ def _lookup(registry: dict, name: str, field: str):
     return registry[name]
 
 
-def prompt_agents(settings: Settings) -> PromptAgents:
-    """New agents per enhancement: they count the tokens of that one frame."""
-    return _lookup(PROMPT_AGENTS, llm_provider_name(settings), "llm_provider")(settings)
+def prompt_agents(settings: Settings, context: str = "") -> PromptAgents:
+    """New agents per enhancement: they count the tokens of that one frame. ``context`` names
+    the frame ("job/frame") so the offline agents' latency draws replay exactly."""
+    return _lookup(PROMPT_AGENTS, llm_provider_name(settings), "llm_provider")(settings, context)
 
 
 @lru_cache(maxsize=1)

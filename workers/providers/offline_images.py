@@ -1,7 +1,8 @@
 """Procedural image generator: the embedded default, no network and no key.
 
 Deterministic for (prompt, variation, input images). The newest input image shows through the
-background and every input appears as an inset thumbnail, so the chaining is visible.
+background and every input appears as an inset thumbnail, so the chaining is visible. The
+simulated latency is drawn per (job, frame, variation, attempt) from a LatencyProfile.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import time
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from workers.providers.base import ImageGenerationError, ImageRequest
+from workers.providers.base import ImageGenerationError, ImageRequest, StopCheck
+from workers.providers.offline_latency import LatencyProfile, wait
 
 LONG_SIDE = 512
 
@@ -42,18 +43,22 @@ def _palette(prompt: str) -> list[tuple[int, int, int]]:
 class OfflineImageGenerator:
     name = "offline"
 
-    def __init__(self, latency_s: float = 0.0, failure_rate: float = 0.0,
+    def __init__(self, latency: LatencyProfile | float = 0.0, failure_rate: float = 0.0,
                  call_log: Callable[[ImageRequest], None] | None = None):
-        self.latency_s = latency_s
+        # A number is a fixed latency in seconds.
+        self.latency = latency if isinstance(latency, LatencyProfile) else LatencyProfile(median_s=latency)
         self.failure_rate = failure_rate
         # Every call, for the fault tests' "no image paid twice" check (the offline stand-in for
         # a provider's bill).
         self.call_log = call_log
 
-    def generate(self, request: ImageRequest, should_stop=None) -> bytes:
+    def latency_s(self, request: ImageRequest) -> float:
+        return self.latency.draw(f"image/{request.job_id}/{request.frame}/{request.variation}/{request.attempt}")
+
+    def generate(self, request: ImageRequest, should_stop: StopCheck | None = None) -> bytes:
         if self.call_log is not None and request.job_id:
             self.call_log(request)
-        time.sleep(self.latency_s)
+        wait(self.latency_s(request), should_stop)
         seed = _seed(request)
         if self.failure_rate and random.Random(seed + 7919 * request.attempt).random() < self.failure_rate:
             raise ImageGenerationError(f"simulated provider failure (variation {request.variation})")

@@ -9,15 +9,18 @@ Rubric of the Prompt Engineer (each 0-100, overall = mean of the five):
 - brand_alignment: 40, + 30 with a style, + 30 with a palette.
 The Creative Director adds up to two of the aspects the critique names as missing per round
 and drops vague words, so a bare prompt climbs over about three rounds.
+Each call's simulated latency is drawn from a LatencyProfile by (context, call number).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import time
 
 from tasks.enhancement import DIMENSIONS, Critique
+from workers.providers.offline_latency import LatencyProfile
 
 # aspect → (words that show it is present, phrases the Creative Director chooses from)
 ASPECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -84,18 +87,27 @@ def _choose(options: tuple[str, ...], seed_text: str) -> str:
 class OfflinePromptAgents:
     name = "offline"
 
-    def __init__(self, latency_s: float = 0.0):
-        self.latency_s = latency_s
+    def __init__(self, latency: LatencyProfile | float = 0.0, context: str = ""):
+        # A number is a fixed latency in seconds; ``context`` (job/frame) keys the draws.
+        self.latency = latency if isinstance(latency, LatencyProfile) else LatencyProfile(median_s=latency)
+        self.context = context
+        self._calls = itertools.count()
+        self.usage = {"llm_calls": 0}  # counted like the real agents' calls (cost ledger, budget tests)
+
+    def next_latency_s(self) -> float:
+        """The simulated latency of the next call (each call draws once, in order)."""
+        self.usage["llm_calls"] += 1
+        return self.latency.draw(f"llm/{self.context}/{next(self._calls)}")
 
     def creative_director(self, original: str, current: str, critique: Critique | None) -> str:
-        time.sleep(self.latency_s)
+        time.sleep(self.next_latency_s())
         missing = critique.missing if critique else [a for a in ASPECTS if a not in present_aspects(current)]
         text = re.sub(r"\b(" + "|".join(VAGUE_WORDS) + r")\b\s*", "", current, flags=re.IGNORECASE).strip()
         additions = [_choose(ASPECTS[aspect][1], original + aspect) for aspect in missing[:ASPECTS_PER_ROUND]]
         return ", ".join([text.rstrip(" ,.")] + additions)
 
     def prompt_engineer(self, prompt: str) -> Critique:
-        time.sleep(self.latency_s)
+        time.sleep(self.next_latency_s())
         scores = rubric(prompt)
         missing = [aspect for aspect in ASPECTS if aspect not in present_aspects(prompt)]
         notes = []
