@@ -66,6 +66,11 @@ class RateLimitDeadline(TimeoutError):
     """The total wait for a provider's rate limit passed its deadline: the caller's fallback applies."""
 
 
+# A slot is taken before the request travels; the provider counts it on arrival. Counting each
+# slot this much longer than the window keeps a request that arrived late inside our window too.
+TRANSIT_MARGIN_S = 0.25
+
+
 class FleetRateLimiter:
     """``limit`` requests (and ``token_limit`` tokens, when given) per ``window_s``, whole fleet."""
 
@@ -84,7 +89,8 @@ class FleetRateLimiter:
             args += [self.token_limit, max(1, min(tokens, self.token_limit)), 1]
         # Redis server time, so workers with skewed clocks share one window.
         seconds, micros = self.client.time()
-        return float(self._take(keys=keys, args=[seconds + micros / 1e6, self.window_s, uuid.uuid4().hex, *args]))
+        window = self.window_s + TRANSIT_MARGIN_S
+        return float(self._take(keys=keys, args=[seconds + micros / 1e6, window, uuid.uuid4().hex, *args]))
 
     def acquire(self, tokens: int = 0, timeout_s: float | None = None) -> float:
         """Wait for a slot; returns the seconds waited. Raises RateLimitDeadline when the wait would

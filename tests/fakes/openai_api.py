@@ -10,7 +10,7 @@ import math
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 from tests.fakes.http import JsonHandler, LocalServer
 
@@ -27,11 +27,14 @@ class FakeOpenAI:
 
     COMPLETION_TOKENS = 20
 
-    def __init__(self, requests_limit: int = 10_000, tokens_limit: int = 10_000_000, window_s: float = 60.0):
+    def __init__(self, requests_limit: int = 10_000, tokens_limit: int = 10_000_000, window_s: float = 60.0,
+                 latency_s: float = 0.0):
         self.lock = threading.Lock()
+        self.latency_s = latency_s  # the model's answer time, after the request was admitted
         self.script: list[tuple] = []
         self.requests: list[dict] = []  # answered requests
         self.throttled = 0  # 429s for a full budget
+        self.throttled_by: Counter = Counter()  # "requests" | "tokens" → 429s
         self.limits = {"requests": requests_limit, "tokens": tokens_limit}
         self.window_s = window_s
         self.spent: dict[str, deque] = {"requests": deque(), "tokens": deque()}  # (time, amount)
@@ -62,12 +65,14 @@ class FakeOpenAI:
                 step = self.script.pop(0) if self.script else None
             else:
                 self.throttled += 1
+                self.throttled_by[over] += 1
         if over is not None:
             used = self.limits[over] - int(headers[f"x-ratelimit-remaining-{over}"])
             return handler.send(429, {"error": {
                 "message": f"Rate limit reached for {body['model']} on {over} per min: Limit {self.limits[over]}, "
                            f"Used {used}. Please try again in {headers[f'x-ratelimit-reset-{over}']}.",
                 "type": over, "param": None, "code": "rate_limit_exceeded"}}, headers=headers)
+        time.sleep(self.latency_s)
         if step and step[0] == "429":
             return handler.send(429, {"error": {"message": "slow down", "type": "rate_limit"}},
                                 headers={"Retry-After": str(step[1])})

@@ -173,6 +173,8 @@ class ReplicateImageGenerator:
         while (url := r.get(url_key)) is None:
             if r.set(lock_key, "1", nx=True, ex=UPLOAD_LOCK_S):
                 try:
+                    if (url := r.get(url_key)) is not None:  # uploaded between our read and the lock
+                        return url
                     url = self._upload(data)
                     r.set(url_key, url, ex=self.settings.job_ttl_s)
                     return url
