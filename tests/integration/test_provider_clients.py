@@ -273,3 +273,19 @@ def test_token_budget_and_the_fleet_wide_pause(broker_url):
     assert 1.0 < other.try_acquire() <= 2.0
     with pytest.raises(RateLimitDeadline, match="^rate limited"):
         other.acquire(timeout_s=0.5)
+
+
+def test_watcher_health_check(replicate_server, generator):
+    import socket
+
+    from workers.providers.replicate_watcher import health
+
+    made = generator()
+    host = socket.gethostname()
+    made.generate(request(unique_id("health")))
+    ok, message = health(made.settings, made.board.r, host)
+    assert ok and "lease holder" in message
+    made.close()  # the thread stops beating: after 3 leases (1.5 s here) this host is unhealthy
+    made.board.r.hset(made.board.watchers, host, made.board.r.time()[0] - 10)
+    ok, message = health(made.settings, made.board.r, host)
+    assert not ok and "silent" in message

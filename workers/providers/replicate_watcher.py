@@ -239,6 +239,9 @@ if __name__ == "__main__":
     from config.settings import get_settings
     from tasks.state import state_client
 
-    ok, message = health(get_settings(), state_client(), socket.gethostname())
+    try:
+        ok, message = health(get_settings(), state_client(), socket.gethostname())
+    except redis.RedisError as error:
+        ok, message = False, f"watcher health: Redis unreachable: {error}"
     print(message, file=sys.stdout if ok else sys.stderr)
     sys.exit(0 if ok else 1)
