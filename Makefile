@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring flower install install-scoring clean
+.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,8 @@ bench-scoring: $(VENV)/.installed-scoring
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
+
+# N jobs through the official OpenAI and Replicate clients against stand-ins that enforce one
+# account's budgets, in compressed time (ARGS: --jobs, --scale, --rpm, ...; see the file).
+bench-providers: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.providers_bench $(ARGS)

@@ -33,6 +33,10 @@ DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def parse_duration(text: str) -> float:
     return sum(float(number) * UNITS[unit] for number, unit in DURATION.findall(text))
 
@@ -161,7 +165,7 @@ class FakeReplicate:
             self.files[file_id] = part.get_payload(decode=True)
         handler.send(201, {"id": file_id, "name": part.get_filename(), "content_type": part.get_content_type(),
                            "size": len(self.files[file_id]), "etag": "e", "checksums": {}, "metadata": {},
-                           "created_at": "2026-01-01T00:00:00Z", "expires_at": None,
+                           "created_at": iso(time.time()), "expires_at": iso(time.time() + 86400),
                            "urls": {"get": f"{self.base_url}/files/{file_id}"}})
 
     def create_prediction(self, handler: JsonHandler, model: str) -> None:
@@ -175,7 +179,7 @@ class FakeReplicate:
                 now = time.time()
                 prediction = {"id": prediction_id, "model": model, "version": "", "status": "starting",
                               "input": body["input"], "output": None, "logs": "", "error": None, "metrics": {},
-                              "created_at": datetime.fromtimestamp(now, timezone.utc).isoformat().replace("+00:00", "Z"),
+                              "created_at": iso(now),
                               "created": now, "cancel_after": parse_duration(cancel_after) if cancel_after else None,
                               "urls": {"get": f"{self.base_url}/v1/predictions/{prediction_id}",
                                        "cancel": f"{self.base_url}/v1/predictions/{prediction_id}/cancel"}}

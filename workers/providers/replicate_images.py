@@ -33,7 +33,7 @@ from config.settings import Settings
 from tasks.state import JobState, state_client
 from workers.providers.adapters import image_model_adapter
 from workers.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
-from workers.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id
+from workers.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id, api_time
 from workers.ratelimit import FleetRateLimiter
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class ReplicateImageGenerator:
         if len(data) <= self.settings.replicate_data_url_max_bytes:
             return f"data:{_mime_type(data)};base64,{base64.b64encode(data).decode()}"
         if job_id is None:
-            return self._upload(data)
+            return self._upload(data)[0]
         r = self.board.r
         digest = hashlib.sha256(data).hexdigest()
         url_key = f"framefleet:replicate:job:{job_id}:file:{digest}"
@@ -175,8 +175,13 @@ class ReplicateImageGenerator:
                 try:
                     if (url := r.get(url_key)) is not None:  # uploaded between our read and the lock
                         return url
-                    url = self._upload(data)
-                    r.set(url_key, url, ex=self.settings.job_ttl_s)
+                    url, expires_at = self._upload(data)
+                    # Reused until the job's state expires, or shortly before Replicate deletes the file.
+                    ttl = self.settings.job_ttl_s
+                    if expires_at:
+                        ttl = min(ttl, int(api_time(expires_at) - time.time()) - 60)
+                    if ttl > 0:
+                        r.set(url_key, url, ex=ttl)
                     return url
                 finally:
                     r.delete(lock_key)
@@ -185,11 +190,12 @@ class ReplicateImageGenerator:
             time.sleep(0.1)
         return url
 
-    def _upload(self, data: bytes) -> str:
+    def _upload(self, data: bytes) -> tuple[str, str | None]:
+        """The file's URL and when Replicate deletes it."""
         extension = _mime_type(data).split("/")[1]
         upload = self._call(self.client.files.create, io.BytesIO(data), filename=f"input.{extension}",
                             content_type=_mime_type(data))
-        return upload.urls["get"]
+        return upload.urls["get"], upload.expires_at
 
     # generation ---------------------------------------------------------------------------------
     def generate(self, request: ImageRequest, should_stop: StopCheck | None = None) -> bytes:
