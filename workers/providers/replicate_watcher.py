@@ -145,7 +145,7 @@ class PredictionWatcher:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self.board.r.hset(self.board.watchers, socket.gethostname(), time.time())
+                self.board.r.hset(self.board.watchers, socket.gethostname(), self.board.r.time()[0])
                 if self._hold_lease():
                     self.sweep()
             except Exception as error:  # a failed sweep (Redis or Replicate down) is retried next round
