@@ -100,7 +100,8 @@ class Bench:
         job_id = f"bench-{number}"
         reference = png_bytes((number * 37 % 256, 90, 160), size=(96, 54))
         names = ["clip_001_start", "clip_001_end", "clip_002_start", "clip_002_end"]
-        prompts = list(self.llm_pool.map(self.enhance, [f"Job {number}: {name} on a harbour at dawn" for name in names]))
+        originals = [f"Job {number}: {name} on a harbour at dawn" for name in names]
+        prompts = list(self.llm_pool.map(self.enhance, originals))
         previous = None
         for frame_number, (name, (prompt, fell_back)) in enumerate(zip(names, prompts)):
             inputs = [reference] + ([previous] if previous else [])

@@ -135,14 +135,15 @@ class FakeReplicate:
              lambda m: self.create_prediction(handler, f"{m.group(1)}/{m.group(2)}")),
             ("GET", r"/v1/predictions", "list", lambda m: self.list_predictions(handler)),
             ("GET", r"/v1/predictions/([^/]+)", "get", lambda m: self.get_prediction(handler, m.group(1))),
-            ("POST", r"/v1/predictions/([^/]+)/cancel", "cancel", lambda m: self.cancel_prediction(handler, m.group(1))),
+            ("POST", r"/v1/predictions/([^/]+)/cancel", "cancel",
+             lambda m: self.cancel_prediction(handler, m.group(1))),
         ]
         for route_method, pattern, endpoint, answer in routes:
             if method == route_method and (m := re.fullmatch(pattern, path)):
                 if (retry_after := self.take_budget(endpoint)) > 0:
                     seconds = math.ceil(retry_after)
-                    return handler.send(429, {"detail": f"Request was throttled. Your rate limit resets in ~{seconds}s.",
-                                              "status": 429}, headers={"Retry-After": str(seconds)})
+                    detail = f"Request was throttled. Your rate limit resets in ~{seconds}s."
+                    return handler.send(429, {"detail": detail, "status": 429}, headers={"Retry-After": str(seconds)})
                 return answer(m)
         handler.send(404, {"detail": "not found", "status": 404})
 
@@ -234,8 +235,8 @@ class FakeReplicate:
                 self.advance(prediction, now)
             results = [self.public(p) for p in page]
         more = offset + self.page_size < len(newest_first)
-        handler.send(200, {"previous": None, "results": results,
-                           "next": f"{self.base_url}/v1/predictions?cursor={offset + self.page_size}" if more else None})
+        following = f"{self.base_url}/v1/predictions?cursor={offset + self.page_size}" if more else None
+        handler.send(200, {"previous": None, "results": results, "next": following})
 
     def cancel_prediction(self, handler: JsonHandler, prediction_id: str) -> None:
         with self.lock:

@@ -89,7 +89,8 @@ def retry_delay(headers: httpx.Headers) -> float:
 
 
 def fleet_limiter(settings: Settings) -> FleetRateLimiter:
-    account = account_key(os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), settings.openai_api_key.get_secret_value())
+    key = settings.openai_api_key.get_secret_value()
+    account = account_key(os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), key)
     return FleetRateLimiter(state_client(), f"openai:{account}", settings.openai_requests_per_minute,
                             settings.openai_rate_window_s, token_limit=settings.openai_tokens_per_minute)
 
