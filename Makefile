@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring flower install install-scoring clean eval bench-load
+.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,8 @@ eval: $(VENV)/.installed-eval
 # Many jobs at once (FIFO beside priority); ARGS=--realistic, --heavy-tail or --scaling for the other modes.
 bench-load: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.load_bench $(ARGS)
+
+# N jobs through the official OpenAI and Replicate clients against stand-ins that enforce one
+# account's budgets, in compressed time (ARGS: --jobs, --scale, --rpm, ...; see the file).
+bench-providers: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.providers_bench $(ARGS)

@@ -81,9 +81,10 @@ class Settings(BaseSettings):
     # Replicate (REPLICATE_BASE_URL, read by the official client, points it at a proxy).
     replicate_model: str = "google/nano-banana"
     replicate_prediction_timeout_s: float = Field(300.0, gt=0)
+    # Interval of the fleet's one prediction listing (see "Provider budgets" in the README), not per prediction.
     replicate_poll_interval_s: float = Field(1.0, gt=0)
     replicate_http_timeout_s: float = Field(60.0, gt=0)
-    replicate_rate_limit: int = Field(60, ge=1)  # prediction creations per window, whole fleet
+    replicate_rate_limit: int = Field(600, ge=1)  # prediction creations per window, whole fleet
     replicate_rate_window_s: float = Field(60.0, gt=0)
     # Prices for the cost estimate in the manifest.
     openai_usd_per_1m_prompt_tokens: float = 0.15
@@ -152,6 +153,18 @@ class Settings(BaseSettings):
     offline_image_latency_sigma: float = Field(0.0, ge=0, le=3)
     offline_image_cold_start_rate: float = Field(0.0, ge=0, le=1)
     offline_image_cold_start_s: float = Field(0.0, ge=0)
+    # Provider budgets (issue 11): fleet-wide limits per account, one prediction watcher, one upload per image.
+    replicate_other_rate_limit: int = Field(3000, ge=1)  # non-creation API calls per replicate_rate_window_s
+    replicate_watch_max_pages: int = Field(10, ge=1)  # listing pages per sweep; the rest is left to the reconcile
+    replicate_watch_lease_s: float = Field(10.0, gt=0)  # a dead watcher's lease expires after this
+    replicate_reconcile_after_s: float = Field(30.0, gt=0)  # in flight but absent from listings this long: one GET
+    replicate_reconcile_per_sweep: int = Field(1, ge=0)
+    replicate_data_url_max_bytes: int = Field(256 * 1024, ge=0)  # smaller inputs go inline as data URLs; 0: never
+    openai_requests_per_minute: int = Field(500, ge=1)  # per openai_rate_window_s, whole fleet
+    openai_tokens_per_minute: int = Field(200_000, ge=1)
+    openai_rate_window_s: float = Field(60.0, gt=0)
+    openai_completion_tokens_estimate: int = Field(400, ge=0)  # counted against the token budget per request
+    openai_rate_limit_max_wait_s: float = Field(600.0, ge=0)  # total wait per enhancement before the fallback
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -39,6 +39,7 @@ from workers.bootstrap import process_scorer
 from workers.inputs import fetch_url, is_url, normalise_image
 from workers.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
 from workers.providers.base import GenerationStopped, ImageRequest
+from workers.ratelimit import RateLimitDeadline
 from workers.store import fleet_store
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,10 @@ def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
         except BudgetExhausted as error:
             enhanced, enhancement = record.original_prompt, Enhancement(fallback=True, error=str(error))
             fallback_note = "enhancement skipped (budget): original prompt, single image"
+        except RateLimitDeadline as error:  # queued past openai_rate_limit_max_wait_s: the last resort
+            log.warning("enhancement rate limited for %s/%s: %s", state.job_id, frame, error)
+            enhanced, enhancement = record.original_prompt, Enhancement(fallback=True, error=str(error))
+            fallback_note = "enhancement failed (rate limited): original prompt, single image"
         except Exception as error:  # any failure of the LLM stage takes the seeds' fallback
             log.warning("enhancement failed for %s/%s: %s; using the original prompt", state.job_id, frame, error)
             enhanced, enhancement = record.original_prompt, Enhancement(fallback=True, error=str(error))

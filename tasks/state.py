@@ -160,7 +160,8 @@ class JobState:
 
     def discard(self) -> None:
         """Delete every key of the job (a create that failed half-way): the id is free again."""
-        keys = list(self.r.scan_iter(match=f"framefleet:job:{self.job_id}:*", count=500))
+        keys = [key for pattern in (f"framefleet:job:{self.job_id}:*", f"framefleet:replicate:job:{self.job_id}:*")
+                for key in self.r.scan_iter(match=pattern, count=500)]
         pipe = self.r.pipeline()
         if keys:
             pipe.delete(*keys)

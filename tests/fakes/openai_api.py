@@ -1,10 +1,16 @@
-"""The parts of OpenAI's chat-completions API that framefleet uses, for the official client."""
+"""The parts of OpenAI's chat-completions API that framefleet uses, for the official client, with
+an organisation's request and token budgets per ``window_s`` (60 s on the real service) enforced:
+every answer carries the ``x-ratelimit-*`` headers, and a request over a budget gets OpenAI's 429
+(``rate_limit_exceeded``) with only those headers to say when to come back."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
+import time
+from collections import Counter, deque
 
 from tests.fakes.http import JsonHandler, LocalServer
 
@@ -19,10 +25,19 @@ class FakeOpenAI:
     scores 60 + 15 per " refined" in the prompt, so a frame reaches 90 on the third round.
     """
 
-    def __init__(self):
+    COMPLETION_TOKENS = 20
+
+    def __init__(self, requests_limit: int = 10_000, tokens_limit: int = 10_000_000, window_s: float = 60.0,
+                 latency_s: float = 0.0):
         self.lock = threading.Lock()
+        self.latency_s = latency_s  # the model's answer time, after the request was admitted
         self.script: list[tuple] = []
-        self.requests: list[dict] = []
+        self.requests: list[dict] = []  # answered requests
+        self.throttled = 0  # 429s for a full budget
+        self.throttled_by: Counter = Counter()  # "requests" | "tokens" → 429s
+        self.limits = {"requests": requests_limit, "tokens": tokens_limit}
+        self.window_s = window_s
+        self.spent: dict[str, deque] = {"requests": deque(), "tokens": deque()}  # (time, amount)
         self.server = LocalServer(self)
 
     @property
@@ -41,9 +56,23 @@ class FakeOpenAI:
             return handler.send(404, {"error": {"message": "not found"}})
         body = json.loads(handler.body())
         agent = body["response_format"]["json_schema"]["name"]
+        # OpenAI counts the prompt's tokens and the completion's maximum when the request arrives.
+        tokens = len(json.dumps(body["messages"])) // 4 + self.COMPLETION_TOKENS
         with self.lock:
-            self.requests.append({"agent": agent, "body": body, "auth": handler.headers.get("Authorization")})
-            step = self.script.pop(0) if self.script else None
+            headers, over = self.take_budget(tokens)
+            if over is None:
+                self.requests.append({"agent": agent, "body": body, "auth": handler.headers.get("Authorization")})
+                step = self.script.pop(0) if self.script else None
+            else:
+                self.throttled += 1
+                self.throttled_by[over] += 1
+        if over is not None:
+            used = self.limits[over] - int(headers[f"x-ratelimit-remaining-{over}"])
+            return handler.send(429, {"error": {
+                "message": f"Rate limit reached for {body['model']} on {over} per min: Limit {self.limits[over]}, "
+                           f"Used {used}. Please try again in {headers[f'x-ratelimit-reset-{over}']}.",
+                "type": over, "param": None, "code": "rate_limit_exceeded"}}, headers=headers)
+        time.sleep(self.latency_s)
         if step and step[0] == "429":
             return handler.send(429, {"error": {"message": "slow down", "type": "rate_limit"}},
                                 headers={"Retry-After": str(step[1])})
@@ -60,7 +89,35 @@ class FakeOpenAI:
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": content, "refusal": None}}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-        })
+        }, headers=headers)
+
+    def take_budget(self, tokens: int) -> tuple[dict[str, str], str | None]:
+        """The x-ratelimit headers, and the budget this request is over (None: spent and answered)."""
+        now = time.monotonic()
+        need = {"requests": 1, "tokens": tokens}
+        headers, over = {}, None
+        for budget, spent in self.spent.items():
+            while spent and spent[0][0] <= now - self.window_s:
+                spent.popleft()
+            used, freed, reset = sum(amount for _, amount in spent), 0, 0.0
+            for stamp, amount in spent:  # the reset: when enough has left the window for this request
+                if used - freed + need[budget] <= self.limits[budget]:
+                    break
+                freed += amount
+                reset = stamp + self.window_s - now
+            if used + need[budget] > self.limits[budget]:
+                over = over or budget
+            headers[f"x-ratelimit-limit-{budget}"] = str(self.limits[budget])
+            headers[f"x-ratelimit-remaining-{budget}"] = str(max(0, self.limits[budget] - used))
+            headers[f"x-ratelimit-reset-{budget}"] = f"{math.ceil(reset * 1000)}ms" if reset < 1 else f"{reset:.3f}s"
+        if over is None:
+            for budget, spent in self.spent.items():
+                spent.append((now, need[budget]))
+                headers[f"x-ratelimit-remaining-{budget}"] = str(int(headers[f"x-ratelimit-remaining-{budget}"])
+                                                                - need[budget])
+        else:
+            headers[f"x-ratelimit-remaining-{over}"] = "0"
+        return headers, over
 
     @staticmethod
     def default_reply(agent: str, user: str) -> dict:

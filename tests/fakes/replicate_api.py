@@ -1,44 +1,90 @@
-"""The parts of Replicate's predictions and files API that framefleet uses, for the official client."""
+"""The parts of Replicate's API that framefleet uses, for the official client, with the account's
+budgets enforced: ``creation_limit`` creations and ``other_limit`` other API calls (gets, lists,
+cancels, file uploads) per ``window_s`` sliding window (600 and 3000 per 60 s on the real service;
+a ``scale`` of 0.1 gives 60 and 300 per 6 s, the same per-second rates in a tenth of the time).
+Over a budget: 429 with Replicate's documented body and a Retry-After header.
+
+Predictions run on a clock: ``starting`` for ``start_s``, ``processing`` for ``run_s``, then
+``succeeded`` (or ``failed`` for a seed in ``fail_seeds``). ``Cancel-After`` on a creation is
+honoured: past it, a prediction is ``aborted`` (never started) or ``canceled``. ``GET
+/v1/predictions`` lists newest first, ``page_size`` per page, with a cursor to the next page.
+Output downloads (Replicate's file delivery host) are outside the budgets.
+"""
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import io
 import itertools
 import json
+import math
 import re
 import threading
 import time
+from collections import Counter, deque
+from datetime import datetime, timezone
 
 from PIL import Image
 
 from tests.fakes.http import JsonHandler, LocalServer
 
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_duration(text: str) -> float:
+    return sum(float(number) * UNITS[unit] for number, unit in DURATION.findall(text))
+
+
+class SlidingWindow:
+    def __init__(self, limit: int, window_s: float):
+        self.limit, self.window_s, self.times = limit, window_s, deque()
+
+    def take(self, now: float) -> float:
+        """0 when the call is within budget (and counted), else seconds until it would be."""
+        while self.times and self.times[0] <= now - self.window_s:
+            self.times.popleft()
+        if len(self.times) >= self.limit:
+            return self.times[0] + self.window_s - now
+        self.times.append(now)
+        return 0.0
+
 
 class FakeReplicate:
-    """Predictions succeed after ``polls_to_finish`` polls unless told otherwise.
+    """``create_script`` is consumed per creation request: ("429", retry_after) | ("500",).
+    ``never_finish``: predictions stay "processing". ``hidden_from_list``: ids the listings leave out."""
 
-    - ``create_script``: consumed per creation request: ("429", retry_after) | ("500",)
-    - ``fail_seeds``: predictions whose input seed is in it fail (flagged as NSFW)
-    - ``never_finish``: predictions stay "processing" (for timeouts)
-    - ``poll_errors``: the next N prediction GETs answer 500
-    """
-
-    def __init__(self, polls_to_finish: int = 1):
+    def __init__(self, start_s: float = 0.02, run_s: float = 0.05, creation_limit: int = 600,
+                 other_limit: int = 3000, window_s: float = 60.0, page_size: int = 100):
         self.lock = threading.Lock()
-        self.polls_to_finish = polls_to_finish
+        self.start_s, self.run_s, self.page_size = start_s, run_s, page_size
+        self.budgets = {"creation": SlidingWindow(creation_limit, window_s),
+                        "other": SlidingWindow(other_limit, window_s)}
         self.create_script: list[tuple] = []
         self.create_attempts = 0
         self.fail_seeds: set[int] = set()
         self.never_finish = False
-        self.poll_errors = 0
+        self.hidden_from_list: set[str] = set()
         self.files: dict[str, bytes] = {}
         self.predictions: dict[str, dict] = {}
         self.creations: list[dict] = []  # accepted creations: {"time", "model", "input", "id"}
         self.canceled: list[str] = []
-        self.downloads = 0
+        self.downloads: Counter = Counter()  # prediction id → downloads of its output
+        self.calls: list[tuple[float, str]] = []  # (time, endpoint) of every API call, throttled ones too
+        self.throttled: Counter = Counter()  # endpoint → 429s
         self.ids = itertools.count(1)
         self.server = LocalServer(self)
+
+    @classmethod
+    def scaled(cls, scale: float, **kwargs) -> "FakeReplicate":
+        """The real budgets and page size in ``scale`` of the time (same rates, shorter window)."""
+        return cls(creation_limit=round(600 * scale), other_limit=round(3000 * scale), window_s=60.0 * scale,
+                   page_size=max(1, round(100 * scale)), **kwargs)
 
     @property
     def base_url(self) -> str:
@@ -51,29 +97,64 @@ class FakeReplicate:
     def __exit__(self, *exc):
         self.server.__exit__(*exc)
 
+    # what tests read ------------------------------------------------------------------------------
     def file_bytes(self, url: str) -> bytes:
+        if url.startswith("data:"):
+            return base64.b64decode(url.split(",", 1)[1])
         return self.files[url.rsplit("/", 1)[1]]
 
+    def call_counts(self) -> Counter:
+        with self.lock:
+            return Counter(endpoint for _, endpoint in self.calls)
+
+    def peak_in_flight(self) -> int:
+        """Most predictions running (created, not yet ended) at one time."""
+        with self.lock:
+            events = []
+            for prediction in self.predictions.values():
+                events.append((prediction["created"], 1))
+                events.append((prediction.get("ended", math.inf), -1))
+        peak = running = 0
+        for _, step in sorted(events):
+            running += step
+            peak = max(peak, running)
+        return peak
+
+    # the API --------------------------------------------------------------------------------------
     def handle(self, handler: JsonHandler, method: str) -> None:
         path = handler.path.split("?")[0]
-        if method == "POST" and path == "/v1/files":
-            return self.create_file(handler)
         if method == "GET" and path.startswith("/files/"):
             return handler.send(200, raw=self.files[path.rsplit("/", 1)[1]], content_type="image/png")
-        if method == "POST" and (m := re.fullmatch(r"/v1/models/([^/]+)/([^/]+)/predictions", path)):
-            return self.create_prediction(handler, f"{m.group(1)}/{m.group(2)}")
-        if method == "GET" and (m := re.fullmatch(r"/v1/predictions/([^/]+)", path)):
-            return self.get_prediction(handler, m.group(1))
-        if method == "POST" and (m := re.fullmatch(r"/v1/predictions/([^/]+)/cancel", path)):
-            with self.lock:
-                self.predictions[m.group(1)]["status"] = "canceled"
-                self.canceled.append(m.group(1))
-            return handler.send(200, self.predictions[m.group(1)])
         if method == "GET" and (m := re.fullmatch(r"/outputs/([^/]+)\.png", path)):
             with self.lock:
-                self.downloads += 1
+                self.downloads[m.group(1)] += 1
             return handler.send(200, raw=self.output_png(m.group(1)), content_type="image/png")
+        routes = [
+            ("POST", r"/v1/files", "files", lambda m: self.create_file(handler)),
+            ("POST", r"/v1/models/([^/]+)/([^/]+)/predictions", "create",
+             lambda m: self.create_prediction(handler, f"{m.group(1)}/{m.group(2)}")),
+            ("GET", r"/v1/predictions", "list", lambda m: self.list_predictions(handler)),
+            ("GET", r"/v1/predictions/([^/]+)", "get", lambda m: self.get_prediction(handler, m.group(1))),
+            ("POST", r"/v1/predictions/([^/]+)/cancel", "cancel",
+             lambda m: self.cancel_prediction(handler, m.group(1))),
+        ]
+        for route_method, pattern, endpoint, answer in routes:
+            if method == route_method and (m := re.fullmatch(pattern, path)):
+                if (retry_after := self.take_budget(endpoint)) > 0:
+                    seconds = math.ceil(retry_after)
+                    detail = f"Request was throttled. Your rate limit resets in ~{seconds}s."
+                    return handler.send(429, {"detail": detail, "status": 429}, headers={"Retry-After": str(seconds)})
+                return answer(m)
         handler.send(404, {"detail": "not found", "status": 404})
+
+    def take_budget(self, endpoint: str) -> float:
+        now = time.monotonic()
+        with self.lock:
+            self.calls.append((time.time(), endpoint))
+            wait = self.budgets["creation" if endpoint == "create" else "other"].take(now)
+            if wait > 0:
+                self.throttled[endpoint] += 1
+            return wait
 
     def create_file(self, handler: JsonHandler) -> None:
         raw = handler.body()
@@ -85,55 +166,91 @@ class FakeReplicate:
             self.files[file_id] = part.get_payload(decode=True)
         handler.send(201, {"id": file_id, "name": part.get_filename(), "content_type": part.get_content_type(),
                            "size": len(self.files[file_id]), "etag": "e", "checksums": {}, "metadata": {},
-                           "created_at": "2026-01-01T00:00:00Z", "expires_at": None,
+                           "created_at": iso(time.time()), "expires_at": iso(time.time() + 86400),
                            "urls": {"get": f"{self.base_url}/files/{file_id}"}})
 
     def create_prediction(self, handler: JsonHandler, model: str) -> None:
         body = json.loads(handler.body())
+        cancel_after = handler.headers.get("Cancel-After")
         with self.lock:
             self.create_attempts += 1
             step = self.create_script.pop(0) if self.create_script else None
             if step is None:
                 prediction_id = f"pred{next(self.ids)}"
+                now = time.time()
                 prediction = {"id": prediction_id, "model": model, "version": "", "status": "starting",
                               "input": body["input"], "output": None, "logs": "", "error": None, "metrics": {},
-                              "created_at": "2026-01-01T00:00:00Z", "polls": 0,
+                              "created_at": iso(now),
+                              "created": now, "cancel_after": parse_duration(cancel_after) if cancel_after else None,
                               "urls": {"get": f"{self.base_url}/v1/predictions/{prediction_id}",
                                        "cancel": f"{self.base_url}/v1/predictions/{prediction_id}/cancel"}}
                 self.predictions[prediction_id] = prediction
-                self.creations.append({"time": time.time(), "model": model, "input": body["input"],
-                                       "id": prediction_id})
+                self.creations.append({"time": now, "model": model, "input": body["input"], "id": prediction_id,
+                                       "cancel_after": prediction["cancel_after"]})
         if step and step[0] == "429":
-            return handler.send(429, {"detail": "Request was throttled.", "status": 429},
-                                headers={"Retry-After": str(step[1])})
+            return handler.send(429, {"detail": f"Request was throttled. Your rate limit resets in ~{step[1]}s.",
+                                      "status": 429}, headers={"Retry-After": str(step[1])})
         if step and step[0] == "500":
             return handler.send(500, {"detail": "internal error", "status": 500})
         handler.send(201, self.public(prediction))
 
+    def advance(self, prediction: dict, now: float) -> None:
+        """Move a prediction along its clock (called under the lock)."""
+        if prediction["status"] not in ("starting", "processing"):
+            return
+        age = now - prediction["created"]
+        if prediction["cancel_after"] is not None and age >= prediction["cancel_after"]:
+            started = age >= self.start_s
+            prediction.update(status="canceled" if started else "aborted",
+                              ended=prediction["created"] + prediction["cancel_after"])
+        elif self.never_finish or age < self.start_s:
+            prediction["status"] = "processing" if age >= self.start_s else "starting"
+        elif age < self.start_s + self.run_s:
+            prediction["status"] = "processing"
+        elif prediction["input"].get("seed") in self.fail_seeds:
+            prediction.update(status="failed", error="NSFW content detected",
+                              ended=prediction["created"] + self.start_s + self.run_s)
+        else:
+            prediction.update(status="succeeded", output=[f"{self.base_url}/outputs/{prediction['id']}.png"],
+                              ended=prediction["created"] + self.start_s + self.run_s)
+
     def get_prediction(self, handler: JsonHandler, prediction_id: str) -> None:
         with self.lock:
-            if self.poll_errors > 0:
-                self.poll_errors -= 1
-                error = True
-            else:
-                error = False
-                prediction = self.predictions[prediction_id]
-                prediction["polls"] += 1
-                if prediction["status"] in ("starting", "processing") and not self.never_finish:
-                    if prediction["polls"] >= self.polls_to_finish:
-                        if prediction["input"].get("seed") in self.fail_seeds:
-                            prediction.update(status="failed", error="NSFW content detected")
-                        else:
-                            prediction.update(status="succeeded", output=[f"{self.base_url}/outputs/{prediction_id}.png"])
-                    else:
-                        prediction["status"] = "processing"
-        if error:
-            return handler.send(500, {"detail": "internal error", "status": 500})
-        handler.send(200, self.public(prediction))
+            prediction = self.predictions.get(prediction_id)
+            if prediction is not None:
+                self.advance(prediction, time.time())
+                answer = self.public(prediction)
+        if prediction is None:
+            return handler.send(404, {"detail": "Not found.", "status": 404})
+        handler.send(200, answer)
+
+    def list_predictions(self, handler: JsonHandler) -> None:
+        cursor = re.search(r"cursor=(\d+)", handler.path)
+        offset = int(cursor.group(1)) if cursor else 0
+        now = time.time()
+        with self.lock:
+            newest_first = [p for p in reversed(self.predictions.values()) if p["id"] not in self.hidden_from_list]
+            page = newest_first[offset:offset + self.page_size]
+            for prediction in page:
+                self.advance(prediction, now)
+            results = [self.public(p) for p in page]
+        more = offset + self.page_size < len(newest_first)
+        following = f"{self.base_url}/v1/predictions?cursor={offset + self.page_size}" if more else None
+        handler.send(200, {"previous": None, "results": results, "next": following})
+
+    def cancel_prediction(self, handler: JsonHandler, prediction_id: str) -> None:
+        with self.lock:
+            prediction = self.predictions[prediction_id]
+            self.advance(prediction, time.time())
+            if prediction["status"] in ("starting", "processing"):
+                prediction.update(status="canceled", ended=time.time())
+            self.canceled.append(prediction_id)
+            answer = self.public(prediction)
+        handler.send(200, answer)
 
     @staticmethod
     def public(prediction: dict) -> dict:
-        return {k: v for k, v in prediction.items() if k != "polls"}
+        return {k: v for k, v in prediction.items() if k not in ("created", "ended", "cancel_after")}
 
     def output_png(self, prediction_id: str) -> bytes:
         number = int(prediction_id.removeprefix("pred"))

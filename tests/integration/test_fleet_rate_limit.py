@@ -11,7 +11,7 @@ from workers.store import open_store
 
 pytestmark = pytest.mark.integration
 
-LIMIT, WINDOW_S = 3, 1.5
+LIMIT, WINDOW_S = 3, 2.0
 
 
 def test_creations_per_window_stay_under_the_fleet_limit(celery_app, start_fleet, tmp_path_factory, monkeypatch):
@@ -32,7 +32,7 @@ def test_creations_per_window_stay_under_the_fleet_limit(celery_app, start_fleet
         times = sorted(c["time"] for c in replicate_api.creations)
     assert status.outcome == "succeeded" and len(times) == 16
     for start in times:
-        in_window = [t for t in times if start <= t < start + WINDOW_S - 0.2]  # request transit: slot taken → creation seen
+        in_window = [t for t in times if start <= t < start + WINDOW_S - 0.5]  # transit: slot taken → creation seen
         assert len(in_window) <= LIMIT
     assert times[-1] - times[0] >= (16 / LIMIT - 1) * WINDOW_S * 0.9
     for log in ("images.log", "imagesb.log"):

@@ -14,16 +14,16 @@ from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import png_bytes, unique_id
 from workers.providers.adapters import image_model_adapter
-from workers.providers.base import ImageGenerationError, ImageRequest
+from workers.providers.base import GenerationStopped, ImageGenerationError, ImageRequest
 from workers.providers.openai_llm import EnhancementError, OpenAIPromptAgents
 from workers.providers.replicate_images import ReplicateImageGenerator
-from workers.ratelimit import FleetRateLimiter
+from workers.ratelimit import TRANSIT_MARGIN_S, FleetRateLimiter, RateLimitDeadline
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def openai_server(monkeypatch):
+def openai_server(monkeypatch, broker_url):
     with FakeOpenAI() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         yield server
@@ -41,9 +41,20 @@ def agents(**settings) -> OpenAIPromptAgents:
                                        **settings))
 
 
-def generator(**settings) -> ReplicateImageGenerator:
-    values = {"replicate_api_token": "r8-test", "replicate_poll_interval_s": 0.02, **settings}
-    return ReplicateImageGenerator(Settings(**values))
+@pytest.fixture
+def generator(replicate_server):
+    """Generators on the stand-in; their watcher threads are stopped at the end of the test."""
+    made: list[ReplicateImageGenerator] = []
+
+    def make(**settings) -> ReplicateImageGenerator:
+        values = {"replicate_api_token": "r8-test", "replicate_poll_interval_s": 0.02,
+                  "replicate_watch_lease_s": 0.5, "replicate_data_url_max_bytes": 0, **settings}
+        made.append(ReplicateImageGenerator(Settings(**values)))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
 
 
 def request(job_id: str, **extra) -> ImageRequest:
@@ -71,8 +82,10 @@ def test_two_agents_request_bodies_and_the_loop_stops_at_threshold(openai_server
         assert dimension in pe_system
     second_user = cd_second["body"]["messages"][1]["content"]
     assert "add lens detail" in second_user and "Missing: lens" in second_user  # critique acted on
-    assert team.usage == {"llm_calls": 4, "prompt_tokens": 400, "completion_tokens": 80}
-    assert result.rounds[0].usage == {"llm_calls": 2, "prompt_tokens": 200, "completion_tokens": 40}
+    assert team.usage == {"llm_calls": 4, "prompt_tokens": 400, "completion_tokens": 80,
+                          "rate_limit_waits": 0, "rate_limit_wait_ms": 0}
+    assert result.rounds[0].usage == {"llm_calls": 2, "prompt_tokens": 200, "completion_tokens": 40,
+                                      "rate_limit_waits": 0, "rate_limit_wait_ms": 0}
 
 
 def test_an_unparsable_reply_is_asked_again_once(openai_server):
@@ -89,6 +102,31 @@ def test_429_waits_for_retry_after_and_5xx_is_retried(openai_server):
     assert agents().creative_director("a dog", "a dog", None) == "a dog refined"
     assert time.monotonic() - started >= 1.0
     assert len(openai_server.requests) == 3
+
+
+def test_a_request_limit_below_the_concurrency_queues_every_request_without_failing(openai_server):
+    """Six enhancements at once against 2 requests per second: the fleet limiter (set above the
+    stand-in's limit, so 429s do happen) and the 429 waits let every one finish, each wait counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    openai_server.limits["requests"], openai_server.window_s = 2, 1.0
+    teams = [agents(openai_requests_per_minute=3, openai_rate_window_s=1.0) for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        prompts = list(pool.map(lambda team: team.creative_director("a dog", "a dog", None), teams))
+    assert prompts == ["a dog refined"] * 6
+    assert len(openai_server.requests) == 6 and openai_server.throttled >= 1
+    assert sum(team.usage["rate_limit_waits"] for team in teams) >= 2
+    assert all(team.usage["llm_calls"] == 1 for team in teams)
+
+
+def test_the_total_wait_deadline_raises_rate_limit_deadline(openai_server):
+    openai_server.limits["requests"], openai_server.window_s = 1, 30.0
+    agents(openai_requests_per_minute=100).creative_director("a cat", "a cat", None)
+    team = agents(openai_requests_per_minute=100, openai_rate_limit_max_wait_s=1.0)
+    with pytest.raises(RateLimitDeadline, match="^rate limited"):
+        team.creative_director("a cat", "a cat", None)
+    assert openai_server.throttled == 1  # the 429's reset (30 s) is past the deadline: no second try
+    assert len(openai_server.requests) == 1
 
 
 def test_persistent_server_errors_become_an_enhancement_error(openai_server):
@@ -109,43 +147,95 @@ def test_adapters_map_inputs_to_each_models_fields():
         image_model_adapter("someone/unknown")
 
 
-def test_prediction_with_uploaded_input_images(replicate_server):
+def test_prediction_with_input_images_uploaded_once_per_job(replicate_server, generator):
     job_id = unique_id("rep")
     images = [png_bytes((255, 0, 0)), png_bytes((0, 0, 255))]
-    data = generator().generate(request(job_id, input_images=images, model="bytedance/seedream-4"))
+    made = generator()
+    data = made.generate(request(job_id, input_images=images, model="bytedance/seedream-4"))
+    made.generate(request(job_id, input_images=images, variation=2, ledger_key="v2#0", model="bytedance/seedream-4"))
+    first, second = replicate_server.creations
+    assert first["model"] == "bytedance/seedream-4" and first["input"]["seed"] == 7
+    assert [replicate_server.file_bytes(u) for u in first["input"]["image_input"]] == images
+    assert second["input"]["image_input"] == first["input"]["image_input"]  # the cached file URLs
+    assert replicate_server.call_counts()["files"] == 2
+    ttls = [made.board.r.ttl(key) for key in made.board.r.scan_iter(f"framefleet:replicate:job:{job_id}:file:*")]
+    assert len(ttls) == 2 and all(0 < ttl <= 86400 for ttl in ttls)  # reused only while Replicate keeps the file
+    assert data == replicate_server.output_png(first["id"])
+    assert first["cancel_after"] == 300.0  # the server-side deadline
+    assert replicate_server.call_counts()["get"] == 0  # status came from the listings
+    assert JobState(job_id).costs()["total"] == {"predictions_created": 2}
+
+
+def test_small_input_images_go_inline_as_data_urls(replicate_server, generator):
+    image = png_bytes((0, 255, 0))
+    generator(replicate_data_url_max_bytes=len(image)).generate(request(unique_id("inline"), input_images=[image]))
     (creation,) = replicate_server.creations
-    assert creation["model"] == "bytedance/seedream-4" and creation["input"]["seed"] == 7
-    assert [replicate_server.file_bytes(u) for u in creation["input"]["image_input"]] == images
-    assert data == replicate_server.output_png(creation["id"])
-    assert JobState(job_id).costs()["total"] == {"predictions_created": 1}
+    (url,) = creation["input"]["image_input"]
+    assert url.startswith("data:image/png;base64,") and replicate_server.file_bytes(url) == image
+    assert replicate_server.call_counts()["files"] == 0
 
 
-def test_create_429_waits_for_retry_after_then_creates_once(replicate_server):
+def test_create_429_waits_for_retry_after_then_creates_once(replicate_server, generator):
     replicate_server.create_script = [("429", 1), ("500",)]
+    job_id = unique_id("rep429")
     started = time.monotonic()
-    generator().generate(request(unique_id("rep429")))
+    generator().generate(request(job_id))
     assert time.monotonic() - started >= 1.0
     assert replicate_server.create_attempts == 3 and len(replicate_server.creations) == 1
+    assert JobState(job_id).costs()["total"]["creation_waits"] == 1  # the fleet-wide pause after the 429
 
 
-def test_failed_prediction_is_an_expected_error(replicate_server):
+def test_failed_prediction_is_an_expected_error(replicate_server, generator):
     replicate_server.fail_seeds = {7}
     with pytest.raises(ImageGenerationError, match="NSFW"):
         generator().generate(request(unique_id("repfail"), model="bytedance/seedream-4"))
 
 
-def test_slow_prediction_is_cancelled_at_the_timeout(replicate_server):
+def test_slow_prediction_is_cancelled_at_the_timeout(replicate_server, generator):
     replicate_server.never_finish = True
     with pytest.raises(ImageGenerationError, match="timed out"):
         generator(replicate_prediction_timeout_s=0.3).generate(request(unique_id("repslow")))
     assert replicate_server.canceled == [replicate_server.creations[0]["id"]]
 
 
-def test_a_redelivered_call_resumes_the_recorded_prediction(replicate_server, monkeypatch):
+def test_should_stop_cancels_the_prediction_on_replicate(replicate_server, generator):
+    replicate_server.never_finish = True
+    checks = []
+
+    def straggler_cut():
+        checks.append(time.monotonic())
+        return "straggler cut" if len(checks) >= 3 else None
+
+    with pytest.raises(GenerationStopped, match="straggler cut"):
+        generator().generate(request(unique_id("stop")), should_stop=straggler_cut)
+    assert replicate_server.canceled == [replicate_server.creations[0]["id"]]
+
+
+def test_a_prediction_missing_from_the_listings_is_recovered_by_the_reconcile(replicate_server, generator):
+    made = generator(replicate_reconcile_after_s=0.3)
+    replicate_server.hidden_from_list = {"pred1"}  # the first prediction never shows up in a listing
+    data = made.generate(request(unique_id("reconcile")))
+    assert replicate_server.creations[0]["id"] == "pred1"
+    assert data == replicate_server.output_png("pred1")
+    assert replicate_server.call_counts()["get"] >= 1 and replicate_server.call_counts()["list"] >= 2
+
+
+def test_the_watcher_lease_passes_on_when_its_holder_dies(replicate_server, generator):
+    first, second = generator(), generator()
+    first.generate(request(unique_id("lease")))
+    assert first.watcher.holding and not second.watcher.holding
+    first.watcher._stop.set()  # the holder's process dies: no release, its lease just expires
+    first.watcher._thread.join()
+    replicate_server.run_s = 1.0
+    second.generate(request(unique_id("lease2")))
+    assert second.watcher.holding
+
+
+def test_a_redelivered_call_resumes_the_recorded_prediction(replicate_server, generator, monkeypatch):
     job_id = unique_id("redeliver")
     crashed = generator()
 
-    def worker_dies(_prediction_id):
+    def worker_dies(_prediction_id, _should_stop):
         raise SystemExit("worker killed while waiting")
 
     monkeypatch.setattr(crashed, "_wait_for", worker_dies)
@@ -166,7 +256,38 @@ def test_rate_limiter_counts_across_clients(broker_url):
     first = FleetRateLimiter(redis.Redis.from_url(broker_url), name, limit=3, window_s=1.0)
     second = FleetRateLimiter(redis.Redis.from_url(broker_url), name, limit=3, window_s=1.0)
     assert [first.try_acquire(), second.try_acquire(), first.try_acquire()] == [0, 0, 0]
-    assert 0 < second.try_acquire() <= 1.0
+    assert 0 < second.try_acquire() <= 1.0 + TRANSIT_MARGIN_S
     started = time.monotonic()
     first.acquire()
     assert time.monotonic() - started >= 0.5
+
+
+def test_token_budget_and_the_fleet_wide_pause(broker_url):
+    import redis
+
+    limiter = FleetRateLimiter(redis.Redis.from_url(broker_url), unique_id("tokens"), limit=10, window_s=5.0,
+                               token_limit=100)
+    assert limiter.try_acquire(tokens=60) == 0
+    assert 4.0 < limiter.try_acquire(tokens=60) <= 5.0 + TRANSIT_MARGIN_S  # the tokens are spent, requests are not
+    assert limiter.try_acquire(tokens=40) == 0
+    other = FleetRateLimiter(redis.Redis.from_url(broker_url), unique_id("paused"), limit=10, window_s=5.0)
+    other.pause(2.0)
+    assert 1.0 < other.try_acquire() <= 2.0
+    with pytest.raises(RateLimitDeadline, match="^rate limited"):
+        other.acquire(timeout_s=0.5)
+
+
+def test_watcher_health_check(replicate_server, generator):
+    import socket
+
+    from workers.providers.replicate_watcher import health
+
+    made = generator()
+    host = socket.gethostname()
+    made.generate(request(unique_id("health")))
+    ok, message = health(made.settings, made.board.r, host)
+    assert ok and "lease holder" in message
+    made.close()  # the thread stops beating: after 3 leases (1.5 s here) this host is unhealthy
+    made.board.r.hset(made.board.watchers, host, made.board.r.time()[0] - 10)
+    ok, message = health(made.settings, made.board.r, host)
+    assert not ok and "silent" in message

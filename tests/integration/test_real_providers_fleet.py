@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+
 import pytest
 
 from tasks.keys import variation_seed
@@ -23,8 +26,9 @@ def services(tmp_path_factory, start_fleet):
             "FRAMEFLEET_STORE_URL": f"file://{root}",
             "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": openai_api.base_url,
             "REPLICATE_API_TOKEN": REPLICATE_TOKEN, "REPLICATE_BASE_URL": replicate_api.base_url,
-            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "0.05", "FRAMEFLEET_SCORER": "heuristic",
-            "FRAMEFLEET_LOG_LEVEL": "DEBUG",
+            # One listing a second, as in production; every input image goes through the files API.
+            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "1.0", "FRAMEFLEET_REPLICATE_DATA_URL_MAX_BYTES": "0",
+            "FRAMEFLEET_SCORER": "heuristic", "FRAMEFLEET_LOG_LEVEL": "DEBUG",
         })
         yield open_store(f"file://{root}"), openai_api, replicate_api, fleet, root
 
@@ -33,17 +37,28 @@ def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
     store, openai_api, replicate_api, _, _ = services
     job_id = unique_id("real")
     reference = put_reference(store, job_id, (10, 200, 10))
-    before = len(replicate_api.creations)
+    before, calls_before = len(replicate_api.creations), len(replicate_api.calls)
+    started = time.monotonic()
     status, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 2, reference_image=reference),
                                store)
+    wall_s = time.monotonic() - started
     assert status.outcome == "succeeded"
+    # Provider budgets: 16 creations; one upload per distinct input image (reference, clip 1 start,
+    # clip 1 end, clip 2 start); at most one download per output; and the other calls grow with
+    # time (one listing a second at most), not with the 16 predictions.
+    calls = Counter(endpoint for _, endpoint in replicate_api.calls[calls_before:])
+    assert calls["create"] == 16 and calls["files"] <= 4
+    assert all(count == 1 for count in replicate_api.downloads.values())
+    assert sum(calls.values()) - calls["create"] <= 16 + wall_s
+    assert sum(replicate_api.throttled.values()) == 0
     assert manifest["providers"] == {"llm": "openai", "images": "replicate"}
     creations = replicate_api.creations[before:]
     assert len(creations) == 16 and {c["model"] for c in creations} == {"google/nano-banana"}
     frames = {f["name"]: f for f in manifest["frames"]}
     for frame in frames.values():
         assert frame["enhanced_prompt"].endswith(" refined refined")  # two rounds: 75, then 90 ≥ 85
-        assert frame["enhancement"] == {"iterations": 2, "final_score": 90.0, "fallback": False, "error": None}
+        assert frame["enhancement"] == {"iterations": 2, "final_score": 90.0, "fallback": False, "error": None,
+                                        "skipped": False}
         assert len(frame["variations"]) == 4 and all(v["key"] for v in frame["variations"])
     # clip 2's start frame: the model's image_input carries the reference and clip 1's end frame.
     clip2 = [c for c in creations if c["input"]["prompt"] == frames["clip_002_start"]["enhanced_prompt"]]
@@ -55,6 +70,7 @@ def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
         assert creation["input"]["aspect_ratio"] == "16:9"
     cost = manifest["cost"]
     assert cost["total"] == {"llm_calls": 16, "prompt_tokens": 1600, "completion_tokens": 320,
+                             "rate_limit_waits": 0, "rate_limit_wait_ms": 0,
                              "predictions_created": 16, "images_stored": 16}
     assert cost["frames"]["clip_001_start"]["predictions_created"] == 4
     assert cost["estimated_usd"] == pytest.approx(16 * 0.039 + 1600 * 0.15e-6 + 320 * 0.6e-6)
@@ -111,8 +127,6 @@ def test_keys_never_reach_logs_artifacts_or_redis(celery_app, services, broker_u
 
 
 def test_cancelling_a_job_cancels_its_predictions_on_replicate(celery_app, services):
-    import time
-
     from workers.client import cancel_job, submit_job, wait_for_job
 
     store, _, replicate_api, _, _ = services

@@ -2,22 +2,36 @@
 
 Structured output is parsed into pydantic models by the official client. A reply that does not
 parse is asked again once; a second bad reply raises EnhancementError, and the enhancement
-fallback (original prompt, single image) applies. 429 and 5xx are retried by the client itself,
-honouring Retry-After (``openai_max_retries``).
+fallback (original prompt, single image) applies.
+
+Budgets: every request first takes a request slot and its estimated tokens from a fleet-wide
+limiter in Redis (``openai_requests_per_minute``, ``openai_tokens_per_minute``). A 429 pauses the
+whole fleet for as long as ``Retry-After`` / ``x-ratelimit-reset-*`` say, and the request queues
+again; only when the enhancement's total wait passes ``openai_rate_limit_max_wait_s`` does it
+raise RateLimitDeadline (the caller's fallback). Every wait is counted in ``usage``. 5xx and
+network errors are retried ``openai_max_retries`` times with backoff; the client's own retries are
+off, since they would bypass the limiter.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import time
 
+import httpx
 import openai
 from pydantic import BaseModel, Field, ValidationError
 
 from config.settings import Settings
 from tasks.enhancement import DIMENSIONS, Critique
+from tasks.state import state_client
+from workers.ratelimit import FleetRateLimiter, RateLimitDeadline, account_key
 
 log = logging.getLogger(__name__)
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 CREATIVE_DIRECTOR = (
     "You are the Creative Director of an AI video studio. You rewrite prompts for single still frames "
@@ -58,6 +72,29 @@ class EnhancementError(Exception):
     """The LLM gave no usable reply: the enhancement fallback applies."""
 
 
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def retry_delay(headers: httpx.Headers) -> float:
+    """How long a 429 asks to wait: retry-after-ms, retry-after, else the reset of each exhausted
+    budget (``x-ratelimit-reset-requests`` / ``-tokens``, durations like "6m0s" or "20ms")."""
+    if value := headers.get("retry-after-ms"):
+        return float(value) / 1000
+    if (value := headers.get("retry-after")) and value.replace(".", "", 1).isdigit():
+        return float(value)
+    resets = [sum(float(n) * UNITS[u] for n, u in DURATION.findall(headers.get(f"x-ratelimit-reset-{budget}", "")))
+              for budget in ("requests", "tokens") if headers.get(f"x-ratelimit-remaining-{budget}") == "0"]
+    return max(resets, default=1.0) or 1.0
+
+
+def fleet_limiter(settings: Settings) -> FleetRateLimiter:
+    key = settings.openai_api_key.get_secret_value()
+    account = account_key(os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), key)
+    return FleetRateLimiter(state_client(), f"openai:{account}", settings.openai_requests_per_minute,
+                            settings.openai_rate_window_s, token_limit=settings.openai_tokens_per_minute)
+
+
 class OpenAIPromptAgents:
     name = "openai"
 
@@ -65,18 +102,56 @@ class OpenAIPromptAgents:
         self.settings = settings
         # base_url comes from OPENAI_BASE_URL when set (the client reads it).
         self.client = openai.OpenAI(api_key=settings.openai_api_key.get_secret_value(),
-                                    timeout=settings.openai_timeout_s, max_retries=settings.openai_max_retries)
-        self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+                                    timeout=settings.openai_timeout_s, max_retries=0)
+        self.limiter = fleet_limiter(settings)
+        self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "rate_limit_waits": 0, "rate_limit_wait_ms": 0}
+        self.waited_s = 0.0
+
+    def _take_slot(self, tokens: int) -> None:
+        """Queue for the fleet's budget; the enhancement's total wait is capped."""
+        left = self.settings.openai_rate_limit_max_wait_s - self.waited_s
+        try:
+            waited = self.limiter.acquire(tokens=tokens, timeout_s=max(0.0, left))
+        except RateLimitDeadline as error:
+            raise RateLimitDeadline(f"rate limited: OpenAI budget still full after waiting {self.waited_s:.0f}s "
+                                    f"(openai_rate_limit_max_wait_s {self.settings.openai_rate_limit_max_wait_s:g})"
+                                    ) from error
+        if waited > 0:
+            self.waited_s += waited
+            self.usage["rate_limit_waits"] += 1
+            self.usage["rate_limit_wait_ms"] += round(waited * 1000)
+
+    def _complete(self, messages: list[dict], reply_model: type[BaseModel]):
+        """One completion within the fleet's budget: 429s queue again, 5xx are retried."""
+        # Tokens as the provider counts them before answering: the prompt (about 4 characters a
+        # token) plus the completion it may write.
+        tokens = len(json.dumps(messages)) // 4 + self.settings.openai_completion_tokens_estimate
+        server_errors = 0
+        while True:
+            self._take_slot(tokens)
+            try:
+                return self.client.chat.completions.parse(
+                    model=self.settings.openai_model, temperature=self.settings.openai_temperature,
+                    messages=messages, response_format=reply_model)
+            except openai.RateLimitError as error:
+                if error.code == "insufficient_quota":  # out of credit: waiting will not help
+                    raise
+                delay = retry_delay(error.response.headers)
+                log.info("OpenAI 429 (%s): the fleet waits %.1fs", error.code, delay)
+                self.limiter.pause(delay)
+            except (openai.APIConnectionError, openai.InternalServerError):
+                server_errors += 1
+                if server_errors > self.settings.openai_max_retries:
+                    raise
+                time.sleep(min(30.0, 0.5 * 2 ** server_errors))
 
     def _ask(self, system: str, user: str, reply_model: type[BaseModel]) -> BaseModel:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         for attempt in (1, 2):
             started = time.monotonic()
             try:
-                completion = self.client.chat.completions.parse(
-                    model=self.settings.openai_model, temperature=self.settings.openai_temperature,
-                    messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-                    response_format=reply_model,
-                )
+                completion = self._complete(messages, reply_model)
             except (ValidationError, openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError,
                     ValueError) as error:
                 log.warning("unparsable %s reply (attempt %s): %s", reply_model.__name__, attempt, error)

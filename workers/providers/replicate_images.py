@@ -1,17 +1,27 @@
-"""Image generation on Replicate through the official client.
+"""Image generation on Replicate through the official client, within the account's budgets.
+
+Budgets (``replicate_rate_limit`` creations and ``replicate_other_rate_limit`` other calls per
+``replicate_rate_window_s``) are taken from fleet-wide limiters in Redis before every API call; a
+429 pauses the whole fleet for as long as Replicate asked. Nothing polls per prediction: the
+account's one active watcher (replicate_watcher.py) lists predictions and publishes their status
+in Redis, where waiting tasks block. Input images are uploaded once per job (the file URL is
+cached in Redis) or, when small, sent inline as data URLs. Creations carry the deadline in a
+``Cancel-After`` header, so Replicate cancels a prediction even if every worker died.
 
 No double spend: the prediction id is recorded in Redis under the variation's ledger key
-(artifact key + attempt) right after creation, and a redelivered task polls that prediction
-instead of creating another. Creations share a fleet-wide rate limit. A 429 waits for
-Retry-After (else exponential backoff with jitter), 5xx and network errors get bounded retries,
-a failed or flagged prediction is an ImageGenerationError (a failure record), and a prediction
-over the timeout is cancelled on Replicate.
+(artifact key + attempt) right after creation, and a redelivered task waits for that prediction
+instead of creating another. 5xx and network errors get bounded retries, a failed or flagged
+prediction is an ImageGenerationError (a failure record), a prediction over the timeout or one
+whose caller asks to stop is cancelled on Replicate.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import logging
+import re
 import time
 
 import httpx
@@ -22,11 +32,12 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 from config.settings import Settings
 from tasks.state import JobState, state_client
 from workers.providers.adapters import image_model_adapter
-from workers.providers.base import ImageGenerationError, ImageRequest
+from workers.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
+from workers.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id, api_time
 from workers.ratelimit import FleetRateLimiter
 
 log = logging.getLogger(__name__)
-TERMINAL = ("succeeded", "failed", "canceled")
+UPLOAD_LOCK_S = 120
 
 
 class RateLimited(Exception):
@@ -36,14 +47,16 @@ class RateLimited(Exception):
 
 
 def _raise_on_429(response: httpx.Response) -> None:
-    """httpx hook: the client drops headers from its errors, so read Retry-After here."""
+    """httpx hook: the client drops headers from its errors, so read Retry-After (or the body's
+    "resets in ~30s") here."""
     if response.status_code == 429:
+        response.read()
         header = response.headers.get("retry-after")
+        found = re.search(r"resets in ~?(\d+(?:\.\d+)?)s", response.text)
         try:
-            retry_after = float(header) if header is not None else None
+            retry_after = float(header) if header is not None else float(found.group(1)) if found else None
         except ValueError:
             retry_after = None
-        response.read()
         raise RateLimited(retry_after)
 
 
@@ -55,12 +68,20 @@ def _transient(error: BaseException) -> bool:
 
 def _wait(state: RetryCallState) -> float:
     error = state.outcome.exception() if state.outcome else None
-    if isinstance(error, RateLimited) and error.retry_after is not None:
-        return error.retry_after
+    if isinstance(error, RateLimited):
+        return 0.0  # the fleet-wide pause set on the 429 makes the next acquire wait
     return wait_exponential_jitter(multiplier=0.5, max=30)(state)
 
 
 provider_retry = retry(retry=retry_if_exception(_transient), wait=_wait, stop=stop_after_attempt(5), reraise=True)
+
+
+def _mime_type(data: bytes) -> str:
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
 
 
 class ReplicateImageGenerator:
@@ -70,70 +91,174 @@ class ReplicateImageGenerator:
         self.settings = settings
         self.client = replicate.Client(api_token=settings.replicate_api_token.get_secret_value(),
                                        timeout=httpx.Timeout(settings.replicate_http_timeout_s),
-                                       event_hooks={"response": [_raise_on_429]})
-        self.limiter = FleetRateLimiter(state_client(), "replicate-predictions",
-                                        settings.replicate_rate_limit, settings.replicate_rate_window_s)
+                                       event_hooks={"request": [self._add_deadline], "response": [_raise_on_429]})
+        redis_client, account = state_client(), account_id(settings)
+        window = settings.replicate_rate_window_s
+        self.creations = FleetRateLimiter(redis_client, f"replicate:{account}:creations",
+                                          settings.replicate_rate_limit, window)
+        self.other_calls = FleetRateLimiter(redis_client, f"replicate:{account}:other",
+                                            settings.replicate_other_rate_limit, window)
+        self.board = PredictionBoard(redis_client, account)
+        self.watcher = PredictionWatcher(settings, self.board, self._list_page, self._fetch)
+
+    def close(self) -> None:
+        self.watcher.stop()
+
+    def _add_deadline(self, request: httpx.Request) -> None:
+        """httpx hook: Replicate cancels the prediction itself at the deadline (status canceled, or
+        aborted if it never started), even when no worker is left to do it."""
+        if request.method == "POST" and request.url.path.endswith("/predictions"):
+            request.headers["Cancel-After"] = f"{max(1, round(self.settings.replicate_prediction_timeout_s))}s"
+
+    # API calls, each within its budget --------------------------------------------------------
+    @provider_retry
+    def _call(self, fn, *args, **kwargs):
+        self.other_calls.acquire()
+        try:
+            return fn(*args, **kwargs)
+        except RateLimited as error:
+            self.other_calls.pause(error.retry_after or 1.0)
+            raise
 
     @provider_retry
-    def _create(self, model: str, body: dict) -> str:
-        self.limiter.acquire()
-        return self.client.models.predictions.create(model=model, input=body).id
+    def _create(self, model: str, body: dict, on_wait) -> object:
+        waited = self.creations.acquire()
+        if waited > 0:
+            on_wait(waited)
+        try:
+            return self.client.models.predictions.create(model=model, input=body)
+        except RateLimited as error:
+            self.creations.pause(error.retry_after or 1.0)
+            raise
 
-    @provider_retry
-    def _get(self, prediction_id: str):
-        return self.client.predictions.get(prediction_id)
+    def _list_page(self, cursor: str | None):
+        page = self._call(self.client.predictions.list, ... if cursor is None else cursor)
+        return page.results, page.next
+
+    def _fetch(self, prediction_id: str):
+        try:
+            return self._call(self.client.predictions.get, prediction_id)
+        except ReplicateError as error:
+            if error.status == 404:
+                return None
+            raise
 
     @provider_retry
     def _download(self, url: str) -> bytes:
+        """Output files come from Replicate's file delivery host, outside the API budgets."""
         response = httpx.get(url, timeout=self.settings.replicate_http_timeout_s, follow_redirects=True)
         response.raise_for_status()
         return response.content
 
     def cancel(self, prediction_id: str) -> None:
+        self.board.untrack(prediction_id)
         try:
-            self.client.predictions.cancel(prediction_id)
+            self._call(self.client.predictions.cancel, prediction_id)
         except (ReplicateError, httpx.HTTPError, RateLimited) as error:
             log.warning("could not cancel prediction %s: %s", prediction_id, error)
 
-    def generate(self, request: ImageRequest, should_stop=None) -> bytes:
+    # input images -------------------------------------------------------------------------------
+    def _input_url(self, job_id: str | None, data: bytes) -> str:
+        """A data URL for a small image; else the files API URL, uploaded once per job: the first
+        caller uploads under a short lock, the others wait for its URL."""
+        if len(data) <= self.settings.replicate_data_url_max_bytes:
+            return f"data:{_mime_type(data)};base64,{base64.b64encode(data).decode()}"
+        if job_id is None:
+            return self._upload(data)[0]
+        r = self.board.r
+        digest = hashlib.sha256(data).hexdigest()
+        url_key = f"framefleet:replicate:job:{job_id}:file:{digest}"
+        lock_key = f"framefleet:replicate:job:{job_id}:upload:{digest}"
+        deadline = time.monotonic() + UPLOAD_LOCK_S
+        while (url := r.get(url_key)) is None:
+            if r.set(lock_key, "1", nx=True, ex=UPLOAD_LOCK_S):
+                try:
+                    if (url := r.get(url_key)) is not None:  # uploaded between our read and the lock
+                        return url
+                    url, expires_at = self._upload(data)
+                    # Reused until the job's state expires, or shortly before Replicate deletes the file.
+                    ttl = self.settings.job_ttl_s
+                    if expires_at:
+                        ttl = min(ttl, int(api_time(expires_at) - time.time()) - 60)
+                    if ttl > 0:
+                        r.set(url_key, url, ex=ttl)
+                    return url
+                finally:
+                    r.delete(lock_key)
+            if time.monotonic() > deadline:
+                raise ImageGenerationError(f"input image upload for job {job_id} did not finish in {UPLOAD_LOCK_S}s")
+            time.sleep(0.1)
+        return url
+
+    def _upload(self, data: bytes) -> tuple[str, str | None]:
+        """The file's URL and when Replicate deletes it."""
+        extension = _mime_type(data).split("/")[1]
+        upload = self._call(self.client.files.create, io.BytesIO(data), filename=f"input.{extension}",
+                            content_type=_mime_type(data))
+        return upload.urls["get"], upload.expires_at
+
+    # generation ---------------------------------------------------------------------------------
+    def generate(self, request: ImageRequest, should_stop: StopCheck | None = None) -> bytes:
         model = request.model or self.settings.replicate_model
         adapter = image_model_adapter(model)
         state = JobState(request.job_id) if request.job_id else None
+        frame = request.frame or "?"
+        self.watcher.ensure_started()
         prediction_id = state.prediction_id(request.ledger_key) if state and request.ledger_key else None
         if prediction_id is None:
-            images = []
-            for number, data in enumerate(request.input_images, start=1):
-                upload = io.BytesIO(data)
-                upload.name = f"input_{number}.png"  # the client uploads file objects via the files API
-                images.append(upload)
+            if should_stop and (reason := should_stop()):
+                raise GenerationStopped(reason)
+            images = [self._input_url(request.job_id, data) for data in request.input_images]
             body = adapter.build_input(request.prompt, images, request.aspect_ratio, request.seed)
-            created = self._create(model, body)
+
+            def count_wait(seconds: float) -> None:
+                if state:
+                    state.add_costs(frame, creation_waits=1, creation_wait_ms=round(seconds * 1000))
+
+            created = self._create(model, body, count_wait)
+            self.board.track(created.id, created.created_at)
+            prediction_id = created.id
             if state:
-                state.add_costs(request.frame or "?", predictions_created=1)
-                prediction_id = state.record_prediction(request.ledger_key, created) if request.ledger_key else created
-                if prediction_id != created:  # another delivery recorded first: keep one, cancel ours
-                    self.cancel(created)
-            else:
-                prediction_id = created
+                state.add_costs(frame, predictions_created=1)
+                if request.ledger_key:
+                    prediction_id = state.record_prediction(request.ledger_key, created.id)
+                if prediction_id != created.id:  # another delivery recorded first: keep one, cancel ours
+                    self.cancel(created.id)
         else:
             log.info("resuming prediction %s for %s", prediction_id, request.ledger_key)
-        prediction = self._wait_for(prediction_id)
-        output = prediction.output
-        url = output[0] if isinstance(output, list) else output
+            self._resume(prediction_id)
+        published = self._wait_for(prediction_id, should_stop)
+        output = published["output"]
+        url = output[0] if isinstance(output, list) and output else output
         if not url:
             raise ImageGenerationError(f"prediction {prediction_id} succeeded without an output")
         return self._download(str(url))
 
-    def _wait_for(self, prediction_id: str):
+    def _resume(self, prediction_id: str) -> None:
+        """A redelivered task: one GET tells the current status (the watcher may never have seen it)."""
+        prediction = self._fetch(prediction_id)
+        if prediction is None:
+            raise ImageGenerationError(f"prediction {prediction_id} is unknown to Replicate")
+        self.board.publish(prediction.id, prediction.status, prediction.output,
+                           str(prediction.error) if prediction.error else None)
+        if prediction.status not in TERMINAL:
+            self.board.track(prediction.id, prediction.created_at)
+
+    def _wait_for(self, prediction_id: str, should_stop: StopCheck | None) -> dict:
+        """Wait on the watcher's published status (Redis only); check ``should_stop`` every second."""
         deadline = time.monotonic() + self.settings.replicate_prediction_timeout_s
         while True:
-            prediction = self._get(prediction_id)
-            if prediction.status == "succeeded":
-                return prediction
-            if prediction.status in ("failed", "canceled"):
-                raise ImageGenerationError(f"prediction {prediction_id} {prediction.status}: {prediction.error}")
+            published = self.board.status(prediction_id)
+            status = published["status"] if published else "starting"
+            if status == "succeeded":
+                return published
+            if status in TERMINAL:
+                raise ImageGenerationError(f"prediction {prediction_id} {status}: {published['error']}")
+            if should_stop and (reason := should_stop()):
+                self.cancel(prediction_id)
+                raise GenerationStopped(reason)
             if time.monotonic() > deadline:
                 self.cancel(prediction_id)
                 raise ImageGenerationError(f"prediction {prediction_id} timed out after "
                                            f"{self.settings.replicate_prediction_timeout_s}s and was cancelled")
-            time.sleep(self.settings.replicate_poll_interval_s)
+            self.board.wait(prediction_id, min(1.0, deadline - time.monotonic()))
