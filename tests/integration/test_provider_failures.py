@@ -29,6 +29,7 @@ def test_every_generation_failing_ends_with_a_manifest_listing_failed_clips(cele
     # 4 enhanced-prompt variations, each retried once, then the single original-prompt image.
     assert [v["prompt_source"] for v in start["variations"]] == ["enhanced"] * 4 + ["original"]
     assert all(v["error"] and v["key"] is None for v in start["variations"])
-    assert start["fallbacks"] == ["generation failed: one image with the original prompt",
-                                  "generation failed: frame failed"]
+    failed = [f"variation {n} failed: simulated provider failure (variation {n})" for n in (1, 2, 3, 4)]
+    assert start["fallbacks"] == [*failed, "generation failed: one image with the original prompt",
+                                  failed[0], "generation failed: frame failed"]
     assert end["status"] == "skipped"  # nothing to end once the clip's start frame failed
