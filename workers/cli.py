@@ -32,8 +32,12 @@ from workers.client import (
     UnknownJob,
     cancel_job,
     check_connection,
+    choose_candidate,
     job_status,
+    list_jobs,
+    regenerate_frame,
     resume_job,
+    status_updates,
     submit_job,
 )
 
@@ -137,25 +141,24 @@ def uploaded_reference(kind: str, request: dict, png: bytes | None) -> Iterator[
         store.delete_prefix(key.rsplit("/", 1)[0])
 
 
-def follow(job_id: str, poll_s: float = 0.2) -> JobStatus:
-    """Show the job's progress bars until it is done."""
+def follow(job_id: str) -> JobStatus:
+    """Show the job's progress bars until it is done (updated from the job's events channel)."""
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
-        status = job_status(job_id)
-        total = max(status.frames_total, 1)
-        bars = {
-            "enhance": progress.add_task("Enhance prompts (llm)", total=total, detail=""),
-            "frames": progress.add_task("Frames selected", total=total, detail=""),
-            "overall": progress.add_task("Job", total=100, detail=""),
-        }
-        while True:
-            status = job_status(job_id)
-            progress.update(bars["enhance"], completed=status.prompts_enhanced)
+        bars = None
+        for status in status_updates(job_id):
+            if bars is None:
+                total = max(status.frames_total, 1)
+                bars = {
+                    "enhance": progress.add_task("Enhance prompts (llm)", total=total, detail=""),
+                    "frames": progress.add_task("Frames selected", total=total, detail=""),
+                    "overall": progress.add_task("Job", total=100, detail=""),
+                }
+            progress.update(bars["enhance"], completed=min(status.prompts_enhanced, status.frames_total))
             progress.update(bars["frames"], completed=status.frames_done, detail=status.current_frame or "")
-            progress.update(bars["overall"], completed=status.percent, detail=status.message)
-            if status.state == "done":
-                return status
-            time.sleep(poll_s)
+            progress.update(bars["overall"], completed=status.percent,
+                            detail=f"r{status.revision} {status.message}" if status.revision else status.message)
+        return status
 
 
 def print_result(job_id: str) -> None:
@@ -256,6 +259,53 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     check_connection()
     console.print(cancel_job(app, args.job_id))
+    return 0
+
+
+def cmd_choose(args: argparse.Namespace) -> int:
+    from workers.app import app
+
+    check_connection()
+    console.print(choose_candidate(app, args.job_id, args.frame, args.index))
+    if args.wait:
+        return _wait_for_revision(args.job_id)
+    return 0
+
+
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    from workers.app import app
+
+    check_connection()
+    options = {"cascade": not args.no_cascade}
+    if args.prompt is not None:
+        options["prompt"] = args.prompt
+    if args.variations is not None:
+        options["overrides"] = {"num_variations": args.variations}
+    console.print(regenerate_frame(app, args.job_id, args.frame, options))
+    if args.wait:
+        return _wait_for_revision(args.job_id)
+    return 0
+
+
+def _wait_for_revision(job_id: str) -> int:
+    status = follow(job_id)
+    print_result(job_id)
+    return 0 if status.outcome in ("succeeded", "partial") else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from workers.app import app
+
+    check_connection()
+    rows = list_jobs(app, active_only=args.active, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        console.print(f"{row['job_id']:<28} {row['kind']:<11} {row['state']:<8} r{row['revision']:<3} "
+                      f"{row['outcome'] or '-':<10} {row['percent']:>5.0f}%  {row['stage']}")
+    if not rows:
+        console.print("no jobs" + (" running" if args.active else ""))
     return 0
 
 
@@ -391,6 +441,28 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=("check", "download"))
     models.add_argument("--dir", help="with download: where to put the weights", default="models")
     models.set_defaults(func=cmd_models)
+
+    choose = sub.add_parser("choose", help="make another candidate a frame's selection; later frames re-chain")
+    choose.add_argument("job_id")
+    choose.add_argument("frame")
+    choose.add_argument("index", type=int, help="the candidate's variation index (v1 = 1)")
+    choose.add_argument("--wait", action="store_true", help="follow the new revision until it is done")
+    choose.set_defaults(func=cmd_choose)
+
+    regenerate = sub.add_parser("regenerate", help="generate a frame again (and re-chain the frames after it)")
+    regenerate.add_argument("job_id")
+    regenerate.add_argument("frame")
+    regenerate.add_argument("--prompt", help="a new original prompt (enhanced again)")
+    regenerate.add_argument("--variations", type=int, help="this frame's number of variations")
+    regenerate.add_argument("--no-cascade", action="store_true", help="change only this frame")
+    regenerate.add_argument("--wait", action="store_true", help="follow the new revision until it is done")
+    regenerate.set_defaults(func=cmd_regenerate)
+
+    jobs = sub.add_parser("jobs", help="list recent jobs with state, revision and outcome")
+    jobs.add_argument("--active", action="store_true", help="only jobs not done")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of a request, the manifest or the callback")
     schema.add_argument("contract", choices=("request", "manifest", "callback"))
