@@ -34,6 +34,7 @@ def dependents(plan: FramePlan, frame: str) -> list[str]:
 
 def _check_frame(state: JobState, frame: str) -> FramePlan:
     plan = state.spec().plan  # KeyError naming job_id for an unknown job
+    state.refuse_while_running()
     if frame not in {f.name for f in plan.frames}:
         raise RequestError(f"frame: no frame {frame!r} in job {state.job_id!r} "
                            f"(frames: {', '.join(f.name for f in plan.frames)})")

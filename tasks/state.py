@@ -362,8 +362,7 @@ class JobState:
             if status[0] is None:
                 raise KeyError(f"job_id: no job {self.job_id!r}")
             if status[0] != "done":
-                raise RevisionRefused(f"job_id: job {self.job_id!r} is still running revision {status[1] or 0}; "
-                                      "choose or regenerate once it is done")
+                raise _still_running(self.job_id, status[1])
             revision = int(status[1] or 0) + 1
             pipe.multi()
             pipe.hset(key, mapping=_flatten_fields({"state": "running", "stage": "queued", "outcome": None,
@@ -375,6 +374,13 @@ class JobState:
         revision = self.r.transaction(transaction, key, value_from_callable=True)
         self.update_status(message=f"Revision {revision}")
         return revision
+
+    def refuse_while_running(self) -> None:
+        state, revision = self.r.hmget(_key(self.job_id, "status"), ["state", "revision"])
+        if state is None:
+            raise KeyError(f"job_id: no job {self.job_id!r}")
+        if state != "done":
+            raise _still_running(self.job_id, revision)
 
     def revision(self) -> int:
         return int(self.r.hget(_key(self.job_id, "status"), "revision") or 0)
@@ -409,6 +415,11 @@ class JobState:
         self.update_status(state="running", stage=stage, message=STAGE_MESSAGES[kind][stage], current_frame=frame,
                            frames_done=frames_done,
                            percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
+
+
+def _still_running(job_id: str, revision: str | None) -> RevisionRefused:
+    return RevisionRefused(f"job_id: job {job_id!r} is still running revision {revision or 0}; "
+                           "choose or regenerate once it is done")
 
 
 def _llm_field(frame: str, prompt: str, iteration: int, agent: str) -> str:

@@ -1,0 +1,18 @@
+"""A main app's own Celery app, as README "Completion callback" shows it: it does not import
+framefleet, and records every completion callback it receives in a Redis list."""
+
+import json
+import os
+
+import redis
+from celery import Celery
+
+app = Celery("mainapp", broker=os.environ["MAINAPP_BROKER_URL"])
+app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="app",
+                broker_connection_retry_on_startup=True)
+RECEIVED = "mainapp:callbacks"  # tests/integration/test_iteration.py reads it
+
+
+@app.task(name="app.storyboard_done")
+def storyboard_done(payload: dict) -> None:
+    redis.Redis.from_url(os.environ["MAINAPP_BROKER_URL"]).rpush(RECEIVED, json.dumps(payload))
