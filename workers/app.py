@@ -4,9 +4,8 @@ from celery import Celery
 
 from config.celery import celery_config
 from config.settings import Settings, get_settings
-from workers import celery_compat  # noqa: F401  (fixes that keep a worker alive through Redis faults)
 
-app = Celery("framefleet", include=["tasks.pipeline", "workers.bootstrap"])
+app = Celery("framefleet", include=["tasks.pipeline", "workers.bootstrap", "workers.celery_compat"])
 
 
 def configure(settings: Settings | None = None) -> Celery:

@@ -1,7 +1,8 @@
-"""Fixes for Celery/kombu defects that end a worker on Redis; ``workers.app`` imports this module.
+"""Fixes for Celery/kombu defects that end a worker on Redis; every worker imports this (``include``).
 
-Each fix applies only to the versions that have the defect. tests/integration/test_broker_restart.py
-checks the behaviour, so an upgrade that still has a defect fails there rather than in production.
+The restart fix is gated to the Celery releases that have the defect; kombu has the other one up
+to its newest release (5.7.0). tests/integration/test_broker_restart.py checks the behaviour, so an
+upgrade that still has a defect, or moved the code patched here, fails there.
 """
 
 from __future__ import annotations
