@@ -77,15 +77,20 @@ def test_workers_survive_a_redis_restart_under_load(celery_app, fleet, started_p
     wait_until(lambda: broker.hlen("unacked") == 0)  # every task acked: nothing left to redeliver
 
 
-def test_a_worker_that_cannot_go_on_exits_non_zero(tmp_path):
+WORKER_COMMANDS = {
+    "celery worker": ["-m", "celery", "-A", "workers.app", *worker_argv(["images"], "threads", 2)],
+}
+
+
+@pytest.mark.parametrize("command", WORKER_COMMANDS)
+def test_a_worker_that_cannot_go_on_exits_non_zero(command, tmp_path):
     """Redis denies BRPOP (an ACL change): a real unrecoverable error, not a connection loss."""
     with LocalRedis() as server:
         log_path = tmp_path / "images.log"
         with open(log_path, "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.app", *worker_argv(["images"], "threads", 2)],
-                env={**os.environ, "FRAMEFLEET_BROKER_URL": server.url}, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+            worker = subprocess.Popen([sys.executable, *WORKER_COMMANDS[command]],
+                                      env={**os.environ, "FRAMEFLEET_BROKER_URL": server.url},
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until(lambda: b"ready." in log_path.read_bytes() or worker.poll() is not None)
             redis.Redis(port=server.port).acl_setuser("default", enabled=True, nopass=True, commands=["-brpop"])
@@ -96,4 +101,3 @@ def test_a_worker_that_cannot_go_on_exits_non_zero(tmp_path):
                 worker.wait()
     assert "Unrecoverable error" in log_path.read_text()
     assert exit_code != 0
-
