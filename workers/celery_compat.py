@@ -1,7 +1,7 @@
 """Fixes for Celery/kombu defects that end a worker on Redis; every worker imports this (``include``).
 
-The restart fix is gated to the Celery releases that have the defect; kombu has the other one up
-to its newest release (5.7.0). tests/integration/test_broker_restart.py checks the behaviour, so an
+The restart fix is gated to the Celery releases that have the defect; kombu has the other one in
+5.6.2 and in its newest release, 5.7.0. tests/integration/test_broker_restart.py checks the behaviour, so an
 upgrade that still has a defect, or moved the code patched here, fails there.
 """
 
@@ -41,7 +41,7 @@ def _discard_undecodable(brpop_read):
     """A BRPOP item that is not a kombu message: log it and drop it, as kombu does for pub/sub.
 
     kombu decodes the item outside any error handling, so one non-JSON entry pushed into a queue
-    would end the worker with "Unrecoverable error" (every version up to 5.7.0).
+    would end the worker with "Unrecoverable error" (kombu 5.6.2 and 5.7.0 alike).
     """
 
     @functools.wraps(brpop_read)
