@@ -1,8 +1,8 @@
 """Fixes for Celery/kombu defects that end a worker on Redis; every worker imports this (``include``).
 
 The restart fix is gated to the Celery releases that have the defect; kombu has the other one in
-5.6.2 and in its newest release, 5.7.0. tests/integration/test_broker_restart.py checks the behaviour, so an
-upgrade that still has a defect, or moved the code patched here, fails there.
+5.6.2 and in its newest release, 5.7.0. tests/integration/test_broker_restart.py checks the
+behaviour, so an upgrade that still has a defect, or moved the code patched here, fails there.
 """
 
 from __future__ import annotations
