@@ -5,7 +5,7 @@ from celery import Celery
 from config.celery import celery_config
 from config.settings import Settings, get_settings
 
-app = Celery("framefleet", include=["tasks.pipeline", "workers.bootstrap"])
+app = Celery("framefleet", include=["tasks.pipeline", "workers.bootstrap", "workers.celery_compat"])
 
 
 def configure(settings: Settings | None = None) -> Celery:

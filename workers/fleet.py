@@ -31,8 +31,7 @@ class Fleet:
     """Worker subprocesses for the given queues, sharing one environment (broker, store, ...).
 
     Like a process supervisor in production (Compose ``restart: always``, Kubernetes), it starts a
-    worker again when it exits on its own: kombu's Redis transport can end a worker with
-    "Unrecoverable error" when the broker restarts while the worker holds unacknowledged tasks.
+    worker again when it exits on its own (a crash, or an error Celery cannot recover from).
     """
 
     def __init__(self, env: dict[str, str], queues: tuple[str, ...] = QUEUES, log_dir: str | Path | None = None,
