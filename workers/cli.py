@@ -203,15 +203,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.app import app
+    from celery.bin.celery import celery as celery_command
+
     from workers.fleet import worker_argv
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown or not queues:
         raise RequestError(f"queues: unknown {unknown}, expected some of {list(QUEUES)}")
-    app.worker_main(argv=worker_argv(queues, args.pool, args.concurrency, args.name, args.loglevel))
-    return 0
+    # Not app.worker_main(): Celery.start() drops the exit code click returns, so a worker ended by
+    # "Unrecoverable error" would exit 0 and its supervisor would not see the failure.
+    argv = ["--app", "workers.app", *worker_argv(queues, args.pool, args.concurrency, args.name, args.loglevel)]
+    return celery_command.main(args=argv, standalone_mode=False) or 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import time
 import pytest
 import redis
 
+from config.celery import QUEUES
 from tests.helpers import storyboard_request, unique_id
 from tests.integration.test_fault_tolerance import FAST, assert_no_image_paid_twice, wait_until
 from workers.client import job_status, submit_job, wait_for_job
@@ -38,7 +39,7 @@ def fleet(start_fleet, store) -> Fleet:
 def started_pids(fleet) -> dict[str, int]:
     """The fleet's worker processes as started: each test checks that none exited or was replaced."""
     pids = worker_pids(fleet)
-    assert sorted(pids) == ["control", "gpu", "images", "llm"]
+    assert sorted(pids) == sorted(QUEUES)
     return pids
 
 
@@ -78,6 +79,7 @@ def test_workers_survive_a_redis_restart_under_load(celery_app, fleet, started_p
 
 WORKER_COMMANDS = {
     "celery worker": ["-m", "celery", "-A", "workers.app", *worker_argv(["images"], "threads", 2)],
+    "framefleet worker": ["-m", "workers.cli", "worker", "-Q", "images", "-P", "threads", "-c", "2"],
 }
 
 

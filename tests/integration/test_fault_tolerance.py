@@ -125,7 +125,7 @@ def test_redis_restart_mid_job(celery_app, fleet_for_test, store, redis_server):
     assert status.outcome == "succeeded"
     assert all(f["status"] == "succeeded" for f in manifest["frames"])
     assert_no_image_paid_twice(job_id, manifest)
-    print("workers restarted by the fleet's supervisor:", fleet.restarts)
+    assert fleet.restarts == []  # workers ride out the restart (workers/celery_compat.py)
 
 
 def test_cancel_mid_job(celery_app, fleet_for_test, store):
