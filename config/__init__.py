@@ -1,5 +1,5 @@
 """Settings, the queue/routing table and logging setup shared by every worker."""
 
-from config.settings import Settings, get_settings
+from framefleet.config.settings import Settings, get_settings
 
 __all__ = ["Settings", "get_settings"]

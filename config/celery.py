@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.settings import Settings
+from framefleet.config.settings import Settings
 
 QUEUES = ("intake", "control", "llm", "images", "gpu")
 
@@ -77,7 +77,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "result_expires": settings.job_ttl_s,
         "worker_hijack_root_logger": False,
-        # Run one beat per fleet (`celery -A workers.app beat`, or `-B` on one control worker).
+        # Run one beat per fleet (`celery -A framefleet.workers.app beat`, or `-B` on one control worker).
         "beat_schedule": {
             "framefleet-watchdog": {"task": "framefleet.jobs.watchdog", "schedule": settings.watchdog_interval_s},
         },

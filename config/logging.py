@@ -10,7 +10,7 @@ import json
 import logging
 from contextvars import ContextVar
 
-from config.settings import Settings
+from framefleet.config.settings import Settings
 
 CONTEXT_FIELDS = ("job_id", "frame", "variation", "task_id")
 task_context: ContextVar[dict[str, str] | None] = ContextVar("framefleet_task_context", default=None)

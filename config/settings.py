@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scoring.weights import DEFAULT_SOURCES, ModelSources
+from framefleet.scoring.weights import DEFAULT_SOURCES, ModelSources
 
 
 class ScoreWeights(BaseModel):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from scoring.types import MetricScores
+from framefleet.scoring.types import MetricScores
 
 
 def image_statistics(image: Image.Image) -> dict[str, float]:

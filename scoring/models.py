@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from scoring.types import MetricScores
-from scoring.weights import ModelSources, clip_model_name, resolve_file, resolve_hf, resolve_open_clip
+from framefleet.scoring.types import MetricScores
+from framefleet.scoring.weights import ModelSources, clip_model_name, resolve_file, resolve_hf, resolve_open_clip
 
 log = logging.getLogger(__name__)
 

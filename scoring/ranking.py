@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel
 
-from scoring.types import METRICS, MetricScores
+from framefleet.scoring.types import METRICS, MetricScores
 
 
 def metric_values(scores: MetricScores) -> dict[str, float]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from scoring.heuristic import HeuristicScorer
-from scoring.types import Scorer
+from framefleet.scoring.heuristic import HeuristicScorer
+from framefleet.scoring.types import Scorer
 
 
 def _model_scorer(**options) -> Scorer:
     # Imported on demand: torch is only installed on gpu workers (the `scoring` extra).
-    return importlib.import_module("scoring.models").ModelScorer(**options)
+    return importlib.import_module("framefleet.scoring.models").ModelScorer(**options)
 
 
 SCORERS: dict[str, Callable[..., Scorer]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from scoring.types import Scorer
+from framefleet.scoring.types import Scorer
 
 COLOUR_LAYOUT = "colour layout (8x8 RGB thumbnail, mean-centred): a stand-in, not a semantic embedding"
 VIT_L14 = "ViT-L/14 image embedding (the model scorer's CLIP tower)"

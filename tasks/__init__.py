@@ -1,4 +1,4 @@
-"""Celery tasks (``tasks.pipeline``) and the plain job logic they call.
+"""Celery tasks (``framefleet.tasks.pipeline``) and the plain job logic they call.
 
-Only ``tasks.pipeline`` imports Celery; requests, plan, records and enhancement are plain Python.
+Only ``framefleet.tasks.pipeline`` imports Celery; requests, plan, records and enhancement are plain Python.
 """

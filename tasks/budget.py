@@ -15,8 +15,8 @@ Prices are the cost settings (Replicate per prediction of the job's model, OpenA
 
 from __future__ import annotations
 
-from config.settings import Settings, get_settings
-from tasks.state import JobSpec, JobState
+from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.state import JobSpec, JobState
 
 # KEYS[1] committed spend; ARGV cap, amount, keep_free, ttl. Reserve amount if it fits under the
 # cap with keep_free left over; 1 when reserved.

@@ -14,7 +14,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from tasks.records import FrameRecord, Manifest, VariationRecord
+from framefleet.tasks.records import FrameRecord, Manifest, VariationRecord
 
 THUMB_W = 224
 LABEL_W = 250

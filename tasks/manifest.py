@@ -7,9 +7,9 @@ import logging
 
 from PIL import Image
 
-from tasks.contact_sheet import render_contact_html, render_contact_sheet
-from tasks.records import Cost, FrameRecord, JobTimings, Manifest
-from tasks.state import JobSpec
+from framefleet.tasks.contact_sheet import render_contact_html, render_contact_sheet
+from framefleet.tasks.records import Cost, FrameRecord, JobTimings, Manifest
+from framefleet.tasks.state import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,28 +19,28 @@ from __future__ import annotations
 import logging
 import time
 
-from config.settings import get_settings
-from scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
-from tasks.budget import BudgetGuard
-from tasks.enhancement import GENERATION_TRACE, BudgetExhausted, enhance_prompt_iterative
-from tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, trace_key, variation_key,
+from framefleet.config.settings import get_settings
+from framefleet.scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
+from framefleet.tasks.budget import BudgetGuard
+from framefleet.tasks.enhancement import GENERATION_TRACE, BudgetExhausted, enhance_prompt_iterative
+from framefleet.tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, trace_key, variation_key,
                         variation_seed)
-from tasks.leases import Lease, wait_for
-from tasks.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
-from tasks.plan import build_frame_plan
-from tasks import revisions
-from tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
-from tasks.recovery import resume, watchdog_round
-from tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
-from tasks.scheduling import RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
-from tasks.state import JobExists, JobSpec, JobState, StaleWrite, recent_jobs
-from workers.app import app
-from workers.bootstrap import process_scorer
-from workers.inputs import fetch_url, is_url, normalise_image
-from workers.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
-from workers.providers.base import GenerationStopped, ImageRequest
-from workers.ratelimit import RateLimitDeadline
-from workers.store import fleet_store
+from framefleet.tasks.leases import Lease, wait_for
+from framefleet.tasks.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
+from framefleet.tasks.plan import build_frame_plan
+from framefleet.tasks import revisions
+from framefleet.tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
+from framefleet.tasks.recovery import resume, watchdog_round
+from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
+from framefleet.tasks.scheduling import RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
+from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, recent_jobs
+from framefleet.tasks.app import app
+from framefleet.tasks.bootstrap import process_scorer
+from framefleet.tasks.inputs import fetch_url, is_url, normalise_image
+from framefleet.tasks.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
+from framefleet.tasks.providers.base import GenerationStopped, ImageRequest
+from framefleet.tasks.ratelimit import RateLimitDeadline
+from framefleet.tasks.store import fleet_store
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def job_status(job_id: str) -> dict:
 
 # Enhancement (llm) --------------------------------------------------------------------------
 class StateLedger:
-    """The LLM ledger of one frame's enhancement, in Redis (see tasks.enhancement.RoundLedger)."""
+    """The LLM ledger of one frame's enhancement, in Redis (see framefleet.tasks.enhancement.RoundLedger)."""
 
     def __init__(self, state: JobState, frame: str, prompt: str):
         self.state, self.frame, self.prompt = state, frame, prompt

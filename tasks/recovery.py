@@ -15,10 +15,10 @@ import time
 
 import redis
 
-from config.settings import get_settings
-from tasks.leases import lease_alive, running_key, running_steps
-from tasks.scheduling import dispatch_ready, send
-from tasks.state import JobState, active_jobs, state_client
+from framefleet.config.settings import get_settings
+from framefleet.tasks.leases import lease_alive, running_key, running_steps
+from framefleet.tasks.scheduling import dispatch_ready, send
+from framefleet.tasks.state import JobState, active_jobs, state_client
 
 log = logging.getLogger(__name__)
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # how many rounds ran (operators and tests see it ran)

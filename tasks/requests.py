@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from config.settings import ScoreWeights, Settings, get_settings
+from framefleet.config.settings import ScoreWeights, Settings, get_settings
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9")
@@ -90,7 +90,7 @@ class JobOverrides(BaseModel):
     @field_validator("image_model")
     @classmethod
     def _known_image_model(cls, name: str | None) -> str | None:
-        from workers.providers.adapters import image_model_registry
+        from framefleet.tasks.providers.adapters import image_model_registry
 
         if name is not None and name not in image_model_registry():
             raise ValueError(f"no adapter for {name!r} (have {sorted(image_model_registry())})")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from tasks.keys import frame_key
-from tasks.plan import FramePlan
-from tasks.records import Enhancement, FrameRecord, Selection
-from tasks.requests import RegenerateOptions, RequestError, describe_validation_error
-from tasks.scheduling import dispatch_ready, send
-from tasks.state import JobState
+from framefleet.tasks.keys import frame_key
+from framefleet.tasks.plan import FramePlan
+from framefleet.tasks.records import Enhancement, FrameRecord, Selection
+from framefleet.tasks.requests import RegenerateOptions, RequestError, describe_validation_error
+from framefleet.tasks.scheduling import dispatch_ready, send
+from framefleet.tasks.state import JobState
 
 
 def dependents(plan: FramePlan, frame: str) -> list[str]:
@@ -70,7 +70,7 @@ def choose(state: JobState, frame: str, variation_index: int) -> dict:
         raise RequestError(f"variation_index: {frame} has no generated candidate {variation_index} (have {have})")
     revision = state.start_revision()
     new_key = frame_key(state.job_id, frame, revision)
-    from workers.store import fleet_store
+    from framefleet.tasks.store import fleet_store
 
     store = fleet_store()
     store.put(new_key, store.get(candidate.key), "image/png")

@@ -19,14 +19,14 @@ import time
 
 from celery import chord
 
-from config.settings import get_settings
-from tasks.budget import BudgetGuard
-from tasks.keys import ENHANCED, ORIGINAL
-from tasks.plan import resolve_inputs
-from tasks.records import FrameRecord
-from tasks.state import JobSpec, JobState, StaleWrite
-from workers.app import app
-from workers.providers.base import StopCheck
+from framefleet.config.settings import get_settings
+from framefleet.tasks.budget import BudgetGuard
+from framefleet.tasks.keys import ENHANCED, ORIGINAL
+from framefleet.tasks.plan import resolve_inputs
+from framefleet.tasks.records import FrameRecord
+from framefleet.tasks.state import JobSpec, JobState, StaleWrite
+from framefleet.tasks.app import app
+from framefleet.tasks.providers.base import StopCheck
 
 log = logging.getLogger(__name__)
 

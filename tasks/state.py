@@ -37,11 +37,11 @@ from pydantic import BaseModel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from config.settings import get_settings
-from tasks.leases import Lease
-from tasks.plan import FramePlan
-from tasks.records import FrameRecord, JobStatus, VariationRecord
-from tasks.requests import Callback, JobConfig, RequestError
+from framefleet.config.settings import get_settings
+from framefleet.tasks.leases import Lease
+from framefleet.tasks.plan import FramePlan
+from framefleet.tasks.records import FrameRecord, JobStatus, VariationRecord
+from framefleet.tasks.requests import Callback, JobConfig, RequestError
 
 STAGE_MESSAGES = {
     "references": {

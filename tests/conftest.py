@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 from tests.processes import MARKER, leftover_processes, marked_processes
-from workers.fleet import Fleet
-from workers.local_redis import LocalRedis
+from framefleet.workers.fleet import Fleet
+from framefleet.workers.local_redis import LocalRedis
 
 # Small worker shapes: CI machines have 2 cores.
 TEST_SHAPES = {"intake": ("threads", 8), "control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
@@ -50,8 +50,8 @@ def redis_server(tmp_path_factory):
 def broker_url(redis_server):
     """Point this test process (client side: send_task, job state) at the test Redis."""
     os.environ["FRAMEFLEET_BROKER_URL"] = redis_server.url
-    from config.settings import get_settings
-    from workers.app import configure
+    from framefleet.config.settings import get_settings
+    from framefleet.workers.app import configure
 
     get_settings.cache_clear()
     configure()
@@ -60,7 +60,7 @@ def broker_url(redis_server):
 
 @pytest.fixture(scope="session")
 def celery_app(broker_url):
-    from workers.app import app
+    from framefleet.workers.app import app
 
     return app
 

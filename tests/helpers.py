@@ -9,7 +9,7 @@ import time
 
 from PIL import Image
 
-from workers.store import ArtifactStore
+from framefleet.tasks.store import ArtifactStore
 
 
 def png_bytes(colour=(200, 40, 40), size=(64, 36)) -> bytes:
@@ -20,7 +20,7 @@ def png_bytes(colour=(200, 40, 40), size=(64, 36)) -> bytes:
 
 def run_job(app, kind: str, request: dict, store: ArtifactStore, timeout_s: float = 120.0):
     """Submit by task name, wait for the status record to reach done, return (status, manifest)."""
-    from workers.client import submit_job, wait_for_job
+    from framefleet.workers.client import submit_job, wait_for_job
 
     job_id = submit_job(app, kind, request)
     status = wait_for_job(job_id, timeout_s=timeout_s)

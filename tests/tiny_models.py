@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from scoring.models import AestheticHead
-from scoring.weights import ModelSources
+from framefleet.scoring.models import AestheticHead
+from framefleet.scoring.weights import ModelSources
 
 EMBED_DIM = 16
 OPEN_CLIP_CONFIG = {

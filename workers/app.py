@@ -1,17 +1,9 @@
-"""The Celery app: ``celery -A workers.app worker -Q images`` (or ``framefleet worker``)."""
+"""The fleet's Celery app, where operators name it: ``celery -A framefleet.workers.app worker -Q images``.
 
-from celery import Celery
+The app itself lives in ``framefleet.tasks.app`` with the tasks it runs (the lower layer); this
+module is the stable name for the command line, deploy/ and main apps' tooling.
+"""
 
-from config.celery import celery_config
-from config.settings import Settings, get_settings
+from framefleet.tasks.app import app, configure
 
-app = Celery("framefleet", include=["tasks.pipeline", "workers.bootstrap", "workers.celery_compat"])
-
-
-def configure(settings: Settings | None = None) -> Celery:
-    """(Re)apply settings, e.g. after the demo has started its own Redis and set the broker URL."""
-    app.conf.update(celery_config(settings or get_settings()))
-    return app
-
-
-configure()
+__all__ = ["app", "configure"]

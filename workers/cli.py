@@ -22,12 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from config.celery import QUEUES
-from config.settings import Settings, get_settings
-from tasks.records import CompletionCallback, JobStatus, Manifest
-from tasks.requests import REFERENCE_FIELDS, REQUEST_MODELS, RequestError, new_job_id, parse_request
-from tasks.state import JobExists
-from workers.client import (
+from framefleet.config.celery import QUEUES
+from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.records import CompletionCallback, JobStatus, Manifest
+from framefleet.tasks.requests import REFERENCE_FIELDS, REQUEST_MODELS, RequestError, new_job_id, parse_request
+from framefleet.tasks.state import JobExists
+from framefleet.workers.client import (
     FleetUnavailable,
     UnknownJob,
     cancel_job,
@@ -82,7 +82,7 @@ def load_settings() -> Settings:
 
 def cli_store():
     """The configured artifact store; a bad ``FRAMEFLEET_STORE_URL`` is a one-line error."""
-    from workers.store import fleet_store
+    from framefleet.tasks.store import fleet_store
 
     try:
         return fleet_store()
@@ -110,7 +110,7 @@ def prepare_request(kind: str, request: dict, reference: str | None) -> bytes | 
     A local reference image is checked the way the fleet checks every reference (pixel cap,
     formats, EXIF) and gets a fresh upload key that no job owns; returns its PNG bytes.
     """
-    from workers.inputs import normalise_image
+    from framefleet.tasks.inputs import normalise_image
 
     request.setdefault("job_id", new_job_id())
     png = None
@@ -182,7 +182,7 @@ def print_result(job_id: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.embedded import client_fleet
+    from framefleet.workers.embedded import client_fleet
 
     out = Path(args.out or "output").resolve()
     request = read_request(args.request) if args.request else demo_request(args.clips)
@@ -205,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from celery.bin.celery import celery as celery_command
 
-    from workers.fleet import worker_argv
+    from framefleet.workers.fleet import worker_argv
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = sorted(set(queues) - set(QUEUES))
@@ -213,12 +213,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise RequestError(f"queues: unknown {unknown}, expected some of {list(QUEUES)}")
     # Not app.worker_main(): Celery.start() drops the exit code click returns, so a worker ended by
     # "Unrecoverable error" would exit 0 and its supervisor would not see the failure.
-    argv = ["--app", "workers.app", *worker_argv(queues, args.pool, args.concurrency, args.name, args.loglevel)]
+    argv = ["--app", "framefleet.workers.app", *worker_argv(queues, args.pool, args.concurrency, args.name, args.loglevel)]
     return celery_command.main(args=argv, standalone_mode=False) or 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from workers.app import app
+    from framefleet.workers.app import app
 
     request = read_request(args.file)
     reference_png = prepare_request(args.kind, request, args.reference)
@@ -250,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from workers.app import app
+    from framefleet.workers.app import app
 
     check_connection()
     console.print(resume_job(app, args.job_id))
@@ -258,7 +258,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from workers.app import app
+    from framefleet.workers.app import app
 
     check_connection()
     console.print(cancel_job(app, args.job_id))
@@ -266,7 +266,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_choose(args: argparse.Namespace) -> int:
-    from workers.app import app
+    from framefleet.workers.app import app
 
     check_connection()
     console.print(choose_candidate(app, args.job_id, args.frame, args.index))
@@ -276,7 +276,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
 
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
-    from workers.app import app
+    from framefleet.workers.app import app
 
     check_connection()
     options = {"cascade": not args.no_cascade}
@@ -297,7 +297,7 @@ def _wait_for_revision(job_id: str) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from workers.app import app
+    from framefleet.workers.app import app
 
     check_connection()
     rows = list_jobs(app, active_only=args.active, limit=args.limit)
@@ -317,7 +317,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     settings = get_settings()
     if not settings.broker_url:
         raise RequestError("broker_url: FRAMEFLEET_BROKER_URL is not set")
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={args.port or settings.flower_port}"]
+    argv = [sys.executable, "-m", "celery", "-A", "framefleet.workers.app", "flower", f"--port={args.port or settings.flower_port}"]
     env = dict(os.environ)
     if args.local_only:
         argv.append("--address=127.0.0.1")
@@ -334,8 +334,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Score local image files with the same scorer a gpu worker would load."""
     from PIL import Image
 
-    from scoring import overall_score
-    from workers.bootstrap import process_scorer
+    from framefleet.scoring import overall_score
+    from framefleet.tasks.bootstrap import process_scorer
 
     images = []
     for path in args.images:
@@ -359,7 +359,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from scoring.weights import check_sources, download_all
+    from framefleet.scoring.weights import check_sources, download_all
 
     sources = get_settings().model_sources()
     if args.action == "download":
@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("kind", nargs="?", choices=tuple(REQUEST_MODELS), help="with request: the job kind")
     schema.set_defaults(func=cmd_schema)
 
-    from workers.evaluation.command import add_eval_command
+    from framefleet.workers.evaluation.command import add_eval_command
 
     add_eval_command(sub)
     return parser

@@ -17,9 +17,9 @@ from kombu.utils.url import sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from config.settings import Settings, get_settings
-from tasks.records import JobStatus
-from tasks.state import JobState, events_channel
+from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.records import JobStatus
+from framefleet.tasks.state import JobState, events_channel
 
 CREATE_TASKS = {"storyboard": "framefleet.storyboard.create", "references": "framefleet.references.create"}
 

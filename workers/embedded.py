@@ -15,15 +15,15 @@ from pathlib import Path
 
 from celery import Celery
 
-from config.celery import QUEUES
-from config.settings import get_settings
+from framefleet.config.celery import QUEUES
+from framefleet.config.settings import get_settings
 
 
 @contextmanager
 def client_fleet(store_root: Path | None, log_dir: Path, say: Callable[[str], object] = print) -> Iterator[Celery]:
     """Yield the Celery app, configured for the fleet; ``store_root`` replaces the configured store."""
-    from workers.fleet import Fleet
-    from workers.local_redis import LocalRedis
+    from framefleet.workers.fleet import Fleet
+    from framefleet.workers.local_redis import LocalRedis
 
     with ExitStack() as stack:
         env: dict[str, str] = {}
@@ -38,8 +38,8 @@ def client_fleet(store_root: Path | None, log_dir: Path, say: Callable[[str], ob
             say(f"Started Redis on {redis_server.url}")
         os.environ.update(env)  # this process is a client of the same broker and store
         get_settings.cache_clear()
-        from workers.app import configure
-        from workers.store import fleet_store
+        from framefleet.workers.app import configure
+        from framefleet.tasks.store import fleet_store
 
         fleet_store.cache_clear()
         app = configure()

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from config.celery import QUEUES, WORKER_SHAPES
+from framefleet.config.celery import QUEUES, WORKER_SHAPES
 
 
 def worker_argv(queues: list[str], pool: str | None = None, concurrency: int | None = None,
@@ -53,7 +53,7 @@ class Fleet:
 
     def start_worker(self, queue: str, suffix: str = "") -> subprocess.Popen:
         pool, concurrency = self.shapes.get(queue, WORKER_SHAPES[queue])
-        argv = [sys.executable, "-m", "celery", "-A", "workers.app",
+        argv = [sys.executable, "-m", "celery", "-A", "framefleet.workers.app",
                 *worker_argv([queue], pool, concurrency, self.node_name(queue, suffix))]
         if self.beat and queue == "control" and not suffix:
             # The watchdog's schedule: exactly one beat per fleet, here in the first control worker.
@@ -90,7 +90,7 @@ class Fleet:
         return self
 
     def wait_ready(self, nodes: list[str], timeout_s: float = 60.0) -> None:
-        from workers.app import app  # the app reads the broker URL from this process's settings
+        from framefleet.workers.app import app  # the app reads the broker URL from this process's settings
 
         deadline = time.monotonic() + timeout_s
         waiting = set(nodes)

@@ -31,16 +31,16 @@ from multiprocessing import get_context
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import get_settings
+from framefleet.config.settings import get_settings
 from tests.bench.pipeline_bench import critical_path
 from tests.bench.stats import (Summary, frame_times, images_stored, job_latency, queue_waits, scheduling_gaps,
                                summarize, wave_bound)
-from workers.app import configure
-from workers.cli import demo_request
-from workers.client import submit_job, wait_for_job
-from workers.fleet import Fleet
-from workers.local_redis import LocalRedis
-from workers.store import open_store
+from framefleet.workers.app import configure
+from framefleet.workers.cli import demo_request
+from framefleet.workers.client import submit_job, wait_for_job
+from framefleet.workers.fleet import Fleet
+from framefleet.workers.local_redis import LocalRedis
+from framefleet.tasks.store import open_store
 
 IMAGES_PER_FRAME = 4
 

@@ -18,14 +18,14 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from tasks.enhancement import enhance_prompt_iterative
-from workers.cli import demo_request
-from workers.fleet import Fleet
-from workers.local_redis import LocalRedis
-from workers.providers.base import ImageRequest
-from workers.providers.offline_images import OfflineImageGenerator
-from workers.providers.offline_llm import OfflinePromptAgents
-from workers.store import open_store
+from framefleet.tasks.enhancement import enhance_prompt_iterative
+from framefleet.workers.cli import demo_request
+from framefleet.workers.fleet import Fleet
+from framefleet.workers.local_redis import LocalRedis
+from framefleet.tasks.providers.base import ImageRequest
+from framefleet.tasks.providers.offline_images import OfflineImageGenerator
+from framefleet.tasks.providers.offline_llm import OfflinePromptAgents
+from framefleet.tasks.store import open_store
 
 
 def critical_path(manifest: dict) -> float:
@@ -42,9 +42,9 @@ def run_on_fleet(request: dict, llm_latency: float, image_latency: float) -> tup
                "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": str(llm_latency),
                "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": str(image_latency)}
         os.environ.update(env)
-        from config.settings import get_settings
-        from workers.app import configure
-        from workers.client import submit_job, wait_for_job
+        from framefleet.config.settings import get_settings
+        from framefleet.workers.app import configure
+        from framefleet.workers.client import submit_job, wait_for_job
 
         get_settings.cache_clear()
         app = configure()
@@ -61,7 +61,7 @@ def run_on_fleet(request: dict, llm_latency: float, image_latency: float) -> tup
 
 def run_sequentially(request: dict, llm_latency: float, image_latency: float, variations: int) -> float:
     """The seeds' loop: per frame, enhance, then each variation in turn, then scoring."""
-    from scoring import create_scorer
+    from framefleet.scoring import create_scorer
 
     agents, generator = OfflinePromptAgents(llm_latency), OfflineImageGenerator(image_latency)
     scorer = create_scorer("heuristic")

@@ -33,7 +33,7 @@ from rich.table import Table
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import png_bytes
-from workers.local_redis import LocalRedis
+from framefleet.workers.local_redis import LocalRedis
 
 
 def busiest_window(times: list[float], window_s: float) -> int:
@@ -56,8 +56,8 @@ def is_rate_limit(error: BaseException) -> bool:
 
 class Bench:
     def __init__(self, args, replicate_api: FakeReplicate):
-        from config.settings import get_settings
-        from workers.providers.replicate_images import ReplicateImageGenerator
+        from framefleet.config.settings import get_settings
+        from framefleet.tasks.providers.replicate_images import ReplicateImageGenerator
 
         self.args, self.replicate_api = args, replicate_api
         self.settings = get_settings()
@@ -71,8 +71,8 @@ class Bench:
 
     def enhance(self, prompt: str) -> tuple[str, bool]:
         """The enhanced prompt, or the original one and True (the fallback)."""
-        from tasks.enhancement import enhance_prompt_iterative
-        from workers.providers.openai_llm import OpenAIPromptAgents
+        from framefleet.tasks.enhancement import enhance_prompt_iterative
+        from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
 
         agents = OpenAIPromptAgents(self.settings)
         try:
@@ -95,7 +95,7 @@ class Bench:
             return None
 
     def job(self, number: int) -> None:
-        from workers.providers.base import ImageRequest
+        from framefleet.tasks.providers.base import ImageRequest
 
         job_id = f"bench-{number}"
         reference = png_bytes((number * 37 % 256, 90, 160), size=(96, 54))
@@ -170,7 +170,7 @@ def main() -> None:
             "FRAMEFLEET_OPENAI_RATE_LIMIT_MAX_WAIT_S": str(600.0 * scale),
             "FRAMEFLEET_OPENAI_TIMEOUT_S": "60",
         })
-        from config.settings import get_settings
+        from framefleet.config.settings import get_settings
 
         get_settings.cache_clear()
         bench = Bench(args, replicate_api)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from workers.fleet import Fleet
-from workers.local_redis import LocalRedis
-from workers.store import open_store
+from framefleet.workers.fleet import Fleet
+from framefleet.workers.local_redis import LocalRedis
+from framefleet.tasks.store import open_store
 
 
 
@@ -59,9 +59,9 @@ def main() -> None:
                "FRAMEFLEET_LLM_PROVIDER": "offline", "FRAMEFLEET_IMAGE_PROVIDER": "offline",
                "FRAMEFLEET_SCORER": "heuristic", "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": str(args.image_latency)}
         os.environ.update(env)
-        from config.settings import get_settings
-        from workers.app import configure
-        from workers.client import submit_job, wait_for_job
+        from framefleet.config.settings import get_settings
+        from framefleet.workers.app import configure
+        from framefleet.workers.client import submit_job, wait_for_job
 
         get_settings.cache_clear()
         app = configure()

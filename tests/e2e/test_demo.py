@@ -15,7 +15,7 @@ import pytest
 @pytest.mark.integration
 def test_demo_runs_a_storyboard_end_to_end_and_stops_what_it_started(tmp_path, no_process_outlives_the_test):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMEFLEET_", "OPENAI_", "REPLICATE_"))}
-    result = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--clips", "1", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "framefleet.workers.cli", "demo", "--clips", "1", "--out", str(tmp_path)],
                             env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     port = int(re.search(r"Started Redis on redis://127.0.0.1:(\d+)/0", result.stdout).group(1))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import get_settings
-from workers.store import fleet_store
+from framefleet.config.settings import get_settings
+from framefleet.tasks.store import fleet_store
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def local_steps(broker_url, tmp_path, monkeypatch, celery_app):
     monkeypatch.setenv("FRAMEFLEET_SCORER", "heuristic")
     for cached in (get_settings, fleet_store):
         cached.cache_clear()
-    from workers.providers import image_generator
+    from framefleet.tasks.providers import image_generator
 
     image_generator.cache_clear()
     yield fleet_store()

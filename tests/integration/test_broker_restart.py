@@ -1,4 +1,4 @@
-"""Workers ride out broker faults on their own (workers/celery_compat.py), and exit non-zero when they can't."""
+"""Workers ride out broker faults on their own (tasks/celery_compat.py), and exit non-zero when they can't."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import time
 import pytest
 import redis
 
-from config.celery import QUEUES
+from framefleet.config.celery import QUEUES
 from tests.helpers import storyboard_request, unique_id
 from tests.integration.test_fault_tolerance import FAST, assert_no_image_paid_twice, wait_until
-from workers.client import job_status, submit_job, wait_for_job
-from workers.fleet import Fleet, worker_argv
-from workers.local_redis import LocalRedis
-from workers.store import open_store
+from framefleet.workers.client import job_status, submit_job, wait_for_job
+from framefleet.workers.fleet import Fleet, worker_argv
+from framefleet.workers.local_redis import LocalRedis
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -78,8 +78,8 @@ def test_workers_survive_a_redis_restart_under_load(celery_app, fleet, started_p
 
 
 WORKER_COMMANDS = {
-    "celery worker": ["-m", "celery", "-A", "workers.app", *worker_argv(["images"], "threads", 2)],
-    "framefleet worker": ["-m", "workers.cli", "worker", "-Q", "images", "-P", "threads", "-c", "2"],
+    "celery worker": ["-m", "celery", "-A", "framefleet.workers.app", *worker_argv(["images"], "threads", 2)],
+    "framefleet worker": ["-m", "framefleet.workers.cli", "worker", "-Q", "images", "-P", "threads", "-c", "2"],
 }
 
 

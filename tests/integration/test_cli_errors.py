@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from tests.helpers import png_bytes, put_reference, storyboard_request, unique_id
-from workers.local_redis import free_port
-from workers.store import open_store
+from framefleet.workers.local_redis import free_port
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess:
     """The CLI in a subprocess whose FRAMEFLEET_ settings are exactly ``env``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEFLEET_")}
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], env={**clean, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "framefleet.workers.cli", *args], env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -86,7 +86,7 @@ def test_each_ordinary_mistake_is_one_line(broker_url, tmp_path, request_file, n
 
 def test_a_refused_submit_keeps_the_running_jobs_reference(celery_app, store, broker_url, tmp_path,
                                                            request_file, no_process_outlives_the_test):
-    from workers.client import submit_job, wait_for_job
+    from framefleet.workers.client import submit_job, wait_for_job
 
     job_id = unique_id("keep-ref")
     uploaded = put_reference(store, job_id, colour=(200, 40, 40))
@@ -125,7 +125,7 @@ def test_a_refused_request_leaves_nothing_in_the_store(store, broker_url, tmp_pa
 
 def test_an_accepted_submit_gives_the_job_its_own_copy_of_the_reference(store, broker_url, tmp_path, request_file,
                                                                         no_process_outlives_the_test):
-    from workers.client import wait_for_job
+    from framefleet.workers.client import wait_for_job
 
     reference = tmp_path / "ref.png"
     reference.write_bytes(png_bytes((90, 90, 200)))

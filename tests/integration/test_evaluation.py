@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.tiny_models import build_tiny_models, sources_env
-from workers.evaluation.report import HEURISTIC_CAVEAT, PLOTS, caveats, render_html
+from framefleet.workers.evaluation.report import HEURISTIC_CAVEAT, PLOTS, caveats, render_html
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_eval_compares_arms_with_one_rescorer_and_writes_the_report(tmp_path):
     out = tmp_path / "eval"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMEFLEET_", "OPENAI_", "REPLICATE_"))}
     env.update(sources_env(sources), FRAMEFLEET_LLM_PROVIDER="offline", FRAMEFLEET_IMAGE_PROVIDER="offline")
-    result = subprocess.run([sys.executable, "-m", "workers.cli", "eval", "--prompts", str(storyboards),
+    result = subprocess.run([sys.executable, "-m", "framefleet.workers.cli", "eval", "--prompts", str(storyboards),
                              "--prompts", str(prompts), "--arms", "enhanced,baseline", "--out", str(out)],
                             env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -109,7 +109,7 @@ def test_eval_refuses_a_prompt_file_without_a_prompt_column_before_starting_anyt
     prompts = tmp_path / "bad.tsv"
     prompts.write_text("Text\tCategory\na cat\tAnimals\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEFLEET_")}
-    result = subprocess.run([sys.executable, "-m", "workers.cli", "eval", "--prompts", str(prompts),
+    result = subprocess.run([sys.executable, "-m", "framefleet.workers.cli", "eval", "--prompts", str(prompts),
                              "--out", str(tmp_path / "eval")], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "has no Prompt column" in result.stdout + result.stderr

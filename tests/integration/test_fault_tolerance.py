@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from config.celery import QUEUES
-from tasks.state import JobState
+from framefleet.config.celery import QUEUES
+from framefleet.tasks.state import JobState
 from tests.helpers import run_job, storyboard_request, unique_id
-from workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
-from workers.store import open_store
+from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +125,7 @@ def test_redis_restart_mid_job(celery_app, fleet_for_test, store, redis_server):
     assert status.outcome == "succeeded"
     assert all(f["status"] == "succeeded" for f in manifest["frames"])
     assert_no_image_paid_twice(job_id, manifest)
-    assert fleet.restarts == []  # workers ride out the restart (workers/celery_compat.py)
+    assert fleet.restarts == []  # workers ride out the restart (tasks/celery_compat.py)
 
 
 def test_cancel_mid_job(celery_app, fleet_for_test, store):
@@ -159,7 +159,7 @@ def test_resume_after_every_worker_died_and_the_broker_was_wiped(celery_app, fle
     client = redis.Redis.from_url(broker_url)
     client.delete(*QUEUES, *(f"{queue}:9" for queue in QUEUES), "unacked", "unacked_index", "unacked_mutex")
     time.sleep(2.5)
-    from workers.cli import main
+    from framefleet.workers.cli import main
 
     assert main(["status", job_id]) == 0  # says it is stalled and how to resume
     assert job_status(job_id).stalled_for(time.time()) > 2
@@ -194,7 +194,7 @@ def test_a_killed_worker_is_recovered_at_the_default_settings(celery_app, fleet_
 def test_no_healthy_queued_job_is_redriven_under_load(celery_app, fleet_for_test, store):
     """40 jobs through 8 image threads: most wait in the queue for a long time. The watchdog (every
     second here) re-drives only steps whose lease expired, so none of them."""
-    from tasks.recovery import WATCHDOG_ROUNDS
+    from framefleet.tasks.recovery import WATCHDOG_ROUNDS
 
     fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3",
                     "FRAMEFLEET_WATCHDOG_INTERVAL_S": "1", "FRAMEFLEET_STALL_AFTER_S": "1"})

@@ -13,8 +13,8 @@ import pytest
 
 from tests.helpers import run_job, storyboard_request, unique_id
 from tests.processes import leftover_processes
-from workers.local_redis import free_port
-from workers.store import open_store
+from framefleet.workers.local_redis import free_port
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def flower(broker_url, start_fleet, tmp_path_factory):
     env = {**os.environ, "FRAMEFLEET_BROKER_URL": broker_url, "FRAMEFLEET_FLOWER_BASIC_AUTH": "ops:pa55word",
            "TEST_FLOWER_OWNER": owner}
     log = open(tmp_path_factory.mktemp("flower") / "flower.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "flower", "--port", str(port)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "framefleet.workers.cli", "flower", "--port", str(port)], env=env,
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -72,6 +72,6 @@ def test_a_jobs_tasks_are_readable_in_flower(celery_app, flower):
 def test_flower_refuses_to_start_without_credentials(broker_url, no_process_outlives_the_test):
     env = {k: v for k, v in os.environ.items() if k != "FRAMEFLEET_FLOWER_BASIC_AUTH"}
     env["FRAMEFLEET_BROKER_URL"] = broker_url
-    result = subprocess.run([sys.executable, "-m", "workers.cli", "flower"], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "framefleet.workers.cli", "flower"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "flower_basic_auth" in result.stderr and "Traceback" not in result.stderr

@@ -8,12 +8,12 @@ import time
 import pytest
 from PIL import Image
 
-from tasks.requests import RequestError
-from tasks.state import JobExists, JobState
+from framefleet.tasks.requests import RequestError
+from framefleet.tasks.state import JobExists, JobState
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
-from workers.client import submit_job
-from workers.store import open_store
+from framefleet.workers.client import submit_job
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ import time
 
 import pytest
 
-from tasks.requests import RequestError
-from tasks.state import JobState, events_channel
+from framefleet.tasks.requests import RequestError
+from framefleet.tasks.state import JobState, events_channel
 RECEIVED = "mainapp:callbacks"  # tests/callback_app.py (imported only by the main app's worker)
 from tests.helpers import storyboard_request, unique_id
-from workers.client import (UnknownJob, _send_and_wait, choose_candidate, list_jobs, regenerate_frame, submit_job,
+from framefleet.workers.client import (UnknownJob, _send_and_wait, choose_candidate, list_jobs, regenerate_frame, submit_job,
                             wait_for_job)
-from workers.store import open_store
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 

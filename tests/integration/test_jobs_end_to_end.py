@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.enhancement import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE
-from tasks.state import STAGE_MESSAGES, JobState
+from framefleet.tasks.enhancement import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE
+from framefleet.tasks.state import STAGE_MESSAGES, JobState
 from tests.helpers import png_bytes, put_reference, references_request, run_job, storyboard_request, unique_id
-from workers.store import open_store
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -120,8 +120,8 @@ def test_per_job_override_of_variation_count(celery_app, store):
 
 
 def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, store):
-    from tasks.requests import RequestError
-    from workers.client import submit_job
+    from framefleet.tasks.requests import RequestError
+    from framefleet.workers.client import submit_job
 
     job_id = unique_id("bad")
     request = storyboard_request(job_id, 1)
@@ -137,8 +137,8 @@ def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, 
 
 
 def test_duplicate_job_id_is_refused(celery_app, store):
-    from tasks.state import JobExists
-    from workers.client import submit_job
+    from framefleet.tasks.state import JobExists
+    from framefleet.workers.client import submit_job
 
     job_id = unique_id("dup")
     run_job(celery_app, "storyboard", storyboard_request(job_id, 1), store)
@@ -156,9 +156,9 @@ def test_status_task_answers_a_main_app_that_only_knows_task_names(celery_app, s
 def test_cli_submit_wait_and_status_against_the_configured_broker(celery_app, store, tmp_path, monkeypatch, capsys):
     import json
 
-    from config.settings import get_settings
-    from workers.cli import main
-    from workers.store import fleet_store
+    from framefleet.config.settings import get_settings
+    from framefleet.workers.cli import main
+    from framefleet.tasks.store import fleet_store
 
     monkeypatch.setenv("FRAMEFLEET_STORE_URL", store.url)
     get_settings.cache_clear()

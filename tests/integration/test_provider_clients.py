@@ -7,17 +7,17 @@ import time
 
 import pytest
 
-from config.settings import Settings
-from tasks.enhancement import enhance_prompt_iterative
-from tasks.state import JobState
+from framefleet.config.settings import Settings
+from framefleet.tasks.enhancement import enhance_prompt_iterative
+from framefleet.tasks.state import JobState
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import png_bytes, unique_id
-from workers.providers.adapters import image_model_adapter
-from workers.providers.base import GenerationStopped, ImageGenerationError, ImageRequest
-from workers.providers.openai_llm import EnhancementError, OpenAIPromptAgents
-from workers.providers.replicate_images import ReplicateImageGenerator
-from workers.ratelimit import TRANSIT_MARGIN_S, FleetRateLimiter, RateLimitDeadline
+from framefleet.tasks.providers.adapters import image_model_adapter
+from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest
+from framefleet.tasks.providers.openai_llm import EnhancementError, OpenAIPromptAgents
+from framefleet.tasks.providers.replicate_images import ReplicateImageGenerator
+from framefleet.tasks.ratelimit import TRANSIT_MARGIN_S, FleetRateLimiter, RateLimitDeadline
 
 pytestmark = pytest.mark.integration
 
@@ -280,7 +280,7 @@ def test_token_budget_and_the_fleet_wide_pause(broker_url):
 def test_watcher_health_check(replicate_server, generator):
     import socket
 
-    from workers.providers.replicate_watcher import health
+    from framefleet.tasks.providers.replicate_watcher import health
 
     made = generator()
     host = socket.gethostname()

@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from tasks.keys import ENHANCED
-from tasks.records import FrameRecord
-from tasks.state import JobState, StaleWrite
+from framefleet.tasks.keys import ENHANCED
+from framefleet.tasks.records import FrameRecord
+from framefleet.tasks.state import JobState, StaleWrite
 from tests.helpers import storyboard_request, unique_id
-from workers.client import job_status, submit_job, wait_for_job
-from workers.store import open_store
+from framefleet.workers.client import job_status, submit_job, wait_for_job
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def race(step, *args, copies: int = 2) -> list:
 
 
 def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
-    from tasks import pipeline
+    from framefleet.tasks import pipeline
 
     job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("race"), 1))["job_id"]
     state = JobState(job_id)
@@ -84,7 +84,7 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
 
 
 def test_a_stale_record_is_never_written_back(local_steps):
-    from tasks import pipeline
+    from framefleet.tasks import pipeline
 
     job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("stale"), 1))["job_id"]
     state = JobState(job_id)

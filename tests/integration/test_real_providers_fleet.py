@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from tasks.keys import variation_seed
+from framefleet.tasks.keys import variation_seed
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import put_reference, run_job, storyboard_request, unique_id
-from workers.store import open_store
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -94,8 +94,8 @@ def test_a_failed_prediction_among_four_is_a_failure_record_for_that_variation(c
 
 
 def test_unknown_image_model_is_refused_naming_the_field(celery_app, services):
-    from tasks.requests import RequestError
-    from workers.client import submit_job
+    from framefleet.tasks.requests import RequestError
+    from framefleet.workers.client import submit_job
 
     with pytest.raises(RequestError, match="overrides.image_model"):
         submit_job(celery_app, "storyboard", storyboard_request(unique_id("badmodel"), 1,
@@ -127,7 +127,7 @@ def test_keys_never_reach_logs_artifacts_or_redis(celery_app, services, broker_u
 
 
 def test_cancelling_a_job_cancels_its_predictions_on_replicate(celery_app, services):
-    from workers.client import cancel_job, submit_job, wait_for_job
+    from framefleet.workers.client import cancel_job, submit_job, wait_for_job
 
     store, _, replicate_api, _, _ = services
     replicate_api.never_finish = True

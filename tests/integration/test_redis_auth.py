@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import redis
 
-from config.celery import celery_config
-from config.settings import Settings
-from tasks.state import JobState
-from workers.local_redis import LocalRedis
+from framefleet.config.celery import celery_config
+from framefleet.config.settings import Settings
+from framefleet.tasks.state import JobState
+from framefleet.workers.local_redis import LocalRedis
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from config.settings import Settings
-from tasks.requests import RequestError
+from framefleet.config.settings import Settings
+from framefleet.tasks.requests import RequestError
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes
-from workers.inputs import fetch_url
+from framefleet.tasks.inputs import fetch_url
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from tasks.state import JobState
+from framefleet.tasks.state import JobState
 from tests.helpers import storyboard_request, unique_id
-from workers.client import submit_job, wait_for_job
-from workers.providers.offline_latency import LatencyProfile
-from workers.store import open_store
+from framefleet.workers.client import submit_job, wait_for_job
+from framefleet.tasks.providers.offline_latency import LatencyProfile
+from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
 

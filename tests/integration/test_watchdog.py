@@ -7,16 +7,16 @@ import time
 
 import pytest
 
-from tasks.leases import lease_key, running_key
-from tasks.recovery import watchdog_round
-from tasks.state import ACTIVE_JOBS, PARKED_JOBS, JobState, active_jobs
+from framefleet.tasks.leases import lease_key, running_key
+from framefleet.tasks.recovery import watchdog_round
+from framefleet.tasks.state import ACTIVE_JOBS, PARKED_JOBS, JobState, active_jobs
 from tests.helpers import storyboard_request, unique_id
 
 pytestmark = pytest.mark.integration
 
 
 def new_job(prefix: str) -> JobState:
-    from tasks import pipeline
+    from framefleet.tasks import pipeline
 
     return JobState(pipeline.submit_job("storyboard", storyboard_request(unique_id(prefix), 1))["job_id"])
 

@@ -2,8 +2,8 @@ import io
 
 from PIL import Image
 
-from tasks.contact_sheet import SELECTED, render_contact_html, render_contact_sheet
-from tasks.records import FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
+from framefleet.tasks.contact_sheet import SELECTED, render_contact_html, render_contact_sheet
+from framefleet.tasks.records import FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
 
 COLOURS = {"in.png": (0, 0, 255), "v1.png": (255, 0, 0), "v2.png": (0, 255, 0)}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config.celery import QUEUES, celery_config
-from config.settings import Settings
+from framefleet.config.celery import QUEUES, celery_config
+from framefleet.config.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -35,7 +35,7 @@ def test_compose_has_a_scalable_service_per_queue():
         assert command[command.index("-Q") + 1] == queue
         assert "container_name" not in service and "ports" not in service  # --scale works
         assert service["restart"] == "always"
-    assert services["beat"]["command"][:4] == ["celery", "-A", "workers.app", "beat"]
+    assert services["beat"]["command"][:4] == ["celery", "-A", "framefleet.workers.app", "beat"]
     assert services["flower"]["command"] == ["framefleet", "flower"]
 
 

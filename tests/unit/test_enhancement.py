@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from tasks.enhancement import Critique, agent1_trace_name, agent2_trace_name, enhance_prompt_iterative
-from workers.providers.offline_llm import ASPECTS, OfflinePromptAgents, present_aspects, rubric
+from framefleet.tasks.enhancement import Critique, agent1_trace_name, agent2_trace_name, enhance_prompt_iterative
+from framefleet.tasks.providers.offline_llm import ASPECTS, OfflinePromptAgents, present_aspects, rubric
 
 
 class ScriptedAgents:

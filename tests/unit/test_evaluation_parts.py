@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scoring.similarity import colour_layout_embeddings, cosine
-from tasks.requests import RequestError
-from workers.evaluation.metrics import mean_ci
-from workers.evaluation.prompts import load_prompt_set, shipped_storyboards
+from framefleet.scoring.similarity import colour_layout_embeddings, cosine
+from framefleet.tasks.requests import RequestError
+from framefleet.workers.evaluation.metrics import mean_ci
+from framefleet.workers.evaluation.prompts import load_prompt_set, shipped_storyboards
 
 
 def test_plain_text_prompts_become_one_scene_reference_jobs(tmp_path):

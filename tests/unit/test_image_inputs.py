@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from config.settings import Settings
-from tasks.requests import RequestError
-from workers.inputs import normalise_image
+from framefleet.config.settings import Settings
+from framefleet.tasks.requests import RequestError
+from framefleet.tasks.inputs import normalise_image
 
 SETTINGS = Settings(max_image_pixels=1_000_000, max_image_bytes=2_000_000)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from scoring import create_scorer, overall_score
-from scoring.models import (AestheticHead, aesthetic_to_100, clip_score_to_100, load_aesthetic_head,
+from framefleet.scoring import create_scorer, overall_score
+from framefleet.scoring.models import (AestheticHead, aesthetic_to_100, clip_score_to_100, load_aesthetic_head,
                             pickscore_to_100)
-from scoring.weights import ModelSources, WeightsMissing, check_sources
+from framefleet.scoring.weights import ModelSources, WeightsMissing, check_sources
 from tests.tiny_models import build_tiny_models
 
 WEIGHTS = {"pickscore": 0.5, "clip_score": 0.25, "aesthetic": 0.25}

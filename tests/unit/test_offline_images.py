@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.providers.base import ImageGenerationError, ImageRequest
-from workers.providers.offline_images import OfflineImageGenerator
+from framefleet.tasks.providers.base import ImageGenerationError, ImageRequest
+from framefleet.tasks.providers.offline_images import OfflineImageGenerator
 
 
 def generate(**kwargs):

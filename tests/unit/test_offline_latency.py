@@ -2,11 +2,11 @@ import statistics
 
 import pytest
 
-from config.settings import Settings
-from workers.providers import offline_image_latency, prompt_agents
-from workers.providers.base import GenerationStopped, ImageRequest
-from workers.providers.offline_images import OfflineImageGenerator
-from workers.providers.offline_latency import LatencyProfile, wait
+from framefleet.config.settings import Settings
+from framefleet.tasks.providers import offline_image_latency, prompt_agents
+from framefleet.tasks.providers.base import GenerationStopped, ImageRequest
+from framefleet.tasks.providers.offline_images import OfflineImageGenerator
+from framefleet.tasks.providers.offline_latency import LatencyProfile, wait
 
 
 def request(**kwargs) -> ImageRequest:

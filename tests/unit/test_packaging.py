@@ -1,14 +1,63 @@
+"""Packaging: one `framefleet` import namespace in the wheel, and imports that point one way."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
 from importlib.metadata import distributions
+from pathlib import Path
 
-OUR_PACKAGES = {"config", "workers", "tasks", "scoring"}
+ROOT = Path(__file__).resolve().parents[2]
+# Lower layers never import higher ones: scoring ← config ← tasks ← workers (README, Layout).
+LAYERS = ("scoring", "config", "tasks", "workers")
 
 
-def test_no_dependency_installs_a_top_level_package_named_like_ours():
-    clashes = set()
-    for dist in distributions():
-        if dist.metadata["Name"] == "framefleet":
-            continue
-        for path in dist.files or []:
-            if path.parts and path.parts[0] in OUR_PACKAGES:
-                clashes.add((dist.metadata["Name"], path.parts[0]))
+def test_the_wheel_installs_one_top_level_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("framefleet-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top - {"framefleet"} == {next(t for t in top if t.endswith(".dist-info"))}  # plus its metadata only
+    for layer in LAYERS:
+        assert f"framefleet/{layer}/__init__.py" in names
+    assert "framefleet/tasks/providers/image_models.json" in names
+    assert "framefleet/workers/eval_data/storyboards.jsonl" in names
+    assert not any(name.startswith("framefleet/tests/") for name in names)
+
+
+def test_no_dependency_installs_a_top_level_framefleet_package():
+    clashes = {dist.metadata["Name"] for dist in distributions() if dist.metadata["Name"] != "framefleet"
+               for path in dist.files or [] if path.parts and path.parts[0] == "framefleet"}
     assert not clashes
+
+
+def imported_layers(folder: Path) -> dict[str, set[str]]:
+    """For each module of a folder, the framefleet layers it imports (statically, anywhere in it)."""
+    found: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        layers = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            layers |= {name.split(".")[1] for name in names if name.startswith("framefleet.")}
+        found[str(path.relative_to(ROOT))] = layers
+    return found
+
+
+def test_imports_point_one_way():
+    for position, layer in enumerate(LAYERS):
+        higher = set(LAYERS[position + 1:])
+        offenders = {module: sorted(layers & higher) for module, layers in imported_layers(ROOT / layer).items()
+                     if layers & higher}
+        assert offenders == {}, f"{layer} imports a higher layer"
+
+
+def test_scoring_imports_no_celery_redis_or_s3():
+    for path in (ROOT / "scoring").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+                  {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m.split(".")[0] for m in modules} & {"celery", "kombu", "redis", "boto3"}, path

@@ -1,5 +1,5 @@
-from tasks.plan import build_frame_plan, resolve_inputs, weave_scene_prompt
-from tasks.requests import parse_request
+from framefleet.tasks.plan import build_frame_plan, resolve_inputs, weave_scene_prompt
+from framefleet.tasks.requests import parse_request
 
 
 def storyboard(clips=3, reference="ref/r.png"):

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.requests import ReferenceImagesRequest, RequestError, StoryboardRequest, parse_request
+from framefleet.tasks.requests import ReferenceImagesRequest, RequestError, StoryboardRequest, parse_request
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from config.settings import Settings
-from tasks.requests import JobConfig, JobOverrides, RequestError, parse_request
+from framefleet.config.settings import Settings
+from framefleet.tasks.requests import JobConfig, JobOverrides, RequestError, parse_request
 
 CLIP = {"start_prompt": "a", "end_prompt": "b"}
 

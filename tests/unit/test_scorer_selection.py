@@ -8,10 +8,10 @@ import logging
 import pytest
 from PIL import Image
 
-from config.settings import get_settings
+from framefleet.config.settings import get_settings
 from tests.tiny_models import build_tiny_models, sources_env
-from workers import bootstrap
-from workers.cli import main
+from framefleet.tasks import bootstrap
+from framefleet.workers.cli import main
 
 
 @pytest.fixture(scope="module")

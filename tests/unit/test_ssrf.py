@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from config.settings import Settings
-from tasks.requests import RequestError
-from workers.inputs import check_url_host
+from framefleet.config.settings import Settings
+from framefleet.tasks.requests import RequestError
+from framefleet.tasks.inputs import check_url_host
 
 SETTINGS = Settings()
 

@@ -2,7 +2,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from workers.store import LocalStore, S3Store, open_store
+from framefleet.tasks.store import LocalStore, S3Store, open_store
 
 
 def exercise(store):

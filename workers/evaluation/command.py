@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from tasks.requests import RequestError
-from workers.evaluation import ARMS, BASELINE
+from framefleet.tasks.requests import RequestError
+from framefleet.workers.evaluation import ARMS, BASELINE
 
 
 def add_eval_command(sub) -> None:
@@ -42,10 +42,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from config.settings import get_settings
-    from workers.embedded import client_fleet
-    from workers.evaluation.prompts import load_prompt_set, shipped_storyboards
-    from workers.evaluation.runner import plan_runs, run_jobs
+    from framefleet.config.settings import get_settings
+    from framefleet.workers.embedded import client_fleet
+    from framefleet.workers.evaluation.prompts import load_prompt_set, shipped_storyboards
+    from framefleet.workers.evaluation.runner import plan_runs, run_jobs
 
     for name in ("repeats", "parallel", "samples"):
         if getattr(args, name) < 1:
@@ -62,8 +62,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # An embedded fleet keeps its jobs next to the report, unless a store is configured.
     embedded_store = None if get_settings().broker_url or os.environ.get("FRAMEFLEET_STORE_URL") else out / "store"
     with client_fleet(embedded_store, out / "logs", console.print) as app:
-        from workers.bootstrap import process_scorer
-        from workers.store import fleet_store
+        from framefleet.tasks.bootstrap import process_scorer
+        from framefleet.tasks.store import fleet_store
 
         store = fleet_store()
         scorer = process_scorer()  # loaded first: a scorer that cannot load must not cost a whole run
@@ -76,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompt_sets = [{"name": path.stem, "path": str(path), "items": len(loaded)} for path, loaded in sets.items()]
         summary, rows = evaluate(store, scorer, runs, arms, args.repeats, prompt_sets,
                                  get_settings().score_weights.model_dump())
-        from workers.evaluation.report import write_report
+        from framefleet.workers.evaluation.report import write_report
 
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         (out / "frames.json").write_text(json.dumps(rows, indent=1))
@@ -101,10 +101,10 @@ def _mean(stat: dict, digits: int = 1) -> str:
 def evaluate(store, scorer, runs, arms: list[str], repeats: int, prompt_sets: list[dict],
              weights: dict) -> tuple[dict, list[dict]]:
     """Re-score and measure finished runs: the summary and one row per frame and arm."""
-    from scoring.similarity import embedding_name
-    from workers.evaluation.metrics import RESAMPLES, arm_summary
-    from workers.evaluation.report import caveats
-    from workers.evaluation.runner import add_consistency, frame_rows, rescore
+    from framefleet.scoring.similarity import embedding_name
+    from framefleet.workers.evaluation.metrics import RESAMPLES, arm_summary
+    from framefleet.workers.evaluation.report import caveats
+    from framefleet.workers.evaluation.runner import add_consistency, frame_rows, rescore
 
     for run in runs:
         run.frames = frame_rows(run)

@@ -6,8 +6,8 @@ from collections import Counter
 
 import numpy as np
 
-from workers.evaluation import BASELINE, QUALITY_METRICS
-from workers.evaluation.runner import JobRun
+from framefleet.workers.evaluation import BASELINE, QUALITY_METRICS
+from framefleet.workers.evaluation.runner import JobRun
 
 RESAMPLES = 2000
 STAGES = ("enhancement", "generation", "scoring")

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from tasks.requests import RequestError, parse_request
+from framefleet.tasks.requests import RequestError, parse_request
 
 SINGLE_PROMPT_ASPECT_RATIO = "1:1"  # text-to-image benchmarks are square
 
 
 def shipped_storyboards() -> Path:
     """The storyboard set that ships with framefleet (``make eval`` runs it)."""
-    return Path(str(files("workers") / "eval_data" / "storyboards.jsonl"))
+    return Path(str(files("framefleet.workers") / "eval_data" / "storyboards.jsonl"))
 
 
 @dataclass(frozen=True)

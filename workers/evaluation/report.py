@@ -10,9 +10,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from workers.evaluation.metrics import STAGES, frame_key
-from workers.evaluation import BASELINE, QUALITY_METRICS
-from workers.store import ArtifactStore
+from framefleet.workers.evaluation.metrics import STAGES, frame_key
+from framefleet.workers.evaluation import BASELINE, QUALITY_METRICS
+from framefleet.tasks.store import ArtifactStore
 
 DPI = 80
 METRIC_LABELS = {"pickscore": "PickScore", "clip_score": "CLIP-Score", "aesthetic": "Aesthetic", "overall": "Overall"}

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from celery import Celery
 from PIL import Image
 
-from scoring import MetricScores, Scorer, overall_score
-from scoring.similarity import cosine, image_embeddings
-from tasks.requests import new_job_id
-from workers.evaluation import ARMS, QUALITY_METRICS
-from workers.client import cancel_job, job_status, submit_job
-from workers.evaluation.prompts import PromptItem
-from workers.store import ArtifactStore
+from framefleet.scoring import MetricScores, Scorer, overall_score
+from framefleet.scoring.similarity import cosine, image_embeddings
+from framefleet.tasks.requests import new_job_id
+from framefleet.workers.evaluation import ARMS, QUALITY_METRICS
+from framefleet.workers.client import cancel_job, job_status, submit_job
+from framefleet.workers.evaluation.prompts import PromptItem
+from framefleet.tasks.store import ArtifactStore
 
 
 

@@ -19,8 +19,8 @@ import itertools
 import re
 import time
 
-from tasks.enhancement import DIMENSIONS, Critique
-from workers.providers.offline_latency import LatencyProfile
+from framefleet.tasks.enhancement import DIMENSIONS, Critique
+from framefleet.tasks.providers.offline_latency import LatencyProfile
 
 # aspect → (words that show it is present, phrases the Creative Director chooses from)
 ASPECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -12,7 +12,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from workers.providers.base import GenerationStopped, StopCheck
+from framefleet.tasks.providers.base import GenerationStopped, StopCheck
 
 # How often a simulated wait polls its stop check.
 STOP_POLL_S = 0.1

@@ -14,8 +14,8 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from workers.providers.base import ImageGenerationError, ImageRequest, StopCheck
-from workers.providers.offline_latency import LatencyProfile, wait
+from framefleet.tasks.providers.base import ImageGenerationError, ImageRequest, StopCheck
+from framefleet.tasks.providers.offline_latency import LatencyProfile, wait
 
 LONG_SIDE = 512
 

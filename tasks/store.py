@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import boto3
 from botocore.exceptions import ClientError
 
-from config.settings import Settings, get_settings
-from tasks.requests import check_artifact_key
+from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.requests import check_artifact_key
 
 
 class ArtifactStore(Protocol):

@@ -29,12 +29,12 @@ import replicate
 from replicate.exceptions import ReplicateError
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from config.settings import Settings
-from tasks.state import JobState, state_client
-from workers.providers.adapters import image_model_adapter
-from workers.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
-from workers.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id, api_time
-from workers.ratelimit import FleetRateLimiter
+from framefleet.config.settings import Settings
+from framefleet.tasks.state import JobState, state_client
+from framefleet.tasks.providers.adapters import image_model_adapter
+from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
+from framefleet.tasks.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id, api_time
+from framefleet.tasks.ratelimit import FleetRateLimiter
 
 log = logging.getLogger(__name__)
 UPLOAD_LOCK_S = 120

@@ -17,7 +17,7 @@ Keys (``{p}`` = ``framefleet:replicate:{account}``):
   {p}:watcher:swept        time of the last complete sweep (Redis clock)
   {p}:watchers             hash host → last heartbeat of a watcher thread there (for the health check)
 
-``python -m workers.providers.replicate_watcher`` is the images workers' health check.
+``python -m framefleet.tasks.providers.replicate_watcher`` is the images workers' health check.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Callable
 
 import redis
 
-from config.settings import Settings
-from workers.ratelimit import account_key
+from framefleet.config.settings import Settings
+from framefleet.tasks.ratelimit import account_key
 
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "canceled", "aborted")
@@ -236,8 +236,8 @@ def health(settings: Settings, client: redis.Redis, host: str) -> tuple[bool, st
 
 
 if __name__ == "__main__":
-    from config.settings import get_settings
-    from tasks.state import state_client
+    from framefleet.config.settings import get_settings
+    from framefleet.tasks.state import state_client
 
     try:
         ok, message = health(get_settings(), state_client(), socket.gethostname())

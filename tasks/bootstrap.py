@@ -14,11 +14,11 @@ from functools import lru_cache
 
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_process_init
 
-from config.logging import setup_logging as configure_logging
-from config.logging import task_context
-from config.settings import get_settings
-from scoring import Scorer, create_scorer
-from scoring.weights import check_sources
+from framefleet.config.logging import setup_logging as configure_logging
+from framefleet.config.logging import task_context
+from framefleet.config.settings import get_settings
+from framefleet.scoring import Scorer, create_scorer
+from framefleet.scoring.weights import check_sources
 
 log = logging.getLogger(__name__)
 _consumed_queues: set[str] = set()

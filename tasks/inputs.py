@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import httpcore
 from PIL import Image, ImageOps
 
-from config.settings import Settings
-from tasks.requests import RequestError
+from framefleet.config.settings import Settings
+from framefleet.tasks.requests import RequestError
 
 # RFC 6052 well-known NAT64 prefix and the IPv4-compatible block: the low 32 bits are an IPv4
 # address the packet ends up at.

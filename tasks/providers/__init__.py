@@ -9,23 +9,23 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable
 
-from config.settings import Settings, get_settings
-from tasks.enhancement import PromptAgents
-from tasks.state import JobState
-from workers.providers.base import ImageGenerator
-from workers.providers.offline_images import OfflineImageGenerator
-from workers.providers.offline_latency import LatencyProfile
-from workers.providers.offline_llm import OfflinePromptAgents
+from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.enhancement import PromptAgents
+from framefleet.tasks.state import JobState
+from framefleet.tasks.providers.base import ImageGenerator
+from framefleet.tasks.providers.offline_images import OfflineImageGenerator
+from framefleet.tasks.providers.offline_latency import LatencyProfile
+from framefleet.tasks.providers.offline_llm import OfflinePromptAgents
 
 
 def _openai(settings: Settings) -> PromptAgents:
-    from workers.providers.openai_llm import OpenAIPromptAgents
+    from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
 
     return OpenAIPromptAgents(settings)
 
 
 def _replicate(settings: Settings) -> ImageGenerator:
-    from workers.providers.replicate_images import ReplicateImageGenerator
+    from framefleet.tasks.providers.replicate_images import ReplicateImageGenerator
 
     return ReplicateImageGenerator(settings)
 

@@ -25,10 +25,10 @@ import httpx
 import openai
 from pydantic import BaseModel, Field, ValidationError
 
-from config.settings import Settings
-from tasks.enhancement import DIMENSIONS, Critique
-from tasks.state import state_client
-from workers.ratelimit import FleetRateLimiter, RateLimitDeadline, account_key
+from framefleet.config.settings import Settings
+from framefleet.tasks.enhancement import DIMENSIONS, Critique
+from framefleet.tasks.state import state_client
+from framefleet.tasks.ratelimit import FleetRateLimiter, RateLimitDeadline, account_key
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
