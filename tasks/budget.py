@@ -58,9 +58,18 @@ class BudgetGuard:
             return True
         return self.state.reserve_spend(self._reserve, self.cap, amount, keep_free)
 
-    def images_for_frame(self, frame: str, wanted: int, model: str) -> int:
+    def images_for_frame(self, frame: str, wanted: int, model: str, round_name: str) -> int:
         """How many variations of the frame the budget affords (reserved now), from ``wanted``
-        down to 1; 0 means the frame is skipped. Each degradation is recorded."""
+        down to 1; 0 means the frame is skipped. Each degradation is recorded. A round that is
+        sent again (resume, watchdog) gets the count reserved the first time, not a second one."""
+        key = f"framefleet:job:{self.state.job_id}:budget:round:{frame}/{round_name}"
+        if (reserved := self.state.r.get(key)) is not None:
+            return int(reserved)
+        count = self._affordable(frame, wanted, model)
+        self.state.r.set(key, count, ex=self.state.ttl)
+        return count
+
+    def _affordable(self, frame: str, wanted: int, model: str) -> int:
         price = image_price(self.spec, model, self.settings)
         for count in range(wanted, 0, -1):
             if self.reserve(count * price):

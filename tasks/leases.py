@@ -8,7 +8,8 @@ that expires means its holder died: the watchdog re-drives exactly those steps.
 
 Keys (expire with the job):
   framefleet:job:{id}:lease:{step}   owner token, PX = lease_ttl_s, renewed every ttl/3
-  framefleet:job:{id}:running        hash step → re-drive count: steps started and not finished
+  framefleet:job:{id}:running        hash of steps started and not finished (by a lease holder)
+  framefleet:job:{id}:redrives       hash step → how often the watchdog re-drove it
 """
 
 from __future__ import annotations
@@ -29,9 +30,29 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# KEYS lease, running, redrives; ARGV owner, step, finished. Only the owner releases: a former
+# holder whose lease expired and was taken over must not clear the new holder's entry.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
+return redis.call('DEL', KEYS[1])
+"""
+# KEYS running, redrives; ARGV lease key prefix. Atomically take every running step whose lease is
+# gone off the running list and count its re-drive: a re-sent copy that waits in a queue, or finds
+# the result stored, is not re-driven again; the copy that runs lists itself when it takes the lease.
+_TAKE_DEAD = """
+local dead = {}
+for _, step in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. step) == 0 then
+    redis.call('HDEL', KEYS[1], step)
+    table.insert(dead, step)
+    table.insert(dead, redis.call('HINCRBY', KEYS[2], step, 1))
+  end
+end
+return dead
 """
 
 
@@ -43,6 +64,10 @@ def running_key(job_id: str) -> str:
     return f"framefleet:job:{job_id}:running"
 
 
+def redrives_key(job_id: str) -> str:
+    return f"framefleet:job:{job_id}:redrives"
+
+
 class LeaseKeeper:
     """One thread per process that renews every lease this process holds."""
 
@@ -50,6 +75,11 @@ class LeaseKeeper:
         self._leases: dict[str, "Lease"] = {}
         self._lock = threading.Lock()
         self._pid: int | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        """A forked child holds none of its parent's leases (and may have copied a held lock)."""
+        self._leases, self._lock, self._pid = {}, threading.Lock(), None
 
     def add(self, lease: "Lease") -> None:
         with self._lock:
@@ -94,7 +124,7 @@ class Lease:
         if not self.r.set(self.key, self.owner, nx=True, px=int(self.ttl_s * 1000)):
             return False
         pipe = self.r.pipeline()
-        pipe.hsetnx(running_key(self.job_id), self.step, 0)
+        pipe.hset(running_key(self.job_id), self.step, 1)
         pipe.expire(running_key(self.job_id), self.job_ttl_s)
         pipe.execute()
         _keeper.add(self)
@@ -108,9 +138,8 @@ class Lease:
         Otherwise (the step raised) the step stays listed as running with no live lease, and the
         watchdog re-drives it."""
         _keeper.remove(self)
-        if finished:
-            self.r.hdel(running_key(self.job_id), self.step)
-        self._release(keys=[self.key], args=[self.owner])
+        self._release(keys=[self.key, running_key(self.job_id), redrives_key(self.job_id)],
+                      args=[self.owner, self.step, "1" if finished else "0"])
 
     def held_by_other(self) -> bool:
         holder = self.r.get(self.key)
@@ -130,7 +159,11 @@ def wait_for(done, lease: Lease, poll_s: float = 0.2, timeout_s: float | None = 
         if result is not None:
             return result, None
         if lease.acquire():
-            result = done()  # finished between the check and the acquire
+            try:
+                result = done()  # finished between the check and the acquire
+            except BaseException:
+                lease.release(finished=False)
+                raise
             if result is not None:
                 lease.release(finished=True)
                 return result, None
@@ -140,9 +173,17 @@ def wait_for(done, lease: Lease, poll_s: float = 0.2, timeout_s: float | None = 
         time.sleep(poll_s)
 
 
-def running_steps(client: redis.Redis, job_id: str) -> dict[str, int]:
-    """Steps started and not finished → how often the watchdog re-drove them."""
-    return {step: int(count) for step, count in client.hgetall(running_key(job_id)).items()}
+def running_steps(client: redis.Redis, job_id: str) -> list[str]:
+    """Steps started and not finished."""
+    return client.hkeys(running_key(job_id))
+
+
+def take_dead_steps(client: redis.Redis, job_id: str, job_ttl_s: int) -> dict[str, int]:
+    """Running steps whose lease expired (their worker died) → how often each was re-driven now."""
+    reply = client.register_script(_TAKE_DEAD)(keys=[running_key(job_id), redrives_key(job_id)],
+                                               args=[lease_key(job_id, "")])
+    client.expire(redrives_key(job_id), job_ttl_s)
+    return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
 
 
 def lease_alive(client: redis.Redis, job_id: str, step: str) -> bool:

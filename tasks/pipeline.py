@@ -19,6 +19,9 @@ from __future__ import annotations
 import logging
 import time
 
+from celery.exceptions import Retry
+from pydantic import ValidationError
+
 from framefleet.config.settings import get_settings
 from framefleet.scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
 from framefleet.tasks.budget import BudgetGuard
@@ -33,7 +36,7 @@ from framefleet.tasks.records import Budget, CompletionCallback, Enhancement, Fr
 from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
 from framefleet.tasks.scheduling import RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
-from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, recent_jobs
+from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
 from framefleet.tasks.bootstrap import process_scorer
 from framefleet.tasks.inputs import fetch_url, is_url, normalise_image
@@ -69,7 +72,11 @@ def claim_step(state: JobState, step: str, outcome) -> tuple[object, Lease | Non
         return stored, None
     lease = state.lease(step)
     if lease.acquire():
-        stored = outcome()  # finished between the check and the acquire
+        try:
+            stored = outcome()  # finished between the check and the acquire
+        except BaseException:
+            lease.release(finished=False)
+            raise
         if stored is None:
             return None, lease
         lease.release(finished=True)
@@ -213,6 +220,8 @@ def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
     def store_enhancement(current: FrameRecord) -> None:
         if current.enhanced_prompt is not None:
             raise StaleWrite(f"{frame} is already enhanced")
+        if (current.original_prompt, current.revision) != (record.original_prompt, record.revision):
+            raise StaleWrite(f"{frame} has a new prompt since this enhancement started")  # a regenerate
         current.enhanced_prompt, current.enhancement = enhanced, enhancement
         current.timings.enhance = (started, time.time())
         if fallback_note:
@@ -267,15 +276,18 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int, re
     if lease is None:
         return result
     try:
-        record = generate_one(state, frame, stage, index, revision, attempt=self.request.retries)
-    except RetryGeneration as error:
+        try:
+            record = generate_one(state, frame, stage, index, revision, attempt=self.request.retries)
+        except RetryGeneration as error:
+            raise self.retry(exc=error.__cause__, countdown=GENERATION_RETRY_DELAY_S) from error
+        if record.error != "cancelled":
+            state.save_variation(frame, revision, stage, record)
+    except Retry:
         lease.release(finished=True)  # the retry is a new, queued message
-        raise self.retry(exc=error.__cause__, countdown=GENERATION_RETRY_DELAY_S) from error
-    except BaseException:
-        lease.release(finished=False)
         raise
-    if record.error != "cancelled":
-        state.save_variation(frame, revision, stage, record)
+    except BaseException:
+        lease.release(finished=False)  # the watchdog re-drives it
+        raise
     lease.release(finished=True)
     return record.model_dump(mode="json")
 
@@ -508,19 +520,22 @@ def finalize(state: JobState, revision: int) -> dict:
         log.info("%s/%s quality: %s", state.job_id, frame.name,
                  frame.selected.overall if frame.selected else "no image")
     done = sum(f.status != "pending" for f in manifest.frames)
+    if spec.callback is not None:  # before "done": a finalize that dies here is re-driven, notify dedups
+        send(state, "framefleet.jobs.notify", (state.job_id, revision, manifest.status, manifest.failed_clips))
     state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0, frames_done=done,
                         manifest_key=manifest_key(state.job_id), message=f"Finished: {manifest.status}")
     state.set_active(False)
-    if spec.callback is not None and state.claim(f"callback:{revision}"):
-        send(state, "framefleet.jobs.notify", (state.job_id, revision))
     return {"job_id": state.job_id, "status": manifest.status, "manifest": manifest_key(state.job_id),
             "revision": revision}
 
 
 @app.task(name="framefleet.jobs.finalize")
-def finalize_job(job_id: str) -> dict:
+def finalize_job(job_id: str, revision: int | None = None) -> dict:
     state = JobState(job_id)
-    revision = state.revision()
+    current = state.revision()
+    if revision is not None and revision != current:  # a stray copy from an earlier revision
+        return {"job_id": job_id, "revision": revision, "stale": True}
+    revision = current
 
     def finalized():
         status = state.status()
@@ -541,26 +556,25 @@ def finalize_job(job_id: str) -> dict:
 
 
 @app.task(bind=True, name="framefleet.jobs.notify", max_retries=30)
-def notify_main_app(self, job_id: str, revision: int) -> dict:
-    """Send the main app's completion callback by name, once per revision; a failure to send is
-    logged and retried with backoff, never fatal to the job."""
+def notify_main_app(self, job_id: str, revision: int, outcome: str, failed_clips: list[int]) -> dict:
+    """Send the main app's completion callback by name, once per revision (its outcome as
+    finalize saw it); a failure to send is logged and retried with backoff, never fatal."""
     state = JobState(job_id)
-    spec, status = state.spec(), state.status()
+    spec = state.spec()
     marker = f"framefleet:job:{job_id}:callback-sent:{revision}"
     sent = lambda: {"job_id": job_id, "revision": revision, "sent": True} if state.r.exists(marker) else None  # noqa: E731
     result, lease = claim_step(state, f"notify:{revision}", sent)
     if lease is None:
         return result  # sent already (a redelivered or concurrent copy)
-    payload = CompletionCallback(job_id=job_id, kind=spec.kind, status=status.outcome, revision=revision,
-                                 manifest_key=manifest_key(job_id),
-                                 failed_clips=build_manifest(spec, state.frames(), 0).failed_clips)
     try:
+        payload = CompletionCallback(job_id=job_id, kind=spec.kind, status=outcome, revision=revision,
+                                     manifest_key=manifest_key(job_id), failed_clips=failed_clips)
         app.send_task(spec.callback.task, args=[payload.model_dump(mode="json")], queue=spec.callback.queue)
+        state.r.set(marker, "1", ex=get_settings().job_ttl_s)
     except Exception as error:  # the broker hiccuped: try again later, the job is done either way
         lease.release(finished=True)
         log.warning("completion callback %s for %s failed (%s); retrying", spec.callback.task, job_id, error)
         raise self.retry(exc=error, countdown=min(2 ** self.request.retries, 60)) from error
-    state.r.set(marker, "1", ex=get_settings().job_ttl_s)
     lease.release(finished=True)
     log.info("completion callback %s sent for %s revision %s", spec.callback.task, job_id, revision)
     return {"job_id": job_id, "revision": revision, "sent": True}
@@ -586,17 +600,23 @@ def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
 
 
 def recent_job_summaries(active_only: bool, limit: int) -> list[dict]:
+    parked = parked_jobs()
     rows = []
     for job_id in recent_jobs(limit):
         try:
             status = JobState(job_id).status()
         except KeyError:  # expired
             continue
+        except ValidationError:  # its status cannot be read: the watchdog parks such a job
+            rows.append({"job_id": job_id, "kind": None, "state": "done", "stage": "parked", "revision": 0,
+                         "outcome": "failed", "percent": 0.0, "updated_at": None,
+                         "parked": parked.get(job_id, "status unreadable")})
+            continue
         if active_only and status.state == "done":
             continue
         rows.append({"job_id": job_id, "kind": status.kind, "state": status.state, "stage": status.stage,
                      "revision": status.revision, "outcome": status.outcome, "percent": status.percent,
-                     "updated_at": status.updated_at})
+                     "updated_at": status.updated_at, "parked": parked.get(job_id)})
     return rows
 
 
@@ -620,8 +640,9 @@ def cancel_job(job_id: str) -> dict:
         for prediction_id in predictions.values():
             generator.cancel(prediction_id)
     state.update_status(message="Cancelling")
-    if state.claim(f"finalize:{state.revision()}"):
-        send(state, "framefleet.jobs.finalize", (job_id,))
+    revision = state.revision()
+    if state.claim(f"finalize:{revision}"):
+        send(state, "framefleet.jobs.finalize", (job_id, revision))
     return {"job_id": job_id, "cancelled": True, "predictions_cancelled": len(predictions)}
 
 

@@ -16,7 +16,7 @@ import time
 import redis
 
 from framefleet.config.settings import get_settings
-from framefleet.tasks.leases import lease_alive, running_key, running_steps
+from framefleet.tasks.leases import lease_alive, running_steps, take_dead_steps
 from framefleet.tasks.scheduling import dispatch_ready, send
 from framefleet.tasks.state import JobState, active_jobs, state_client
 
@@ -56,27 +56,24 @@ def _frame_steps_alive(state: JobState) -> bool:
 
 def redrive_dead_steps(state: JobState) -> list[str]:
     """Re-send the job's steps whose lease expired. Returns the steps re-driven."""
-    settings = get_settings()
-    dead = {step: count for step, count in running_steps(state.r, state.job_id).items()
-            if not lease_alive(state.r, state.job_id, step)}
+    dead = take_dead_steps(state.r, state.job_id, state.ttl)
     if not dead:
         return []
     for step, count in dead.items():
-        if count >= settings.max_redrives:
-            state.park(f"step {step} died {count + 1} times")
-            log.error("job %s parked: step %s died %s times", state.job_id, step, count + 1)
+        if count > get_settings().max_redrives:
+            state.park(f"step {step} died {count} times")
+            log.error("job %s parked: step %s died %s times", state.job_id, step, count)
             return []
-        state.r.hincrby(running_key(state.job_id), step, 1)
     state.count_redrives(len(dead))
     frame_redriven = False
     for step in sorted(dead):
-        kind, _, frame = step.partition(":")
+        kind, _, name = step.partition(":")
         if kind == "enhance":
-            send(state, "framefleet.prompts.enhance", (state.job_id, frame))
+            send(state, "framefleet.prompts.enhance", (state.job_id, name))
         elif kind == "finalize":
-            send(state, "framefleet.jobs.finalize", (state.job_id,))
+            send(state, "framefleet.jobs.finalize", (state.job_id, int(name)))
         elif kind == "notify":
-            send(state, "framefleet.jobs.notify", (state.job_id, int(frame)))
+            continue  # its message is still unacknowledged: Celery redelivers it (sent-marker dedups)
         elif not frame_redriven:
             # A generation, scoring or selection step: re-send the frame's round. Its stored
             # variations and scores are returned without new work; the dead step runs again.

@@ -20,6 +20,7 @@ from framefleet.tasks.records import Enhancement, FrameRecord, Selection
 from framefleet.tasks.requests import RegenerateOptions, RequestError, describe_validation_error
 from framefleet.tasks.scheduling import dispatch_ready, send
 from framefleet.tasks.state import JobState
+from framefleet.tasks.store import fleet_store
 
 
 def dependents(plan: FramePlan, frame: str) -> list[str]:
@@ -68,12 +69,14 @@ def choose(state: JobState, frame: str, variation_index: int) -> dict:
     if candidate is None:
         have = sorted(v.index for v in record.variations if v.key)
         raise RequestError(f"variation_index: {frame} has no generated candidate {variation_index} (have {have})")
-    revision = state.start_revision()
-    new_key = frame_key(state.job_id, frame, revision)
-    from framefleet.tasks.store import fleet_store
-
+    # Copy the candidate before the revision starts: a failure here leaves the job as it was.
+    new_key = frame_key(state.job_id, frame, state.revision() + 1)
     store = fleet_store()
     store.put(new_key, store.get(candidate.key), "image/png")
+    revision = state.start_revision()
+    if frame_key(state.job_id, frame, revision) != new_key:  # another revision started in between
+        new_key = frame_key(state.job_id, frame, revision)
+        store.put(new_key, store.get(candidate.key), "image/png")
 
     def select_candidate(current: FrameRecord) -> None:
         current.history.append(current.snapshot(f"revision {revision}: chose v{variation_index}"))

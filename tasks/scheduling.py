@@ -79,8 +79,8 @@ def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> boo
     config = spec.frame_config(state.frame(frame))
     count = 1 if stage == ORIGINAL else config.num_variations
     guard = BudgetGuard(state, spec)
-    if guard.active:
-        count = guard.images_for_frame(frame, count, config.image_model)
+    if guard.active:  # reserved once per round: a re-sent round reuses its reservation
+        count = guard.images_for_frame(frame, count, config.image_model, f"{state.frame(frame).revision}/{stage}")
         if count == 0:
             _skip(state, frame, "budget: skipped, not even one image is affordable under max_usd")
             return False
@@ -128,13 +128,27 @@ def dispatch_ready(state: JobState, force: bool = False) -> str | None:
         if record.enhanced_prompt is None:
             return None  # its enhancement will call dispatch_ready when it is stored
         stage = frame_stage(record)
-        if not (force or state.claim(f"enqueue:{planned.name}/{record.revision}/{stage}")):
+        claim = f"enqueue:{planned.name}/{record.revision}/{stage}"
+        if not (force or state.claim(claim)):
             return None  # already enqueued by another step
-        if enqueue_frame(state, spec, planned.name, stage):
+        try:
+            enqueued = enqueue_frame(state, spec, planned.name, stage)
+        except StaleWrite:
+            return None  # settled meanwhile by another step, which dispatches what follows
+        except BaseException:
+            state.unclaim(claim)  # not sent: the step's re-drive must be able to send it
+            raise
+        if enqueued:
             return planned.name
         frames[planned.name] = state.frame(planned.name)  # skipped for the budget: on to the next
-    if force or state.claim(f"finalize:{state.revision()}"):
-        send(state, "framefleet.jobs.finalize", (state.job_id,))
+    revision = state.revision()
+    claim = f"finalize:{revision}"
+    if force or state.claim(claim):
+        try:
+            send(state, "framefleet.jobs.finalize", (state.job_id, revision))
+        except BaseException:
+            state.unclaim(claim)
+            raise
         return "finalize"
     return None
 

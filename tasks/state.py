@@ -289,6 +289,10 @@ class JobState:
         """True for the first caller only: a redelivered task must not enqueue a step twice."""
         return bool(self.r.set(_key(self.job_id, f"once:{step}"), "1", nx=True, ex=self.ttl))
 
+    def unclaim(self, step: str) -> None:
+        """Give a claim back when what it guarded could not be done (e.g. the send failed)."""
+        self.r.delete(_key(self.job_id, f"once:{step}"))
+
     # cost ledger ------------------------------------------------------------------------
     def add_costs(self, frame: str, **counts: int) -> None:
         name = _key(self.job_id, "cost")
@@ -337,10 +341,18 @@ class JobState:
             raise KeyError(f"job_id: no job {self.job_id!r}")
         return JobStatus.model_validate({k: (None if v == "" else v) for k, v in raw.items()})
 
-    def update_status(self, **fields) -> None:
+    def update_status(self, progress: bool = False, **fields) -> None:
         """Write status fields, append the message to the history, and publish the change on the
-        job's events channel (JSON: stage, message, percent, frame, revision, state)."""
+        job's events channel (JSON: stage, message, percent, frame, revision, state).
+
+        ``progress``: a step's progress report, dropped once the job is done (a late duplicate
+        must not flip a finished job back to running).
+        """
         fields["updated_at"] = time.time()
+        if progress:
+            flat = [part for item in _flatten_fields(fields).items() for part in item]
+            if not self.r.eval(_SET_UNLESS_DONE, 1, _key(self.job_id, "status"), *flat):
+                return
         pipe = self.r.pipeline()
         pipe.hset(_key(self.job_id, "status"), mapping=_flatten_fields(fields))
         if "message" in fields:
@@ -363,6 +375,8 @@ class JobState:
                 raise KeyError(f"job_id: no job {self.job_id!r}")
             if status[0] != "done":
                 raise _still_running(self.job_id, status[1])
+            if pipe.exists(_key(self.job_id, "cancelled")):
+                raise RevisionRefused(f"job_id: job {self.job_id!r} was cancelled; submit a new job")
             revision = int(status[1] or 0) + 1
             pipe.multi()
             pipe.hset(key, mapping=_flatten_fields({"state": "running", "stage": "queued", "outcome": None,
@@ -381,6 +395,8 @@ class JobState:
             raise KeyError(f"job_id: no job {self.job_id!r}")
         if state != "done":
             raise _still_running(self.job_id, revision)
+        if self.cancelled():
+            raise RevisionRefused(f"job_id: job {self.job_id!r} was cancelled; submit a new job")
 
     def revision(self) -> int:
         return int(self.r.hget(_key(self.job_id, "status"), "revision") or 0)
@@ -408,13 +424,21 @@ class JobState:
 
     def prompt_enhanced(self, kind: str, frames_total: int) -> None:
         enhanced = self.r.hincrby(_key(self.job_id, "status"), "prompts_enhanced", 1)
-        self.update_status(state="running", stage="enhance", message=STAGE_MESSAGES[kind]["enhance"],
-                           percent=round(ENHANCE_SHARE * enhanced / frames_total, 1))
+        self.update_status(progress=True, state="running", stage="enhance", message=STAGE_MESSAGES[kind]["enhance"],
+                           percent=round(ENHANCE_SHARE * min(enhanced, frames_total) / frames_total, 1))
 
     def frame_stage(self, kind: str, stage: str, frame: str, frames_done: int, frames_total: int) -> None:
-        self.update_status(state="running", stage=stage, message=STAGE_MESSAGES[kind][stage], current_frame=frame,
+        self.update_status(progress=True, state="running", stage=stage, message=STAGE_MESSAGES[kind][stage],
+                           current_frame=frame,
                            frames_done=frames_done,
                            percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
+
+
+_SET_UNLESS_DONE = """
+if redis.call('HGET', KEYS[1], 'state') == 'done' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
 
 
 def _still_running(job_id: str, revision: str | None) -> RevisionRefused:

@@ -305,8 +305,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        console.print(f"{row['job_id']:<28} {row['kind']:<11} {row['state']:<8} r{row['revision']:<3} "
-                      f"{row['outcome'] or '-':<10} {row['percent']:>5.0f}%  {row['stage']}")
+        parked = f"  parked: {row['parked']}" if row["parked"] else ""
+        console.print(f"{row['job_id']:<28} {row['kind'] or '-':<11} {row['state']:<8} r{row['revision']:<3} "
+                      f"{row['outcome'] or '-':<10} {row['percent']:>5.0f}%  {row['stage']}{parked}")
     if not rows:
         console.print("no jobs" + (" running" if args.active else ""))
     return 0

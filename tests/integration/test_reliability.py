@@ -92,7 +92,7 @@ def test_resume_of_a_running_job_repeats_nothing(celery_app, fleet):
     while state.frame("clip_001_start").timings.enqueued is None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    answer = _send_and_wait(celery_app, "framefleet.jobs.resume", job_id, 30)["resumed_at"]
+    answer = _send_and_wait(celery_app, "framefleet.jobs.resume", job_id)["resumed_at"]
     assert answer == "running"  # the frame's steps hold live leases: nothing re-sent
     assert wait_for_job(job_id, timeout_s=120).outcome == "succeeded"
     ledger = [c["ledger_key"] for c in state.offline_calls()]

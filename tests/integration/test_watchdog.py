@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from framefleet.tasks.leases import lease_key, running_key
+from framefleet.tasks.leases import lease_key, redrives_key, running_key
 from framefleet.tasks.recovery import watchdog_round
 from framefleet.tasks.state import ACTIVE_JOBS, PARKED_JOBS, JobState, active_jobs
 from tests.helpers import storyboard_request, unique_id
@@ -41,7 +41,9 @@ def test_a_broken_job_is_parked_and_the_jobs_after_it_are_still_redriven(local_s
 
 def test_a_step_that_keeps_dying_parks_its_job(local_steps, monkeypatch):
     state = new_job("wd-dies")
-    state.r.hset(running_key(state.job_id), "generate:clip_001_start/0/enhanced/1", 3)  # re-driven 3 times
+    step = "generate:clip_001_start/0/enhanced/1"
+    state.r.hset(running_key(state.job_id), step, 1)
+    state.r.hset(redrives_key(state.job_id), step, 3)  # re-driven 3 times already, and dead again
     watchdog_round()
     assert "died 4 times" in state.r.hget(PARKED_JOBS, state.job_id)
     status = state.status()
