@@ -67,21 +67,7 @@ def _raise_if_cancelled(state: JobState) -> None:
 def claim_step(state: JobState, step: str, outcome) -> tuple[object, Lease | None]:
     """(stored outcome, None) when the step's outcome exists — now or once the copy running it
     finishes — else (None, lease) with this copy holding the step's lease."""
-    stored = outcome()
-    if stored is not None:
-        return stored, None
-    lease = state.lease(step)
-    if lease.acquire():
-        try:
-            stored = outcome()  # finished between the check and the acquire
-        except BaseException:
-            lease.release(finished=False)
-            raise
-        if stored is None:
-            return None, lease
-        lease.release(finished=True)
-        return stored, None
-    return wait_for(outcome, lease)
+    return wait_for(outcome, state.lease(step))
 
 
 # Create (intake queue: validating and fetching a reference never holds up select/finalize) ---
