@@ -141,19 +141,15 @@ class Lease:
         self._release(keys=[self.key, running_key(self.job_id), redrives_key(self.job_id)],
                       args=[self.owner, self.step, "1" if finished else "0"])
 
-    def held_by_other(self) -> bool:
-        holder = self.r.get(self.key)
-        return holder is not None and holder != self.owner
 
-
-def wait_for(done, lease: Lease, poll_s: float = 0.2, timeout_s: float | None = None):
+def wait_for(done, lease: Lease, poll_s: float = 0.2):
     """The second copy of a step: wait until ``done()`` returns a value (the first copy's result),
     or until the first copy's lease is gone (it died) and this copy takes the lease over.
 
     Returns (result, None) when the first copy finished, or (None, lease) when this copy now holds
-    the lease and must do the work itself.
+    the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
+    the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
     """
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         result = done()
         if result is not None:
@@ -168,8 +164,6 @@ def wait_for(done, lease: Lease, poll_s: float = 0.2, timeout_s: float | None = 
                 lease.release(finished=True)
                 return result, None
             return None, lease
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"step {lease.step} of {lease.job_id} is held by another worker")
         time.sleep(poll_s)
 
 

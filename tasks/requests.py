@@ -52,8 +52,6 @@ def check_artifact_key(key: str) -> str:
     return key
 
 
-ArtifactKey = Annotated[str, AfterValidator(check_artifact_key)]
-
 
 def check_reference_source(source: str) -> str:
     """An artifact-store key or an http(s) URL; nothing else (no file://, no paths)."""

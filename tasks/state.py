@@ -351,7 +351,7 @@ class JobState:
         fields["updated_at"] = time.time()
         if progress:
             flat = [part for item in _flatten_fields(fields).items() for part in item]
-            if not self.r.eval(_SET_UNLESS_DONE, 1, _key(self.job_id, "status"), *flat):
+            if not self.r.register_script(_SET_UNLESS_DONE)(keys=[_key(self.job_id, "status")], args=flat):
                 return
         pipe = self.r.pipeline()
         pipe.hset(_key(self.job_id, "status"), mapping=_flatten_fields(fields))

@@ -117,7 +117,6 @@ class PredictionWatcher:
         self.settings, self.board, self.list_page, self.fetch = settings, board, list_page, fetch
         self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.holding = False
-        self.sweeps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -192,7 +191,6 @@ class PredictionWatcher:
             self._published.pop(prediction_id, None)
         seconds, _ = self.board.r.time()
         self.board.r.set(self.board.swept, seconds, ex=STATUS_TTL_S)
-        self.sweeps += 1
 
     def _reconcile(self, missing: list[str], now: float) -> None:
         """A prediction the listings have not shown for long (lost off the pages, or listed late) is

@@ -113,21 +113,6 @@ def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_tes
     assert_no_image_paid_twice(job_id, manifest)
 
 
-def test_redis_restart_mid_job(celery_app, fleet_for_test, store, redis_server):
-    fleet = fleet_for_test({**store_env(store), **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5"})
-    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("redis-restart"), 3))
-    wait_until(lambda: job_status(job_id).frames_done >= 2)
-    redis_server.stop(remove_data=False)  # SIGTERM: Redis writes its append-only file and exits
-    time.sleep(1.0)
-    redis_server.start()
-    status = wait_for_job(job_id, timeout_s=120)
-    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
-    assert status.outcome == "succeeded"
-    assert all(f["status"] == "succeeded" for f in manifest["frames"])
-    assert_no_image_paid_twice(job_id, manifest)
-    assert fleet.restarts == []  # workers ride out the restart (tasks/celery_compat.py)
-
-
 def test_cancel_mid_job(celery_app, fleet_for_test, store):
     fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.7"})
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("cancel"), 3))

@@ -37,14 +37,15 @@ def test_jobs_submitted_together_complete_in_submission_order(celery_app, fleet_
     assert finished[0] < finished[-1] and finished[1] < finished[-1]
 
 
+def job_id_where(prefix: str, fits) -> str:
+    """The first fresh job id whose deterministic latency draws satisfy ``fits``."""
+    return next(job_id for n in itertools.count() if fits(job_id := unique_id(f"{prefix}{n}")))
+
+
 def slow_third_frame_job(profile: LatencyProfile) -> str:
     """A job id whose offline LLM draws make frame 3's enhancement slow and frame 1's fast."""
-    for n in itertools.count():
-        job_id = unique_id(f"ready{n}")
-        first = [profile.draw(f"llm/{job_id}/clip_001_start/{call}") for call in range(8)]
-        third = profile.draw(f"llm/{job_id}/clip_002_start/0")
-        if third > 2.0 and max(first) < 1.0:
-            return job_id
+    return job_id_where("ready", lambda job_id: profile.draw(f"llm/{job_id}/clip_002_start/0") > 2.0
+                        and max(profile.draw(f"llm/{job_id}/clip_001_start/{call}") for call in range(8)) < 1.0)
 
 
 def test_frame_one_starts_before_a_slow_enhancement_of_frame_three_finishes(celery_app, fleet_for_test, tmp_path):
@@ -62,12 +63,11 @@ def test_frame_one_starts_before_a_slow_enhancement_of_frame_three_finishes(cele
 
 def cold_variation_job(profile: LatencyProfile) -> str:
     """A one-clip job whose first frame has exactly one cold variation (the others are fast)."""
-    for n in itertools.count():
-        job_id = unique_id(f"cut{n}")
-        draws = [profile.draw(f"image/{job_id}/clip_001_start/{index}/0") for index in range(1, 5)]
-        end = [profile.draw(f"image/{job_id}/clip_001_end/{index}/0") for index in range(1, 5)]
-        if sum(d > 5 for d in draws) == 1 and max(end) < 5:
-            return job_id
+    def draws(job_id: str, frame: str) -> list[float]:
+        return [profile.draw(f"image/{job_id}/{frame}/{index}/0") for index in range(1, 5)]
+
+    return job_id_where("cut", lambda job_id: sum(d > 5 for d in draws(job_id, "clip_001_start")) == 1
+                        and max(draws(job_id, "clip_001_end")) < 5)
 
 
 def test_a_cold_variation_is_cut_and_the_frame_ranked_on_the_rest(celery_app, fleet_for_test, tmp_path):
