@@ -37,6 +37,17 @@ WORKER_SHAPES = {
 }
 
 
+# Message priorities (tasks/scheduling.py): each queue is one Redis list per step, `queue`
+# (priority 0, served first) and `queue:9`. Queue-length metrics must count all of them
+# (deploy/k8s/keda.yaml), and so must anything that looks for a job's messages (tasks/broker.py).
+PRIORITY_STEPS, PRIORITY_SEPARATOR = (0, 9), ":"
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s messages, highest priority (served first) first."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
 def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     """Soft/hard time limits per task. The prefork pool enforces them; threads and solo pools
     cannot interrupt a thread, so there every blocking call also has its own deadline (reference
@@ -53,9 +64,8 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
 
 
 def celery_config(settings: Settings) -> dict:
-    # Message priorities (tasks/scheduling.py): each queue is two Redis lists, `queue` (priority 0,
-    # served first) and `queue:9`. Queue-length metrics must count both (deploy/k8s/keda.yaml).
-    transport_options = {"visibility_timeout": settings.visibility_timeout_s, "priority_steps": [0, 9], "sep": ":"}
+    transport_options = {"visibility_timeout": settings.visibility_timeout_s,
+                         "priority_steps": list(PRIORITY_STEPS), "sep": PRIORITY_SEPARATOR}
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,

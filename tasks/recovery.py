@@ -16,6 +16,7 @@ import time
 import redis
 
 from framefleet.config.settings import get_settings
+from framefleet.tasks.broker import queued_tasks
 from framefleet.tasks.leases import lease_alive, running_steps, take_dead_steps
 from framefleet.tasks.scheduling import dispatch_ready, send
 from framefleet.tasks.state import JobState, active_jobs, state_client
@@ -24,10 +25,15 @@ log = logging.getLogger(__name__)
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # how many rounds ran (operators and tests see it ran)
 
 
+FRAME_TASKS = {"framefleet.images.generate_variation", "framefleet.scoring.score_variations",
+               "framefleet.frames.select", "framefleet.jobs.finalize"}
+
+
 def resume(state: JobState) -> str:
     """Continue a job from its stored state: missing enhancements, then the next frame.
 
-    Steps that hold a live lease are running and are left alone; finished steps are not redone.
+    Steps that hold a live lease are running and steps whose message is still in the broker are
+    queued: both are left alone. Finished steps are not redone.
     """
     status = state.status()
     if status.state == "done" or state.cancelled():
@@ -35,13 +41,14 @@ def resume(state: JobState) -> str:
     spec, frames = state.spec(), state.frames()
     state.set_active(True)
     state.update_status(message=f"Resumed at {status.stage}")
-    sent = []
+    sent, queued = [], queued_tasks(state.job_id)
+    enhancing = {task.args[1] for task in queued if task.name == "framefleet.prompts.enhance"}
     for planned in spec.plan.frames:
-        if frames[planned.name].enhanced_prompt is None and not lease_alive(state.r, state.job_id,
-                                                                           f"enhance:{planned.name}"):
+        if (frames[planned.name].enhanced_prompt is None and planned.name not in enhancing
+                and not lease_alive(state.r, state.job_id, f"enhance:{planned.name}")):
             send(state, "framefleet.prompts.enhance", (state.job_id, planned.name))
             sent.append(f"enhance {planned.name}")
-    if not _frame_steps_alive(state):
+    if not _frame_steps_alive(state) and not any(task.name in FRAME_TASKS for task in queued):
         enqueued = dispatch_ready(state, force=True)
         if enqueued:
             sent.append(enqueued)

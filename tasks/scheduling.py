@@ -19,6 +19,7 @@ import time
 
 from celery import chord
 
+from framefleet.config.celery import PRIORITY_STEPS
 from framefleet.config.settings import get_settings
 from framefleet.tasks.budget import BudgetGuard
 from framefleet.tasks.keys import ENHANCED, ORIGINAL
@@ -30,8 +31,7 @@ from framefleet.tasks.providers.base import StopCheck
 
 log = logging.getLogger(__name__)
 
-CONTINUATION, NEW_JOB = 0, 9  # kombu's Redis transport: 0 is served first
-PRIORITY_STEPS = [CONTINUATION, NEW_JOB]
+CONTINUATION, NEW_JOB = PRIORITY_STEPS  # kombu's Redis transport: 0 is served first
 RETRY_WITH_ORIGINAL_PROMPT = "generation failed: one image with the original prompt"
 
 

@@ -11,6 +11,10 @@ from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
 
 # Small worker shapes: CI machines have 2 cores.
+# Test fleets score with the heuristic scorer unless a test names another: the `auto` probe of the
+# model caches costs each gpu worker seconds at start (tests/unit/test_scorer_selection.py covers it).
+TEST_ENV = {"FRAMEFLEET_SCORER": "heuristic"}
+FLEET_START_TIMEOUT_S = 120  # five workers importing at once on a loaded 2-core CI machine
 TEST_SHAPES = {"intake": ("threads", 8), "control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
 
 
@@ -72,9 +76,9 @@ def start_fleet(broker_url, tmp_path_factory):
 
     def start(env: dict[str, str], queues=("intake", "control", "llm", "images", "gpu")) -> Fleet:
         logs = tmp_path_factory.mktemp("worker-logs")
-        fleet = Fleet({"FRAMEFLEET_BROKER_URL": broker_url, **env}, queues=tuple(queues), log_dir=logs,
+        fleet = Fleet({**TEST_ENV, "FRAMEFLEET_BROKER_URL": broker_url, **env}, queues=tuple(queues), log_dir=logs,
                       shapes=TEST_SHAPES)
-        fleets.append(fleet.start())
+        fleets.append(fleet.start(FLEET_START_TIMEOUT_S))
         return fleet
 
     yield start
@@ -88,9 +92,9 @@ def fleet_for_test(broker_url, tmp_path):
     fleets: list[Fleet] = []
 
     def start(env: dict[str, str], beat: bool = True) -> Fleet:
-        fleet = Fleet({"FRAMEFLEET_BROKER_URL": broker_url, **env}, log_dir=tmp_path / "worker-logs",
+        fleet = Fleet({**TEST_ENV, "FRAMEFLEET_BROKER_URL": broker_url, **env}, log_dir=tmp_path / "worker-logs",
                       shapes=TEST_SHAPES, beat=beat)
-        fleets.append(fleet.start())
+        fleets.append(fleet.start(FLEET_START_TIMEOUT_S))
         return fleet
 
     yield start

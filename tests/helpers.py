@@ -9,6 +9,7 @@ import time
 
 from PIL import Image
 
+from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.store import ArtifactStore
 
 
@@ -16,6 +17,16 @@ def png_bytes(colour=(200, 40, 40), size=(64, 36)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, colour).save(out, format="PNG")
     return out.getvalue()
+
+
+def purge_queues(app) -> None:
+    """Drop every message waiting in the fleet's queues, all priority lists (a broker that lost them).
+
+    ``app.control.purge()`` would only empty the queues the app declares (`control`).
+    """
+    with app.connection_for_write() as connection:
+        for queue in QUEUES:
+            connection.default_channel.queue_purge(queue)
 
 
 def run_job(app, kind: str, request: dict, store: ArtifactStore, timeout_s: float = 120.0):

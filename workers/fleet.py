@@ -83,9 +83,13 @@ class Fleet:
                 self.start_worker(queue, name[len(queue):])
 
     def start(self, timeout_s: float = 60.0) -> "Fleet":
-        for queue in self.queues:
-            self.start_worker(queue)
-        self.wait_ready([self.node_name(q) for q in self.queues], timeout_s)
+        try:
+            for queue in self.queues:
+                self.start_worker(queue)
+            self.wait_ready([self.node_name(q) for q in self.queues], timeout_s)
+        except BaseException:
+            self.stop()  # a fleet that never came up leaves nothing running
+            raise
         self._supervisor.start()
         return self
 

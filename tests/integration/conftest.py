@@ -6,6 +6,7 @@ import pytest
 
 from framefleet.config.settings import get_settings
 from framefleet.tasks.store import fleet_store
+from tests.helpers import purge_queues
 
 
 @pytest.fixture
@@ -23,6 +24,6 @@ def local_steps(broker_url, tmp_path, monkeypatch, celery_app):
 
     image_generator.cache_clear()
     yield fleet_store()
-    celery_app.control.purge()  # follow-up steps the racing steps enqueued: no worker runs them here
+    purge_queues(celery_app)  # follow-up steps the racing steps enqueued: no worker runs them here
     for cached in (get_settings, fleet_store, image_generator):
         cached.cache_clear()

@@ -102,3 +102,10 @@ def test_a_worker_that_cannot_go_on_exits_non_zero(command, tmp_path):
                 worker.wait()
     assert "Unrecoverable error" in log_path.read_text()
     assert exit_code != 0
+
+
+def test_a_fleet_that_never_gets_ready_leaves_nothing_running(broker_url, no_process_outlives_the_test):
+    fleet = Fleet({"FRAMEFLEET_BROKER_URL": broker_url}, queues=("control", "images"))
+    with pytest.raises(RuntimeError, match="not ready"):
+        fleet.start(timeout_s=0)  # one ping of half a second: the workers are still importing
+    assert fleet.processes == {}  # stopped by pid, with their children (no_process_outlives_the_test)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from framefleet.config.celery import QUEUES
+from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.state import JobState
 from tests.helpers import run_job, storyboard_request, unique_id
 from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
@@ -142,7 +142,7 @@ def test_resume_after_every_worker_died_and_the_broker_was_wiped(celery_app, fle
     for name in list(fleet.processes):
         fleet.kill(name)
     client = redis.Redis.from_url(broker_url)
-    client.delete(*QUEUES, *(f"{queue}:9" for queue in QUEUES), "unacked", "unacked_index", "unacked_mutex")
+    client.delete(*(name for queue in QUEUES for name in broker_lists(queue)), "unacked", "unacked_index", "unacked_mutex")
     time.sleep(2.5)
     from framefleet.workers.cli import main
 

@@ -18,7 +18,7 @@ import pytest
 from framefleet.tasks.keys import ENHANCED
 from framefleet.tasks.records import FrameRecord
 from framefleet.tasks.state import JobState, StaleWrite
-from tests.helpers import storyboard_request, unique_id
+from tests.helpers import purge_queues, storyboard_request, unique_id
 from framefleet.workers.client import job_status, submit_job, wait_for_job
 from framefleet.tasks.store import open_store
 
@@ -110,6 +110,35 @@ def test_a_stale_record_is_never_written_back(local_steps):
     for thread in threads:
         thread.join(30)
     assert sorted(state.frame("clip_001_end").warnings) == [f"w{n}" for n in range(8)]
+
+
+def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, celery_app):
+    from framefleet.tasks import pipeline
+    from framefleet.tasks.broker import queued_tasks
+    from framefleet.tasks.recovery import resume
+
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("resume-queued"), 1))["job_id"]
+    state = JobState(job_id)
+    frames = ["clip_001_start", "clip_001_end"]
+
+    def queued() -> list[tuple[str, list]]:
+        return sorted((task.name, task.args) for task in queued_tasks(job_id))
+
+    # No worker consumes here: both enhancements wait in the llm queue and hold no lease.
+    waiting = queued()
+    assert waiting == sorted(("framefleet.prompts.enhance", [job_id, frame]) for frame in frames)
+    assert resume(state) == "running" and queued() == waiting  # queued is not lost: nothing sent
+    purge_queues(celery_app)  # the broker lost them
+    assert resume(state) == "enhance clip_001_start, enhance clip_001_end" and queued() == waiting
+
+    for frame in frames:  # the enhancements run here; the first frame's round is enqueued
+        pipeline.enhance_prompt(job_id, frame)
+    generations = [("framefleet.images.generate_variation", [job_id, frames[0], ENHANCED, index]) for index in range(1, 5)]
+    waiting = queued()
+    assert [task for task in waiting if task[0] != "framefleet.prompts.enhance"] == generations
+    assert resume(state) == "running" and queued() == waiting
+    purge_queues(celery_app)
+    assert resume(state) == "clip_001_start" and queued() == generations
 
 
 def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_app, fleet_for_test, tmp_path):
