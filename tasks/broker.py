@@ -1,4 +1,4 @@
-"""A job's messages still in the broker: queued, or delivered and not yet acknowledged.
+"""What the broker holds: a job's queued messages, and admitting a new frame's round together.
 
 A step that is queued holds no lease yet (tasks/leases.py), so leases alone cannot tell it from a
 step whose message was lost. Every queue acks late, so a step's message stays in the broker from
@@ -15,13 +15,35 @@ from typing import NamedTuple
 from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.app import app
 
+# How far from the served end of a priority list the siblings of a round are looked for: a
+# round's messages are sent one after another, so they sit next to the one just taken.
+SIBLING_WINDOW = 64
+
+# KEYS: the list the round waits in, the list served first. ARGV: the round's group id, window.
+# kombu pushes on the left and pops on the right: pushed newest first to the right end, the
+# round keeps its order there.
+_ADMIT_ROUND = """
+local entries = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[2]), -1)
+local moved = 0
+for i = 1, #entries do
+  local ok, message = pcall(cjson.decode, entries[i])
+  if ok and type(message) == 'table' and type(message.headers) == 'table'
+      and message.headers.group == ARGV[1]
+      and redis.call('LREM', KEYS[1], 1, entries[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], entries[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
 
 class QueuedTask(NamedTuple):
     name: str
     args: list
 
 
-def _decode(raw: bytes | str, unacked: bool) -> QueuedTask | None:
+def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
     """A kombu message (Celery protocol 2) → its task name and args; None for anything else.
 
     Unacknowledged entries are ``[message, exchange, routing key]``.
@@ -41,7 +63,7 @@ def _decode(raw: bytes | str, unacked: bool) -> QueuedTask | None:
 
 def queued_tasks(job_id: str) -> list[QueuedTask]:
     """The job's tasks waiting in any queue or held unacknowledged by a worker."""
-    with app.connection_for_read() as connection:
+    with app.pool.acquire(block=True) as connection:
         channel = connection.default_channel
         client = channel.client
         with client.pipeline(transaction=False) as pipe:
@@ -50,6 +72,20 @@ def queued_tasks(job_id: str) -> list[QueuedTask]:
                     pipe.lrange(name, 0, -1)
             pipe.hvals(channel.unacked_key)
             *queued, unacked = pipe.execute()
-    tasks = [_decode(raw, unacked=False) for entries in queued for raw in entries]
-    tasks += [_decode(raw, unacked=True) for raw in unacked]
+    tasks = [decode_message(raw, unacked=False) for entries in queued for raw in entries]
+    tasks += [decode_message(raw, unacked=True) for raw in unacked]
     return [task for task in tasks if task is not None and task.args[:1] == [job_id]]
+
+
+def admit_round(queue: str, group_id: str) -> int:
+    """Move the rest of a chord header (a frame's round) from the lower priority lists of
+    ``queue`` to the served end of its first one, atomically (no message is copied or lost).
+
+    Called when a new job's first variation starts: its siblings then take the next free slots
+    instead of waiting behind running jobs' next frames, so the frame runs in one piece.
+    Returns how many messages moved.
+    """
+    served_first, *waiting = broker_lists(queue)
+    with app.pool.acquire(block=True) as connection:
+        admit = connection.default_channel.client.register_script(_ADMIT_ROUND)
+        return sum(admit(keys=[name, served_first], args=[group_id, SIBLING_WINDOW]) for name in waiting)

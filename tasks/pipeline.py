@@ -22,6 +22,7 @@ import time
 from celery.exceptions import Retry
 from pydantic import ValidationError
 
+from framefleet.config.celery import TASK_QUEUES
 from framefleet.config.settings import get_settings
 from framefleet.scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
 from framefleet.tasks.budget import BudgetGuard
@@ -35,10 +36,11 @@ from framefleet.tasks import revisions
 from framefleet.tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
 from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
-from framefleet.tasks.scheduling import RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
+from framefleet.tasks.scheduling import NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
 from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
 from framefleet.tasks.bootstrap import process_scorer
+from framefleet.tasks.broker import admit_round
 from framefleet.tasks.inputs import fetch_url, is_url, normalise_image
 from framefleet.tasks.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
 from framefleet.tasks.providers.base import GenerationStopped, ImageRequest
@@ -248,6 +250,10 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
 # Generation (images; chord header: never raises for a provider failure) --------------------
 @app.task(bind=True, name="framefleet.images.generate_variation", max_retries=1)
 def generate_variation(self, job_id: str, frame: str, stage: str, index: int, revision: int = 0) -> dict:
+    if self.request.group and (self.request.delivery_info or {}).get("priority") == NEW_JOB:
+        # A new job's frame runs in one piece: its siblings take the next free slots.
+        if moved := admit_round(TASK_QUEUES[self.name], self.request.group):
+            log.info("job %s: admitted %d more variations of %s", job_id, moved, frame)
     state, store = JobState(job_id), fleet_store()
     if state.cancelled():  # checked before any paid call
         return VariationRecord(index=index, prompt_source=stage, error="cancelled").model_dump(mode="json")

@@ -91,9 +91,9 @@ def fleet_for_test(broker_url, tmp_path):
     """Like start_fleet, but stopped at the end of the test (for fleets that get killed)."""
     fleets: list[Fleet] = []
 
-    def start(env: dict[str, str], beat: bool = True) -> Fleet:
+    def start(env: dict[str, str], beat: bool = True, shapes: dict[str, tuple[str, int]] | None = None) -> Fleet:
         fleet = Fleet({**TEST_ENV, "FRAMEFLEET_BROKER_URL": broker_url, **env}, log_dir=tmp_path / "worker-logs",
-                      shapes=TEST_SHAPES, beat=beat)
+                      shapes={**TEST_SHAPES, **(shapes or {})}, beat=beat)
         fleets.append(fleet.start(FLEET_START_TIMEOUT_S))
         return fleet
 

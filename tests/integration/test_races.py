@@ -141,6 +141,31 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     assert resume(state) == "clip_001_start" and queued() == generations
 
 
+def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redis_server):
+    import redis
+
+    from framefleet.tasks import pipeline
+    from framefleet.tasks.broker import admit_round, decode_message
+
+    jobs = [pipeline.submit_job("storyboard", storyboard_request(unique_id("admit"), 1))["job_id"] for _ in range(2)]
+    purge_queues(celery_app)  # their enhancements run here
+    for job_id in jobs:
+        pipeline.enhance_prompt(job_id, "clip_001_start")  # enqueues the first frame at the new-job priority
+    broker = redis.Redis.from_url(redis_server.url)
+
+    def served(name: str) -> list[tuple[str, int]]:
+        """The list's (job, variation) in the order workers take them (kombu pops the right end)."""
+        return [(task.args[0], task.args[3]) for raw in reversed(broker.lrange(name, 0, -1))
+                if (task := decode_message(raw, unacked=False)).name == "framefleet.images.generate_variation"]
+
+    first, second = ([(job_id, index) for index in range(1, 5)] for job_id in jobs)
+    assert served("images") == [] and served("images:9") == first + second
+    taken = json.loads(broker.rpop("images:9"))  # a worker takes the first job's first variation
+    assert admit_round("images", taken["headers"]["group"]) == 3
+    assert served("images") == first[1:] and served("images:9") == second  # served next, in order
+    assert admit_round("images", taken["headers"]["group"]) == 0  # nothing copied or lost
+
+
 def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_app, fleet_for_test, tmp_path):
     store = open_store(f"file://{tmp_path / 'artifacts'}")
     fleet_for_test({"FRAMEFLEET_STORE_URL": store.url, "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.1",
