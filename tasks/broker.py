@@ -15,6 +15,8 @@ from typing import NamedTuple
 from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.app import app
 
+BROKER_TIMEOUT_S = 5  # waiting for a pooled broker connection
+
 # How far from the served end of a priority list the siblings of a round are looked for: a
 # round's messages are sent one after another, so they sit next to the one just taken.
 SIBLING_WINDOW = 64
@@ -29,7 +31,7 @@ for i = 1, #entries do
   local ok, message = pcall(cjson.decode, entries[i])
   if ok and type(message) == 'table' and type(message.headers) == 'table'
       and message.headers.group == ARGV[1]
-      and redis.call('LREM', KEYS[1], 1, entries[i]) == 1 then
+      and redis.call('LREM', KEYS[1], -1, entries[i]) == 1 then
     redis.call('RPUSH', KEYS[2], entries[i])
     moved = moved + 1
   end
@@ -57,16 +59,16 @@ def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
             body = base64.b64decode(body)
         args = json.loads(body)[0]
         return QueuedTask(message["headers"]["task"], list(args))
-    except (ValueError, TypeError, KeyError, IndexError):
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None  # not a Celery message (kombu discards such entries itself)
 
 
 def queued_tasks(job_id: str) -> list[QueuedTask]:
-    """The job's tasks waiting in any queue or held unacknowledged by a worker."""
-    with app.pool.acquire(block=True) as connection:
+    """The job's tasks waiting in any queue or held unacknowledged by a worker (one snapshot)."""
+    with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
         channel = connection.default_channel
         client = channel.client
-        with client.pipeline(transaction=False) as pipe:
+        with client.pipeline(transaction=True) as pipe:
             for queue in QUEUES:
                 for name in broker_lists(queue):
                     pipe.lrange(name, 0, -1)
@@ -74,7 +76,9 @@ def queued_tasks(job_id: str) -> list[QueuedTask]:
             *queued, unacked = pipe.execute()
     tasks = [decode_message(raw, unacked=False) for entries in queued for raw in entries]
     tasks += [decode_message(raw, unacked=True) for raw in unacked]
-    return [task for task in tasks if task is not None and task.args[:1] == [job_id]]
+    # The job id is the first argument, or the second where Celery puts the previous step's
+    # result first (a chord body, the next link of a chain: scoring, selection).
+    return [task for task in tasks if task is not None and job_id in task.args[:2]]
 
 
 def admit_round(queue: str, group_id: str) -> int:
@@ -86,6 +90,6 @@ def admit_round(queue: str, group_id: str) -> int:
     Returns how many messages moved.
     """
     served_first, *waiting = broker_lists(queue)
-    with app.pool.acquire(block=True) as connection:
+    with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
         admit = connection.default_channel.client.register_script(_ADMIT_ROUND)
         return sum(admit(keys=[name, served_first], args=[group_id, SIBLING_WINDOW]) for name in waiting)

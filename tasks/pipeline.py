@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import time
 
+import kombu.exceptions
+import redis
 from celery.exceptions import Retry
 from pydantic import ValidationError
 
@@ -252,8 +254,11 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
 def generate_variation(self, job_id: str, frame: str, stage: str, index: int, revision: int = 0) -> dict:
     if self.request.group and (self.request.delivery_info or {}).get("priority") == NEW_JOB:
         # A new job's frame runs in one piece: its siblings take the next free slots.
-        if moved := admit_round(TASK_QUEUES[self.name], self.request.group):
-            log.info("job %s: admitted %d more variations of %s", job_id, moved, frame)
+        try:
+            if moved := admit_round(TASK_QUEUES[self.name], self.request.group):
+                log.info("job %s: admitted %d more variations of %s", job_id, moved, frame)
+        except (redis.RedisError, OSError, kombu.exceptions.KombuError) as error:  # an optimisation only
+            log.warning("job %s: could not admit the rest of %s's round: %s", job_id, frame, error)
     state, store = JobState(job_id), fleet_store()
     if state.cancelled():  # checked before any paid call
         return VariationRecord(index=index, prompt_source=stage, error="cancelled").model_dump(mode="json")

@@ -38,17 +38,22 @@ def resume(state: JobState) -> str:
     status = state.status()
     if status.state == "done" or state.cancelled():
         return "nothing to do"
-    spec, frames = state.spec(), state.frames()
+    # Broker first, then leases, then stored state: a step that moves on between two reads is
+    # then seen in the later one (acked only after its lease is released and its result stored).
+    queued = queued_tasks(state.job_id)
+    spec = state.spec()
+    enhancing = {task.args[1] for task in queued if task.name == "framefleet.prompts.enhance"}
+    enhancing |= {f.name for f in spec.plan.frames if lease_alive(state.r, state.job_id, f"enhance:{f.name}")}
+    frame_steps_busy = _frame_steps_alive(state) or any(task.name in FRAME_TASKS for task in queued)
+    frames = state.frames()
     state.set_active(True)
     state.update_status(message=f"Resumed at {status.stage}")
-    sent, queued = [], queued_tasks(state.job_id)
-    enhancing = {task.args[1] for task in queued if task.name == "framefleet.prompts.enhance"}
+    sent = []
     for planned in spec.plan.frames:
-        if (frames[planned.name].enhanced_prompt is None and planned.name not in enhancing
-                and not lease_alive(state.r, state.job_id, f"enhance:{planned.name}")):
+        if frames[planned.name].enhanced_prompt is None and planned.name not in enhancing:
             send(state, "framefleet.prompts.enhance", (state.job_id, planned.name))
             sent.append(f"enhance {planned.name}")
-    if not _frame_steps_alive(state) and not any(task.name in FRAME_TASKS for task in queued):
+    if not frame_steps_busy:
         enqueued = dispatch_ready(state, force=True)
         if enqueued:
             sent.append(enqueued)

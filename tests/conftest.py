@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 
 import pytest
@@ -11,6 +12,15 @@ from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
 
 # Small worker shapes: CI machines have 2 cores.
+def pytest_configure(config) -> None:
+    """A SIGTERM (a CI timeout, an operator) ends the run like Ctrl-C: fixtures tear down, so the
+    Redis servers and worker fleets they started are stopped, not orphaned."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 # Test fleets score with the heuristic scorer unless a test names another: the `auto` probe of the
 # model caches costs each gpu worker seconds at start (tests/unit/test_scorer_selection.py covers it).
 TEST_ENV = {"FRAMEFLEET_SCORER": "heuristic"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ class Fleet:
         self.run_id = uuid.uuid4().hex[:6]
         self.beat = beat
         self.restarts: list[str] = []
+        self._beat_dirs: list[Path] = []
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
@@ -57,8 +59,8 @@ class Fleet:
                 *worker_argv([queue], pool, concurrency, self.node_name(queue, suffix))]
         if self.beat and queue == "control" and not suffix:
             # The watchdog's schedule: exactly one beat per fleet, here in the first control worker.
-            schedule = Path(tempfile.mkdtemp(prefix="framefleet-beat-")) / "schedule"
-            argv += ["-B", "-s", str(schedule)]
+            self._beat_dirs.append(Path(tempfile.mkdtemp(prefix="framefleet-beat-")))
+            argv += ["-B", "-s", str(self._beat_dirs[-1] / "schedule")]
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             output = open(self.log_dir / f"{queue}{suffix}.log", "ab")
@@ -133,6 +135,8 @@ class Fleet:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+        for directory in self._beat_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def __enter__(self) -> "Fleet":
         return self.start()

@@ -109,3 +109,4 @@ def test_a_fleet_that_never_gets_ready_leaves_nothing_running(broker_url, no_pro
     with pytest.raises(RuntimeError, match="not ready"):
         fleet.start(timeout_s=0)  # one ping of half a second: the workers are still importing
     assert fleet.processes == {}  # stopped by pid, with their children (no_process_outlives_the_test)
+    assert fleet._beat_dirs and not any(directory.exists() for directory in fleet._beat_dirs)  # beat schedule removed

@@ -140,6 +140,16 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     purge_queues(celery_app)
     assert resume(state) == "clip_001_start" and queued() == generations
 
+    # Scoring and selection wait with the previous step's result before the job id (a chord body,
+    # a chain link): still found, still not re-sent.
+    for task, args in (("framefleet.scoring.score_variations", ([], job_id, frames[0])),
+                       ("framefleet.frames.select", ({}, job_id, frames[0], ENHANCED))):
+        purge_queues(celery_app)
+        celery_app.signature(task, args=args).apply_async()
+        waiting = queued()
+        assert [name for name, _ in waiting] == [task]
+        assert resume(state) == "running" and queued() == waiting
+
 
 def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redis_server):
     import redis
@@ -155,8 +165,9 @@ def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redi
 
     def served(name: str) -> list[tuple[str, int]]:
         """The list's (job, variation) in the order workers take them (kombu pops the right end)."""
-        return [(task.args[0], task.args[3]) for raw in reversed(broker.lrange(name, 0, -1))
-                if (task := decode_message(raw, unacked=False)).name == "framefleet.images.generate_variation"]
+        tasks = (decode_message(raw, unacked=False) for raw in reversed(broker.lrange(name, 0, -1)))
+        return [(task.args[0], task.args[3]) for task in tasks
+                if task is not None and task.name == "framefleet.images.generate_variation"]
 
     first, second = ([(job_id, index) for index in range(1, 5)] for job_id in jobs)
     assert served("images") == [] and served("images:9") == first + second
