@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framefleet.config.celery import QUEUES, celery_config
+from framefleet.config.celery import QUEUES, broker_lists, celery_config
 from framefleet.config.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -70,6 +70,7 @@ def test_keda_scales_each_queue_on_its_redis_list():
         # Every priority sub-list of the queue counts, summed by the scaling formula.
         lists = {t["name"]: t["metadata"]["listName"] for t in spec["triggers"] if t["type"] == "redis"}
         assert sorted(lists.values()) == sorted(priority_lists(queue))
+        assert broker_lists(queue) == priority_lists(queue)  # what resume and admission read is what kombu writes
         assert spec["advanced"]["scalingModifiers"]["formula"] == " + ".join(lists)
         assert spec["minReplicaCount"] >= 1
 
