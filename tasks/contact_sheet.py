@@ -8,8 +8,10 @@ under the frame's name. A static HTML page shows the same with links to the full
 
 from __future__ import annotations
 
+import functools
 import html
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -23,8 +25,12 @@ PAD = 12
 INPUT_SCALE = 0.6
 BACKGROUND, INK, DIM = (250, 250, 248), (30, 30, 30), (110, 110, 110)
 SELECTED, WARNING, FAILED = (26, 150, 65), (200, 120, 0), (200, 40, 40)
+# Fetches and decodes overlap: the store is S3 in production (a round trip per image) and the
+# contact sheet is drawn before the job is done, so it is on every job's critical path.
+LOAD_THREADS = 8
 
 
+@functools.lru_cache(maxsize=None)
 def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
@@ -59,6 +65,7 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
     w, h = (int(p) for p in aspect_ratio.split(":"))
     thumb = (THUMB_W, max(32, round(THUMB_W * h / w)))
     small = (round(thumb[0] * INPUT_SCALE), round(thumb[1] * INPUT_SCALE))
+    thumbnails = _load_thumbnails(manifest, {"input": small, "candidate": thumb}, load)
     candidates = max((len(f.variations) for f in manifest.frames), default=1)
     inputs = max((len(f.inputs) for f in manifest.frames), default=0)
     row_h = thumb[1] + TEXT_H + PAD
@@ -76,20 +83,45 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
         _draw_label(draw, frame, top, changed_in(manifest, frame))
         x = LABEL_W
         for key in frame.inputs:
-            try:
-                sheet.paste(ImageOps.fit(load(key), small), (x, top))
-            except KeyError:
+            if thumbnails.get((key, "input")) is not None:
+                sheet.paste(thumbnails[key, "input"], (x, top))
+            else:
                 draw.rectangle((x, top, x + small[0], top + small[1]), outline=DIM)
             draw.text((x, top + small[1] + 2), "input", fill=DIM, font=_font(12))
             x += small[0] + PAD
         if inputs:
             x = LABEL_W + inputs * (small[0] + PAD) + PAD
         for variation in frame.variations:
-            _draw_candidate(sheet, draw, frame, variation, (x, top), thumb, load)
+            _draw_candidate(sheet, draw, frame, variation, (x, top), thumb, thumbnails.get((variation.key, "candidate")))
             x += thumb[0] + PAD
     out = io.BytesIO()
-    sheet.save(out, format="PNG")
+    sheet.save(out, format="PNG", compress_level=1)  # a preview: encode time matters more than bytes
     return out.getvalue()
+
+
+def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
+                     load: Callable[[str], Image.Image]) -> dict[tuple[str, str], Image.Image | None]:
+    """Every image the sheet shows, fetched and decoded once, in parallel; (key, use) → thumbnail,
+    None for an input that is no longer in the store."""
+    uses: dict[str, set[str]] = {}
+    for frame in manifest.frames:
+        for key in frame.inputs:
+            uses.setdefault(key, set()).add("input")
+        for variation in frame.variations:
+            if variation.key:
+                uses.setdefault(variation.key, set()).add("candidate")
+
+    def thumbnails_of(key: str) -> dict[tuple[str, str], Image.Image | None]:
+        try:
+            image = load(key)
+        except KeyError:
+            if "candidate" in uses[key]:
+                raise  # a stored candidate that cannot be read is a fault, not a gap
+            return {(key, "input"): None}
+        return {(key, use): ImageOps.fit(image, sizes[use], method=Image.Resampling.BILINEAR) for use in uses[key]}
+
+    with ThreadPoolExecutor(max_workers=LOAD_THREADS) as pool:
+        return {k: v for found in pool.map(thumbnails_of, uses) for k, v in found.items()}
 
 
 def changed_in(manifest: Manifest, frame: FrameRecord) -> bool:
@@ -111,10 +143,11 @@ def _draw_label(draw: ImageDraw.ImageDraw, frame: FrameRecord, top: int, changed
             y += 14
 
 
-def _draw_candidate(sheet, draw, frame: FrameRecord, variation: VariationRecord, origin, thumb, load) -> None:
+def _draw_candidate(sheet, draw, frame: FrameRecord, variation: VariationRecord, origin, thumb,
+                    thumbnail: Image.Image | None) -> None:
     x, y = origin
-    if variation.key:
-        sheet.paste(ImageOps.fit(load(variation.key), thumb), (x, y))
+    if thumbnail is not None:
+        sheet.paste(thumbnail, (x, y))
     else:
         draw.rectangle((x, y, x + thumb[0], y + thumb[1]), fill=(225, 225, 225))
         for n, line in enumerate(_wrap(f"failed: {variation.error}", 30)[:4]):

@@ -1,5 +1,7 @@
 import io
 
+import pytest
+
 from PIL import Image
 
 from framefleet.tasks.contact_sheet import SELECTED, render_contact_html, render_contact_sheet
@@ -41,3 +43,30 @@ def test_html_links_every_candidate_and_marks_failures():
     assert "class='selected'><a href='v2.png'>" in page
     assert "failed: NSFW content detected" in page and "below the threshold" in page
     assert "cons" in page and "#1" in page
+
+
+def test_each_image_is_loaded_once_and_a_missing_input_is_an_empty_box():
+    board = manifest()
+    second = board.frames[0].model_copy(update={"name": "clip_001_end", "inputs": ["v2.png", "gone.png"]})
+    board.frames.append(second)
+    loads = []
+
+    def counting_load(key):
+        loads.append(key)
+        if key == "gone.png":
+            raise KeyError(key)
+        return load(key)
+
+    sheet = Image.open(io.BytesIO(render_contact_sheet(board, "16:9", counting_load))).convert("RGB")
+    assert sorted(loads) == ["gone.png", "in.png", "v1.png", "v2.png"]  # v2 is a candidate and an input
+    assert sheet.height > 2 * 126
+
+
+def test_a_candidate_missing_from_the_store_fails_the_sheet():
+    def without_v1(key):
+        if key == "v1.png":
+            raise KeyError(key)
+        return load(key)
+
+    with pytest.raises(KeyError):
+        render_contact_sheet(manifest(), "16:9", without_v1)
