@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import time
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
@@ -56,12 +57,19 @@ class OfflineImageGenerator:
         return self.latency.draw(f"image/{request.job_id}/{request.frame}/{request.variation}/{request.attempt}")
 
     def generate(self, request: ImageRequest, should_stop: StopCheck | None = None) -> bytes:
+        started = time.monotonic()
         if self.call_log is not None and request.job_id:
             self.call_log(request)
-        wait(self.latency_s(request), should_stop)
         seed = _seed(request)
-        if self.failure_rate and random.Random(seed + 7919 * request.attempt).random() < self.failure_rate:
+        fails = self.failure_rate and random.Random(seed + 7919 * request.attempt).random() < self.failure_rate
+        png = None if fails else self._render(request, seed)
+        # The latency is the whole call, as a provider's is: the rendering happens inside it.
+        wait(max(0.0, self.latency_s(request) - (time.monotonic() - started)), should_stop)
+        if png is None:
             raise ImageGenerationError(f"simulated provider failure (variation {request.variation})")
+        return png
+
+    def _render(self, request: ImageRequest, seed: int) -> bytes:
         rng = random.Random(seed)
         size = canvas_size(request.aspect_ratio)
         palette = _palette(request.prompt)
