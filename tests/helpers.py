@@ -60,6 +60,13 @@ def references_request(job_id: str, scenes: int = 3, **extra) -> dict:
     }
 
 
+def wait_until(predicate, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
 def unique_id(prefix: str) -> str:
     return f"{prefix}-{int(time.time() * 1000) % 10**9}-{os.getpid()}"
 

@@ -9,7 +9,7 @@ import pytest
 
 from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.state import JobState
-from tests.helpers import run_job, storyboard_request, unique_id
+from tests.helpers import run_job, storyboard_request, unique_id, wait_until
 from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
 from framefleet.tasks.store import open_store
 
@@ -28,12 +28,6 @@ def store(tmp_path):
 def store_env(store) -> dict[str, str]:
     return {"FRAMEFLEET_STORE_URL": store.url}
 
-
-def wait_until(predicate, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def assert_no_image_paid_twice(job_id: str, manifest: dict) -> None:

@@ -17,7 +17,7 @@ import pytest
 from framefleet.tasks.requests import RequestError
 from framefleet.tasks.state import JobState, events_channel
 RECEIVED = "mainapp:callbacks"  # tests/callback_app.py (imported only by the main app's worker)
-from tests.helpers import storyboard_request, unique_id
+from tests.helpers import storyboard_request, unique_id, wait_until
 from framefleet.workers.client import (UnknownJob, _send_and_wait, choose_candidate, list_jobs, regenerate_frame, submit_job,
                             wait_for_job)
 from framefleet.tasks.store import open_store
@@ -57,12 +57,6 @@ def callbacks_for(job_id: str) -> list[dict]:
     received = [json.loads(m) for m in JobState(job_id).r.lrange(RECEIVED, 0, -1)]
     return [m for m in received if m["job_id"] == job_id]
 
-
-def wait_until(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
 
 
 def test_choose_then_regenerate_make_revisions_that_lose_nothing(celery_app, fleet, main_app):
