@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from framefleet.scoring.weights import DEFAULT_SOURCES, ModelSources
 
+MAX_VARIATIONS = 8  # per frame round, in settings and in a request's overrides
+
 
 class ScoreWeights(BaseModel):
     """Weights of the overall score. PickScore leads: it predicts human preference best."""
@@ -95,7 +97,7 @@ class Settings(BaseSettings):
     }
 
     # Pipeline defaults (each can be overridden per job).
-    num_variations: int = Field(4, ge=1, le=8)
+    num_variations: int = Field(4, ge=1, le=MAX_VARIATIONS)
     max_enhancement_iterations: int = Field(4, ge=1, le=10)
     score_threshold: float = Field(85.0, ge=0, le=100)
     convergence_epsilon: float = Field(0.5, ge=0)
@@ -109,8 +111,14 @@ class Settings(BaseSettings):
     scheduling: Literal["priority", "fifo"] = "priority"
     # Straggler cut: once min_variations of a frame's variations are stored, one still running
     # straggler_grace_s later is stopped (its prediction cancelled). min = num_variations: no cut.
-    min_variations: int = Field(3, ge=1, le=8)
+    min_variations: int = Field(3, ge=1, le=MAX_VARIATIONS)
     straggler_grace_s: float = Field(20.0, gt=0)
+    # Slot holding (tasks/slot_hold.py, priority scheduling only): a slot freed by a variation
+    # waits up to slot_hold_s, once its round is complete, for the job's next round (the gap is
+    # scoring plus selection), and up to slot_hold_siblings_s while the rest of its round runs.
+    # 0 turns holding off.
+    slot_hold_s: float = Field(1.0, ge=0)
+    slot_hold_siblings_s: float = Field(0.25, ge=0)
 
     # Request limits.
     max_frames: int = Field(64, ge=1)

@@ -38,7 +38,9 @@ from framefleet.tasks import revisions
 from framefleet.tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
 from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
-from framefleet.tasks.scheduling import NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
+from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, round_size, send,
+                                        straggler_check)
+from framefleet.tasks.slot_hold import send_slot_holder
 from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
 from framefleet.tasks.bootstrap import process_scorer
@@ -286,6 +288,10 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int, re
         lease.release(finished=False)  # the watchdog re-drives it
         raise
     lease.release(finished=True)
+    try:
+        send_slot_holder(state, frame, revision, stage)
+    except (redis.RedisError, OSError, kombu.exceptions.KombuError) as error:  # an optimisation only
+        log.warning("job %s: no slot holder after %s's variation %s: %s", job_id, frame, index, error)
     return record.model_dump(mode="json")
 
 
@@ -300,7 +306,7 @@ def generate_one(state: JobState, frame: str, stage: str, index: int, revision: 
     key = variation_key(state.job_id, frame, stage, index, revision)
     started = time.time()
     queue_wait = round(started - record.timings.enqueued, 3) if record.timings.enqueued else None
-    count = 1 if stage == ORIGINAL else config.num_variations
+    count = round_size(stage, config)
     try:
         png = image_generator().generate(ImageRequest(
             prompt=prompt_for(record, stage), aspect_ratio=spec.aspect_ratio, variation=index, attempt=attempt,

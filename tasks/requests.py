@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from framefleet.config.settings import ScoreWeights, Settings, get_settings
+from framefleet.config.settings import MAX_VARIATIONS, ScoreWeights, Settings, get_settings
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9")
@@ -74,7 +74,7 @@ class JobOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    num_variations: int | None = Field(None, ge=1, le=8)
+    num_variations: int | None = Field(None, ge=1, le=MAX_VARIATIONS)
     max_enhancement_iterations: int | None = Field(None, ge=1, le=10)
     score_threshold: float | None = Field(None, ge=0, le=100)
     convergence_epsilon: float | None = Field(None, ge=0)
@@ -191,7 +191,7 @@ class FrameOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    num_variations: int | None = Field(None, ge=1, le=8)
+    num_variations: int | None = Field(None, ge=1, le=MAX_VARIATIONS)
     max_enhancement_iterations: int | None = Field(None, ge=1, le=10)
     score_threshold: float | None = Field(None, ge=0, le=100)
     quality_threshold: float | None = Field(None, ge=0, le=100)

@@ -8,6 +8,8 @@
   at CONTINUATION priority, so running jobs finish before new ones take their slots, and jobs
   complete roughly in submission order. ``FRAMEFLEET_SCHEDULING=fifo`` sends everything at one
   priority (plain queue order) for comparison.
+- Slot holding (tasks/slot_hold.py): between two rounds of a running job, the slots its last
+  round freed wait for its next round instead of going to a new job.
 - Straggler cut: ``straggler_check`` stops a variation still running ``straggler_grace_s`` after
   ``min_variations`` of its frame's variations were stored.
 """
@@ -17,10 +19,11 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from celery import chord
 
 from framefleet.config.celery import PRIORITY_STEPS
-from framefleet.config.settings import get_settings
+from framefleet.config.settings import MAX_VARIATIONS, get_settings
 from framefleet.tasks.budget import BudgetGuard
 from framefleet.tasks.keys import ENHANCED, ORIGINAL
 from framefleet.tasks.plan import resolve_inputs
@@ -62,6 +65,12 @@ def send_chord(state: JobState, header: list, body) -> None:
     chord(header, body).apply_async()
 
 
+def round_size(stage: str, config) -> int:
+    """Variations in a generation round: the configured number, one for the original-prompt retry
+    (a spending cap may make a round smaller still: ``enqueue_frame``)."""
+    return 1 if stage == ORIGINAL else config.num_variations
+
+
 def frame_stage(record: FrameRecord) -> str:
     """Which prompt the frame's next generation round uses (the seeds' fallbacks)."""
     if record.enhancement.fallback or RETRY_WITH_ORIGINAL_PROMPT in record.fallbacks:
@@ -69,18 +78,19 @@ def frame_stage(record: FrameRecord) -> str:
     return ENHANCED
 
 
-def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> bool:
-    """Resolve the frame's input images from stored selections and enqueue its chord.
+def enqueue_frame(state: JobState, spec: JobSpec, frames: dict[str, FrameRecord], frame: str, stage: str) -> bool:
+    """Resolve the frame's input images from the selections in ``frames`` (the job's frame
+    records, as just read) and enqueue its chord.
 
     With a spending cap the round gets as many variations as the budget affords; False when not
     even one is (the frame is then skipped with "budget" in its fallbacks).
     """
-    selections = state.selections()
-    config = spec.frame_config(state.frame(frame))
-    count = 1 if stage == ORIGINAL else config.num_variations
+    selections = {name: f.selected.frame_key for name, f in frames.items() if f.selected is not None}
+    config = spec.frame_config(frames[frame])
+    count = round_size(stage, config)
     guard = BudgetGuard(state, spec)
     if guard.active:  # reserved once per round: a re-sent round reuses its reservation
-        count = guard.images_for_frame(frame, count, config.image_model, f"{state.frame(frame).revision}/{stage}")
+        count = guard.images_for_frame(frame, count, config.image_model, f"{frames[frame].revision}/{stage}")
         if count == 0:
             _skip(state, frame, "budget: skipped, not even one image is affordable under max_usd")
             return False
@@ -93,7 +103,6 @@ def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> boo
 
     record = state.update_frame(frame, set_inputs)
     priority = priority_for(spec, frame)
-    frames = state.frames()
     done = sum(f.status != "pending" for f in frames.values())
     state.frame_stage(spec.kind, "generate", frame, done, len(frames))
     revision = record.revision
@@ -103,6 +112,10 @@ def enqueue_frame(state: JobState, spec: JobSpec, frame: str, stage: str) -> boo
     body = (_signature("framefleet.scoring.score_variations", (state.job_id, frame), priority, revision=revision)
             | _signature("framefleet.frames.select", (state.job_id, frame, stage), priority, revision=revision))
     send_chord(state, header, body)
+    try:  # the slots the job's previous round freed are held for this one: hand them over
+        state.count_round(wake=MAX_VARIATIONS)
+    except redis.RedisError as error:  # the round is sent; its holders give up after slot_hold_s
+        log.warning("job %s: could not wake the slot holders of %s: %s", state.job_id, frame, error)
     return True
 
 
@@ -132,7 +145,7 @@ def dispatch_ready(state: JobState, force: bool = False) -> str | None:
         if not (force or state.claim(claim)):
             return None  # already enqueued by another step
         try:
-            enqueued = enqueue_frame(state, spec, planned.name, stage)
+            enqueued = enqueue_frame(state, spec, frames, planned.name, stage)
         except StaleWrite:
             return None  # settled meanwhile by another step, which dispatches what follows
         except BaseException:

@@ -242,9 +242,6 @@ class JobState:
 
         return self.r.transaction(transaction, key, value_from_callable=True)
 
-    def selections(self) -> dict[str, str]:
-        return {name: f.selected.frame_key for name, f in self.frames().items() if f.selected is not None}
-
     # variations and scoring results, per frame revision -------------------------------------
     def variation(self, frame: str, revision: int, stage: str, index: int) -> VariationRecord | None:
         raw = self.r.hget(_key(self.job_id, "variations"), f"{frame}/{revision}/{stage}/{index}")
@@ -260,6 +257,34 @@ class JobState:
             pipe.zadd(stored, {str(record.index): time.time()})
             pipe.expire(stored, self.ttl)
         pipe.execute()
+
+    def count_round(self, wake: int) -> None:
+        """One more generation round of the job was enqueued: count it and wake up to ``wake``
+        slot holders blocked on it (tasks/slot_hold.py)."""
+        pipe = self.r.pipeline()
+        pipe.incr(_key(self.job_id, "rounds"))
+        pipe.expire(_key(self.job_id, "rounds"), self.ttl)
+        rounds = pipe.execute()[0]
+        woken = self.round_wake_key(rounds)
+        pipe.rpush(woken, *["1"] * wake)
+        pipe.expire(woken, 60)  # holders wait seconds at most; later ones see the count instead
+        pipe.execute()
+
+    def round_wake_key(self, rounds: int) -> str:
+        return _key(self.job_id, f"round-wake:{rounds}")
+
+    def rounds_enqueued(self) -> int:
+        return int(self.r.get(_key(self.job_id, "rounds")) or 0)
+
+    def hold_view(self, frame: str, revision: int, stage: str, count: int) -> tuple[int, int, bool]:
+        """What a slot holder polls, in one round trip: rounds enqueued, how many of the round's
+        ``count`` variations are recorded (stored or failed), and whether the job is closed."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(_key(self.job_id, "rounds"))
+        pipe.hmget(_key(self.job_id, "variations"), [f"{frame}/{revision}/{stage}/{i}" for i in range(1, count + 1)])
+        pipe.exists(_key(self.job_id, "cancelled"), _key(self.job_id, "finalized"))
+        rounds, recorded, closed = pipe.execute()
+        return int(rounds or 0), sum(r is not None for r in recorded), bool(closed)
 
     def stored_times(self, frame: str, revision: int, stage: str) -> list[float]:
         """When each stored variation of a frame's round was stored, earliest first."""
