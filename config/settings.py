@@ -117,8 +117,8 @@ class Settings(BaseSettings):
     # waits up to slot_hold_s, once its round is complete, for the job's next round (the gap is
     # scoring plus selection), and up to slot_hold_siblings_s while the rest of its round runs.
     # 0 turns holding off.
-    slot_hold_s: float = Field(1.0, ge=0)
-    slot_hold_siblings_s: float = Field(0.25, ge=0)
+    slot_hold_s: float = Field(1.0, ge=0, le=60)
+    slot_hold_siblings_s: float = Field(0.25, ge=0, le=60)
 
     # Request limits.
     max_frames: int = Field(64, ge=1)

@@ -38,6 +38,7 @@ def _mean(*values: float) -> float:
 
 class HeuristicScorer:
     name = "heuristic"
+    scores_consistency = False
 
     def setup(self) -> None:
         """Nothing to load."""

@@ -77,6 +77,7 @@ def normalised(x: torch.Tensor) -> torch.Tensor:
 
 class ModelScorer:
     name = "models"
+    scores_consistency = True
 
     def __init__(self, sources: ModelSources | None = None, device: str | None = None):
         self.sources = sources or ModelSources()

@@ -24,6 +24,9 @@ class Scorer(Protocol):
     """Load once (``setup``), then score a frame's images in one call (``score``)."""
 
     name: str
+    # Whether ``score`` compares the images with the frame's input images (consistency): the
+    # caller fetches and decodes those only for a scorer that uses them.
+    scores_consistency: bool
 
     def setup(self) -> None: ...
 

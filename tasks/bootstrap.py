@@ -93,6 +93,11 @@ def _remember_queues(sender, **_) -> None:
     _consumed_queues.update(sender.app.amqp.queues.consume_from)
 
 
+def consumed_queues() -> frozenset[str]:
+    """The queues this worker process consumes (empty outside a worker)."""
+    return frozenset(_consumed_queues)
+
+
 @worker_process_init.connect
 def _warm_scorer(**_) -> None:
     if "gpu" in _consumed_queues:

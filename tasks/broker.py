@@ -93,3 +93,11 @@ def admit_round(queue: str, group_id: str) -> int:
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
         admit = connection.default_channel.client.register_script(_ADMIT_ROUND)
         return sum(admit(keys=[name, served_first], args=[group_id, SIBLING_WINDOW]) for name in waiting)
+
+
+def jobs_waiting_for(queue: str) -> bool:
+    """Whether any message waits in ``queue``'s lower priority lists (new jobs' first frames)."""
+    _, *waiting = broker_lists(queue)
+    with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
+        client = connection.default_channel.client
+        return any(client.llen(name) for name in waiting)

@@ -26,8 +26,11 @@ INPUT_SCALE = 0.6
 BACKGROUND, INK, DIM = (250, 250, 248), (30, 30, 30), (110, 110, 110)
 SELECTED, WARNING, FAILED = (26, 150, 65), (200, 120, 0), (200, 40, 40)
 # Fetches and decodes overlap: the store is S3 in production (a round trip per image) and the
-# contact sheet is drawn before the job is done, so it is on every job's critical path.
+# contact sheet is drawn before the job is done, so it is on every job's critical path. One pool
+# per process, shared by concurrent finalizes: at most this many full-size images are decoded at
+# once (memory), and boto3's default 10 connections are enough.
 LOAD_THREADS = 8
+_loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="contact-sheet")
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,8 +123,7 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
             return {(key, "input"): None}
         return {(key, use): ImageOps.fit(image, sizes[use], method=Image.Resampling.BILINEAR) for use in uses[key]}
 
-    with ThreadPoolExecutor(max_workers=LOAD_THREADS) as pool:
-        return {k: v for found in pool.map(thumbnails_of, uses) for k, v in found.items()}
+    return {k: v for found in _loader.map(thumbnails_of, uses) for k, v in found.items()}
 
 
 def changed_in(manifest: Manifest, frame: FrameRecord) -> bool:

@@ -38,8 +38,8 @@ from framefleet.tasks import revisions
 from framefleet.tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
 from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
-from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, round_size, send,
-                                        straggler_check)
+from framefleet.tasks.scheduling import NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
+from framefleet.tasks.scheduling import planned_round_size
 from framefleet.tasks.slot_hold import send_slot_holder
 from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
@@ -253,7 +253,8 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
 
 # Generation (images; chord header: never raises for a provider failure) --------------------
 @app.task(bind=True, name="framefleet.images.generate_variation", max_retries=1)
-def generate_variation(self, job_id: str, frame: str, stage: str, index: int, revision: int = 0) -> dict:
+def generate_variation(self, job_id: str, frame: str, stage: str, index: int, revision: int = 0,
+                        round_size: int | None = None) -> dict:
     if self.request.group and (self.request.delivery_info or {}).get("priority") == NEW_JOB:
         # A new job's frame runs in one piece: its siblings take the next free slots.
         try:
@@ -275,8 +276,10 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int, re
     if lease is None:
         return result
     try:
+        spec = state.spec()
+        count = round_size or planned_round_size(stage, spec.frame_config(state.frame(frame)))  # older messages: none
         try:
-            record = generate_one(state, frame, stage, index, revision, attempt=self.request.retries)
+            record = generate_one(state, spec, frame, stage, index, revision, count, attempt=self.request.retries)
         except RetryGeneration as error:
             raise self.retry(exc=error.__cause__, countdown=GENERATION_RETRY_DELAY_S) from error
         if record.error != "cancelled":
@@ -289,8 +292,8 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int, re
         raise
     lease.release(finished=True)
     try:
-        send_slot_holder(state, frame, revision, stage)
-    except (redis.RedisError, OSError, kombu.exceptions.KombuError) as error:  # an optimisation only
+        send_slot_holder(state, spec, frame, revision, stage, count)
+    except Exception as error:  # noqa: BLE001 — an optimisation: a chord header never raises for it
         log.warning("job %s: no slot holder after %s's variation %s: %s", job_id, frame, index, error)
     return record.model_dump(mode="json")
 
@@ -299,14 +302,14 @@ class RetryGeneration(Exception):
     """A provider failure with a retry left: Celery retries the task as a new attempt."""
 
 
-def generate_one(state: JobState, frame: str, stage: str, index: int, revision: int, attempt: int) -> VariationRecord:
-    """One paid image: stored under its deterministic key, or a failure record."""
-    store, spec, record = fleet_store(), state.spec(), state.frame(frame)
+def generate_one(state: JobState, spec: JobSpec, frame: str, stage: str, index: int, revision: int, count: int,
+                 attempt: int) -> VariationRecord:
+    """One paid image (of a round of ``count``): stored under its deterministic key, or a failure record."""
+    store, record = fleet_store(), state.frame(frame)
     config = spec.frame_config(record)
     key = variation_key(state.job_id, frame, stage, index, revision)
     started = time.time()
     queue_wait = round(started - record.timings.enqueued, 3) if record.timings.enqueued else None
-    count = round_size(stage, config)
     try:
         png = image_generator().generate(ImageRequest(
             prompt=prompt_for(record, stage), aspect_ratio=spec.aspect_ratio, variation=index, attempt=attempt,
@@ -347,8 +350,8 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
     if "scoring" in get_settings().inject_faults:
         raise RuntimeError("injected fault: scoring")
     scorer = process_scorer()
-    metrics: list[MetricScores] = scorer.score(prompt, [decode_image(store.get(v.key)) for v in generated],
-                                               [decode_image(store.get(k)) for k in input_keys])
+    inputs = [decode_image(store.get(k)) for k in input_keys] if scorer.scores_consistency else []
+    metrics: list[MetricScores] = scorer.score(prompt, [decode_image(store.get(v.key)) for v in generated], inputs)
     notes: dict[str, str] = {}
     for variation, m in zip(generated, metrics, strict=True):
         variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,

@@ -65,7 +65,7 @@ def send_chord(state: JobState, header: list, body) -> None:
     chord(header, body).apply_async()
 
 
-def round_size(stage: str, config) -> int:
+def planned_round_size(stage: str, config) -> int:
     """Variations in a generation round: the configured number, one for the original-prompt retry
     (a spending cap may make a round smaller still: ``enqueue_frame``)."""
     return 1 if stage == ORIGINAL else config.num_variations
@@ -87,7 +87,7 @@ def enqueue_frame(state: JobState, spec: JobSpec, frames: dict[str, FrameRecord]
     """
     selections = {name: f.selected.frame_key for name, f in frames.items() if f.selected is not None}
     config = spec.frame_config(frames[frame])
-    count = round_size(stage, config)
+    count = planned_round_size(stage, config)
     guard = BudgetGuard(state, spec)
     if guard.active:  # reserved once per round: a re-sent round reuses its reservation
         count = guard.images_for_frame(frame, count, config.image_model, f"{frames[frame].revision}/{stage}")
@@ -107,7 +107,7 @@ def enqueue_frame(state: JobState, spec: JobSpec, frames: dict[str, FrameRecord]
     state.frame_stage(spec.kind, "generate", frame, done, len(frames))
     revision = record.revision
     header = [_signature("framefleet.images.generate_variation", (state.job_id, frame, stage, index), priority,
-                         revision=revision)
+                         revision=revision, round_size=count)
               for index in range(1, count + 1)]
     body = (_signature("framefleet.scoring.score_variations", (state.job_id, frame), priority, revision=revision)
             | _signature("framefleet.frames.select", (state.job_id, frame, stage), priority, revision=revision))

@@ -56,6 +56,8 @@ REALISTIC = {
 # the frame has FRAMEFLEET_MIN_VARIATIONS stored is stopped.
 STRAGGLER_GRACE_S = 8.0
 MIN_VARIATIONS_WITH_CUT = 3
+# Slot holding's waits are real seconds too (the defaults, tasks/slot_hold.py): scaled with the profile.
+SLOT_HOLD = {"FRAMEFLEET_SLOT_HOLD_S": 1.0, "FRAMEFLEET_SLOT_HOLD_SIBLINGS_S": 0.25}
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ def main() -> None:
     realistic = args.realistic or args.heavy_tail
     if realistic:
         profile = provider_env(REALISTIC["image"], REALISTIC["llm"], args.time_factor)
+        profile |= {name: str(seconds * args.time_factor) for name, seconds in SLOT_HOLD.items()}
         described = f"realistic profile × {args.time_factor}"
     else:
         profile = provider_env({"latency_s": args.image_latency}, {"latency_s": args.llm_latency})

@@ -70,6 +70,11 @@ def test_a_variation_with_a_later_frame_to_run_sends_one_holder_at_continuation_
     pipeline.generate_variation(job_id, FRAMES[0], ENHANCED, 3)
     assert len(holders_queued(broker_url, job_id)[served_first]) == 1  # FIFO and holding off send none
 
+    settings(SLOT_HOLD_S="1")
+    redis.Redis.from_url(broker_url).delete(new_jobs)  # no new job waits for a slot: nothing to hold it from
+    pipeline.generate_variation(job_id, FRAMES[0], ENHANCED, 4)
+    assert len(holders_queued(broker_url, job_id)[served_first]) == 1
+
 
 def test_no_holder_after_the_last_frame(enqueued_job, broker_url):
     from framefleet.tasks import pipeline
@@ -79,11 +84,12 @@ def test_no_holder_after_the_last_frame(enqueued_job, broker_url):
     assert all(not found for found in holders_queued(broker_url, job_id).values())
 
 
-def test_a_holder_waits_for_the_next_round_and_no_longer(enqueued_job):
-    from framefleet.tasks import pipeline
+def test_a_holder_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch):
+    from framefleet.tasks import pipeline, slot_hold
     from framefleet.tasks.slot_hold import hold_slot
 
     job_id, settings = enqueued_job
+    monkeypatch.setattr(slot_hold, "CHECK_S", 30.0)  # only the wake-up (or a deadline) can end a hold
     state = JobState(job_id)
     settings(SLOT_HOLD_SIBLINGS_S="0.2", SLOT_HOLD_S="0.2")
     results = [pipeline.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
@@ -103,6 +109,9 @@ def test_a_holder_waits_for_the_next_round_and_no_longer(enqueued_job):
     assert ended == ["next round enqueued"] and state.rounds_enqueued() == 2
     assert state.frame(FRAMES[1]).timings.enqueued is not None
 
+    with monkeypatch.context() as patch:  # a worker whose pool also serves selection: no hold
+        patch.setattr(slot_hold, "consumed_queues", lambda: frozenset({"images", "control"}))
+        assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, 2)["ended"] == "worker serves other queues"
     state.cancel()
     assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, 2)["ended"] == "job closed"
 
@@ -112,9 +121,11 @@ def test_a_running_job_keeps_its_slots_between_frames(celery_app, fleet_for_test
     gets a slot in the gaps between its frames. (Without holding it does: the gap after every
     frame hands the freed slots to the jobs waiting in the new-job list.)"""
     store = open_store(f"file://{tmp_path / 'artifacts'}")
-    # A generous sibling wait: the test is about the gap, not about a slow sibling.
+    # Generous waits: the test is about the gap, not about a slow sibling or a slow machine
+    # (a holder ends when the next round is enqueued, so they cost nothing here).
     fleet_for_test({"FRAMEFLEET_STORE_URL": store.url, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.4",
-                    "FRAMEFLEET_SLOT_HOLD_SIBLINGS_S": "5"}, shapes={"images": ("threads", 4)})
+                    "FRAMEFLEET_SLOT_HOLD_S": "20", "FRAMEFLEET_SLOT_HOLD_SIBLINGS_S": "20"},
+                   shapes={"images": ("threads", 4)})
     first = submit_job(celery_app, "storyboard", storyboard_request(unique_id("keeps"), 2))
     wait_until(lambda: job_status(first).stage in ("generate", "score", "done"), timeout_s=60)
     others = [submit_job(celery_app, "storyboard", storyboard_request(unique_id("waits"), 1)) for _ in range(3)]
@@ -127,4 +138,6 @@ def test_a_running_job_keeps_its_slots_between_frames(celery_app, fleet_for_test
     others_started = [start for job_id in others for start, _ in manifests[job_id]["frames"][0]["timings"]["variations"]]
     assert len(others_started) == 12
     assert all(start > last_round_started for start in others_started)
+    # ... although they were waiting for a slot during the first job's gaps
+    assert max(manifests[job_id]["frames"][0]["timings"]["enqueued"] for job_id in others) < last_round_started
     assert len(first_frames) == 4
