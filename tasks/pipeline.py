@@ -38,8 +38,8 @@ from framefleet.tasks import revisions
 from framefleet.tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
 from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
-from framefleet.tasks.scheduling import NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, send, straggler_check
-from framefleet.tasks.scheduling import planned_round_size
+from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, planned_round_size, send,
+                                        straggler_check)
 from framefleet.tasks.slot_hold import send_slot_holder
 from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
