@@ -31,7 +31,7 @@ from multiprocessing import get_context
 from rich.console import Console
 from rich.table import Table
 
-from framefleet.config.settings import get_settings
+from framefleet.config.settings import Settings, get_settings
 from tests.bench.pipeline_bench import critical_path
 from tests.bench.stats import (Summary, frame_times, images_stored, job_latency, queue_waits, scheduling_gaps,
                                summarize, wave_bound)
@@ -56,8 +56,9 @@ REALISTIC = {
 # the frame has FRAMEFLEET_MIN_VARIATIONS stored is stopped.
 STRAGGLER_GRACE_S = 8.0
 MIN_VARIATIONS_WITH_CUT = 3
-# Slot holding's waits are real seconds too (the defaults, tasks/slot_hold.py): scaled with the profile.
-SLOT_HOLD = {"FRAMEFLEET_SLOT_HOLD_S": 1.0, "FRAMEFLEET_SLOT_HOLD_SIBLINGS_S": 0.25}
+# Slot holding's waits are real seconds too (their defaults, tasks/slot_hold.py): scaled with the profile.
+SLOT_HOLD = {f"FRAMEFLEET_{name.upper()}": Settings.model_fields[name].default
+             for name in ("slot_hold_s", "slot_hold_siblings_s")}
 
 
 @dataclass(frozen=True)
