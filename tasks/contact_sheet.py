@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import html
 import io
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from framefleet.tasks.records import FrameRecord, Manifest, VariationRecord
+from framefleet.tasks.store import read_in_parallel
 
 THUMB_W = 224
 LABEL_W = 250
@@ -25,12 +25,6 @@ PAD = 12
 INPUT_SCALE = 0.6
 BACKGROUND, INK, DIM = (250, 250, 248), (30, 30, 30), (110, 110, 110)
 SELECTED, WARNING, FAILED = (26, 150, 65), (200, 120, 0), (200, 40, 40)
-# Fetches and decodes overlap: the store is S3 in production (a round trip per image) and the
-# contact sheet is drawn before the job is done, so it is on every job's critical path. One pool
-# per process, shared by concurrent finalizes: at most this many full-size images are decoded at
-# once (memory), and boto3's default 10 connections are enough.
-LOAD_THREADS = 8
-_loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="contact-sheet")
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,8 +98,9 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
 
 def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
                      load: Callable[[str], Image.Image]) -> dict[tuple[str, str], Image.Image | None]:
-    """Every image the sheet shows, fetched and decoded once, in parallel; (key, use) → thumbnail,
-    None for an input that is no longer in the store."""
+    """Every image the sheet shows, fetched and decoded once, in parallel (the sheet is drawn
+    before the job is done: it is on every job's critical path); (key, use) → thumbnail, None for
+    an input that is no longer in the store."""
     uses: dict[str, set[str]] = {}
     for frame in manifest.frames:
         for key in frame.inputs:
@@ -123,7 +118,7 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
             return {(key, "input"): None}
         return {(key, use): ImageOps.fit(image, sizes[use], method=Image.Resampling.BILINEAR) for use in uses[key]}
 
-    return {k: v for found in _loader.map(thumbnails_of, uses) for k, v in found.items()}
+    return {k: v for found in read_in_parallel(thumbnails_of, uses) for k, v in found.items()}
 
 
 def changed_in(manifest: Manifest, frame: FrameRecord) -> bool:

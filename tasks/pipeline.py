@@ -49,7 +49,7 @@ from framefleet.tasks.inputs import fetch_url, is_url, normalise_image
 from framefleet.tasks.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
 from framefleet.tasks.providers.base import GenerationStopped, ImageRequest
 from framefleet.tasks.ratelimit import RateLimitDeadline
-from framefleet.tasks.store import fleet_store
+from framefleet.tasks.store import fleet_store, read_in_parallel
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +350,9 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
     if "scoring" in get_settings().inject_faults:
         raise RuntimeError("injected fault: scoring")
     scorer = process_scorer()
-    inputs = [decode_image(store.get(k)) for k in input_keys] if scorer.scores_consistency else []
-    metrics: list[MetricScores] = scorer.score(prompt, [decode_image(store.get(v.key)) for v in generated], inputs)
+    keys = [v.key for v in generated] + (input_keys if scorer.scores_consistency else [])
+    images = read_in_parallel(lambda key: decode_image(store.get(key)), keys)
+    metrics: list[MetricScores] = scorer.score(prompt, images[:len(generated)], images[len(generated):])
     notes: dict[str, str] = {}
     for variation, m in zip(generated, metrics, strict=True):
         variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,
@@ -439,7 +440,7 @@ def select_round(state: JobState, frame: str, stage: str, revision: int, scored:
     chosen = select_best_variation(variations, scored["error"], fallbacks) if any(v.key for v in variations) else None
     selected_key = frame_key(state.job_id, frame, revision)
     if chosen is not None:
-        store.put(selected_key, store.get(chosen.key), "image/png")
+        store.copy(chosen.key, selected_key, "image/png")
 
     def store_selection(record: FrameRecord) -> None:
         if round_settled(record, revision, stage):

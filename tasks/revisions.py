@@ -72,11 +72,11 @@ def choose(state: JobState, frame: str, variation_index: int) -> dict:
     # Copy the candidate before the revision starts: a failure here leaves the job as it was.
     new_key = frame_key(state.job_id, frame, state.revision() + 1)
     store = fleet_store()
-    store.put(new_key, store.get(candidate.key), "image/png")
+    store.copy(candidate.key, new_key, "image/png")
     revision = state.start_revision()
     if frame_key(state.job_id, frame, revision) != new_key:  # another revision started in between
         new_key = frame_key(state.job_id, frame, revision)
-        store.put(new_key, store.get(candidate.key), "image/png")
+        store.copy(candidate.key, new_key, "image/png")
 
     def select_candidate(current: FrameRecord) -> None:
         current.history.append(current.snapshot(f"revision {revision}: chose v{variation_index}"))

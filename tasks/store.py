@@ -7,10 +7,12 @@ existing key overwrites it, so a redelivered task never duplicates an artifact.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Iterable, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import boto3
@@ -25,6 +27,7 @@ class ArtifactStore(Protocol):
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
     def get(self, key: str) -> bytes: ...
+    def copy(self, source: str, key: str, content_type: str = "application/octet-stream") -> None: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def delete_prefix(self, prefix: str) -> int: ...
@@ -53,6 +56,18 @@ class LocalStore:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise KeyError(key) from None
+
+    def copy(self, source: str, key: str, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(self._path(source), tmp)
+        except FileNotFoundError:
+            os.unlink(tmp)
+            raise KeyError(source) from None
+        os.replace(tmp, path)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -107,6 +122,17 @@ class S3Store:
                 raise KeyError(key) from None
             raise
 
+    def copy(self, source: str, key: str, content_type: str = "application/octet-stream") -> None:
+        """A server-side copy: the bytes never pass through the worker."""
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self._object(key), ContentType=content_type,
+                                    CopySource={"Bucket": self.bucket, "Key": self._object(source)},
+                                    MetadataDirective="REPLACE", **self.encryption)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise KeyError(source) from None
+            raise
+
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._object(key))
@@ -133,6 +159,20 @@ class S3Store:
 
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object(key)}"
+
+
+T = TypeVar("T")
+# Reads that overlap: in production the store is S3, a round trip per object. One pool per process,
+# shared by the steps that read several images at once (scoring, the contact sheet), so it also
+# bounds how many full-size images one process holds decoded at a time; boto3's default 10
+# connections cover it. Never call read_in_parallel from inside a read (the pool could deadlock).
+READ_THREADS = 8
+_readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="store-read")
+
+
+def read_in_parallel(read: Callable[[str], T], keys: Iterable[str]) -> list[T]:
+    """``[read(key) for key in keys]``, the reads overlapping; the first error is raised."""
+    return list(_readers.map(read, keys))
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None, server_side_encryption: str | None = None,

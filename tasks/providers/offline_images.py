@@ -62,9 +62,14 @@ class OfflineImageGenerator:
             self.call_log(request)
         seed = _seed(request)
         fails = self.failure_rate and random.Random(seed + 7919 * request.attempt).random() < self.failure_rate
+        latency = self.latency_s(request)
+        # The latency is the whole call, as a provider's is. A provider computes remotely while
+        # the worker waits; the rendering stands in for that computation, so it runs mid-call:
+        # at the start it would take CPU from the worker's next deliveries (the moment a round
+        # starts), at the end from the hand-over to scoring.
+        wait(latency / 2, should_stop)
         png = None if fails else self._render(request, seed)
-        # The latency is the whole call, as a provider's is: the rendering happens inside it.
-        wait(max(0.0, self.latency_s(request) - (time.monotonic() - started)), should_stop)
+        wait(max(0.0, latency - (time.monotonic() - started)), should_stop)
         if png is None:
             raise ImageGenerationError(f"simulated provider failure (variation {request.variation})")
         return png
