@@ -8,6 +8,7 @@ import time
 import pytest
 
 from framefleet.config.celery import QUEUES, broker_lists
+from framefleet.tasks.leases import running_key
 from framefleet.tasks.state import JobState
 from tests.helpers import run_job, storyboard_request, unique_id, wait_until
 from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
@@ -97,6 +98,13 @@ def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_tes
     fleet = fleet_for_test({**store_env(store), **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.7"})
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id(f"kill-{queue}"), 3))
     wait_until(lambda: job_status(job_id).frames_done >= 2)
+    if queue == "images":
+        # Killed mid-frame, once all four of the next round hold their leases: a message the worker
+        # had taken off the queue but not yet written to kombu's unacked set would be lost, and
+        # only the stall path (FRAMEFLEET_STALL_AFTER_S) recovers that (README, "Resume").
+        running = JobState(job_id).r
+        wait_until(lambda: sum(step.startswith("generate:clip_002_start/")
+                               for step in running.hkeys(running_key(job_id))) == 4)
     fleet.kill(queue)
     fleet.start_worker(queue, suffix="b")
     fleet.wait_ready([fleet.node_name(queue, "b")])
