@@ -60,13 +60,15 @@ class LocalStore:
     def copy(self, source: str, key: str, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # then rename, as put does
         os.close(fd)
         try:
             shutil.copyfile(self._path(source), tmp)
-        except FileNotFoundError:
+        except BaseException as error:
             os.unlink(tmp)
-            raise KeyError(source) from None
+            if isinstance(error, FileNotFoundError):
+                raise KeyError(source) from None
+            raise
         os.replace(tmp, path)
 
     def exists(self, key: str) -> bool:

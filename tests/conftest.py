@@ -12,7 +12,6 @@ from tests.processes import MARKER, leftover_processes, marked_processes
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
 
-# Small worker shapes: CI machines have 2 cores.
 def pytest_configure(config) -> None:
     """A SIGTERM (a CI timeout, an operator) ends the run like Ctrl-C: fixtures tear down, so the
     Redis servers and worker fleets they started are stopped, not orphaned."""
@@ -26,6 +25,7 @@ def pytest_configure(config) -> None:
 # model caches costs each gpu worker seconds at start (tests/unit/test_scorer_selection.py covers it).
 TEST_ENV = {"FRAMEFLEET_SCORER": "heuristic"}
 FLEET_START_TIMEOUT_S = 120  # five workers importing at once on a loaded 2-core CI machine
+# Small worker shapes: CI machines have 2 cores.
 TEST_SHAPES = {"intake": ("threads", 8), "control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8), "gpu": ("solo", 1)}
 
 

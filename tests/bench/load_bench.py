@@ -3,7 +3,8 @@
 J storyboards are submitted together to W images workers of T threads each (S = W × T image
 slots). For each scheduling (FIFO, priority) it prints, side by side: images/s, the latency of
 one job alone, the first-submitted job's latency under load, the per-job latency (mean, p50, p95,
-max), the wave bound on the mean, the makespan, the frame time and the scheduling gap per frame.
+max), the wave bound on the mean, the makespan, the frame time, the scheduling gap per frame and
+how far apart a round's variations start.
 The wave bound takes each job's own unloaded latency: its critical path from the manifest over
 the efficiency measured on the job run alone (with latency profiles, jobs draw differently).
 
@@ -33,8 +34,8 @@ from rich.table import Table
 
 from framefleet.config.settings import Settings, get_settings
 from tests.bench.pipeline_bench import critical_path
-from tests.bench.stats import (Summary, frame_times, images_stored, job_latency, queue_waits, scheduling_gaps,
-                               summarize, wave_bound)
+from tests.bench.stats import (Summary, frame_times, images_stored, job_latency, queue_waits, round_start_spreads,
+                               scheduling_gaps, summarize, wave_bound)
 from framefleet.workers.app import configure
 from framefleet.workers.cli import demo_request
 from framefleet.workers.client import submit_job, wait_for_job
@@ -91,6 +92,7 @@ class LoadResult:
     frame_time: Summary
     gap: Summary
     queue_wait: Summary
+    round_spread: Summary
 
     @property
     def images_per_s(self) -> float:
@@ -161,6 +163,7 @@ def run_load(config: LoadConfig) -> LoadResult:
         frame_time=summarize(t for m in manifests for t in frame_times(m)),
         gap=summarize(g for m in manifests for g in scheduling_gaps(m)),
         queue_wait=summarize(w for m in manifests for w in queue_waits(m)),
+        round_spread=summarize(s for m in manifests for s in round_start_spreads(m)),
     )
 
 
@@ -192,6 +195,7 @@ def side_by_side(title: str, results: list[LoadResult]) -> Table:
         ("frame time p50 / p95", lambda r: f"{r.frame_time.p50:.2f} / {r.frame_time.p95:.2f} s"),
         ("scheduling gap p50 / p95", lambda r: f"{r.gap.p50:.2f} / {r.gap.p95:.2f} s"),
         ("variation queue wait p50 / p95", lambda r: f"{r.queue_wait.p50:.2f} / {r.queue_wait.p95:.2f} s"),
+        ("round start spread p50 / p95", lambda r: f"{1000 * r.round_spread.p50:.0f} / {1000 * r.round_spread.p95:.0f} ms"),
     ]
     for name, cell in rows:
         table.add_row(name, *(cell(r) for r in results))

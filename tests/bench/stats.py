@@ -66,6 +66,19 @@ def frame_times(manifest: dict) -> list[float]:
     return times
 
 
+def round_start_spreads(manifest: dict) -> list[float]:
+    """Per generation round (a frame's variations of one prompt source), its first generation
+    start → its last: how long the worker took to start the round's messages."""
+    spreads = []
+    for frame in manifest["frames"]:
+        starts: dict[str, list[float]] = {}
+        for variation in frame["variations"]:
+            if variation.get("timing"):
+                starts.setdefault(variation.get("prompt_source", "enhanced"), []).append(variation["timing"][0])
+        spreads += [max(s) - min(s) for s in starts.values() if len(s) > 1]
+    return spreads
+
+
 def scheduling_gaps(manifest: dict) -> list[float]:
     """Per frame after the first, in plan order (each chains from the one before): the previous
     frame's score end → this frame's first generation start."""

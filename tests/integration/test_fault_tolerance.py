@@ -102,9 +102,9 @@ def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_tes
         # Killed mid-frame, once all four of the next round hold their leases: a message the worker
         # had taken off the queue but not yet written to kombu's unacked set would be lost, and
         # only the stall path (FRAMEFLEET_STALL_AFTER_S) recovers that (README, "Resume").
-        running = JobState(job_id).r
+        client = JobState(job_id).r
         wait_until(lambda: sum(step.startswith("generate:clip_002_start/")
-                               for step in running.hkeys(running_key(job_id))) == 4)
+                               for step in client.hkeys(running_key(job_id))) == 4)
     fleet.kill(queue)
     fleet.start_worker(queue, suffix="b")
     fleet.wait_ready([fleet.node_name(queue, "b")])

@@ -48,6 +48,8 @@ def test_storyboard_on_s3(celery_app, s3_store):
     keys = s3_store.list(f"jobs/{job_id}")
     assert len([k for k in keys if "/variations/" in k]) == 24
     assert len([k for k in keys if "/frames/" in k]) == 6
+    for frame in manifest["frames"]:  # copied inside S3 (CopyObject): the chosen candidate's bytes
+        assert s3_store.get(frame["selected"]["frame_key"]) == s3_store.get(frame["selected"]["key"])
     assert s3_store.exists(f"jobs/{job_id}/inputs/reference.png")
     objects = s3_store.client.list_objects_v2(Bucket=BUCKET, Prefix=f"fleet/jobs/{job_id}/")["Contents"]
     assert len(objects) == len(keys)  # everything under the configured prefix

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from tests.bench.stats import frame_times, images_stored, job_latency, scheduling_gaps, summarize, wave_bound
+from tests.bench.stats import (frame_times, images_stored, job_latency, round_start_spreads, scheduling_gaps, summarize,
+                               wave_bound)
 
 
 def frame(enqueued, variations, score, keys=4):
@@ -35,3 +36,16 @@ def test_summary():
     assert (summary.count, summary.mean, summary.max) == (100, 50.5, 100)
     assert summary.p50 == pytest.approx(50.5) and summary.p95 == pytest.approx(95.05)
     assert math.isnan(summarize([]).mean)
+
+
+def test_round_start_spread_is_per_round():
+    def variation(source, start):
+        return {"prompt_source": source, "timing": [start, start + 1.0]}
+
+    manifest = {"frames": [
+        {"variations": [variation("enhanced", 10.0), variation("enhanced", 10.04), variation("enhanced", 10.01),
+                        {"prompt_source": "enhanced", "error": "cancelled"},  # never started: no timing
+                        variation("original", 20.0)]},  # a round of one has no spread
+        {"variations": [variation("enhanced", 30.0), variation("enhanced", 30.2)]},
+    ]}
+    assert round_start_spreads(manifest) == pytest.approx([0.04, 0.2])
