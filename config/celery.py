@@ -24,7 +24,6 @@ TASK_QUEUES = {
     "framefleet.frames.select": "control",
     "framefleet.prompts.enhance": "llm",
     "framefleet.images.generate_variation": "images",
-    "framefleet.images.hold_slot": "images",
     "framefleet.scoring.score_variations": "gpu",
 }
 

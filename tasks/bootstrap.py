@@ -64,7 +64,6 @@ def _setup_logging(**_) -> None:
 # Positional arguments of each task, for the log context (None: a chord/chain result).
 TASK_ARGUMENTS = {
     "framefleet.images.generate_variation": ("job_id", "frame", "stage", "variation"),
-    "framefleet.images.hold_slot": ("job_id", "frame"),
     "framefleet.scoring.score_variations": (None, "job_id", "frame"),
     "framefleet.frames.select": (None, "job_id", "frame", "stage"),
     "framefleet.prompts.enhance": ("job_id", "frame"),

@@ -40,7 +40,7 @@ from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
 from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, planned_round_size, send,
                                         straggler_check)
-from framefleet.tasks.slot_hold import send_slot_holder
+from framefleet.tasks.slot_hold import HoldsSlot, slot_hold_due
 from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
 from framefleet.tasks.bootstrap import process_scorer
@@ -252,7 +252,7 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
 
 
 # Generation (images; chord header: never raises for a provider failure) --------------------
-@app.task(bind=True, name="framefleet.images.generate_variation", max_retries=1)
+@app.task(bind=True, base=HoldsSlot, name="framefleet.images.generate_variation", max_retries=1)
 def generate_variation(self, job_id: str, frame: str, stage: str, index: int, revision: int = 0,
                         round_size: int | None = None) -> dict:
     if self.request.group and (self.request.delivery_info or {}).get("priority") == NEW_JOB:
@@ -291,10 +291,10 @@ def generate_variation(self, job_id: str, frame: str, stage: str, index: int, re
         lease.release(finished=False)  # the watchdog re-drives it
         raise
     lease.release(finished=True)
-    try:
-        send_slot_holder(state, spec, frame, revision, stage, count)
+    try:  # the hold itself runs after the record is returned and counted (HoldsSlot.after_return)
+        self.request.slot_hold = slot_hold_due(state, spec, frame, revision, stage, count)
     except Exception as error:  # noqa: BLE001 — an optimisation: a chord header never raises for it
-        log.warning("job %s: no slot holder after %s's variation %s: %s", job_id, frame, index, error)
+        log.warning("job %s: no slot hold after %s's variation %s: %s", job_id, frame, index, error)
     return record.model_dump(mode="json")
 
 

@@ -114,8 +114,8 @@ def enqueue_frame(state: JobState, spec: JobSpec, frames: dict[str, FrameRecord]
     send_chord(state, header, body)
     try:  # the slots the job's previous round freed are held for this one: hand them over
         state.count_round(wake=MAX_VARIATIONS)
-    except redis.RedisError as error:  # the round is sent; its holders give up after slot_hold_s
-        log.warning("job %s: could not wake the slot holders of %s: %s", state.job_id, frame, error)
+    except redis.RedisError as error:  # the round is sent; its slots' holds end after slot_hold_s
+        log.warning("job %s: could not end the slot holds for %s: %s", state.job_id, frame, error)
     return True
 
 

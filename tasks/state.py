@@ -260,14 +260,14 @@ class JobState:
 
     def count_round(self, wake: int) -> None:
         """One more generation round of the job was enqueued: count it and wake up to ``wake``
-        slot holders blocked on it (tasks/slot_hold.py)."""
+        variations holding their slots for it (tasks/slot_hold.py)."""
         pipe = self.r.pipeline()
         pipe.incr(_key(self.job_id, "rounds"))
         pipe.expire(_key(self.job_id, "rounds"), self.ttl)
         rounds = pipe.execute()[0]
         woken = self.round_wake_key(rounds)
         pipe.rpush(woken, *["1"] * wake)
-        pipe.expire(woken, 60)  # holders wait seconds at most; later ones see the count instead
+        pipe.expire(woken, 60)  # holds last seconds at most; later ones see the count instead
         pipe.execute()
 
     def round_wake_key(self, rounds: int) -> str:
@@ -277,7 +277,7 @@ class JobState:
         return int(self.r.get(_key(self.job_id, "rounds")) or 0)
 
     def hold_view(self, frame: str, revision: int, stage: str, count: int) -> tuple[int, int, bool]:
-        """What a slot holder polls, in one round trip: rounds enqueued, how many of the round's
+        """What a slot hold polls, in one round trip: rounds enqueued, how many of the round's
         ``count`` variations are recorded (stored or failed), and whether the job is closed."""
         pipe = self.r.pipeline(transaction=False)
         pipe.get(_key(self.job_id, "rounds"))

@@ -34,8 +34,8 @@ from rich.table import Table
 
 from framefleet.config.settings import Settings, get_settings
 from tests.bench.pipeline_bench import critical_path
-from tests.bench.stats import (Summary, frame_times, images_stored, job_latency, queue_waits, round_start_spreads,
-                               scheduling_gaps, summarize, wave_bound)
+from tests.bench.stats import (HANDOVER_PARTS, Summary, frame_times, handover_parts, images_stored, job_latency,
+                               queue_waits, round_start_spreads, scheduling_gaps, summarize, wave_bound)
 from framefleet.workers.app import configure
 from framefleet.workers.cli import demo_request
 from framefleet.workers.client import submit_job, wait_for_job
@@ -93,6 +93,7 @@ class LoadResult:
     gap: Summary
     queue_wait: Summary
     round_spread: Summary
+    handover: dict[str, Summary]
 
     @property
     def images_per_s(self) -> float:
@@ -154,6 +155,7 @@ def run_load(config: LoadConfig) -> LoadResult:
     submitted = [m["timings"]["submitted"] for m in manifests]
     finished = [m["timings"]["finished"] for m in manifests]
     alone_efficiency = critical_path(alone) / job_latency(alone)
+    handovers = [handover_parts(m) for m in manifests]
     return LoadResult(
         config=config, unloaded_s=job_latency(alone),
         unloaded_per_job_s=[critical_path(m) / alone_efficiency for m in manifests],
@@ -164,6 +166,7 @@ def run_load(config: LoadConfig) -> LoadResult:
         gap=summarize(g for m in manifests for g in scheduling_gaps(m)),
         queue_wait=summarize(w for m in manifests for w in queue_waits(m)),
         round_spread=summarize(s for m in manifests for s in round_start_spreads(m)),
+        handover={name: summarize(d for parts in handovers for d in parts[name]) for name in HANDOVER_PARTS},
     )
 
 
@@ -196,6 +199,8 @@ def side_by_side(title: str, results: list[LoadResult]) -> Table:
         ("scheduling gap p50 / p95", lambda r: f"{r.gap.p50:.2f} / {r.gap.p95:.2f} s"),
         ("variation queue wait p50 / p95", lambda r: f"{r.queue_wait.p50:.2f} / {r.queue_wait.p95:.2f} s"),
         ("round start spread p50 / p95", lambda r: f"{1000 * r.round_spread.p50:.0f} / {1000 * r.round_spread.p95:.0f} ms"),
+        ("hand-over p50: " + " / ".join(HANDOVER_PARTS),
+         lambda r: " / ".join(f"{1000 * r.handover[name].p50:.0f}" for name in HANDOVER_PARTS) + " ms"),
     ]
     for name, cell in rows:
         table.add_row(name, *(cell(r) for r in results))

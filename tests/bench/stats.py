@@ -90,6 +90,25 @@ def scheduling_gaps(manifest: dict) -> list[float]:
     return gaps
 
 
+HANDOVER_PARTS = ("chord join", "scoring", "selection and send", "delivery")
+
+
+def handover_parts(manifest: dict) -> dict[str, list[float]]:
+    """Per frame after the first, where the hand-over from the frame before it goes: that frame's
+    last generation end → its score start (chord join) → its score end (scoring) → this frame's
+    round sent (selection and send) → this frame's first generation start (delivery)."""
+    parts: dict[str, list[float]] = {name: [] for name in HANDOVER_PARTS}
+    for previous, frame in zip(manifest["frames"], manifest["frames"][1:]):
+        ends = [span[1] for span in previous["timings"]["variations"]]
+        score, enqueued, start = previous["timings"]["score"], frame["timings"].get("enqueued"), _generation_start(frame)
+        if not ends or not score or enqueued is None or start is None:
+            continue
+        durations = (score[0] - max(ends), score[1] - score[0], enqueued - score[1], start - enqueued)
+        for name, duration in zip(HANDOVER_PARTS, durations):
+            parts[name].append(duration)
+    return parts
+
+
 def queue_waits(manifest: dict) -> list[float]:
     return [v["queue_wait"] for frame in manifest["frames"] for v in frame["variations"]
             if v.get("queue_wait") is not None]

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from tests.bench.stats import (frame_times, images_stored, job_latency, round_start_spreads, scheduling_gaps, summarize,
-                               wave_bound)
+from tests.bench.stats import (HANDOVER_PARTS, frame_times, handover_parts, images_stored, job_latency,
+                               round_start_spreads, scheduling_gaps, summarize, wave_bound)
 
 
 def frame(enqueued, variations, score, keys=4):
@@ -29,6 +29,15 @@ def test_manifest_measures():
     assert images_stored(MANIFEST) == 3
     assert frame_times(MANIFEST) == pytest.approx([103.4 - 101.5, 106.0 - 104.0])
     assert scheduling_gaps(MANIFEST) == pytest.approx([104.0 - 103.4])
+
+
+def test_the_hand_over_parts_add_up_to_last_end_to_next_start():
+    parts = handover_parts(MANIFEST)
+    assert list(parts) == list(HANDOVER_PARTS)
+    assert [p for [p] in parts.values()] == pytest.approx([103.1 - 103.0, 103.4 - 103.1, 103.5 - 103.4, 104.0 - 103.5])
+    unsent = {**MANIFEST, "frames": [MANIFEST["frames"][0], {**MANIFEST["frames"][1], "timings": {
+        **MANIFEST["frames"][1]["timings"], "enqueued": None}}]}
+    assert handover_parts(unsent) == {name: [] for name in HANDOVER_PARTS}  # a frame never sent has no hand-over
 
 
 def test_summary():
