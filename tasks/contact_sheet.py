@@ -100,11 +100,13 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
                      load: Callable[[str], Image.Image]) -> dict[tuple[str, str], Image.Image | None]:
     """Every image the sheet shows, fetched and decoded once, in parallel (the sheet is drawn
     before the job is done: it is on every job's critical path); (key, use) → thumbnail, None for
-    an input that is no longer in the store."""
+    an input that is no longer in the store. An input that is a selected frame is read as the
+    candidate it was copied from, which the sheet shows anyway."""
+    copied_from = {f.selected.frame_key: f.selected.key for f in manifest.frames if f.selected}
     uses: dict[str, set[str]] = {}
     for frame in manifest.frames:
         for key in frame.inputs:
-            uses.setdefault(key, set()).add("input")
+            uses.setdefault(copied_from.get(key, key), set()).add("input")
         for variation in frame.variations:
             if variation.key:
                 uses.setdefault(variation.key, set()).add("candidate")
@@ -116,9 +118,20 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
             if "candidate" in uses[key]:
                 raise  # a stored candidate that cannot be read is a fault, not a gap
             return {(key, "input"): None}
-        return {(key, use): ImageOps.fit(image, sizes[use], method=Image.Resampling.BILINEAR) for use in uses[key]}
+        return {(key, use): _thumbnail(image, sizes[use]) for use in uses[key]}
 
-    return {k: v for found in read_in_parallel(thumbnails_of, uses) for k, v in found.items()}
+    thumbnails = {k: v for found in read_in_parallel(thumbnails_of, uses) for k, v in found.items()}
+    for copy, original in copied_from.items():
+        if (original, "input") in thumbnails:
+            thumbnails[copy, "input"] = thumbnails[original, "input"]
+    return thumbnails
+
+
+def _thumbnail(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Reduced by a whole factor first (a cheap box filter), then fitted: faster than one bilinear
+    pass from the full size, and no worse to look at."""
+    factor = max(1, min(image.width // size[0], image.height // size[1]))
+    return ImageOps.fit(image.reduce(factor) if factor > 1 else image, size, method=Image.Resampling.BILINEAR)
 
 
 def changed_in(manifest: Manifest, frame: FrameRecord) -> bool:

@@ -62,6 +62,21 @@ def test_each_image_is_loaded_once_and_a_missing_input_is_an_empty_box():
     assert sheet.height > 2 * 126
 
 
+def test_an_input_that_is_a_selected_frame_is_read_as_its_candidate():
+    board = manifest()
+    board.frames.append(board.frames[0].model_copy(update={"name": "clip_001_end", "inputs": ["f.png"]}))
+    loads = []
+
+    def counting_load(key):
+        loads.append(key)
+        return load(key)  # f.png is not a key the store would find here: it must not be read
+
+    sheet = Image.open(io.BytesIO(render_contact_sheet(board, "16:9", counting_load))).convert("RGB")
+    assert sorted(loads) == ["in.png", "v1.png", "v2.png"]
+    second_row_input = sheet.crop((250, 56 + 126 + 64 + 12, 250 + 134, 56 + 126 + 64 + 12 + 76))
+    assert (0, 255, 0) in {colour for _, colour in second_row_input.getcolors(2**16)}  # v2's green
+
+
 def test_a_candidate_missing_from_the_store_fails_the_sheet():
     def without_v1(key):
         if key == "v1.png":
