@@ -9,7 +9,9 @@ So a variation of a frame with a later frame to run, while new jobs' first frame
 `images:9`, keeps its own slot after it returns: its record is stored and its chord counted, and
 then, before its message is acknowledged (the worker takes no other message for that slot until
 then), it waits until the job's next round is enqueued (``HoldsSlot.after_return``). The slot
-then takes that round, which priority 0 serves first. A hold never lasts long:
+then takes that round, which priority 0 serves first. A hold never keeps a slot from its own
+round: while a sibling has neither started nor finished (it waits for a slot) the hold ends at
+once. It never lasts long either:
 ``slot_hold_siblings_s`` at most while the round's other variations still run (a straggler is
 the cut's business, not the hold's), ``slot_hold_s`` at most once the round is complete, and not
 at all once the job is cancelled or finalizing, or in a worker whose pool also serves other
@@ -75,13 +77,16 @@ def hold_slot(job_id: str, frame: str, revision: int, stage: str, count: int, ro
         return {"job_id": job_id, "frame": frame, "held_s": 0.0, "ended": "worker serves other queues"}
     complete_since = None
     while True:
-        rounds, recorded, closed = state.hold_view(frame, revision, stage, count)
+        rounds, recorded, unstarted, closed = state.hold_view(frame, revision, stage, count)
         now = time.monotonic()
         if rounds > rounds_seen:
             ended = "next round enqueued"
             break
         if closed:
             ended = "job closed"
+            break
+        if unstarted:
+            ended = "a sibling waits for a slot"
             break
         if recorded < count:
             left = settings.slot_hold_siblings_s - (now - started)

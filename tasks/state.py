@@ -38,7 +38,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from framefleet.config.settings import get_settings
-from framefleet.tasks.leases import Lease
+from framefleet.tasks.leases import Lease, running_key
 from framefleet.tasks.plan import FramePlan
 from framefleet.tasks.records import FrameRecord, JobStatus, VariationRecord
 from framefleet.tasks.requests import Callback, JobConfig, RequestError
@@ -276,15 +276,19 @@ class JobState:
     def rounds_enqueued(self) -> int:
         return int(self.r.get(_key(self.job_id, "rounds")) or 0)
 
-    def hold_view(self, frame: str, revision: int, stage: str, count: int) -> tuple[int, int, bool]:
+    def hold_view(self, frame: str, revision: int, stage: str, count: int) -> tuple[int, int, int, bool]:
         """What a slot hold polls, in one round trip: rounds enqueued, how many of the round's
-        ``count`` variations are recorded (stored or failed), and whether the job is closed."""
+        ``count`` variations are recorded (stored or failed), how many are neither recorded nor
+        running (no lease: waiting for a slot, or for a retry), and whether the job is closed."""
+        steps = [f"{frame}/{revision}/{stage}/{i}" for i in range(1, count + 1)]
         pipe = self.r.pipeline(transaction=False)
         pipe.get(_key(self.job_id, "rounds"))
-        pipe.hmget(_key(self.job_id, "variations"), [f"{frame}/{revision}/{stage}/{i}" for i in range(1, count + 1)])
+        pipe.hmget(_key(self.job_id, "variations"), steps)
+        pipe.hmget(running_key(self.job_id), [f"generate:{step}" for step in steps])
         pipe.exists(_key(self.job_id, "cancelled"), _key(self.job_id, "finalized"))
-        rounds, recorded, closed = pipe.execute()
-        return int(rounds or 0), sum(r is not None for r in recorded), bool(closed)
+        rounds, recorded, running, closed = pipe.execute()
+        unstarted = sum(r is None and g is None for r, g in zip(recorded, running))
+        return int(rounds or 0), sum(r is not None for r in recorded), unstarted, bool(closed)
 
     def stored_times(self, frame: str, revision: int, stage: str) -> list[float]:
         """When each stored variation of a frame's round was stored, earliest first."""

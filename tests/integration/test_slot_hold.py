@@ -71,7 +71,13 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     state = JobState(job_id)
     settings(SLOT_HOLD_SIBLINGS_S="0.2", SLOT_HOLD_S="0.2")
     results = [pipeline.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
+    # Its 3 siblings have not started (in a fleet: they wait for a slot): the slot is theirs.
+    assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "a sibling waits for a slot"
+    siblings = [state.lease(f"generate:{FRAMES[0]}/0/{ENHANCED}/{index}") for index in (2, 3, 4)]
+    assert all(lease.acquire() for lease in siblings)  # now they run (hold their steps' leases)
     assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "round still running"  # 1 of 4 stored
+    for lease in siblings:
+        lease.release(finished=False)
     results += [pipeline.generate_variation(job_id, FRAMES[0], ENHANCED, index) for index in (2, 3, 4)]
     assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "no next round in time"
 
