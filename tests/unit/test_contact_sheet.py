@@ -75,6 +75,10 @@ def test_an_input_that_is_a_selected_frame_is_read_as_its_candidate():
     assert sorted(loads) == ["in.png", "v1.png", "v2.png"]
     second_row_input = sheet.crop((250, 56 + 126 + 64 + 12, 250 + 134, 56 + 126 + 64 + 12 + 76))
     assert (0, 255, 0) in {colour for _, colour in second_row_input.getcolors(2**16)}  # v2's green
+    # The whole sheet is the one drawn with the candidate itself as the input.
+    direct = manifest()
+    direct.frames.append(direct.frames[0].model_copy(update={"name": "clip_001_end", "inputs": ["v2.png"]}))
+    assert sheet.tobytes() == Image.open(io.BytesIO(render_contact_sheet(direct, "16:9", load))).convert("RGB").tobytes()
 
 
 def test_a_candidate_missing_from_the_store_fails_the_sheet():
