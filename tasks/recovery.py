@@ -33,7 +33,8 @@ def resume(state: JobState) -> str:
     """Continue a job from its stored state: missing enhancements, then the next frame.
 
     Steps that hold a live lease are running and steps whose message is still in the broker are
-    queued: both are left alone. Finished steps are not redone.
+    queued: both are left alone. Finished steps are not redone. A running enhancement whose
+    prompt is stored counts as a frame step: it is enqueueing the next frame itself.
     """
     status = state.status()
     if status.state == "done" or state.cancelled():
@@ -42,10 +43,15 @@ def resume(state: JobState) -> str:
     # then seen in the later one (acked only after its lease is released and its result stored).
     queued = queued_tasks(state.job_id)
     spec = state.spec()
-    enhancing = {task.args[1] for task in queued if task.name == "framefleet.prompts.enhance"}
-    enhancing |= {f.name for f in spec.plan.frames if lease_alive(state.r, state.job_id, f"enhance:{f.name}")}
+    enhancements = [task for task in queued if task.name == "framefleet.prompts.enhance"]
+    enhancing_now = {task.args[1] for task in enhancements if task.held}
+    enhancing_now |= {f.name for f in spec.plan.frames if lease_alive(state.r, state.job_id, f"enhance:{f.name}")}
+    enhancing = enhancing_now | {task.args[1] for task in enhancements}
     frame_steps_busy = _frame_steps_alive(state) or any(task.name in FRAME_TASKS for task in queued)
     frames = state.frames()
+    # An enhancement that has stored its prompt is enqueueing the next frame before it acks
+    # (dispatch_ready): a round it sends after the broker read above is not in that read.
+    frame_steps_busy |= any(frames[name].enhanced_prompt is not None for name in enhancing_now)
     state.set_active(True)
     state.update_status(message=f"Resumed at {status.stage}")
     sent = []

@@ -140,6 +140,22 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     purge_queues(celery_app)
     assert resume(state) == "clip_001_start" and queued() == generations
 
+    # An enhancement that has stored its prompt and still runs is enqueueing the frame itself; the
+    # round may be sent after resume read the broker, so resume sends none. Running: its lease
+    # held, or its message held unacknowledged by a worker (taken here through kombu).
+    purge_queues(celery_app)
+    lease = state.lease(f"enhance:{frames[0]}")
+    assert lease.acquire()
+    assert resume(state) == "running" and queued() == []
+    lease.release(finished=True)
+    celery_app.send_task("framefleet.prompts.enhance", args=[job_id, frames[0]])
+    with celery_app.connection_for_read() as connection:
+        message = celery_app.amqp.queues["llm"](connection.default_channel).get(no_ack=False)
+        assert message.payload[0] == [job_id, frames[0]]
+        assert resume(state) == "running" and queued() == [("framefleet.prompts.enhance", [job_id, frames[0]])]
+        message.ack()
+    assert resume(state) == "clip_001_start" and queued() == generations
+
     # Scoring and selection wait with the previous step's result before the job id (a chord body,
     # a chain link): still found, still not re-sent.
     for task, args in (("framefleet.scoring.score_variations", ([], job_id, frames[0])),
