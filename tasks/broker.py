@@ -43,7 +43,6 @@ return moved
 class QueuedTask(NamedTuple):
     name: str
     args: list
-    held: bool  # taken by a worker (unacknowledged), not waiting in a queue
 
 
 def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
@@ -59,7 +58,7 @@ def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         args = json.loads(body)[0]
-        return QueuedTask(message["headers"]["task"], list(args), unacked)
+        return QueuedTask(message["headers"]["task"], list(args))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None  # not a Celery message (kombu discards such entries itself)
 

@@ -33,25 +33,17 @@ def resume(state: JobState) -> str:
     """Continue a job from its stored state: missing enhancements, then the next frame.
 
     Steps that hold a live lease are running and steps whose message is still in the broker are
-    queued: both are left alone. Finished steps are not redone. A running enhancement whose
-    prompt is stored counts as a frame step: it is enqueueing the next frame itself.
+    queued: both are left alone (``_frame_in_flight``). Finished steps are not redone.
     """
     status = state.status()
     if status.state == "done" or state.cancelled():
         return "nothing to do"
-    # Broker first, then leases, then stored state: a step that moves on between two reads is
-    # then seen in the later one (acked only after its lease is released and its result stored).
-    queued = queued_tasks(state.job_id)
+    queued = queued_tasks(state.job_id)  # the broker first: see _frame_in_flight
     spec = state.spec()
-    enhancements = [task for task in queued if task.name == "framefleet.prompts.enhance"]
-    enhancing_now = {task.args[1] for task in enhancements if task.held}
-    enhancing_now |= {f.name for f in spec.plan.frames if lease_alive(state.r, state.job_id, f"enhance:{f.name}")}
-    enhancing = enhancing_now | {task.args[1] for task in enhancements}
-    frame_steps_busy = _frame_steps_alive(state) or any(task.name in FRAME_TASKS for task in queued)
+    enhancing_now = _enhancements_running(state, spec)
+    enhancing = enhancing_now | {task.args[1] for task in queued if task.name == "framefleet.prompts.enhance"}
     frames = state.frames()
-    # An enhancement that has stored its prompt is enqueueing the next frame before it acks
-    # (dispatch_ready): a round it sends after the broker read above is not in that read.
-    frame_steps_busy |= any(frames[name].enhanced_prompt is not None for name in enhancing_now)
+    frame_steps_busy = _frame_in_flight(state, queued, enhancing_now, frames)
     state.set_active(True)
     state.update_status(message=f"Resumed at {status.stage}")
     sent = []
@@ -66,10 +58,27 @@ def resume(state: JobState) -> str:
     return ", ".join(sent) or "running"
 
 
-def _frame_steps_alive(state: JobState) -> bool:
-    """Whether any generation, scoring, selection or finalize step of the job is running."""
-    return any(lease_alive(state.r, state.job_id, step) for step in running_steps(state.r, state.job_id)
-               if not step.startswith("enhance:"))
+def _enhancements_running(state: JobState, spec) -> set[str]:
+    """The frames whose enhancement holds a live lease."""
+    return {f.name for f in spec.plan.frames if lease_alive(state.r, state.job_id, f"enhance:{f.name}")}
+
+
+def _frame_in_flight(state: JobState, queued: list, enhancing_now: set[str], frames: dict) -> bool:
+    """Whether a generation, scoring, selection or finalize step of the job runs or waits, so
+    that sending the next frame would send it twice.
+
+    Read the broker (``queued``) first, then the leases, then the stored state: every queue acks
+    late, so a step that moves on between two reads is seen in the later one. An enhancement
+    that holds its lease and has stored its prompt is enqueueing the next frame itself, and one
+    that finished since the first broker read may have sent its round after that read: the
+    broker is read a second time, last. (An enhancement whose worker died holds no lease; its
+    message waits in ``unacked`` for the visibility timeout and must not hold anything up.)
+    """
+    alive = any(lease_alive(state.r, state.job_id, step) for step in running_steps(state.r, state.job_id)
+                if not step.startswith("enhance:"))
+    return (alive or any(task.name in FRAME_TASKS for task in queued)
+            or any(frames[name].enhanced_prompt is not None for name in enhancing_now)
+            or any(task.name in FRAME_TASKS for task in queued_tasks(state.job_id)))
 
 
 def redrive_dead_steps(state: JobState) -> list[str]:
@@ -86,8 +95,18 @@ def redrive_dead_steps(state: JobState) -> list[str]:
     frame_redriven = False
     for step in sorted(dead):
         kind, _, name = step.partition(":")
-        if kind == "enhance":
+        if kind == "enhance" and state.frame(name).enhanced_prompt is None:
             send(state, "framefleet.prompts.enhance", (state.job_id, name))
+        elif kind == "enhance":
+            # It died enqueueing the next frame, whose claim it may hold with the round unsent (a
+            # re-run would find the claim taken): send the frame here unless a round is in flight.
+            if frame_redriven:
+                continue
+            queued = queued_tasks(state.job_id)  # the broker first: see _frame_in_flight
+            running = _enhancements_running(state, state.spec())
+            if not _frame_in_flight(state, queued, running, state.frames()):
+                frame_redriven = True
+                dispatch_ready(state, force=True)
         elif kind == "finalize":
             send(state, "framefleet.jobs.finalize", (state.job_id, int(name)))
         elif kind == "notify":

@@ -112,10 +112,11 @@ def test_a_stale_record_is_never_written_back(local_steps):
     assert sorted(state.frame("clip_001_end").warnings) == [f"w{n}" for n in range(8)]
 
 
-def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, celery_app):
-    from framefleet.tasks import pipeline
+def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, celery_app, monkeypatch):
+    from framefleet.tasks import pipeline, recovery
     from framefleet.tasks.broker import queued_tasks
     from framefleet.tasks.recovery import resume
+    from framefleet.tasks.scheduling import dispatch_ready
 
     job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("resume-queued"), 1))["job_id"]
     state = JobState(job_id)
@@ -140,21 +141,26 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     purge_queues(celery_app)
     assert resume(state) == "clip_001_start" and queued() == generations
 
-    # An enhancement that has stored its prompt and still runs is enqueueing the frame itself; the
-    # round may be sent after resume read the broker, so resume sends none. Running: its lease
-    # held, or its message held unacknowledged by a worker (taken here through kombu).
+    # An enhancement that has stored its prompt and still holds its lease is enqueueing the frame
+    # itself: resume sends nothing. Once its worker has died (the lease is gone) resume sends it.
     purge_queues(celery_app)
     lease = state.lease(f"enhance:{frames[0]}")
     assert lease.acquire()
     assert resume(state) == "running" and queued() == []
-    lease.release(finished=True)
-    celery_app.send_task("framefleet.prompts.enhance", args=[job_id, frames[0]])
-    with celery_app.connection_for_read() as connection:
-        message = celery_app.amqp.queues["llm"](connection.default_channel).get(no_ack=False)
-        assert message.payload[0] == [job_id, frames[0]]
-        assert resume(state) == "running" and queued() == [("framefleet.prompts.enhance", [job_id, frames[0]])]
-        message.ack()
+    lease.release(finished=False)
     assert resume(state) == "clip_001_start" and queued() == generations
+    # One that sends the round and finishes just after resume's first broker read: still sent once.
+    purge_queues(celery_app)
+
+    def read_then_the_enhancement_sends(job: str):
+        tasks = read_broker(job)
+        monkeypatch.setattr(recovery, "queued_tasks", read_broker)
+        dispatch_ready(state, force=True)
+        return tasks
+
+    read_broker = recovery.queued_tasks
+    monkeypatch.setattr(recovery, "queued_tasks", read_then_the_enhancement_sends)
+    assert resume(state) == "running" and queued() == generations
 
     # Scoring and selection wait with the previous step's result before the job id (a chord body,
     # a chain link): still found, still not re-sent.
@@ -165,6 +171,45 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
         waiting = queued()
         assert [name for name, _ in waiting] == [task]
         assert resume(state) == "running" and queued() == waiting
+
+
+def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps, celery_app):
+    """Its prompt is stored and the frame's enqueue claimed, but the round was never sent: the
+    re-drive sends the round itself (a re-run enhancement would find the claim taken), and sends
+    nothing while a round of the job is in flight."""
+    from framefleet.tasks import pipeline
+    from framefleet.tasks.broker import queued_tasks
+    from framefleet.tasks.recovery import redrive_dead_steps
+    from framefleet.tasks.scheduling import dispatch_ready
+
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("dead-dispatch"), 1))["job_id"]
+    state = JobState(job_id)
+    frame = "clip_001_start"
+    purge_queues(celery_app)
+
+    def generations() -> list[list]:
+        return sorted(task.args for task in queued_tasks(job_id) if task.name == "framefleet.images.generate_variation")
+
+    def enhancement_dies_enqueueing() -> None:
+        lease = state.lease(f"enhance:{frame}")
+        assert lease.acquire()
+        assert state.claim(f"enqueue:{frame}/{state.frame(frame).revision}/{ENHANCED}")
+        lease.release(finished=False)  # its worker died: the lease is gone, the step still listed
+
+    pipeline.enhance_frame(state, frame)  # the prompt is stored
+    enhancement_dies_enqueueing()
+    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
+    one_round = [[job_id, frame, ENHANCED, index] for index in range(1, 5)]
+    assert generations() == one_round
+    for task in [t for t in queued_tasks(job_id) if t.name == "framefleet.prompts.enhance"]:
+        pipeline.enhance_prompt(*task.args)  # a re-sent enhancement, if any, sends nothing more
+    assert generations() == one_round
+
+    state.unclaim(f"enqueue:{frame}/{state.frame(frame).revision}/{ENHANCED}")
+    enhancement_dies_enqueueing()  # the same death, with the frame's round waiting in the broker
+    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
+    assert generations() == one_round
+    assert dispatch_ready(state) is None  # (the claim is still taken)
 
 
 def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redis_server):
