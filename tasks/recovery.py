@@ -43,7 +43,7 @@ def resume(state: JobState) -> str:
     enhancing_now = _enhancements_running(state, spec)
     enhancing = enhancing_now | {task.args[1] for task in queued if task.name == "framefleet.prompts.enhance"}
     frames = state.frames()
-    frame_steps_busy = _frame_in_flight(state, queued, enhancing_now, frames)
+    frame_steps_busy = _frame_in_flight(state, spec, queued, enhancing_now, frames)
     state.set_active(True)
     state.update_status(message=f"Resumed at {status.stage}")
     sent = []
@@ -63,21 +63,23 @@ def _enhancements_running(state: JobState, spec) -> set[str]:
     return {f.name for f in spec.plan.frames if lease_alive(state.r, state.job_id, f"enhance:{f.name}")}
 
 
-def _frame_in_flight(state: JobState, queued: list, enhancing_now: set[str], frames: dict) -> bool:
+def _frame_in_flight(state: JobState, spec, queued: list, enhancing_now: set[str], frames: dict) -> bool:
     """Whether a generation, scoring, selection or finalize step of the job runs or waits, so
     that sending the next frame would send it twice.
 
     Read the broker (``queued``) first, then the leases, then the stored state: every queue acks
-    late, so a step that moves on between two reads is seen in the later one. An enhancement
-    that holds its lease and has stored its prompt is enqueueing the next frame itself, and one
-    that finished since the first broker read may have sent its round after that read: the
-    broker is read a second time, last. (An enhancement whose worker died holds no lease; its
-    message waits in ``unacked`` for the visibility timeout and must not hold anything up.)
+    late, so a step that moves on between two reads is seen in the later one. The next frame's
+    own enhancement, holding its lease with its prompt stored, is enqueueing that frame itself
+    (only the step that makes a frame ready sends it), and one that finished since the first
+    broker read may have sent its round after that read: the broker is read a second time, last.
+    An enhancement whose worker died holds no lease; its message waits in ``unacked`` for the
+    visibility timeout and holds nothing up.
     """
     alive = any(lease_alive(state.r, state.job_id, step) for step in running_steps(state.r, state.job_id)
                 if not step.startswith("enhance:"))
+    next_frame = next((f.name for f in spec.plan.frames if frames[f.name].status == "pending"), None)
     return (alive or any(task.name in FRAME_TASKS for task in queued)
-            or any(frames[name].enhanced_prompt is not None for name in enhancing_now)
+            or (next_frame in enhancing_now and frames[next_frame].enhanced_prompt is not None)
             or any(task.name in FRAME_TASKS for task in queued_tasks(state.job_id)))
 
 
@@ -99,12 +101,15 @@ def redrive_dead_steps(state: JobState) -> list[str]:
             send(state, "framefleet.prompts.enhance", (state.job_id, name))
         elif kind == "enhance":
             # It died enqueueing the next frame, whose claim it may hold with the round unsent (a
-            # re-run would find the claim taken): send the frame here unless a round is in flight.
+            # re-run would find the claim taken): send the frame here. With a round in flight,
+            # re-send the enhancement as any other, which sends the frame only if it is unclaimed.
             if frame_redriven:
                 continue
             queued = queued_tasks(state.job_id)  # the broker first: see _frame_in_flight
-            running = _enhancements_running(state, state.spec())
-            if not _frame_in_flight(state, queued, running, state.frames()):
+            spec = state.spec()
+            if _frame_in_flight(state, spec, queued, _enhancements_running(state, spec), state.frames()):
+                send(state, "framefleet.prompts.enhance", (state.job_id, name))
+            else:
                 frame_redriven = True
                 dispatch_ready(state, force=True)
         elif kind == "finalize":

@@ -123,7 +123,8 @@ def dispatch_ready(state: JobState, force: bool = False) -> str | None:
     """Enqueue the next frame that can run, or finalize when every frame is settled.
 
     Called after every stored enhancement and every stored selection (and by resume/watchdog
-    with ``force``, which skips the once-only claim to re-send a frame whose steps died).
+    with ``force``, which sends even where the once-only claim is taken, to re-send a frame
+    whose steps died; it still takes a free claim, so no later step sends the frame again).
     Returns what it enqueued (a frame name, "finalize") or None when nothing is ready yet.
     """
     if state.closed():
@@ -142,25 +143,29 @@ def dispatch_ready(state: JobState, force: bool = False) -> str | None:
             return None  # its enhancement will call dispatch_ready when it is stored
         stage = frame_stage(record)
         claim = f"enqueue:{planned.name}/{record.revision}/{stage}"
-        if not (force or state.claim(claim)):
+        claimed = state.claim(claim)
+        if not (claimed or force):
             return None  # already enqueued by another step
         try:
             enqueued = enqueue_frame(state, spec, frames, planned.name, stage)
         except StaleWrite:
             return None  # settled meanwhile by another step, which dispatches what follows
         except BaseException:
-            state.unclaim(claim)  # not sent: the step's re-drive must be able to send it
+            if claimed:
+                state.unclaim(claim)  # not sent: the step's re-drive must be able to send it
             raise
         if enqueued:
             return planned.name
         frames[planned.name] = state.frame(planned.name)  # skipped for the budget: on to the next
     revision = state.revision()
     claim = f"finalize:{revision}"
-    if force or state.claim(claim):
+    claimed = state.claim(claim)
+    if claimed or force:
         try:
             send(state, "framefleet.jobs.finalize", (state.job_id, revision))
         except BaseException:
-            state.unclaim(claim)
+            if claimed:
+                state.unclaim(claim)
             raise
         return "finalize"
     return None

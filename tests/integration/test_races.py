@@ -141,8 +141,14 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     purge_queues(celery_app)
     assert resume(state) == "clip_001_start" and queued() == generations
 
-    # An enhancement that has stored its prompt and still holds its lease is enqueueing the frame
-    # itself: resume sends nothing. Once its worker has died (the lease is gone) resume sends it.
+    # The next frame's own enhancement, holding its lease with its prompt stored, is enqueueing
+    # that frame itself: resume sends nothing. A later frame's enhancement cannot send it, and a
+    # dead one (its lease gone) will not: resume sends it.
+    purge_queues(celery_app)
+    later = state.lease(f"enhance:{frames[1]}")
+    assert later.acquire()
+    assert resume(state) == "clip_001_start" and queued() == generations
+    later.release(finished=True)
     purge_queues(celery_app)
     lease = state.lease(f"enhance:{frames[0]}")
     assert lease.acquire()
@@ -173,43 +179,52 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
         assert resume(state) == "running" and queued() == waiting
 
 
-def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps, celery_app):
-    """Its prompt is stored and the frame's enqueue claimed, but the round was never sent: the
-    re-drive sends the round itself (a re-run enhancement would find the claim taken), and sends
-    nothing while a round of the job is in flight."""
+def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps, celery_app, monkeypatch):
+    """An enhancement that died after storing its prompt may hold the frame's claim with the round
+    unsent (a re-run would find the claim taken): its re-drive sends the round itself, once. With
+    a round in flight it re-sends the enhancement instead, which sends nothing more."""
+    from framefleet.config.settings import get_settings
     from framefleet.tasks import pipeline
     from framefleet.tasks.broker import queued_tasks
     from framefleet.tasks.recovery import redrive_dead_steps
     from framefleet.tasks.scheduling import dispatch_ready
 
+    monkeypatch.setenv("FRAMEFLEET_MAX_REDRIVES", "10")  # the same step dies here three times
+    get_settings.cache_clear()
     job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("dead-dispatch"), 1))["job_id"]
     state = JobState(job_id)
-    frame = "clip_001_start"
+    frame, claim = "clip_001_start", f"enqueue:clip_001_start/0/{ENHANCED}"
     purge_queues(celery_app)
 
-    def generations() -> list[list]:
-        return sorted(task.args for task in queued_tasks(job_id) if task.name == "framefleet.images.generate_variation")
+    def queued(name: str) -> list[list]:
+        return sorted(task.args for task in queued_tasks(job_id) if task.name == name)
 
-    def enhancement_dies_enqueueing() -> None:
+    def enhancement_dies(claimed: bool) -> None:
         lease = state.lease(f"enhance:{frame}")
         assert lease.acquire()
-        assert state.claim(f"enqueue:{frame}/{state.frame(frame).revision}/{ENHANCED}")
+        if claimed:
+            assert state.claim(claim)
         lease.release(finished=False)  # its worker died: the lease is gone, the step still listed
 
     pipeline.enhance_frame(state, frame)  # the prompt is stored
-    enhancement_dies_enqueueing()
-    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
     one_round = [[job_id, frame, ENHANCED, index] for index in range(1, 5)]
-    assert generations() == one_round
-    for task in [t for t in queued_tasks(job_id) if t.name == "framefleet.prompts.enhance"]:
-        pipeline.enhance_prompt(*task.args)  # a re-sent enhancement, if any, sends nothing more
-    assert generations() == one_round
-
-    state.unclaim(f"enqueue:{frame}/{state.frame(frame).revision}/{ENHANCED}")
-    enhancement_dies_enqueueing()  # the same death, with the frame's round waiting in the broker
+    enhancement_dies(claimed=True)  # after taking the claim, before sending the round
     assert redrive_dead_steps(state) == [f"enhance:{frame}"]
-    assert generations() == one_round
-    assert dispatch_ready(state) is None  # (the claim is still taken)
+    assert queued("framefleet.images.generate_variation") == one_round
+    assert queued("framefleet.prompts.enhance") == []
+
+    purge_queues(celery_app)
+    state.unclaim(claim)
+    enhancement_dies(claimed=False)  # before taking it: the re-drive takes it, nobody sends twice
+    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
+    assert dispatch_ready(state) is None
+    assert queued("framefleet.images.generate_variation") == one_round
+
+    enhancement_dies(claimed=False)  # now with the frame's round waiting in the broker
+    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
+    assert queued("framefleet.prompts.enhance") == [[job_id, frame]]
+    pipeline.enhance_prompt(job_id, frame)
+    assert queued("framefleet.images.generate_variation") == one_round
 
 
 def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redis_server):
