@@ -648,8 +648,9 @@ def cancel_job(job_id: str) -> dict:
             generator.cancel(prediction_id)
     state.update_status(message="Cancelling")
     revision = state.revision()
-    if state.claim(f"finalize:{revision}"):
-        send(state, "framefleet.jobs.finalize", (job_id, revision))
+    # Always a fresh finalize: one the last selection queued was revoked above (a copy already
+    # running finishes, and this one then returns its result).
+    send(state, "framefleet.jobs.finalize", (job_id, revision))
     return {"job_id": job_id, "cancelled": True, "predictions_cancelled": len(predictions)}
 
 

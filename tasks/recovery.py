@@ -69,17 +69,19 @@ def _frame_in_flight(state: JobState, spec, queued: list, enhancing_now: set[str
 
     Read the broker (``queued``) first, then the leases, then the stored state: every queue acks
     late, so a step that moves on between two reads is seen in the later one. The next frame's
-    own enhancement, holding its lease with its prompt stored, is enqueueing that frame itself
-    (only the step that makes a frame ready sends it), and one that finished since the first
-    broker read may have sent its round after that read: the broker is read a second time, last.
-    An enhancement whose worker died holds no lease; its message waits in ``unacked`` for the
-    visibility timeout and holds nothing up.
+    own enhancement, while it holds its lease, is about to enqueue that frame itself (before its
+    prompt is stored a forced send stops at the frame anyway), and one that finished since the
+    first broker read may have sent its round after that read: the broker is read a second time,
+    last. An enhancement whose worker died holds no lease; its message waits in ``unacked`` for
+    the visibility timeout and holds nothing up. (Narrower races remain, e.g. an enhancement
+    whose frame was skipped for the budget sends the frame after it: a second copy of a round
+    finds its results stored or their leases held and pays for nothing.)
     """
     alive = any(lease_alive(state.r, state.job_id, step) for step in running_steps(state.r, state.job_id)
                 if not step.startswith("enhance:"))
     next_frame = next((f.name for f in spec.plan.frames if frames[f.name].status == "pending"), None)
     return (alive or any(task.name in FRAME_TASKS for task in queued)
-            or (next_frame in enhancing_now and frames[next_frame].enhanced_prompt is not None)
+            or next_frame in enhancing_now
             or any(task.name in FRAME_TASKS for task in queued_tasks(state.job_id)))
 
 
