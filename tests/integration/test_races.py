@@ -142,8 +142,8 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     assert resume(state) == "clip_001_start" and queued() == generations
 
     # The next frame's own enhancement, holding its lease with its prompt stored, is enqueueing
-    # that frame itself: resume sends nothing. A later frame's enhancement cannot send it, and a
-    # dead one (its lease gone) will not: resume sends it.
+    # that frame itself: resume sends nothing. A later frame's enhancement does not count, nor a
+    # dead one (its lease gone): resume sends the round.
     purge_queues(celery_app)
     later = state.lease(f"enhance:{frames[1]}")
     assert later.acquire()
