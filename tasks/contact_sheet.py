@@ -4,6 +4,12 @@ Each row starts with the frame's chained input images, then every candidate as a
 its overall / PickScore / CLIP / aesthetic / consistency scores; the selected one is outlined in
 green, failed candidates are grey boxes with their error, and warnings and fallbacks are written
 under the frame's name. A static HTML page shows the same with links to the full images.
+
+The sheet is drawn at finalize, on every job's critical path, where decoding every candidate at
+full size was most of its cost (with real providers' larger images, more so). Scoring, which
+decodes a round's candidates anyway, stores their thumbnails (``candidate_thumbnail``, under
+``thumbnail_key``) while the scorer runs, and the sheet reads those; it decodes the full image
+where a thumbnail is missing or was drawn at another size.
 """
 
 from __future__ import annotations
@@ -58,11 +64,25 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[str], Image.Image]) -> bytes:
+def candidate_size(aspect_ratio: str) -> tuple[int, int]:
     w, h = (int(p) for p in aspect_ratio.split(":"))
-    thumb = (THUMB_W, max(32, round(THUMB_W * h / w)))
+    return THUMB_W, max(32, round(THUMB_W * h / w))
+
+
+def candidate_thumbnail(image: Image.Image, aspect_ratio: str) -> bytes:
+    """A candidate's thumbnail as the sheet shows it, as PNG (lossless: the sheet is the same)."""
+    out = io.BytesIO()
+    _thumbnail(image, candidate_size(aspect_ratio)).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[str], Image.Image],
+                         load_thumbnail: Callable[[str], Image.Image] | None = None) -> bytes:
+    """``load`` reads an image by key; ``load_thumbnail`` a candidate's stored thumbnail (KeyError
+    when there is none)."""
+    thumb = candidate_size(aspect_ratio)
     small = (round(thumb[0] * INPUT_SCALE), round(thumb[1] * INPUT_SCALE))
-    thumbnails = _load_thumbnails(manifest, {"input": small, "candidate": thumb}, load)
+    thumbnails = _load_thumbnails(manifest, {"input": small, "candidate": thumb}, load, load_thumbnail)
     candidates = max((len(f.variations) for f in manifest.frames), default=1)
     inputs = max((len(f.inputs) for f in manifest.frames), default=0)
     row_h = thumb[1] + TEXT_H + PAD
@@ -96,8 +116,8 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
     return out.getvalue()
 
 
-def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
-                     load: Callable[[str], Image.Image]) -> dict[tuple[str, str], Image.Image | None]:
+def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]], load: Callable[[str], Image.Image],
+                     load_thumbnail: Callable[[str], Image.Image] | None) -> dict[tuple[str, str], Image.Image | None]:
     """Every image the sheet shows, fetched and decoded once, in parallel (the sheet is drawn
     before the job is done: it is on every job's critical path); (key, use) → thumbnail, None for
     an input that is no longer in the store. An input that is a selected frame is read as the
@@ -111,7 +131,17 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
             if variation.key:
                 uses.setdefault(variation.key, set()).add("candidate")
 
+    def stored_thumbnail(key: str) -> Image.Image | None:
+        try:
+            thumbnail = load_thumbnail(key)
+        except KeyError:
+            return None
+        return thumbnail if thumbnail.size == sizes["candidate"] else None  # drawn for another layout
+
     def thumbnails_of(key: str) -> dict[tuple[str, str], Image.Image | None]:
+        if "candidate" in uses[key] and load_thumbnail is not None and (thumbnail := stored_thumbnail(key)):
+            return {(key, use): thumbnail if use == "candidate" else _thumbnail(thumbnail, sizes[use])
+                    for use in uses[key]}
         try:
             image = load(key)
         except KeyError:

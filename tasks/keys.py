@@ -24,6 +24,11 @@ def variation_seed(job_id: str, frame: str, stage: str, index: int, attempt: int
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 2**31
 
 
+def thumbnail_key(variation: str) -> str:
+    """A variation's contact-sheet thumbnail, beside the job's variations."""
+    return variation.replace("/variations/", "/thumbnails/", 1)
+
+
 def frame_key(job_id: str, frame: str, revision: int = 0) -> str:
     return f"jobs/{job_id}/frames/{frame}.png" if not revision else f"jobs/{job_id}/frames/{frame}.r{revision}.png"
 

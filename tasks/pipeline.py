@@ -22,6 +22,7 @@ import time
 import kombu.exceptions
 import redis
 from celery.exceptions import Retry
+from PIL import Image
 from pydantic import ValidationError
 
 from framefleet.config.celery import TASK_QUEUES
@@ -29,8 +30,8 @@ from framefleet.config.settings import get_settings
 from framefleet.scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
 from framefleet.tasks.budget import BudgetGuard
 from framefleet.tasks.enhancement import GENERATION_TRACE, BudgetExhausted, enhance_prompt_iterative
-from framefleet.tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, trace_key, variation_key,
-                        variation_seed)
+from framefleet.tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, thumbnail_key, trace_key,
+                        variation_key, variation_seed)
 from framefleet.tasks.leases import Lease, wait_for
 from framefleet.tasks.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
 from framefleet.tasks.plan import build_frame_plan
@@ -40,6 +41,7 @@ from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
 from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, planned_round_size, send,
                                         straggler_check)
+from framefleet.tasks.contact_sheet import candidate_thumbnail
 from framefleet.tasks.slot_hold import HoldsSlot, slot_hold_due
 from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
@@ -49,7 +51,7 @@ from framefleet.tasks.inputs import fetch_url, is_url, normalise_image
 from framefleet.tasks.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
 from framefleet.tasks.providers.base import GenerationStopped, ImageRequest
 from framefleet.tasks.ratelimit import RateLimitDeadline
-from framefleet.tasks.store import fleet_store, read_in_parallel
+from framefleet.tasks.store import fleet_store, in_background, read_in_parallel
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +342,7 @@ def generate_one(state: JobState, spec: JobSpec, frame: str, stage: str, index: 
 
 # Scoring (gpu) ---------------------------------------------------------------------------
 def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list[str],
-                weights: dict) -> tuple[str, list[str]]:
+                weights: dict, aspect_ratio: str) -> tuple[str, list[str]]:
     """Score every generated variation of a frame in one batch; fills ``scores`` in place.
 
     Returns the scorer's name and a note per metric that failed (its weight went to the others).
@@ -352,7 +354,20 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
     scorer = process_scorer()
     keys = [v.key for v in generated] + (input_keys if scorer.scores_consistency else [])
     images = read_in_parallel(lambda key: decode_image(store.get(key)), keys)
-    metrics: list[MetricScores] = scorer.score(prompt, images[:len(generated)], images[len(generated):])
+
+    def store_thumbnail(candidate: tuple[VariationRecord, Image.Image]) -> None:
+        variation, image = candidate
+        store.put(thumbnail_key(variation.key), candidate_thumbnail(image, aspect_ratio), "image/png")
+
+    # The contact sheet's thumbnails, from the images just decoded, while the scorer runs: so the
+    # sheet, drawn at finalize on the job's critical path, need not decode every candidate again.
+    thumbnails = in_background(store_thumbnail, zip(generated, images))
+    try:
+        metrics: list[MetricScores] = scorer.score(prompt, images[:len(generated)], images[len(generated):])
+    finally:
+        for written in thumbnails:
+            if error := written.exception():  # the sheet then decodes the full image
+                log.warning("no contact-sheet thumbnail: %s", error)
     notes: dict[str, str] = {}
     for variation, m in zip(generated, metrics, strict=True):
         variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,
@@ -369,7 +384,7 @@ def score_round(state: JobState, frame: str, variations: list[VariationRecord]) 
     if any(v.key for v in variations):
         try:
             scorer, notes = score_frame(prompt_for(record, variations[0].prompt_source), variations, record.inputs,
-                                        spec.config.score_weights.model_dump())
+                                        spec.config.score_weights.model_dump(), spec.aspect_ratio)
         except Exception as exc:  # the seeds' fallback: first generated image, unranked
             log.warning("scoring failed for %s/%s: %s", state.job_id, frame, exc)
             error = str(exc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, TypeVar
@@ -175,6 +175,12 @@ _readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="stor
 def read_in_parallel(read: Callable[[str], T], keys: Iterable[str]) -> list[T]:
     """``[read(key) for key in keys]``, the reads overlapping; the first error is raised."""
     return list(_readers.map(read, keys))
+
+
+def in_background(work: Callable[[T], object], items: Iterable[T]) -> list[Future]:
+    """Start ``work(item)`` for each item on the same pool, while the caller goes on; it waits on
+    (and reads the errors of) the futures itself."""
+    return [_readers.submit(work, item) for item in items]
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None, server_side_encryption: str | None = None,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from framefleet.tasks.contact_sheet import candidate_thumbnail
 from framefleet.tasks.enhancement import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE
+from framefleet.tasks.keys import thumbnail_key
+from framefleet.tasks.manifest import decode_image
 from framefleet.tasks.state import STAGE_MESSAGES, JobState
 from tests.helpers import png_bytes, put_reference, references_request, run_job, storyboard_request, unique_id
 from framefleet.tasks.store import open_store
@@ -63,6 +66,10 @@ def test_storyboard_with_reference_chains_every_frame(celery_app, store):
     for frame in manifest["frames"]:
         assert store.exists(f"jobs/{job_id}/frames/{frame['name']}.png")
         assert store.get(frame["selected"]["frame_key"]) == store.get(frame["selected"]["key"])
+        for variation in frame["variations"]:  # scoring stored each candidate's contact-sheet thumbnail
+            expected_thumbnail = candidate_thumbnail(decode_image(store.get(variation["key"])), "16:9")
+            assert decode_image(store.get(thumbnail_key(variation["key"]))).tobytes() == \
+                decode_image(expected_thumbnail).tobytes()
     assert store.list(f"traces/{job_id}") == []  # deleted at finalize by default
     sheet = manifest["contact_sheet"]
     assert sheet == {"png": f"jobs/{job_id}/contact_sheet.png", "html": f"jobs/{job_id}/contact_sheet.html"}

@@ -4,7 +4,7 @@ import pytest
 
 from PIL import Image
 
-from framefleet.tasks.contact_sheet import SELECTED, render_contact_html, render_contact_sheet
+from framefleet.tasks.contact_sheet import SELECTED, candidate_thumbnail, render_contact_html, render_contact_sheet
 from framefleet.tasks.records import FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
 
 COLOURS = {"in.png": (0, 0, 255), "v1.png": (255, 0, 0), "v2.png": (0, 255, 0)}
@@ -89,3 +89,39 @@ def test_a_candidate_missing_from_the_store_fails_the_sheet():
 
     with pytest.raises(KeyError):
         render_contact_sheet(manifest(), "16:9", without_v1)
+
+
+def test_stored_candidate_thumbnails_are_read_instead_of_the_full_images():
+    board = manifest()
+    stored = {key: Image.open(io.BytesIO(candidate_thumbnail(load(key), "16:9"))) for key in ("v1.png", "v2.png")}
+    loads, thumbnail_loads = [], []
+
+    def counting_load(key):
+        loads.append(key)
+        return load(key)
+
+    def load_thumbnail(key):
+        thumbnail_loads.append(key)
+        return stored[key]
+
+    with_thumbnails = render_contact_sheet(board, "16:9", counting_load, load_thumbnail)
+    assert loads == ["in.png"] and sorted(thumbnail_loads) == ["v1.png", "v2.png"]  # the input is no candidate
+    # The same sheet as one drawn from the full images: a thumbnail is the tile the sheet draws.
+    assert Image.open(io.BytesIO(with_thumbnails)).convert("RGB").tobytes() == \
+        Image.open(io.BytesIO(render_contact_sheet(board, "16:9", load))).convert("RGB").tobytes()
+
+
+def test_a_missing_thumbnail_or_one_of_another_size_falls_back_to_the_full_image():
+    loads = []
+
+    def counting_load(key):
+        loads.append(key)
+        return load(key)
+
+    def load_thumbnail(key):
+        if key == "v1.png":
+            raise KeyError(key)
+        return Image.open(io.BytesIO(candidate_thumbnail(load(key), "4:3")))  # drawn for another aspect ratio
+
+    render_contact_sheet(manifest(), "16:9", counting_load, load_thumbnail)
+    assert sorted(loads) == ["in.png", "v1.png", "v2.png"]
