@@ -47,6 +47,7 @@ def test_storyboard_on_s3(celery_app, s3_store):
                                                f"jobs/{job_id}/frames/clip_001_end.png"]
     keys = s3_store.list(f"jobs/{job_id}")
     assert len([k for k in keys if "/variations/" in k]) == 24
+    assert len([k for k in keys if "/thumbnails/" in k]) == 24  # scoring's, for the contact sheet
     assert len([k for k in keys if "/frames/" in k]) == 6
     for frame in manifest["frames"]:  # copied inside S3 (CopyObject): the chosen candidate's bytes
         assert s3_store.get(frame["selected"]["frame_key"]) == s3_store.get(frame["selected"]["key"])
