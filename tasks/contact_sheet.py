@@ -7,9 +7,10 @@ under the frame's name. A static HTML page shows the same with links to the full
 
 The sheet is drawn at finalize, on every job's critical path, where decoding every candidate at
 full size was most of its cost (with real providers' larger images, more so). Scoring, which
-decodes a round's candidates anyway, stores their thumbnails (``candidate_thumbnail``, under
-``thumbnail_key``) while the scorer runs, and the sheet reads those; it decodes the full image
-where a thumbnail is missing or was drawn at another size.
+decodes a round's candidates anyway, stores their thumbnails (``candidate_thumbnail``) while the
+scorer runs and names each in its variation's record (``thumbnail_key``), and the sheet reads
+those; it decodes the full image where none is named, or it cannot be read, or it was drawn at
+another size.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from __future__ import annotations
 import functools
 import html
 import io
+import logging
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from framefleet.tasks.records import FrameRecord, Manifest, VariationRecord
 from framefleet.tasks.store import read_in_parallel
+
+log = logging.getLogger(__name__)
 
 THUMB_W = 224
 LABEL_W = 250
@@ -76,13 +80,11 @@ def candidate_thumbnail(image: Image.Image, aspect_ratio: str) -> bytes:
     return out.getvalue()
 
 
-def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[str], Image.Image],
-                         load_thumbnail: Callable[[str], Image.Image] | None = None) -> bytes:
-    """``load`` reads an image by key; ``load_thumbnail`` a candidate's stored thumbnail (KeyError
-    when there is none)."""
+def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[str], Image.Image]) -> bytes:
+    """``load`` reads an image by key (KeyError when it is not in the store)."""
     thumb = candidate_size(aspect_ratio)
     small = (round(thumb[0] * INPUT_SCALE), round(thumb[1] * INPUT_SCALE))
-    thumbnails = _load_thumbnails(manifest, {"input": small, "candidate": thumb}, load, load_thumbnail)
+    thumbnails = _load_thumbnails(manifest, {"input": small, "candidate": thumb}, load)
     candidates = max((len(f.variations) for f in manifest.frames), default=1)
     inputs = max((len(f.inputs) for f in manifest.frames), default=0)
     row_h = thumb[1] + TEXT_H + PAD
@@ -116,8 +118,8 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
     return out.getvalue()
 
 
-def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]], load: Callable[[str], Image.Image],
-                     load_thumbnail: Callable[[str], Image.Image] | None) -> dict[tuple[str, str], Image.Image | None]:
+def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
+                     load: Callable[[str], Image.Image]) -> dict[tuple[str, str], Image.Image | None]:
     """Every image the sheet shows, fetched and decoded once, in parallel (the sheet is drawn
     before the job is done: it is on every job's critical path); (key, use) → thumbnail, None for
     an input that is no longer in the store. An input that is a selected frame is read as the
@@ -131,15 +133,18 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]], load
             if variation.key:
                 uses.setdefault(variation.key, set()).add("candidate")
 
+    recorded = {v.key: v.thumbnail_key for f in manifest.frames for v in f.variations if v.key and v.thumbnail_key}
+
     def stored_thumbnail(key: str) -> Image.Image | None:
         try:
-            thumbnail = load_thumbnail(key)
-        except KeyError:
+            thumbnail = load(recorded[key])
+        except Exception as error:  # noqa: BLE001 — a shortcut only: the full image is read instead
+            log.warning("contact sheet: thumbnail %s unreadable (%s); reading %s", recorded[key], error, key)
             return None
         return thumbnail if thumbnail.size == sizes["candidate"] else None  # drawn for another layout
 
     def thumbnails_of(key: str) -> dict[tuple[str, str], Image.Image | None]:
-        if "candidate" in uses[key] and load_thumbnail is not None and (thumbnail := stored_thumbnail(key)):
+        if key in recorded and (thumbnail := stored_thumbnail(key)) is not None:
             return {(key, use): thumbnail if use == "candidate" else _thumbnail(thumbnail, sizes[use])
                     for use in uses[key]}
         try:

@@ -25,8 +25,12 @@ def variation_seed(job_id: str, frame: str, stage: str, index: int, attempt: int
 
 
 def thumbnail_key(variation: str) -> str:
-    """A variation's contact-sheet thumbnail, beside the job's variations."""
-    return variation.replace("/variations/", "/thumbnails/", 1)
+    """A variation's contact-sheet thumbnail: ``jobs/{job}/thumbnails/`` + the variation's path
+    below ``jobs/{job}/variations/``."""
+    root, job_id, kind, path = (variation.split("/", 3) + ["", "", ""])[:4]
+    if root != "jobs" or kind != "variations" or not path:
+        raise ValueError(f"not a variation key: {variation!r}")
+    return f"jobs/{job_id}/thumbnails/{path}"
 
 
 def frame_key(job_id: str, frame: str, revision: int = 0) -> str:

@@ -8,7 +8,6 @@ import logging
 from PIL import Image
 
 from framefleet.tasks.contact_sheet import render_contact_html, render_contact_sheet
-from framefleet.tasks.keys import thumbnail_key
 from framefleet.tasks.records import Cost, FrameRecord, JobTimings, Manifest
 from framefleet.tasks.state import JobSpec
 
@@ -56,8 +55,7 @@ def write_contact_sheet(store, spec: JobSpec, manifest: Manifest) -> dict[str, s
     prefix = f"jobs/{spec.job_id}/"
     keys = {"png": prefix + "contact_sheet.png", "html": prefix + "contact_sheet.html"}
     try:
-        png = render_contact_sheet(manifest, spec.aspect_ratio, lambda key: decode_image(store.get(key)),
-                                   lambda key: decode_image(store.get(thumbnail_key(key))))
+        png = render_contact_sheet(manifest, spec.aspect_ratio, lambda key: decode_image(store.get(key)))
         store.put(keys["png"], png, "image/png")
         page = render_contact_html(manifest, lambda key: key.removeprefix(prefix))
         store.put(keys["html"], page.encode(), "text/html")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, wait
 
 import kombu.exceptions
 import redis
@@ -29,6 +30,7 @@ from framefleet.config.celery import TASK_QUEUES
 from framefleet.config.settings import get_settings
 from framefleet.scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
 from framefleet.tasks.budget import BudgetGuard
+from framefleet.tasks.contact_sheet import candidate_thumbnail
 from framefleet.tasks.enhancement import GENERATION_TRACE, BudgetExhausted, enhance_prompt_iterative
 from framefleet.tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, thumbnail_key, trace_key,
                         variation_key, variation_seed)
@@ -41,7 +43,6 @@ from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
 from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, planned_round_size, send,
                                         straggler_check)
-from framefleet.tasks.contact_sheet import candidate_thumbnail
 from framefleet.tasks.slot_hold import HoldsSlot, slot_hold_due
 from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
@@ -56,6 +57,7 @@ from framefleet.tasks.store import fleet_store, in_background, read_in_parallel
 log = logging.getLogger(__name__)
 
 GENERATION_RETRY_DELAY_S = 1.0
+THUMBNAIL_WAIT_S = 2.0  # scoring's wait for its contact-sheet thumbnails, beyond the scorer's own time
 
 
 def prompt_for(record: FrameRecord, stage: str) -> str:
@@ -361,13 +363,11 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
 
     # The contact sheet's thumbnails, from the images just decoded, while the scorer runs: so the
     # sheet, drawn at finalize on the job's critical path, need not decode every candidate again.
-    thumbnails = in_background(store_thumbnail, zip(generated, images))
+    thumbnails = in_background(store_thumbnail, zip(generated, images[:len(generated)], strict=True))
     try:
         metrics: list[MetricScores] = scorer.score(prompt, images[:len(generated)], images[len(generated):])
     finally:
-        for written in thumbnails:
-            if error := written.exception():  # the sheet then decodes the full image
-                log.warning("no contact-sheet thumbnail: %s", error)
+        record_thumbnails(generated, thumbnails)
     notes: dict[str, str] = {}
     for variation, m in zip(generated, metrics, strict=True):
         variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,
@@ -375,6 +375,19 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
         notes.update(m.errors)
     return scorer.name, [f"{metric} failed ({why}); overall re-weighted over the other metrics"
                          for metric, why in sorted(notes.items())]
+
+
+def record_thumbnails(generated: list[VariationRecord], writes: list[Future]) -> None:
+    """Name in each record the thumbnail its write stored; the sheet decodes the full image of
+    the others. Waited for at most THUMBNAIL_WAIT_S, so a hung store holds no round up."""
+    wait(writes, timeout=THUMBNAIL_WAIT_S)
+    for variation, written in zip(generated, writes, strict=True):
+        if not written.done():
+            log.warning("contact-sheet thumbnail of %s not written in %s s", variation.key, THUMBNAIL_WAIT_S)
+        elif error := written.exception():
+            log.warning("no contact-sheet thumbnail of %s: %s", variation.key, error)
+        else:
+            variation.thumbnail_key = thumbnail_key(variation.key)
 
 
 def score_round(state: JobState, frame: str, variations: list[VariationRecord]) -> dict:

@@ -33,6 +33,7 @@ class VariationRecord(BaseModel):
     error: str | None = None
     timing: Span | None = None
     queue_wait: float | None = None  # seconds from the frame's enqueue to this generation's start
+    thumbnail_key: str | None = None  # the contact sheet's tile of this image, written by scoring
 
 
 class Enhancement(BaseModel):

@@ -164,10 +164,11 @@ class S3Store:
 
 
 T = TypeVar("T")
-# Reads that overlap: in production the store is S3, a round trip per object. One pool per process,
-# shared by the steps that read several images at once (scoring, the contact sheet), so it also
-# bounds how many full-size images one process holds decoded at a time; boto3's default 10
-# connections cover it. Never call read_in_parallel from inside a read (the pool could deadlock).
+# Store calls that overlap: in production the store is S3, a round trip per object. One pool per
+# process, shared by the steps that read several images at once (scoring, the contact sheet) and
+# scoring's thumbnail writes, so it also bounds how many full-size images one process holds
+# decoded at a time; boto3's default 10 connections cover it. Never wait on the pool from inside
+# one of its own calls (it could deadlock).
 READ_THREADS = 8
 _readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="store-read")
 

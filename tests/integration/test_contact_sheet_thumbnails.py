@@ -1,6 +1,6 @@
-"""Scoring stores each candidate's contact-sheet thumbnail; a thumbnail it cannot write costs the
-sheet a full-size decode at finalize, never a score. Steps run in this process on the real test
-Redis and a real store."""
+"""Scoring stores each candidate's contact-sheet thumbnail and names it in the candidate's record;
+a thumbnail it cannot write costs the sheet a full-size decode at finalize, never a score. Steps
+run in this process on the real test Redis and a real store."""
 
 from __future__ import annotations
 
@@ -16,28 +16,30 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_thumbnail_that_cannot_be_written_costs_no_score(local_steps, monkeypatch, caplog):
-    from framefleet.tasks import contact_sheet, pipeline
+    from framefleet.tasks import pipeline
 
     store = local_steps
     job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("thumbs"), 1))["job_id"]
     frame = "clip_001_start"
     pipeline.enhance_prompt(job_id, frame)
     results = [pipeline.generate_variation(job_id, frame, ENHANCED, index) for index in range(1, 5)]
-    made = []
+    unwritable = thumbnail_key(results[1]["key"])
+    put = store.put
 
-    def thumbnail_unless_the_second(image, aspect_ratio):
-        made.append(image.size)
-        if len(made) == 2:
+    def put_but_the_second_thumbnail(key, data, content_type="application/octet-stream"):
+        if key == unwritable:
             raise OSError("disk full")
-        return contact_sheet.candidate_thumbnail(image, aspect_ratio)
+        put(key, data, content_type)
 
-    monkeypatch.setattr(pipeline, "candidate_thumbnail", thumbnail_unless_the_second)
+    monkeypatch.setattr(store, "put", put_but_the_second_thumbnail)
     with caplog.at_level(logging.WARNING):
         scored = pipeline.score_variations(results, job_id, frame)
 
     assert scored["error"] is None and all(v["scores"]["overall"] is not None for v in scored["variations"])
-    written = [store.exists(thumbnail_key(r["key"])) for r in results]
-    assert len(made) == 4 and written.count(False) == 1  # the pool's order decides which one failed
-    assert "no contact-sheet thumbnail: disk full" in caplog.text
+    named = {v["key"]: v["thumbnail_key"] for v in scored["variations"]}
+    assert named == {r["key"]: (None if r is results[1] else thumbnail_key(r["key"])) for r in results}
+    assert all(store.exists(key) for key in named.values() if key) and not store.exists(unwritable)
+    assert f"no contact-sheet thumbnail of {results[1]['key']}: disk full" in caplog.text
     pipeline.select_variation(scored, job_id, frame, ENHANCED)
-    assert JobState(job_id).frame(frame).status == "succeeded"
+    record = JobState(job_id).frame(frame)
+    assert record.status == "succeeded" and [v.thumbnail_key for v in record.variations] == list(named.values())

@@ -66,9 +66,10 @@ def test_storyboard_with_reference_chains_every_frame(celery_app, store):
     for frame in manifest["frames"]:
         assert store.exists(f"jobs/{job_id}/frames/{frame['name']}.png")
         assert store.get(frame["selected"]["frame_key"]) == store.get(frame["selected"]["key"])
-        for variation in frame["variations"]:  # scoring stored each candidate's contact-sheet thumbnail
+        for variation in frame["variations"]:  # scoring stored and named each candidate's sheet tile
+            assert variation["thumbnail_key"] == thumbnail_key(variation["key"])
             expected_thumbnail = candidate_thumbnail(decode_image(store.get(variation["key"])), "16:9")
-            assert decode_image(store.get(thumbnail_key(variation["key"]))).tobytes() == \
+            assert decode_image(store.get(variation["thumbnail_key"])).tobytes() == \
                 decode_image(expected_thumbnail).tobytes()
     assert store.list(f"traces/{job_id}") == []  # deleted at finalize by default
     sheet = manifest["contact_sheet"]

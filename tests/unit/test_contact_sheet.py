@@ -1,10 +1,13 @@
 import io
+from types import SimpleNamespace
 
 import pytest
 
 from PIL import Image
 
 from framefleet.tasks.contact_sheet import SELECTED, candidate_thumbnail, render_contact_html, render_contact_sheet
+from framefleet.tasks.keys import ENHANCED, ORIGINAL, thumbnail_key, variation_key
+from framefleet.tasks.manifest import write_contact_sheet
 from framefleet.tasks.records import FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
 
 COLOURS = {"in.png": (0, 0, 255), "v1.png": (255, 0, 0), "v2.png": (0, 255, 0)}
@@ -91,37 +94,78 @@ def test_a_candidate_missing_from_the_store_fails_the_sheet():
         render_contact_sheet(manifest(), "16:9", without_v1)
 
 
-def test_stored_candidate_thumbnails_are_read_instead_of_the_full_images():
-    board = manifest()
-    stored = {key: Image.open(io.BytesIO(candidate_thumbnail(load(key), "16:9"))) for key in ("v1.png", "v2.png")}
-    loads, thumbnail_loads = [], []
 
-    def counting_load(key):
-        loads.append(key)
-        return load(key)
-
-    def load_thumbnail(key):
-        thumbnail_loads.append(key)
-        return stored[key]
-
-    with_thumbnails = render_contact_sheet(board, "16:9", counting_load, load_thumbnail)
-    assert loads == ["in.png"] and sorted(thumbnail_loads) == ["v1.png", "v2.png"]  # the input is no candidate
-    # The same sheet as one drawn from the full images: a thumbnail is the tile the sheet draws.
-    assert Image.open(io.BytesIO(with_thumbnails)).convert("RGB").tobytes() == \
-        Image.open(io.BytesIO(render_contact_sheet(board, "16:9", load))).convert("RGB").tobytes()
+def with_thumbnails(board: Manifest, names: dict[str, str]) -> Manifest:
+    for variation in board.frames[0].variations:
+        variation.thumbnail_key = names.get(variation.key)
+    return board
 
 
-def test_a_missing_thumbnail_or_one_of_another_size_falls_back_to_the_full_image():
+def test_the_thumbnails_scoring_recorded_are_read_instead_of_the_full_images():
+    stored = {f"thumbs/{key}": Image.open(io.BytesIO(candidate_thumbnail(load(key), "16:9"))) for key in ("v1.png", "v2.png")}
     loads = []
 
     def counting_load(key):
         loads.append(key)
+        return stored[key] if key in stored else load(key)
+
+    board = with_thumbnails(manifest(), {"v1.png": "thumbs/v1.png", "v2.png": "thumbs/v2.png"})
+    sheet = render_contact_sheet(board, "16:9", counting_load)
+    assert sorted(loads) == ["in.png", "thumbs/v1.png", "thumbs/v2.png"]  # the input is no candidate
+    # The same sheet as one drawn from the full images: a thumbnail is the tile the sheet draws.
+    assert Image.open(io.BytesIO(sheet)).convert("RGB").tobytes() == \
+        Image.open(io.BytesIO(render_contact_sheet(manifest(), "16:9", load))).convert("RGB").tobytes()
+
+
+def test_a_thumbnail_missing_unreadable_or_of_another_size_falls_back_to_the_full_image():
+    loads = []
+
+    def counting_load(key):
+        loads.append(key)
+        if key == "thumbs/gone.png":
+            raise KeyError(key)
+        if key == "thumbs/broken.png":
+            raise OSError("cannot identify image file")
+        if key == "thumbs/4x3.png":
+            return Image.open(io.BytesIO(candidate_thumbnail(load("v2.png"), "4:3")))  # another layout's
         return load(key)
 
-    def load_thumbnail(key):
-        if key == "v1.png":
-            raise KeyError(key)
-        return Image.open(io.BytesIO(candidate_thumbnail(load(key), "4:3")))  # drawn for another aspect ratio
+    board = with_thumbnails(manifest(), {"v1.png": "thumbs/gone.png", "v2.png": "thumbs/4x3.png"})
+    render_contact_sheet(board, "16:9", counting_load)
+    assert sorted(loads) == ["in.png", "thumbs/4x3.png", "thumbs/gone.png", "v1.png", "v2.png"]
+    loads.clear()
+    render_contact_sheet(with_thumbnails(manifest(), {"v1.png": "thumbs/broken.png"}), "16:9", counting_load)
+    assert sorted(loads) == ["in.png", "thumbs/broken.png", "v1.png", "v2.png"]
 
-    render_contact_sheet(manifest(), "16:9", counting_load, load_thumbnail)
-    assert sorted(loads) == ["in.png", "v1.png", "v2.png"]
+
+def test_finalize_reads_no_candidate_at_full_size_when_scoring_stored_its_thumbnail():
+    images = {key: png(load(key)) for key in COLOURS}
+    images.update({f"thumbs/{key}": candidate_thumbnail(load(key), "16:9") for key in ("v1.png", "v2.png")})
+    gets, puts = [], {}
+
+    class Store:
+        def get(self, key):
+            gets.append(key)
+            return images[key]
+
+        def put(self, key, data, content_type="application/octet-stream"):
+            puts[key] = data
+
+    board = with_thumbnails(manifest(), {"v1.png": "thumbs/v1.png", "v2.png": "thumbs/v2.png"})
+    keys = write_contact_sheet(Store(), SimpleNamespace(job_id="j", aspect_ratio="16:9"), board)
+    assert keys["png"] in puts and sorted(gets) == ["in.png", "thumbs/v1.png", "thumbs/v2.png"]
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_thumbnail_key_is_built_from_the_variation_key_parts():
+    assert thumbnail_key(variation_key("variations", "clip_001_start", ENHANCED, 1)) == \
+        "jobs/variations/thumbnails/clip_001_start/v1.png"  # a job may be called "variations"
+    assert thumbnail_key(variation_key("j", "f", ORIGINAL, 1, 2)) == "jobs/j/thumbnails/f/r2/original_v1.png"
+    for not_a_variation in ("jobs/j/frames/f.png", "jobs/j/variations", "v1.png"):
+        with pytest.raises(ValueError):
+            thumbnail_key(not_a_variation)
