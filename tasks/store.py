@@ -169,19 +169,19 @@ T = TypeVar("T")
 # scoring's thumbnail writes, so it also bounds how many full-size images one process holds
 # decoded at a time; boto3's default 10 connections cover it. Never wait on the pool from inside
 # one of its own calls (it could deadlock).
-READ_THREADS = 8
-_readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="store-read")
+STORE_THREADS = 8
+_store_calls = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
 
 
 def read_in_parallel(read: Callable[[str], T], keys: Iterable[str]) -> list[T]:
     """``[read(key) for key in keys]``, the reads overlapping; the first error is raised."""
-    return list(_readers.map(read, keys))
+    return list(_store_calls.map(read, keys))
 
 
 def in_background(work: Callable[[T], object], items: Iterable[T]) -> list[Future]:
     """Start ``work(item)`` for each item on the same pool, while the caller goes on; it waits on
     (and reads the errors of) the futures itself."""
-    return [_readers.submit(work, item) for item in items]
+    return [_store_calls.submit(work, item) for item in items]
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None, server_side_encryption: str | None = None,
