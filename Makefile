@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load
+.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load bench-request-memory
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,24 @@ $(VENV)/.installed-scoring: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS),scoring]"
 	touch $@
 
+# The oldest main-app client the fleet supports (docs/main-app-clients.md), in a virtualenv of its
+# own: the tests run a main app's side with it. celery 5.4.0 caps redis-py below 6, and its
+# `redis` extra does not pin kombu: left alone pip takes kombu 5.7, which needs redis-py 6.4.
+MAINAPP_VENV := .venv-mainapp
+MAINAPP_CLIENT := "celery[redis]==5.4.0" "kombu==5.4.2" "redis==5.3.1"
+
+$(MAINAPP_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(MAINAPP_VENV)
+	$(MAINAPP_VENV)/bin/pip install --quiet $(MAINAPP_CLIENT)
+	touch $@
+
 install: $(VENV)/.installed
 install-scoring: $(VENV)/.installed-scoring
 
 demo: $(VENV)/.installed
 	$(BIN)/framefleet demo
 
-test: $(VENV)/.installed-scoring $(VENV)/.installed-eval
+test: $(VENV)/.installed-scoring $(VENV)/.installed-eval $(MAINAPP_VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
@@ -41,7 +52,7 @@ bench-scoring: $(VENV)/.installed-scoring
 	$(BIN)/python -m tests.bench.scoring_bench
 
 clean:
-	rm -rf $(VENV) output .pytest_cache
+	rm -rf $(VENV) $(MAINAPP_VENV) output .pytest_cache
 
 # matplotlib, for the evaluation report's plots.
 $(VENV)/.installed-eval: pyproject.toml $(VENV)/.installed
@@ -55,6 +66,10 @@ eval: $(VENV)/.installed-eval
 # Many jobs at once (FIFO beside priority); ARGS=--realistic, --heavy-tail or --scaling for the other modes.
 bench-load: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.load_bench $(ARGS)
+
+# The intake worker's memory for a 10,000-clip (80 MB) request (docs/request-limits.md).
+bench-request-memory: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.request_memory_bench $(ARGS)
 
 # N jobs through the official OpenAI and Replicate clients against stand-ins that enforce one
 # account's budgets, in compressed time (ARGS: --jobs, --scale, --rpm, ...; see the file).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kombu.transport import redis as kombu_redis
+
 from framefleet.config.settings import Settings
 
 QUEUES = ("intake", "control", "llm", "images", "gpu")
@@ -37,15 +39,18 @@ WORKER_SHAPES = {
 }
 
 
-# Message priorities (tasks/scheduling.py): each queue is one Redis list per step, `queue`
-# (priority 0, served first) and `queue:9`. Queue-length metrics must count all of them
-# (deploy/k8s/keda.yaml), and so must anything that looks for a job's messages (tasks/broker.py).
-PRIORITY_STEPS, PRIORITY_SEPARATOR = (0, 9), ":"
+# Message priorities (tasks/scheduling.py). kombu's Redis transport keeps each queue as one list
+# per priority step, `queue` (priority 0, served first) and `queue<sep><step>` for the others. The
+# fleet keeps kombu's default separator and steps, which every main app with default settings
+# also uses: bindings either side writes the other can read (docs/main-app-clients.md).
+# Queue-length metrics must count every list (deploy/k8s/keda.yaml), and so must anything that
+# looks for a job's messages (tasks/broker.py).
+PRIORITY_STEPS: tuple[int, ...] = tuple(kombu_redis.Channel.priority_steps)
 
 
 def broker_lists(queue: str) -> list[str]:
     """The Redis lists that hold ``queue``'s messages, highest priority (served first) first."""
-    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+    return [queue if step == 0 else f"{queue}{kombu_redis.Channel.sep}{step}" for step in PRIORITY_STEPS]
 
 
 def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
@@ -64,8 +69,8 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
 
 
 def celery_config(settings: Settings) -> dict:
-    transport_options = {"visibility_timeout": settings.visibility_timeout_s,
-                         "priority_steps": list(PRIORITY_STEPS), "sep": PRIORITY_SEPARATOR}
+    # Nothing else: a transport option a main app does not share breaks its traffic (above).
+    transport_options = {"visibility_timeout": settings.visibility_timeout_s}
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,

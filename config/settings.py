@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # Request limits.
     max_frames: int = Field(64, ge=1)
     max_prompt_chars: int = Field(4000, ge=1)
+    # The whole request as JSON, refused before it is validated (docs/request-limits.md). A legal
+    # request at the other limits is about 260 KB; 1 MiB leaves room without letting 80 MB in.
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
     # Reference images: decoded with a pixel cap and a format allow-list; URLs fetched with a
     # size cap and timeout, never to loopback/private/link-local/metadata addresses unless the
     # host is allowed here.
@@ -132,8 +135,9 @@ class Settings(BaseSettings):
     reference_url_timeout_s: float = Field(10.0, gt=0)
     reference_url_allowed_hosts: list[str] = []
 
-    # Budget guard (overrides.max_usd): estimated tokens of one LLM call (prompt, completion), and
-    # what the offline providers "cost" so the guard can be exercised without keys.
+    # Budget guard (overrides.max_usd): tokens of one LLM call beyond the prompt it carries (the
+    # instructions and critique; the least a reply takes), and what the offline providers "cost"
+    # so the guard can be exercised without keys.
     llm_call_estimate_tokens: tuple[int, int] = (800, 300)
     offline_usd_per_image: float = Field(0.0, ge=0)
     offline_usd_per_llm_call: float = Field(0.0, ge=0)
@@ -173,6 +177,10 @@ class Settings(BaseSettings):
     openai_rate_window_s: float = Field(60.0, gt=0)
     openai_completion_tokens_estimate: int = Field(400, ge=0)  # counted against the token budget per request
     openai_rate_limit_max_wait_s: float = Field(600.0, ge=0)  # total wait per enhancement before the fallback
+    # The longest fleet-wide pause a provider's 429 can ask for (Retry-After, retry-after-ms,
+    # x-ratelimit-reset-*, "resets in ~Ns"): Replicate's resets are ~30 s, OpenAI's minutes at most,
+    # so a larger value is a broken header, not a reason to stop the fleet (docs/provider-pauses.md).
+    provider_max_pause_s: float = Field(300.0, gt=0, le=3600)
 
     log_level: str = "INFO"
     log_json: bool = False

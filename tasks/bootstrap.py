@@ -12,7 +12,9 @@ import logging
 import threading
 from functools import lru_cache
 
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_process_init
+from celery.signals import setup_logging, task_postrun, task_prerun, task_received, worker_init, worker_process_init
+
+from framefleet.config.celery import TASK_QUEUES
 
 from framefleet.config.logging import setup_logging as configure_logging
 from framefleet.config.logging import task_context
@@ -79,6 +81,28 @@ def _enter_task_context(task_id, task, args, kwargs, **_) -> None:
     if args and isinstance(args[0], dict) and isinstance(args[0].get("job_id"), str):  # a create request
         context["job_id"] = args[0]["job_id"]
     task_context.set(context)
+
+
+CREATE_TASKS = frozenset(name for name in TASK_QUEUES if name.endswith(".create"))
+
+
+def describe_request(args) -> str:
+    """A create request as Flower shows it: the job, never its prompts or other text."""
+    request = args[0] if args else None
+    if isinstance(request, dict):
+        items = request.get("clips") or request.get("scene_prompts") or []
+        size = len(items) if isinstance(items, list) else "?"
+        return f"(<request job_id={request.get('job_id')!r}, {size} clips or scenes>,)"
+    return f"(<request as {type(request).__name__}>,)"
+
+
+@task_received.connect
+def _hide_request_text(request, **_) -> None:
+    # Sent before the worker's task-received event, whose args Flower shows: a main app's create
+    # message carries the whole request (prompts and all) in its argsrepr.
+    if request.name in CREATE_TASKS:
+        request._argsrepr = describe_request(request.args)
+        request._kwargsrepr = "{}"
 
 
 @task_postrun.connect

@@ -21,19 +21,22 @@ BROKER_TIMEOUT_S = 5  # waiting for a pooled broker connection
 # round's messages are sent one after another, so they sit next to the one just taken.
 SIBLING_WINDOW = 64
 
-# KEYS: the list the round waits in, the list served first. ARGV: the round's group id, window.
-# kombu pushes on the left and pops on the right: pushed newest first to the right end, the
-# round keeps its order there.
+# KEYS: the list served first, then the lists a round may wait in, the last served first.
+# ARGV: the round's group id, window. kombu pushes on the left and pops on the right: pushed to
+# the right end newest first, the round keeps its order there (and, taken from the lists the last
+# served first, so do messages from several lists).
 _ADMIT_ROUND = """
-local entries = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[2]), -1)
 local moved = 0
-for i = 1, #entries do
-  local ok, message = pcall(cjson.decode, entries[i])
-  if ok and type(message) == 'table' and type(message.headers) == 'table'
-      and message.headers.group == ARGV[1]
-      and redis.call('LREM', KEYS[1], -1, entries[i]) == 1 then
-    redis.call('RPUSH', KEYS[2], entries[i])
-    moved = moved + 1
+for k = 2, #KEYS do
+  local entries = redis.call('LRANGE', KEYS[k], -tonumber(ARGV[2]), -1)
+  for i = 1, #entries do
+    local ok, message = pcall(cjson.decode, entries[i])
+    if ok and type(message) == 'table' and type(message.headers) == 'table'
+        and message.headers.group == ARGV[1]
+        and redis.call('LREM', KEYS[k], -1, entries[i]) == 1 then
+      redis.call('RPUSH', KEYS[1], entries[i])
+      moved = moved + 1
+    end
   end
 end
 return moved
@@ -92,12 +95,14 @@ def admit_round(queue: str, group_id: str) -> int:
     served_first, *waiting = broker_lists(queue)
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
         admit = connection.default_channel.client.register_script(_ADMIT_ROUND)
-        return sum(admit(keys=[name, served_first], args=[group_id, SIBLING_WINDOW]) for name in waiting)
+        return admit(keys=[served_first, *reversed(waiting)], args=[group_id, SIBLING_WINDOW])
 
 
 def jobs_waiting_for(queue: str) -> bool:
     """Whether any message waits in ``queue``'s lower priority lists (new jobs' first frames)."""
     _, *waiting = broker_lists(queue)
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
-        client = connection.default_channel.client
-        return any(client.llen(name) for name in waiting)
+        with connection.default_channel.client.pipeline(transaction=False) as pipe:
+            for name in waiting:
+                pipe.llen(name)
+            return any(pipe.execute())

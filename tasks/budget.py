@@ -8,9 +8,12 @@ this order:
   2. no enhancement rounds beyond the first (a second round must leave one image per frame
      still to generate affordable),
   3. the frame is skipped with "budget" in its fallbacks.
-Prices are the cost settings (Replicate per prediction of the job's model, OpenAI per call at
-``llm_call_estimate_tokens``); the offline providers cost ``offline_usd_per_image`` and
-``offline_usd_per_llm_call`` (0 by default), so the guard can be exercised without keys.
+Prices are the cost settings: Replicate per prediction of the job's model; OpenAI per call from
+the text the call carries (about 4 characters a token: the frame's prompt, and the rewrite the
+Prompt Engineer reviews) plus ``llm_call_estimate_tokens`` (the instructions and critique around
+it, and the least a reply takes), so a long prompt reserves what it will cost. The offline
+providers cost ``offline_usd_per_image`` and ``offline_usd_per_llm_call`` (0 by default), so the
+guard can be exercised without keys.
 """
 
 from __future__ import annotations
@@ -35,12 +38,36 @@ def image_price(spec: JobSpec, model: str, settings: Settings) -> float:
     return settings.offline_usd_per_image
 
 
-def llm_call_price(spec: JobSpec, settings: Settings) -> float:
+def prompt_tokens(text: str) -> int:
+    """Tokens of a text as the providers are estimated everywhere here: about 4 characters a token."""
+    return -(-len(text) // 4)
+
+
+def _openai_price(settings: Settings, sent_tokens: int, reply_tokens: int) -> float:
+    return (sent_tokens * settings.openai_usd_per_1m_prompt_tokens
+            + reply_tokens * settings.openai_usd_per_1m_completion_tokens) / 1e6
+
+
+def llm_call_price(spec: JobSpec, settings: Settings, prompt: str) -> float:
+    """One LLM call that sends ``prompt`` (with its instructions) and gets the estimated reply."""
     if spec.providers.get("llm") == "openai":
-        prompt, completion = settings.llm_call_estimate_tokens
-        return (prompt * settings.openai_usd_per_1m_prompt_tokens
-                + completion * settings.openai_usd_per_1m_completion_tokens) / 1e6
+        around, reply = settings.llm_call_estimate_tokens
+        return _openai_price(settings, around + prompt_tokens(prompt), reply)
     return settings.offline_usd_per_llm_call
+
+
+def llm_round_price(spec: JobSpec, settings: Settings, prompt: str, iteration: int = 1) -> float:
+    """One enhancement round for ``prompt``: the Creative Director sends it (from the second round
+    on with the current rewrite too) and writes a rewrite at least as long, as it keeps every
+    detail; the Prompt Engineer then sends that rewrite for review and gets the estimated reply."""
+    if spec.providers.get("llm") != "openai":
+        return 2 * settings.offline_usd_per_llm_call
+    around, reply = settings.llm_call_estimate_tokens
+    sent = prompt_tokens(prompt)
+    rewrite = max(sent, reply)
+    director = _openai_price(settings, around + sent + (rewrite if iteration > 1 else 0), rewrite)
+    engineer = _openai_price(settings, around + rewrite, reply)
+    return director + engineer
 
 
 class BudgetGuard:
@@ -85,10 +112,11 @@ class BudgetGuard:
         self.degrade(frame, f"no {why}")
         return False
 
-    def llm_round(self, frame: str, iteration: int, frames_without_image: int) -> bool:
-        """Reserve one enhancement round (two calls). Rounds after the first must leave one image
-        for each frame still to generate affordable; the first needs only itself."""
-        price = 2 * llm_call_price(self.spec, self.settings)
+    def llm_round(self, frame: str, iteration: int, frames_without_image: int, prompt: str) -> bool:
+        """Reserve one enhancement round (two calls) for the frame's ``prompt``. Rounds after the
+        first must leave one image for each frame still to generate affordable; the first needs
+        only itself."""
+        price = llm_round_price(self.spec, self.settings, prompt, iteration)
         keep_free = 0.0
         if iteration > 1:
             keep_free = frames_without_image * image_price(self.spec, self.spec.config.image_model, self.settings)

@@ -5,6 +5,7 @@ earlier one (revision 0 keeps the original layout)."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 ENHANCED, ORIGINAL = "enhanced", "original"  # which prompt a generation stage uses
 
@@ -16,6 +17,12 @@ def _revision_dir(revision: int) -> str:
 def variation_key(job_id: str, frame: str, stage: str, index: int, revision: int = 0) -> str:
     name = f"v{index}.png" if stage == ENHANCED else f"original_v{index}.png"
     return f"jobs/{job_id}/variations/{frame}/{_revision_dir(revision)}{name}"
+
+
+def revision_of(variation: str) -> int:
+    """The revision a variation key (or a ledger key built from one) belongs to."""
+    found = re.search(r"/r(\d+)/", variation)
+    return int(found.group(1)) if found else 0
 
 
 def variation_seed(job_id: str, frame: str, stage: str, index: int, attempt: int, revision: int = 0) -> int:

@@ -22,6 +22,8 @@ import uuid
 
 import redis
 
+from framefleet.tasks.errors import JobNotFound
+
 log = logging.getLogger(__name__)
 
 # Renew or release only a lease this owner still holds (a lease that expired and was taken over
@@ -39,6 +41,15 @@ if ARGV[3] == '1' then
   redis.call('HDEL', KEYS[3], ARGV[2])
 end
 return redis.call('DEL', KEYS[1])
+"""
+# KEYS lease, running, the job's spec; ARGV owner, step, ttl ms, job ttl s. Only while the job
+# exists: a step that outlived its job (expired, or Redis wiped under it) recreates none of its keys.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
 """
 # KEYS running, redrives; ARGV lease key prefix. Atomically take every running step whose lease is
 # gone off the running list and count its re-drive: a re-sent copy that waits in a queue, or finds
@@ -117,16 +128,18 @@ class Lease:
         self.r, self.job_id, self.step, self.ttl_s, self.job_ttl_s = client, job_id, step, ttl_s, job_ttl_s
         self.key = lease_key(job_id, step)
         self.owner = uuid.uuid4().hex
+        self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
     def acquire(self) -> bool:
-        if not self.r.set(self.key, self.owner, nx=True, px=int(self.ttl_s * 1000)):
+        """True when this copy now holds the lease; JobNotFound when the job no longer exists."""
+        taken = self._acquire(keys=[self.key, running_key(self.job_id), f"framefleet:job:{self.job_id}:spec"],
+                              args=[self.owner, self.step, int(self.ttl_s * 1000), self.job_ttl_s])
+        if taken == -1:
+            raise JobNotFound(f"job_id: no job {self.job_id!r} (it expired or was removed while its step waited)")
+        if not taken:
             return False
-        pipe = self.r.pipeline()
-        pipe.hset(running_key(self.job_id), self.step, 1)
-        pipe.expire(running_key(self.job_id), self.job_ttl_s)
-        pipe.execute()
         _keeper.add(self)
         return True
 

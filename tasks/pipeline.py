@@ -32,19 +32,23 @@ from framefleet.scoring import MetricScores, Ranked, overall_score, rank_images_
 from framefleet.tasks.budget import BudgetGuard
 from framefleet.tasks.contact_sheet import candidate_thumbnail
 from framefleet.tasks.enhancement import GENERATION_TRACE, BudgetExhausted, enhance_prompt_iterative
-from framefleet.tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, thumbnail_key, trace_key,
+from framefleet.tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, revision_of, thumbnail_key,
+                                   trace_key,
                         variation_key, variation_seed)
 from framefleet.tasks.leases import Lease, wait_for
 from framefleet.tasks.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
 from framefleet.tasks.plan import build_frame_plan
 from framefleet.tasks import revisions
-from framefleet.tasks.records import Budget, CompletionCallback, Enhancement, FrameRecord, Scores, Selection, VariationRecord
+from framefleet.tasks.records import (MAX_LIST_LIMIT, Budget, CancelResult, CompletionCallback, CreateResult,
+                                      Enhancement, FrameRecord, JobStatus, JobSummary, ResumeResult, Scores,
+                                      Selection, VariationRecord)
 from framefleet.tasks.recovery import resume, watchdog_round
 from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
 from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, planned_round_size, send,
                                         straggler_check)
 from framefleet.tasks.slot_hold import HoldsSlot, slot_hold_due
-from framefleet.tasks.state import JobExists, JobSpec, JobState, StaleWrite, parked_jobs, recent_jobs
+from framefleet.tasks.errors import JobExists, JobNotFound
+from framefleet.tasks.state import JobSpec, JobState, StaleWrite, active_job_ids, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
 from framefleet.tasks.bootstrap import process_scorer
 from framefleet.tasks.broker import admit_round
@@ -99,6 +103,8 @@ def submit_job(kind: str, payload) -> dict:
     again and its id is free.
     """
     settings = get_settings()
+    # parse_request first bounds the raw payload (precheck_request: bytes, counts), so an
+    # oversized request is refused before any of it is validated or built.
     request = parse_request(kind, payload, settings)
     state = JobState(request.job_id)
     if state.exists():
@@ -126,7 +132,7 @@ def submit_job(kind: str, payload) -> dict:
         log.exception("create of %s failed half-way; deleting it", request.job_id)
         state.discard()
         raise
-    return {"job_id": request.job_id, "frames": len(plan.frames)}
+    return CreateResult(job_id=request.job_id, frames=len(plan.frames)).model_dump(mode="json")
 
 
 def _the_request(kind: str, args: tuple, kwargs: dict):
@@ -193,7 +199,8 @@ def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
                 check_cancelled=lambda: _raise_if_cancelled(state),
                 ledger=StateLedger(state, frame, record.original_prompt),
                 may_start_round=lambda iteration: guard.llm_round(
-                    frame, iteration, sum(f.status == "pending" for f in state.frames().values())),
+                    frame, iteration, sum(f.status == "pending" for f in state.frames().values()),
+                    record.original_prompt),
             )
             enhanced = result.final_prompt
             enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
@@ -537,9 +544,14 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
 
 # Finalize (control) ----------------------------------------------------------------------
 def finalize(state: JobState, revision: int) -> dict:
-    """The end of a revision: manifest, contact sheet, traces cleared, status done, callback."""
+    """The end of a revision: manifest, contact sheet, traces cleared, status done, callback.
+
+    A cancelled revision after the first puts back the frames it changed and leaves the last
+    finished revision's manifest as it was (``abandon_revision``)."""
     store, spec = fleet_store(), state.spec()
     state.mark_finalized()
+    if revision > 0 and state.cancelled():
+        return abandon_revision(state, spec, revision)
     manifest = build_manifest(spec, state.frames(), time.time(), estimate_cost(spec, state.costs(), get_settings()),
                               cancelled=state.cancelled())
     manifest.revision = revision
@@ -557,10 +569,27 @@ def finalize(state: JobState, revision: int) -> dict:
     done = sum(f.status != "pending" for f in manifest.frames)
     if spec.callback is not None:  # before "done": a finalize that dies here is re-driven, notify dedups
         send(state, "framefleet.jobs.notify", (state.job_id, revision, manifest.status, manifest.failed_clips))
+    state.commit_revision()
+    state.forget_task_ids()  # the revision's tasks are done: a cancel of the next revokes only its own
     state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0, frames_done=done,
-                        manifest_key=manifest_key(state.job_id), message=f"Finished: {manifest.status}")
-    state.set_active(False)
+                        manifest_key=manifest_key(state.job_id), message=f"Finished: {manifest.status}", active=False)
     return {"job_id": state.job_id, "status": manifest.status, "manifest": manifest_key(state.job_id),
+            "revision": revision}
+
+
+def abandon_revision(state: JobState, spec, revision: int) -> dict:
+    """A cancelled revision (not the first): its frames go back to the last finished revision, whose
+    manifest and contact sheet stay as they were; the callback says the revision was cancelled."""
+    restored, _ = state.restore_committed()
+    state.commit_revision()
+    log.info("%s revision %s cancelled; put back %s", state.job_id, revision, restored)
+    if spec.callback is not None:
+        send(state, "framefleet.jobs.notify", (state.job_id, revision, "cancelled", []))
+    state.forget_task_ids()
+    state.update_status(state="done", stage="done", outcome="cancelled", percent=100.0,
+                        manifest_key=manifest_key(state.job_id), active=False,
+                        message=f"Revision {revision} cancelled; the job keeps its last finished revision")
+    return {"job_id": state.job_id, "status": "cancelled", "manifest": manifest_key(state.job_id),
             "revision": revision}
 
 
@@ -630,56 +659,66 @@ def regenerate_frame(job_id: str, frame: str, options: dict | None = None) -> di
 
 @app.task(name="framefleet.jobs.list")
 def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
-    """Recent jobs, newest first: id, kind, state, revision, outcome, percent, submitted."""
-    return recent_job_summaries(active_only, limit)
+    """Recent jobs, newest first (only those not done with ``active_only``), at most ``limit``."""
+    if not isinstance(active_only, bool):
+        raise RequestError(f"active_only: expected true or false, got {active_only!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise RequestError(f"limit: expected a whole number from 1 to {MAX_LIST_LIMIT}, got {limit!r}")
+    return [row.model_dump(mode="json") for row in job_summaries(active_only, limit)]
 
 
-def recent_job_summaries(active_only: bool, limit: int) -> list[dict]:
+def job_summaries(active_only: bool, limit: int) -> list[JobSummary]:
+    """One pipeline of status reads for the jobs listed: the newest ``limit`` of the recent jobs,
+    or of the active ones (so running jobs older than the newest ``limit`` are listed too)."""
+    job_ids = active_job_ids(limit) if active_only else recent_jobs(limit)
     parked = parked_jobs()
     rows = []
-    for job_id in recent_jobs(limit):
-        try:
-            status = JobState(job_id).status()
-        except KeyError:  # expired
+    for job_id, raw in zip(job_ids, JobState.statuses(job_ids)):
+        if raw is None:  # expired
             continue
+        try:
+            status = JobStatus.model_validate(raw)
         except ValidationError:  # its status cannot be read: the watchdog parks such a job
-            rows.append({"job_id": job_id, "kind": None, "state": "done", "stage": "parked", "revision": 0,
-                         "outcome": "failed", "percent": 0.0, "updated_at": None,
-                         "parked": parked.get(job_id, "status unreadable")})
+            rows.append(JobSummary(job_id=job_id, state="done", stage="parked", outcome="failed",
+                                   parked=parked.get(job_id, "status unreadable")))
             continue
         if active_only and status.state == "done":
             continue
-        rows.append({"job_id": job_id, "kind": status.kind, "state": status.state, "stage": status.stage,
-                     "revision": status.revision, "outcome": status.outcome, "percent": status.percent,
-                     "updated_at": status.updated_at, "parked": parked.get(job_id)})
+        rows.append(JobSummary(job_id=job_id, kind=status.kind, state=status.state, stage=status.stage,
+                               revision=status.revision, outcome=status.outcome, percent=status.percent,
+                               updated_at=status.updated_at, parked=parked.get(job_id)))
     return rows
 
 
 # Operations: resume, cancel, watchdog (control) --------------------------------------------
 @app.task(name="framefleet.jobs.resume")
 def resume_job(job_id: str) -> dict:
-    return {"job_id": job_id, "resumed_at": resume(JobState(job_id))}
+    return ResumeResult(job_id=job_id, resumed_at=resume(JobState(job_id))).model_dump(mode="json")
 
 
 @app.task(name="framefleet.jobs.cancel")
 def cancel_job(job_id: str) -> dict:
     """Flag, revoke what is queued, cancel paid predictions in flight, finalize as cancelled."""
     state = JobState(job_id)
-    if state.status().state == "done":  # KeyError naming job_id for an unknown job
-        return {"job_id": job_id, "cancelled": False, "reason": "the job had already finished"}
-    state.cancel()
-    app.control.revoke(sorted(state.task_ids()))
-    predictions = state.predictions()
+    status = state.status()  # JobNotFound for an unknown job
+    if status.state == "done":
+        return CancelResult(job_id=job_id, cancelled=False, revision=status.revision,
+                            reason="the job had already finished").model_dump(mode="json")
+    revision = status.revision
+    state.cancel(revision)
+    app.control.revoke(sorted(state.task_ids()))  # the running revision's tasks only
+    predictions = [prediction for ledger_key, prediction in state.predictions().items()
+                   if revision_of(ledger_key) == revision]
     if predictions and state.spec().providers.get("images") == "replicate":
         generator = image_generator()
-        for prediction_id in predictions.values():
+        for prediction_id in predictions:
             generator.cancel(prediction_id)
     state.update_status(message="Cancelling")
-    revision = state.revision()
     # Always a fresh finalize: one the last selection queued was revoked above (a copy already
     # running finishes, and this one then returns its result).
     send(state, "framefleet.jobs.finalize", (job_id, revision))
-    return {"job_id": job_id, "cancelled": True, "predictions_cancelled": len(predictions)}
+    return CancelResult(job_id=job_id, cancelled=True, revision=revision,
+                        predictions_cancelled=len(predictions)).model_dump(mode="json")
 
 
 @app.task(name="framefleet.jobs.watchdog")

@@ -35,19 +35,32 @@ class FramePlan(BaseModel):
         return self.frames[self.index_of(name)]
 
 
-def weave_scene_prompt(request: ReferenceImagesRequest, scene_index: int) -> str:
-    """Scene prompt plus the consistency context that keeps scenes coherent."""
-    parts = [request.scene_prompts[scene_index]]
+def _context(request: ReferenceImagesRequest, scene_index: int) -> list[tuple[str, str]]:
+    """(field, text) of each part of the consistency context woven into a scene's prompt."""
+    parts = []
     if request.consistency_markers:
         markers = "; ".join(f"{k}: {v}" for k, v in request.consistency_markers.items())
-        parts.append(f"Consistency markers: {markers}.")
+        parts.append(("consistency_markers", f"Consistency markers: {markers}."))
     if scene_index < len(request.continuity_notes) and request.continuity_notes[scene_index].strip():
-        parts.append(f"Continuity: {request.continuity_notes[scene_index].strip()}")
-    if request.consistency_guidelines:
-        parts.append("Guidelines: " + "; ".join(g.strip() for g in request.consistency_guidelines if g.strip()))
+        parts.append((f"continuity_notes.{scene_index}",
+                      f"Continuity: {request.continuity_notes[scene_index].strip()}"))
+    guidelines = [g.strip() for g in request.consistency_guidelines if g.strip()]
+    if guidelines:
+        parts.append(("consistency_guidelines", "Guidelines: " + "; ".join(guidelines)))
     if 0 < scene_index <= len(request.transition_notes) and request.transition_notes[scene_index - 1].strip():
-        parts.append(f"Transition from the previous scene: {request.transition_notes[scene_index - 1].strip()}")
-    return "\n".join(parts)
+        parts.append((f"transition_notes.{scene_index - 1}",
+                      f"Transition from the previous scene: {request.transition_notes[scene_index - 1].strip()}"))
+    return parts
+
+
+def weave_scene_prompt(request: ReferenceImagesRequest, scene_index: int) -> str:
+    """Scene prompt plus the consistency context that keeps scenes coherent."""
+    return "\n".join([request.scene_prompts[scene_index], *(text for _, text in _context(request, scene_index))])
+
+
+def woven_parts(request: ReferenceImagesRequest, scene_index: int) -> list[str]:
+    """The request fields woven into a scene's prompt (for a refusal that names them)."""
+    return [field for field, _ in _context(request, scene_index)]
 
 
 def build_frame_plan(request: JobRequest) -> FramePlan:

@@ -137,7 +137,9 @@ class Manifest(BaseModel):
 
 
 class JobStatus(BaseModel):
-    """The progress record a main app reads (Redis hash ``framefleet:job:{id}:status``)."""
+    """The progress record a main app reads: typed here (``framefleet.jobs.status``), and as text
+    in the Redis hash ``framefleet:job:{id}:status`` (Redis stores strings: numbers in decimal,
+    None as the empty string). ``percent`` never decreases within a revision."""
 
     job_id: str
     kind: str
@@ -160,6 +162,17 @@ class JobStatus(BaseModel):
         return 0.0 if self.state == "done" else max(0.0, now - self.updated_at)
 
 
+class JobEvent(BaseModel):
+    """One status change, published as JSON on the Redis channel ``framefleet:job:{id}:events``."""
+
+    state: Literal["queued", "running", "done"]
+    stage: str
+    message: str
+    percent: float
+    frame: str | None = None  # the frame the change is about, where there is one
+    revision: int = 0
+
+
 class CompletionCallback(BaseModel):
     """The one argument of the main app's completion callback task, sent by name at the end of every revision."""
 
@@ -169,3 +182,59 @@ class CompletionCallback(BaseModel):
     revision: int = 0
     manifest_key: str
     failed_clips: list[int] = []
+
+
+# What each task returns to its caller (README, "Main-app contract"; `framefleet schema result NAME`).
+class CreateResult(BaseModel):
+    """``framefleet.storyboard.create`` / ``framefleet.references.create``."""
+
+    job_id: str
+    frames: int  # frames in the job's plan
+
+
+class CancelResult(BaseModel):
+    """``framefleet.jobs.cancel``."""
+
+    job_id: str
+    cancelled: bool  # false: the job had already finished (``reason`` says so)
+    revision: int = 0  # the revision the cancel stopped
+    reason: str | None = None
+    predictions_cancelled: int = 0  # paid predictions in flight that were cancelled at the provider
+
+
+class RevisionResult(BaseModel):
+    """``framefleet.frames.choose`` and ``framefleet.frames.regenerate``: the revision they started."""
+
+    job_id: str
+    revision: int
+    frame: str
+    regenerating: list[str]  # the frames generated again in this revision, in plan order
+
+
+class ResumeResult(BaseModel):
+    """``framefleet.jobs.resume``."""
+
+    job_id: str
+    resumed_at: str  # what was sent again ("running" / "nothing to do" when nothing was)
+
+
+class JobSummary(BaseModel):
+    """One row of ``framefleet.jobs.list`` (newest first)."""
+
+    job_id: str
+    kind: Literal["storyboard", "references"] | None = None
+    state: Literal["queued", "running", "done"]
+    stage: str
+    revision: int = 0
+    outcome: JobOutcome | None = None
+    percent: float = 0.0
+    updated_at: float | None = None
+    parked: str | None = None  # why the watchdog parked the job, if it did
+
+
+# ``framefleet schema result NAME``: each entry task's return value.
+TASK_RESULTS = {
+    "create": CreateResult, "status": JobStatus, "cancel": CancelResult, "choose": RevisionResult,
+    "regenerate": RevisionResult, "resume": ResumeResult, "list": list[JobSummary],
+}
+MAX_LIST_LIMIT = 1000  # framefleet.jobs.list: rows at most

@@ -4,7 +4,7 @@
   it chains from is settled (selected, failed or skipped). Both events call ``dispatch_ready``;
   whichever comes second enqueues the frame, once (a Redis claim).
 - Continuation first: Celery message priorities on Redis (kombu polls the `queue` list before
-  `queue:9`). A job's first frame goes out at NEW_JOB priority, every later step of a running job
+  the lower priority lists, written `queue:9` here). A job's first frame goes out at NEW_JOB priority, every later step of a running job
   at CONTINUATION priority, so running jobs finish before new ones take their slots, and jobs
   complete roughly in submission order. ``FRAMEFLEET_SCHEDULING=fifo`` sends everything at one
   priority (plain queue order) for comparison.
@@ -34,7 +34,7 @@ from framefleet.tasks.providers.base import StopCheck
 
 log = logging.getLogger(__name__)
 
-CONTINUATION, NEW_JOB = PRIORITY_STEPS  # kombu's Redis transport: 0 is served first
+CONTINUATION, NEW_JOB = PRIORITY_STEPS[0], PRIORITY_STEPS[-1]  # kombu's Redis transport: 0 is served first
 RETRY_WITH_ORIGINAL_PROMPT = "generation failed: one image with the original prompt"
 
 
@@ -45,7 +45,10 @@ def priority_for(spec: JobSpec, frame: str) -> int:
 
 
 def _signature(task: str, args: tuple, priority: int, **kwargs):
-    return app.signature(task, args=args, kwargs=kwargs, priority=priority)
+    # argsrepr: what Flower shows. A chord body's first argument is the results of the step
+    # before it, sent later; naming the job and frame here keeps them readable in its row.
+    return app.signature(task, args=args, kwargs=kwargs, priority=priority, argsrepr=repr(tuple(args)),
+                         kwargsrepr=repr(kwargs))
 
 
 def send(state: JobState, task: str, args: tuple, priority: int = CONTINUATION, **kwargs) -> None:
@@ -92,6 +95,8 @@ def enqueue_frame(state: JobState, spec: JobSpec, frames: dict[str, FrameRecord]
     if guard.active:  # reserved once per round: a re-sent round reuses its reservation
         count = guard.images_for_frame(frame, count, config.image_model, f"{frames[frame].revision}/{stage}")
         if count == 0:
+            if frames[frame].revision > 0 and state.restore_committed(frame)[0]:
+                return False  # a revision's frame keeps its last finished selection rather than none
             _skip(state, frame, "budget: skipped, not even one image is affordable under max_usd")
             return False
 

@@ -13,15 +13,18 @@ Keys (all expire after ``job_ttl_s``):
   framefleet:job:{id}:once:{step} markers that make "enqueue the next step" happen once
   framefleet:job:{id}:cost        hash "{frame}:{counter}" and "total:{counter}" → int
   framefleet:job:{id}:predictions hash "{variation key}#{attempt}" → Replicate prediction id
-  framefleet:job:{id}:cancelled   set when the job is cancelled
-  framefleet:job:{id}:tasks       ids of the job's enqueued tasks (revoked on cancel)
+  framefleet:job:{id}:cancelled   the revision that was cancelled
+  framefleet:job:{id}:committed   hash frame name → JSON FrameRecord as the last finished revision left
+                                  it, for the frames the running revision changes (a cancel puts them back)
+  framefleet:job:{id}:tasks       ids of the running revision's enqueued tasks (revoked on cancel)
   framefleet:job:{id}:finalized   set when finalize starts (late trace writes are dropped)
   framefleet:job:{id}:events      pub/sub channel: every status change as JSON (progress streams)
   framefleet:job:{id}:budget      committed estimated spend (float); :degradations list of notes
-  framefleet:jobs:recent          zset job id → submitted time (framefleet jobs)
+  framefleet:jobs:recent          zset job id → submitted time (framefleet jobs); trimmed to job_ttl_s
   framefleet:jobs:active          ids of jobs not finished yet (the watchdog's list)
   framefleet:jobs:parked          hash job id → why: jobs whose state could not be read or whose
-                                  step kept dying; taken off the active list and reported
+                                  step kept dying; taken off the active list and reported (trimmed
+                                  with framefleet:jobs:recent)
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from redis.retry import Retry
 from framefleet.config.settings import get_settings
 from framefleet.tasks.leases import Lease, running_key
 from framefleet.tasks.plan import FramePlan
-from framefleet.tasks.records import FrameRecord, JobStatus, VariationRecord
-from framefleet.tasks.requests import Callback, JobConfig, RequestError
+from framefleet.tasks.records import FrameRecord, JobEvent, JobStatus, VariationRecord
+from framefleet.tasks.errors import JobExists, JobNotFound, RevisionRefused
+from framefleet.tasks.requests import Callback, JobConfig
 
 STAGE_MESSAGES = {
     "references": {
@@ -72,14 +76,6 @@ class JobSpec(BaseModel):
     def frame_config(self, record: FrameRecord) -> JobConfig:
         """The job's config with the frame's own overrides (from a regenerate) applied."""
         return self.config.model_copy(update={k: v for k, v in record.overrides.items() if v is not None})
-
-
-class JobExists(Exception):
-    pass
-
-
-class RevisionRefused(RequestError):
-    """A choose or regenerate sent while the job runs: refused with the reason (not queued)."""
 
 
 class StaleWrite(Exception):
@@ -123,6 +119,15 @@ def active_jobs(client: redis.Redis | None = None) -> set[str]:
     return (client or state_client()).smembers(ACTIVE_JOBS)
 
 
+def active_job_ids(limit: int, client: redis.Redis | None = None) -> list[str]:
+    """The newest ``limit`` jobs on the active list, newest first (by submission)."""
+    client = client or state_client()
+    active = list(client.smembers(ACTIVE_JOBS))
+    submitted = client.zmscore(RECENT_JOBS, active) if active else []
+    ordered = sorted(zip(active, submitted), key=lambda pair: -(pair[1] or 0))
+    return [job_id for job_id, _ in ordered[:limit]]
+
+
 def parked_jobs(client: redis.Redis | None = None) -> dict[str, str]:
     return (client or state_client()).hgetall(PARKED_JOBS)
 
@@ -153,6 +158,8 @@ class JobState:
             pipe.expire(_key(self.job_id, part), self.ttl)
         pipe.sadd(ACTIVE_JOBS, self.job_id)
         pipe.zadd(RECENT_JOBS, {self.job_id: spec.submitted})
+        pipe.zremrangebyscore(RECENT_JOBS, "-inf", spec.submitted - self.ttl)  # their state has expired
+        pipe.expire(RECENT_JOBS, self.ttl)
         pipe.execute()
 
     def created(self) -> None:
@@ -177,8 +184,13 @@ class JobState:
 
     def park(self, why: str) -> None:
         """Take a job the fleet cannot run off the active list, and say why (framefleet jobs)."""
+        parked = self.r.hkeys(PARKED_JOBS)
+        gone = [job for job, known in zip(parked, self.r.zmscore(RECENT_JOBS, parked) if parked else []) if known is None]
         pipe = self.r.pipeline()
+        if gone:  # jobs whose state has expired: nothing left to report
+            pipe.hdel(PARKED_JOBS, *gone)
         pipe.hset(PARKED_JOBS, self.job_id, why)
+        pipe.expire(PARKED_JOBS, self.ttl)
         pipe.srem(ACTIVE_JOBS, self.job_id)
         pipe.hset(_key(self.job_id, "status"), mapping=_flatten_fields(
             {"state": "done", "stage": "parked", "outcome": "failed", "message": f"Parked: {why}",
@@ -197,47 +209,70 @@ class JobState:
         return bool(self.r.exists(_key(self.job_id, "cancelled"), _key(self.job_id, "finalized")))
 
     # cancellation ------------------------------------------------------------------------
-    def cancel(self) -> None:
-        self.r.set(_key(self.job_id, "cancelled"), "1", ex=self.ttl)
+    def cancel(self, revision: int) -> None:
+        """Flag ``revision`` cancelled: its steps stop at their next check. A later revision (only
+        possible when the cancelled one was not the first) clears the flag when it starts."""
+        self.r.set(_key(self.job_id, "cancelled"), revision, ex=self.ttl)
 
     def cancelled(self) -> bool:
         return bool(self.r.exists(_key(self.job_id, "cancelled")))
 
     def add_task_ids(self, ids: list[str]) -> None:
         name = _key(self.job_id, "tasks")
-        self.r.sadd(name, *ids)
-        self.r.expire(name, self.ttl)
+        self._write_if_alive(("SADD", name, *ids), ("EXPIRE", name, self.ttl))
+
+    def _write_if_alive(self, *commands: tuple) -> bool:
+        """Run ``commands`` atomically, only while the job exists: a step that outlived its job
+        (expired, discarded, or Redis wiped under it) recreates none of its keys."""
+        args: list = []
+        for command in commands:
+            args += [len(command), *command]
+        return bool(self.r.register_script(_WRITE_IF_ALIVE)(keys=[_key(self.job_id, "spec")], args=args))
 
     def task_ids(self) -> set[str]:
         return self.r.smembers(_key(self.job_id, "tasks"))
 
+    def forget_task_ids(self) -> None:
+        self.r.delete(_key(self.job_id, "tasks"))
+
     def spec(self) -> JobSpec:
         raw = self.r.get(_key(self.job_id, "spec"))
         if raw is None:
-            raise KeyError(f"job_id: no job {self.job_id!r}")
+            raise JobNotFound(f"job_id: no job {self.job_id!r}")
         return JobSpec.model_validate_json(raw)
 
     # frames -----------------------------------------------------------------------------
     def frame(self, name: str) -> FrameRecord:
-        return FrameRecord.model_validate_json(self.r.hget(_key(self.job_id, "frames"), name))
+        raw = self.r.hget(_key(self.job_id, "frames"), name)
+        if raw is None:
+            raise JobNotFound(f"job_id: no job {self.job_id!r} with a frame {name!r}")
+        return FrameRecord.model_validate_json(raw)
 
     def frames(self) -> dict[str, FrameRecord]:
         raw = self.r.hgetall(_key(self.job_id, "frames"))
         return {name: FrameRecord.model_validate_json(value) for name, value in raw.items()}
 
-    def update_frame(self, name: str, change: Callable[[FrameRecord], None]) -> FrameRecord:
+    def update_frame(self, name: str, change: Callable[[FrameRecord], None], keep_committed: bool = False) -> FrameRecord:
         """Read-change-write one frame record atomically (WATCH/MULTI, retried on a conflict).
 
         ``change`` edits the record in place and raises StaleWrite when the record has moved on
         (e.g. it is already selected), so a late duplicate step can never write an old state back.
+        ``keep_committed``: a revision is about to change the frame; keep the record as the last
+        finished revision left it, so a cancel or failure of this revision can put it back.
         """
         key = _key(self.job_id, "frames")
 
         def transaction(pipe: redis.client.Pipeline) -> FrameRecord:
-            record = FrameRecord.model_validate_json(pipe.hget(key, name))
+            raw = pipe.hget(key, name)
+            if raw is None:
+                raise JobNotFound(f"job_id: no job {self.job_id!r}")
+            record = FrameRecord.model_validate_json(raw)
             change(record)
             pipe.multi()
             pipe.hset(key, name, record.model_dump_json())
+            if keep_committed:
+                pipe.hsetnx(_key(self.job_id, "committed"), name, raw)
+                pipe.expire(_key(self.job_id, "committed"), self.ttl)
             return record
 
         return self.r.transaction(transaction, key, value_from_callable=True)
@@ -249,14 +284,12 @@ class JobState:
 
     def save_variation(self, frame: str, revision: int, stage: str, record: VariationRecord) -> None:
         name = _key(self.job_id, "variations")
-        pipe = self.r.pipeline()
-        pipe.hset(name, f"{frame}/{revision}/{stage}/{record.index}", record.model_dump_json())
-        pipe.expire(name, self.ttl)
+        commands = [("HSET", name, f"{frame}/{revision}/{stage}/{record.index}", record.model_dump_json()),
+                    ("EXPIRE", name, self.ttl)]
         if record.key:  # the straggler cut counts stored images
             stored = _key(self.job_id, f"stored:{frame}/{revision}/{stage}")
-            pipe.zadd(stored, {str(record.index): time.time()})
-            pipe.expire(stored, self.ttl)
-        pipe.execute()
+            commands += [("ZADD", stored, time.time(), str(record.index)), ("EXPIRE", stored, self.ttl)]
+        self._write_if_alive(*commands)
 
     def count_round(self, wake: int) -> None:
         """One more generation round of the job was enqueued: count it and wake up to ``wake``
@@ -301,8 +334,8 @@ class JobState:
 
     def save_scored(self, frame: str, revision: int, stage: str, result: dict) -> None:
         name = _key(self.job_id, "scored")
-        self.r.hset(name, f"{frame}/{revision}/{stage}", json.dumps(result))
-        self.r.expire(name, self.ttl)
+        self._write_if_alive(("HSET", name, f"{frame}/{revision}/{stage}", json.dumps(result)),
+                             ("EXPIRE", name, self.ttl))
 
     # LLM ledger: a redelivered enhancement replays the rounds already paid for ----------------
     def llm_reply(self, frame: str, prompt: str, iteration: int, agent: str) -> str | None:
@@ -310,8 +343,8 @@ class JobState:
 
     def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> None:
         name = _key(self.job_id, "llm")
-        self.r.hset(name, _llm_field(frame, prompt, iteration, agent), reply)
-        self.r.expire(name, self.ttl)
+        self._write_if_alive(("HSET", name, _llm_field(frame, prompt, iteration, agent), reply),
+                             ("EXPIRE", name, self.ttl))
 
     # once-only steps --------------------------------------------------------------------
     def claim(self, step: str) -> bool:
@@ -325,12 +358,10 @@ class JobState:
     # cost ledger ------------------------------------------------------------------------
     def add_costs(self, frame: str, **counts: int) -> None:
         name = _key(self.job_id, "cost")
-        pipe = self.r.pipeline()
+        commands = []
         for counter, value in counts.items():
-            pipe.hincrby(name, f"{frame}:{counter}", value)
-            pipe.hincrby(name, f"total:{counter}", value)
-        pipe.expire(name, self.ttl)
-        pipe.execute()
+            commands += [("HINCRBY", name, f"{frame}:{counter}", value), ("HINCRBY", name, f"total:{counter}", value)]
+        self._write_if_alive(*commands, ("EXPIRE", name, self.ttl))
 
     def costs(self) -> dict[str, dict[str, int]]:
         """{frame or "total": {counter: value}}."""
@@ -357,61 +388,71 @@ class JobState:
 
     def log_offline_call(self, ledger_key: str | None) -> None:
         name = _key(self.job_id, "offline_calls")
-        self.r.rpush(name, json.dumps({"ledger_key": ledger_key, "time": time.time()}))
-        self.r.expire(name, self.ttl)
+        self._write_if_alive(("RPUSH", name, json.dumps({"ledger_key": ledger_key, "time": time.time()})),
+                             ("EXPIRE", name, self.ttl))
 
     def offline_calls(self) -> list[dict]:
         return [json.loads(line) for line in self.r.lrange(_key(self.job_id, "offline_calls"), 0, -1)]
 
     # status -----------------------------------------------------------------------------
+    @staticmethod
+    def statuses(job_ids: list[str], client: redis.Redis | None = None) -> list[dict | None]:
+        """The raw status fields of several jobs in one round trip (None: no such job)."""
+        pipe = (client or state_client()).pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(_key(job_id, "status"))
+        return [{k: (None if v == "" else v) for k, v in raw.items()} or None for raw in pipe.execute()]
+
     def status(self) -> JobStatus:
         raw = self.r.hgetall(_key(self.job_id, "status"))
         if not raw:
-            raise KeyError(f"job_id: no job {self.job_id!r}")
+            raise JobNotFound(f"job_id: no job {self.job_id!r}")
         return JobStatus.model_validate({k: (None if v == "" else v) for k, v in raw.items()})
 
-    def update_status(self, progress: bool = False, **fields) -> None:
+    def update_status(self, progress: bool = False, active: bool | None = None, **fields) -> None:
         """Write status fields, append the message to the history, and publish the change on the
-        job's events channel (JSON: stage, message, percent, frame, revision, state).
+        job's events channel (a JobEvent as JSON). Nothing is written for a job that is gone.
 
         ``progress``: a step's progress report, dropped once the job is done (a late duplicate
-        must not flip a finished job back to running).
+        must not flip a finished job back to running); its ``percent`` never lowers the stored one.
+        ``active``: put the job on (True) or take it off (False) the watchdog's active list in the
+        same transaction, so nobody sees a finished job still active or a running one inactive.
         """
         fields["updated_at"] = time.time()
-        if progress:
-            flat = [part for item in _flatten_fields(fields).items() for part in item]
-            if not self.r.register_script(_SET_UNLESS_DONE)(keys=[_key(self.job_id, "status")], args=flat):
-                return
-        pipe = self.r.pipeline()
-        pipe.hset(_key(self.job_id, "status"), mapping=_flatten_fields(fields))
-        if "message" in fields:
-            pipe.rpush(_key(self.job_id, "history"), f"{fields.get('stage', '')}: {fields['message']}")
-            pipe.expire(_key(self.job_id, "history"), self.ttl)
-        pipe.hmget(_key(self.job_id, "status"), ["state", "stage", "message", "percent", "current_frame", "revision"])
-        current = pipe.execute()[-1]
-        event = dict(zip(("state", "stage", "message", "percent", "frame", "revision"), current))
-        event["percent"] = float(event["percent"] or 0)
-        event["revision"] = int(event["revision"] or 0)
-        self.r.publish(events_channel(self.job_id), json.dumps(event))
+        history = f"{fields.get('stage', '')}: {fields['message']}" if "message" in fields else ""
+        flat = [part for item in _flatten_fields(fields).items() for part in item]
+        current = self.r.register_script(_WRITE_STATUS)(
+            keys=[_key(self.job_id, "status"), _key(self.job_id, "history"), ACTIVE_JOBS],
+            args=["1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active], self.job_id,
+                  self.ttl, *flat])
+        if not current:
+            return
+        state, stage, message, percent, frame, revision = current
+        event = JobEvent(state=state or "queued", stage=stage or "", message=message or "", percent=float(percent or 0),
+                         frame=frame or None, revision=int(revision or 0))
+        self.r.publish(events_channel(self.job_id), event.model_dump_json())
 
     def start_revision(self) -> int:
         """Open the next revision of a finished job (choose, regenerate); refused while it runs."""
         key = _key(self.job_id, "status")
 
         def transaction(pipe: redis.client.Pipeline) -> int:
-            status = pipe.hmget(key, ["state", "revision"])
-            if status[0] is None:
-                raise KeyError(f"job_id: no job {self.job_id!r}")
-            if status[0] != "done":
-                raise _still_running(self.job_id, status[1])
-            if pipe.exists(_key(self.job_id, "cancelled")):
-                raise RevisionRefused(f"job_id: job {self.job_id!r} was cancelled; submit a new job")
-            revision = int(status[1] or 0) + 1
+            state, current, outcome = pipe.hmget(key, ["state", "revision", "outcome"])
+            if state is None:
+                raise JobNotFound(f"job_id: no job {self.job_id!r}")
+            if state != "done":
+                raise _still_running(self.job_id, current)
+            if pipe.get(_key(self.job_id, "cancelled")) == "0":
+                raise _first_run_cancelled(self.job_id)
+            revision = int(current or 0) + 1
             pipe.multi()
             pipe.hset(key, mapping=_flatten_fields({"state": "running", "stage": "queued", "outcome": None,
                                                     "revision": revision, "percent": 0.0}))
-            pipe.delete(_key(self.job_id, "finalized"))
+            pipe.delete(*(_key(self.job_id, part) for part in ("finalized", "cancelled", "committed", "tasks")))
+            pipe.hset(_key(self.job_id, "committed"), COMMITTED_OUTCOME, outcome or "")
             pipe.sadd(ACTIVE_JOBS, self.job_id)
+            for part in LASTING_PARTS:  # keys written at the first run must outlive this revision too
+                pipe.expire(_key(self.job_id, part), self.ttl)
             return revision
 
         revision = self.r.transaction(transaction, key, value_from_callable=True)
@@ -421,11 +462,25 @@ class JobState:
     def refuse_while_running(self) -> None:
         state, revision = self.r.hmget(_key(self.job_id, "status"), ["state", "revision"])
         if state is None:
-            raise KeyError(f"job_id: no job {self.job_id!r}")
+            raise JobNotFound(f"job_id: no job {self.job_id!r}")
         if state != "done":
             raise _still_running(self.job_id, revision)
-        if self.cancelled():
-            raise RevisionRefused(f"job_id: job {self.job_id!r} was cancelled; submit a new job")
+        if self.r.get(_key(self.job_id, "cancelled")) == "0":
+            raise _first_run_cancelled(self.job_id)
+
+    def restore_committed(self, frame: str | None = None) -> tuple[list[str], str | None]:
+        """Put back the frames the running revision changed (or only ``frame``), as the last
+        finished revision left them. Returns the frames put back and that revision's outcome."""
+        committed = self.r.hgetall(_key(self.job_id, "committed"))
+        outcome = committed.pop(COMMITTED_OUTCOME, None) or None
+        records = {name: raw for name, raw in committed.items() if frame is None or name == frame}
+        if records:
+            self.r.hset(_key(self.job_id, "frames"), mapping=records)
+        return sorted(records), outcome
+
+    def commit_revision(self) -> None:
+        """The running revision finished: its frames are the committed ones from now on."""
+        self.r.delete(_key(self.job_id, "committed"))
 
     def revision(self) -> int:
         return int(self.r.hget(_key(self.job_id, "status"), "revision") or 0)
@@ -439,8 +494,7 @@ class JobState:
 
     def add_degradation(self, note: str) -> None:
         name = _key(self.job_id, "degradations")
-        self.r.rpush(name, note)
-        self.r.expire(name, self.ttl)
+        self._write_if_alive(("RPUSH", name, note), ("EXPIRE", name, self.ttl))
 
     def degradations(self) -> list[str]:
         return self.r.lrange(_key(self.job_id, "degradations"), 0, -1)
@@ -463,11 +517,50 @@ class JobState:
                            percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
 
 
-_SET_UNLESS_DONE = """
-if redis.call('HGET', KEYS[1], 'state') == 'done' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+# KEYS status, history, active set; ARGV progress ('1'/'0'), history line, active op ('add',
+# 'rem', ''), job id, ttl, then field/value pairs. Nothing for a job that is gone. A progress report
+# is dropped once the job is done, and its ``percent`` never lowers the stored one (enhancements of
+# later frames report after the first frame's generation started). Returns the event's fields.
+_WRITE_STATUS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[1] == '1' then
+  if redis.call('HGET', KEYS[1], 'state') == 'done' then return false end
+  for i = 6, #ARGV, 2 do
+    if ARGV[i] == 'percent' then
+      local stored = tonumber(redis.call('HGET', KEYS[1], 'percent') or '0') or 0
+      if tonumber(ARGV[i + 1]) < stored then ARGV[i + 1] = tostring(stored) end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+if ARGV[3] == 'add' then redis.call('SADD', KEYS[3], ARGV[4]) end
+if ARGV[3] == 'rem' then redis.call('SREM', KEYS[3], ARGV[4]) end
+return redis.call('HMGET', KEYS[1], 'state', 'stage', 'message', 'percent', 'current_frame', 'revision')
+"""
+# KEYS the job's spec; ARGV a list of commands, each as its length followed by its words. Runs
+# them only while the job exists.
+_WRITE_IF_ALIVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
 return 1
 """
+# The keys a job keeps for its whole life (the rest belong to one revision or one step).
+LASTING_PARTS = ("spec", "frames", "status", "history", "variations", "scored", "llm", "cost", "predictions",
+                 "budget", "degradations", "rounds", "running", "redrives", "offline_calls")
+COMMITTED_OUTCOME = ":outcome"  # in the committed hash beside the frames (frame names have no ':')
+
+
+def _first_run_cancelled(job_id: str) -> RevisionRefused:
+    return RevisionRefused(f"job_id: job {job_id!r} was cancelled before it first finished; submit a new job")
 
 
 def _still_running(job_id: str, revision: str | None) -> RevisionRefused:

@@ -1,5 +1,6 @@
 """A main app's own Celery app, as README "Completion callback" shows it: it does not import
-framefleet, and records every completion callback it receives in a Redis list."""
+framefleet, keeps Celery's default settings, and records every completion callback it receives in
+a Redis list. Its worker consumes the queue it is started on (`-Q app`)."""
 
 import json
 import os
@@ -8,8 +9,6 @@ import redis
 from celery import Celery
 
 app = Celery("mainapp", broker=os.environ["MAINAPP_BROKER_URL"])
-app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="app",
-                broker_connection_retry_on_startup=True)
 RECEIVED = "mainapp:callbacks"  # tests/integration/test_iteration.py reads it
 
 

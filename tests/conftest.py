@@ -61,6 +61,19 @@ def redis_server(tmp_path_factory):
     server.stop(remove_data=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def every_contract_output_matches_its_schema(redis_server, tmp_path_factory):
+    """Every progress event published on the session's Redis, every completion callback a main app
+    recorded there, and every manifest written under the session's temporary folders is checked
+    against `framefleet schema` when the session ends."""
+    from tests.contracts import ContractRecorder
+
+    recorder = ContractRecorder(redis_server.url).start()
+    yield recorder
+    recorder.stop()
+    recorder.check(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(scope="session")
 def broker_url(redis_server):
     """Point this test process (client side: send_task, job state) at the test Redis."""

@@ -77,3 +77,20 @@ def put_reference(store: ArtifactStore, job_id: str, colour=(200, 40, 40)) -> st
     key = f"uploads/{job_id}/reference.png"
     store.put(key, png_bytes(colour))
     return key
+
+
+def stored_job(job_id: str) -> str:
+    """A job's state in Redis, created the way a create step stores it, for tests that run one
+    provider or ledger call of a job directly (the ledgers write only for a job that exists)."""
+    from framefleet.config.settings import get_settings
+    from framefleet.tasks.plan import build_frame_plan
+    from framefleet.tasks.requests import JobConfig, parse_request
+    from framefleet.tasks.state import JobSpec, JobState
+
+    request = parse_request("storyboard", storyboard_request(job_id, 1))
+    settings = get_settings()
+    JobState(job_id).create(JobSpec(job_id=job_id, kind="storyboard", aspect_ratio=request.aspect_ratio,
+                                    config=JobConfig.resolve(settings, request.overrides),
+                                    plan=build_frame_plan(request), providers={"llm": "offline", "images": "replicate"},
+                                    submitted=time.time()))
+    return job_id

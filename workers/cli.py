@@ -24,12 +24,13 @@ from rich.text import Text
 
 from framefleet.config.celery import QUEUES
 from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.records import CompletionCallback, JobStatus, Manifest
+from pydantic import TypeAdapter
+
+from framefleet.tasks.records import MAX_LIST_LIMIT, TASK_RESULTS, CompletionCallback, JobEvent, JobStatus, Manifest
 from framefleet.tasks.requests import REFERENCE_FIELDS, REQUEST_MODELS, RequestError, new_job_id, parse_request
-from framefleet.tasks.state import JobExists
+from framefleet.tasks.errors import ERRORS
 from framefleet.workers.client import (
     FleetUnavailable,
-    UnknownJob,
     cancel_job,
     check_connection,
     choose_candidate,
@@ -45,7 +46,7 @@ console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
 
 # The mistakes a user makes: reported as one line, never a traceback (unless --debug).
-ORDINARY_ERRORS = (RequestError, JobExists, UnknownJob, FleetUnavailable, TimeoutError)
+ORDINARY_ERRORS = (*ERRORS, FleetUnavailable, TimeoutError)
 
 DEMO_CLIPS = [
     ("A lighthouse keeper climbs the spiral stairs at dusk, lantern in hand",
@@ -91,13 +92,19 @@ def cli_store():
 
 
 def read_request(path: str) -> dict:
+    """The request file as a JSON object; a file over ``max_request_bytes`` is refused unread."""
+    limit = get_settings().max_request_bytes
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)  # one byte more tells "too large" without reading all of it
     except OSError as error:
         raise RequestError(f"request: cannot read {path} ({error.strerror})") from None
+    if len(data) > limit:
+        raise RequestError(f"request: {path} has more than {limit} bytes, the limit is {limit} "
+                           f"(FRAMEFLEET_MAX_REQUEST_BYTES)")
     try:
-        request = json.loads(text)
-    except json.JSONDecodeError as error:
+        request = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RequestError(f"request: {path} is not valid JSON ({error})") from None
     if not isinstance(request, dict):
         raise RequestError(f"request: {path} holds {type(request).__name__}, expected a JSON object")
@@ -111,7 +118,9 @@ def prepare_request(kind: str, request: dict, reference: str | None) -> bytes | 
     formats, EXIF) and gets a fresh upload key that no job owns; returns its PNG bytes.
     """
     from framefleet.tasks.inputs import normalise_image
+    from framefleet.tasks.requests import precheck_request
 
+    precheck_request(kind, request, get_settings())  # an oversized request: refused before the image is read
     request.setdefault("job_id", new_job_id())
     png = None
     if reference:
@@ -299,6 +308,8 @@ def _wait_for_revision(job_id: str) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from framefleet.workers.app import app
 
+    if not 1 <= args.limit <= MAX_LIST_LIMIT:
+        raise RequestError(f"limit: expected a whole number from 1 to {MAX_LIST_LIMIT}, got {args.limit}")
     check_connection()
     rows = list_jobs(app, active_only=args.active, limit=args.limit)
     if args.json:
@@ -314,17 +325,32 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    """Flower on the configured broker: basic auth from settings, or loopback only."""
+    """Flower on the configured broker: basic auth from settings, or loopback only without it.
+
+    It listens on every interface unless ``--address`` names one: in a container that is what its
+    port mapping or Service reaches; on a host, ``--address 127.0.0.1`` keeps it on the machine.
+    """
+    import ipaddress
+
     settings = get_settings()
     if not settings.broker_url:
         raise RequestError("broker_url: FRAMEFLEET_BROKER_URL is not set")
-    argv = [sys.executable, "-m", "celery", "-A", "framefleet.workers.app", "flower", f"--port={args.port or settings.flower_port}"]
-    env = dict(os.environ)
+    address = args.address
     if args.local_only:
-        argv.append("--address=127.0.0.1")
-    elif settings.flower_basic_auth is None:
-        raise RequestError("flower_basic_auth: set FRAMEFLEET_FLOWER_BASIC_AUTH=user:password, or pass --local-only")
-    else:
+        try:
+            loopback = address is None or address == "localhost" or ipaddress.ip_address(address).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:  # no auth: never on an interface other machines reach
+            raise RequestError(f"address: --local-only runs Flower without auth, on loopback only, not {address!r}")
+        address = address or "127.0.0.1"
+    argv = [sys.executable, "-m", "celery", "-A", "framefleet.workers.app", "flower", f"--port={args.port or settings.flower_port}"]
+    if address is not None:
+        argv.append(f"--address={address}")
+    env = dict(os.environ)
+    if not args.local_only:
+        if settings.flower_basic_auth is None:
+            raise RequestError("flower_basic_auth: set FRAMEFLEET_FLOWER_BASIC_AUTH=user:password, or pass --local-only")
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()  # not on the command line
     # Become Flower rather than wait on it: a signal to this process then reaches Flower itself,
     # and no Flower is left orphaned when whoever started `framefleet flower` stops it.
@@ -375,17 +401,26 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """JSON Schema of the contracts with a main app, for apps in other languages or validating early."""
-    if args.contract == "request":
-        if args.kind is None:
-            raise RequestError(f"kind: `framefleet schema request` needs one of {sorted(REQUEST_MODELS)}")
-        schema = REQUEST_MODELS[args.kind].model_json_schema(mode="validation")
-    elif args.kind is not None:
-        raise RequestError(f"kind: only `framefleet schema request` takes a kind, not {args.contract}")
-    else:
-        model = {"manifest": Manifest, "callback": CompletionCallback}[args.contract]
-        schema = model.model_json_schema(mode="serialization")
-    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}, indent=2))
+    print(json.dumps(contract_schema(args.contract, args.kind), indent=2))
     return 0
+
+
+def contract_schema(contract: str, kind: str | None = None) -> dict:
+    """The JSON Schema (draft 2020-12) of one contract: ``request KIND``, ``result TASK``,
+    ``manifest``, ``callback``, ``event`` or ``status``."""
+    named = {"request": REQUEST_MODELS, "result": TASK_RESULTS}
+    if contract in named:
+        if kind not in named[contract]:
+            raise RequestError(f"kind: `framefleet schema {contract}` needs one of {sorted(named[contract])}")
+        model = named[contract][kind]
+        mode = "validation" if contract == "request" else "serialization"
+        schema = TypeAdapter(model).json_schema(mode=mode)
+    elif kind is not None:
+        raise RequestError(f"kind: only `framefleet schema request` and `schema result` take a kind, not {contract}")
+    else:
+        model = {"manifest": Manifest, "callback": CompletionCallback, "event": JobEvent, "status": JobStatus}[contract]
+        schema = model.model_json_schema(mode="serialization")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,7 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     flower = sub.add_parser("flower", help="run Flower on the configured broker")
     flower.add_argument("--port", type=int)
-    flower.add_argument("--local-only", action="store_true", help="bind 127.0.0.1 and run without auth")
+    flower.add_argument("--address", metavar="ADDR",
+                        help="the interface to listen on (default: every interface); 127.0.0.1 keeps it on this machine")
+    flower.add_argument("--local-only", action="store_true",
+                        help="listen on 127.0.0.1 (or a loopback --address) and run without auth")
     flower.set_defaults(func=cmd_flower)
 
     score = sub.add_parser("score", help="score local images against a prompt")
@@ -468,9 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(func=cmd_jobs)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of a request, the manifest or the callback")
-    schema.add_argument("contract", choices=("request", "manifest", "callback"))
-    schema.add_argument("kind", nargs="?", choices=tuple(REQUEST_MODELS), help="with request: the job kind")
+    schema = sub.add_parser("schema", help="print the JSON Schema of a request, a task's result, the manifest, "
+                                           "the callback, a progress event or the status")
+    schema.add_argument("contract", choices=("request", "result", "manifest", "callback", "event", "status"))
+    schema.add_argument("kind", nargs="?", choices=(*REQUEST_MODELS, *TASK_RESULTS),
+                        help="with request: the job kind; with result: the task")
     schema.set_defaults(func=cmd_schema)
 
     from framefleet.workers.evaluation.command import add_eval_command

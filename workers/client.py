@@ -17,8 +17,11 @@ from kombu.utils.url import sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from framefleet.config.celery import TASK_QUEUES, task_time_limits
 from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.errors import JobNotFound
 from framefleet.tasks.records import JobStatus
+from framefleet.tasks.requests import precheck_request
 from framefleet.tasks.state import JobState, events_channel
 
 CREATE_TASKS = {"storyboard": "framefleet.storyboard.create", "references": "framefleet.references.create"}
@@ -26,13 +29,6 @@ CREATE_TASKS = {"storyboard": "framefleet.storyboard.create", "references": "fra
 
 class FleetUnavailable(ConnectionError):
     """No broker is configured, or a Redis the fleet uses cannot be reached."""
-
-
-class UnknownJob(KeyError):
-    """No job with this id: never submitted, or its state expired (``job_ttl_s``)."""
-
-    def __str__(self) -> str:
-        return self.args[0]  # KeyError would show the repr, quotes and all
 
 
 def check_connection(settings: Settings | None = None, timeout_s: float = 3.0) -> None:
@@ -64,30 +60,54 @@ def check_connection(settings: Settings | None = None, timeout_s: float = 3.0) -
 def submit_job(app: Celery, kind: str, request: dict | str, timeout_s: float = 30.0) -> str:
     """Enqueue a job by task name; returns its id once the control queue has accepted it.
 
-    A request the fleet refuses raises the task's error, whose message names the field.
+    A request the fleet refuses raises the task's error, whose message names the field. One over
+    this process's size limits (``max_request_bytes``, the frame and count limits) is refused here,
+    before it is sent: the fleet would refuse it too, after the broker had carried all of it.
     """
+    precheck_request(kind, request, get_settings())
     # Poll the stored result rather than ``AsyncResult.get()``: get() subscribes to the task's
     # children too and leaves them pending in this process long after the job id is known.
     return _send_and_wait(app, CREATE_TASKS[kind], request, timeout_s=timeout_s)["job_id"]
 
 
+EXPIRY_GRACE_S = 1.0
+
+
+class NotTaken(TimeoutError):
+    """No worker took the task before it expired: it will never run, so sending it again is safe."""
+
+
 def _send_and_wait(app: Celery, task: str, *arguments, timeout_s: float = 30.0):
-    task_id = app.send_task(task, args=list(arguments)).id
-    deadline = time.monotonic() + timeout_s
+    """Send ``task`` and wait for its result.
+
+    The message expires after ``timeout_s``: a task no worker has taken by then is discarded
+    unrun (Celery's ``expires``), so a caller that gives up may send it again without it running
+    twice (a create then never meets ``JobExists`` from its own first attempt). A task a worker
+    has started is waited for to the end of its time limit.
+    """
+    queue = TASK_QUEUES[task]
+    task_id = app.send_task(task, args=list(arguments), expires=timeout_s).id
+    sent = time.monotonic()
+    started_limit = task_time_limits(get_settings())[task]["time_limit"]
     while True:
         meta = app.backend.get_task_meta(task_id)
         if meta["status"] == "SUCCESS":
             return meta["result"]
         if meta["status"] == "FAILURE":
             raise app.backend.exception_to_python(meta["result"])
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no control worker answered {task} within {timeout_s}s")
+        waited = time.monotonic() - sent
+        # A grace past the expiry: a worker that started the task just before it has stored STARTED.
+        if meta["status"] in ("PENDING", "REVOKED") and waited > timeout_s + EXPIRY_GRACE_S:
+            raise NotTaken(f"{queue}: no {queue} worker took {task} within {timeout_s:g}s; "
+                           "it expired unrun, so sending it again is safe")
+        if waited > timeout_s + started_limit:
+            raise TimeoutError(f"{queue}: {task} started but did not finish within its {started_limit:g}s time limit")
         time.sleep(0.05)
 
 
 def _known(job_id: str) -> None:
     if not JobState(job_id).exists():
-        raise UnknownJob(f"job_id: no job {job_id!r}")
+        raise JobNotFound(f"job_id: no job {job_id!r}")
 
 
 def resume_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
@@ -136,10 +156,7 @@ def status_updates(job_id: str, idle_s: float = 1.0) -> Iterator[JobStatus]:
 
 
 def job_status(job_id: str) -> JobStatus:
-    try:
-        return JobState(job_id).status()
-    except KeyError as error:
-        raise UnknownJob(error.args[0]) from None
+    return JobState(job_id).status()
 
 
 def wait_for_job(job_id: str, timeout_s: float = 600.0, poll_s: float = 0.2, revision: int = 0) -> JobStatus:

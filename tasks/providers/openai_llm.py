@@ -6,9 +6,10 @@ fallback (original prompt, single image) applies.
 
 Budgets: every request first takes a request slot and its estimated tokens from a fleet-wide
 limiter in Redis (``openai_requests_per_minute``, ``openai_tokens_per_minute``). A 429 pauses the
-whole fleet for as long as ``Retry-After`` / ``x-ratelimit-reset-*`` say, and the request queues
-again; only when the enhancement's total wait passes ``openai_rate_limit_max_wait_s`` does it
-raise RateLimitDeadline (the caller's fallback). Every wait is counted in ``usage``. 5xx and
+whole fleet for as long as ``retry-after-ms`` / ``Retry-After`` / ``x-ratelimit-reset-*`` say (at
+most ``provider_max_pause_s``; an unusable value pauses briefly), and the request queues again;
+only when the enhancement's total wait passes ``openai_rate_limit_max_wait_s`` does it raise
+RateLimitDeadline (the caller's fallback). Every wait is counted in ``usage``. 5xx and
 network errors are retried ``openai_max_retries`` times with backoff; the client's own retries are
 off, since they would bypass the limiter.
 """
@@ -28,7 +29,8 @@ from pydantic import BaseModel, Field, ValidationError
 from framefleet.config.settings import Settings
 from framefleet.tasks.enhancement import DIMENSIONS, Critique
 from framefleet.tasks.state import state_client
-from framefleet.tasks.ratelimit import FleetRateLimiter, RateLimitDeadline, account_key
+from framefleet.tasks.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, account_key,
+                                        requested_pause, retry_after_seconds)
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -73,26 +75,41 @@ class EnhancementError(Exception):
 
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+DURATIONS = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    if not DURATIONS.fullmatch(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * UNITS[u] for n, u in DURATION.findall(text))
+
+
+def _milliseconds(text: str) -> float:
+    return float(text) / 1000
 
 
 def retry_delay(headers: httpx.Headers) -> float:
     """How long a 429 asks to wait: retry-after-ms, retry-after, else the reset of each exhausted
-    budget (``x-ratelimit-reset-requests`` / ``-tokens``, durations like "6m0s" or "20ms")."""
-    if value := headers.get("retry-after-ms"):
-        return float(value) / 1000
-    if (value := headers.get("retry-after")) and value.replace(".", "", 1).isdigit():
-        return float(value)
-    resets = [sum(float(n) * UNITS[u] for n, u in DURATION.findall(headers.get(f"x-ratelimit-reset-{budget}", "")))
+    budget (``x-ratelimit-reset-requests`` / ``-tokens``, durations like "6m0s" or "20ms"). An
+    unusable value (inf, nan, < 0, garbage) is skipped, and with nothing usable left the wait is
+    DEFAULT_PAUSE_S; never capped here (the limiter's pause caps)."""
+    for name, parse in (("retry-after-ms", _milliseconds), ("retry-after", retry_after_seconds)):
+        seconds = requested_pause(headers.get(name), f"OpenAI {name}", parse)
+        if seconds is not None:
+            return seconds
+    resets = [requested_pause(headers.get(f"x-ratelimit-reset-{budget}"), f"OpenAI x-ratelimit-reset-{budget}",
+                              _duration)
               for budget in ("requests", "tokens") if headers.get(f"x-ratelimit-remaining-{budget}") == "0"]
-    return max(resets, default=1.0) or 1.0
+    return max((r for r in resets if r is not None), default=DEFAULT_PAUSE_S) or DEFAULT_PAUSE_S
 
 
 def fleet_limiter(settings: Settings) -> FleetRateLimiter:
     key = settings.openai_api_key.get_secret_value()
     account = account_key(os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), key)
     return FleetRateLimiter(state_client(), f"openai:{account}", settings.openai_requests_per_minute,
-                            settings.openai_rate_window_s, token_limit=settings.openai_tokens_per_minute)
+                            settings.openai_rate_window_s, token_limit=settings.openai_tokens_per_minute,
+                            max_pause_s=settings.provider_max_pause_s)
 
 
 class OpenAIPromptAgents:
@@ -137,9 +154,8 @@ class OpenAIPromptAgents:
             except openai.RateLimitError as error:
                 if error.code == "insufficient_quota":  # out of credit: waiting will not help
                     raise
-                delay = retry_delay(error.response.headers)
+                delay = self.limiter.pause(retry_delay(error.response.headers))
                 log.info("OpenAI 429 (%s): the fleet waits %.1fs", error.code, delay)
-                self.limiter.pause(delay)
             except (openai.APIConnectionError, openai.InternalServerError):
                 server_errors += 1
                 if server_errors > self.settings.openai_max_retries:

@@ -2,7 +2,10 @@
 
 Budgets (``replicate_rate_limit`` creations and ``replicate_other_rate_limit`` other calls per
 ``replicate_rate_window_s``) are taken from fleet-wide limiters in Redis before every API call; a
-429 pauses the whole fleet for as long as Replicate asked. Nothing polls per prediction: the
+429 pauses the whole fleet for as long as Replicate asked, at most ``provider_max_pause_s``. Every
+wait for a slot is bounded: a creation's by the generation's deadline
+(``replicate_prediction_timeout_s``) and its ``should_stop``, any other call's by
+``replicate_http_timeout_s``. Nothing polls per prediction: the
 account's one active watcher (replicate_watcher.py) lists predictions and publishes their status
 in Redis, where waiting tasks block. Input images are uploaded once per job (the file URL is
 cached in Redis) or, when small, sent inline as data URLs. Creations carry the deadline in a
@@ -34,30 +37,53 @@ from framefleet.tasks.state import JobState, state_client
 from framefleet.tasks.providers.adapters import image_model_adapter
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
 from framefleet.tasks.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id, api_time
-from framefleet.tasks.ratelimit import FleetRateLimiter
+from framefleet.tasks.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, WaitStopped,
+                                        requested_pause)
 
 log = logging.getLogger(__name__)
 UPLOAD_LOCK_S = 120
 
 
-class RateLimited(Exception):
-    def __init__(self, retry_after: float | None):
-        super().__init__(f"429 from Replicate (Retry-After: {retry_after})")
+class RateLimited(ImageGenerationError):
+    """A 429; retried (after the fleet-wide pause) a few times, then a failure record."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"429 from Replicate (pause {retry_after:g}s)")
         self.retry_after = retry_after
 
 
-def _raise_on_429(response: httpx.Response) -> None:
-    """httpx hook: the client drops headers from its errors, so read Retry-After (or the body's
-    "resets in ~30s") here."""
-    if response.status_code == 429:
-        response.read()
-        header = response.headers.get("retry-after")
-        found = re.search(r"resets in ~?(\d+(?:\.\d+)?)s", response.text)
-        try:
-            retry_after = float(header) if header is not None else float(found.group(1)) if found else None
-        except ValueError:
-            retry_after = None
-        raise RateLimited(retry_after)
+def retry_after(response: httpx.Response) -> float:
+    """The pause a 429 asks for: Retry-After, else the body's "resets in ~30s", else
+    DEFAULT_PAUSE_S (unusable values are skipped and logged once; the limiter caps)."""
+    seconds = requested_pause(response.headers.get("retry-after"), "Replicate Retry-After")
+    if seconds is None and (found := re.search(r"resets in ~?(\d+(?:\.\d+)?)s", response.text)):
+        seconds = requested_pause(found.group(1), "Replicate 'resets in'")
+    return DEFAULT_PAUSE_S if seconds is None else seconds
+
+
+class _RaiseOn429(httpx.BaseTransport):
+    """Under the official client's own retry layer, which sleeps out any all-digit Retry-After on
+    GETs (uncapped, up to 10 times, outside the fleet's limiter): a 429 becomes RateLimited here
+    (the client drops headers from its errors, so they are read here too), and a 503/504 loses its
+    Retry-After, so the client's bounded backoff applies."""
+
+    def __init__(self, inner: httpx.BaseTransport):
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if response.status_code == 429:
+            try:
+                response.read()
+            finally:
+                response.close()
+            raise RateLimited(retry_after(response))
+        if response.status_code in (503, 504):
+            response.headers.pop("retry-after", None)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _transient(error: BaseException) -> bool:
@@ -91,13 +117,14 @@ class ReplicateImageGenerator:
         self.settings = settings
         self.client = replicate.Client(api_token=settings.replicate_api_token.get_secret_value(),
                                        timeout=httpx.Timeout(settings.replicate_http_timeout_s),
-                                       event_hooks={"request": [self._add_deadline], "response": [_raise_on_429]})
+                                       transport=_RaiseOn429(httpx.HTTPTransport()),
+                                       event_hooks={"request": [self._add_deadline]})
         redis_client, account = state_client(), account_id(settings)
-        window = settings.replicate_rate_window_s
+        window, max_pause = settings.replicate_rate_window_s, settings.provider_max_pause_s
         self.creations = FleetRateLimiter(redis_client, f"replicate:{account}:creations",
-                                          settings.replicate_rate_limit, window)
+                                          settings.replicate_rate_limit, window, max_pause_s=max_pause)
         self.other_calls = FleetRateLimiter(redis_client, f"replicate:{account}:other",
-                                            settings.replicate_other_rate_limit, window)
+                                            settings.replicate_other_rate_limit, window, max_pause_s=max_pause)
         self.board = PredictionBoard(redis_client, account)
         self.watcher = PredictionWatcher(settings, self.board, self._list_page, self._fetch)
 
@@ -111,24 +138,42 @@ class ReplicateImageGenerator:
             request.headers["Cancel-After"] = f"{max(1, round(self.settings.replicate_prediction_timeout_s))}s"
 
     # API calls, each within its budget --------------------------------------------------------
+    @staticmethod
+    def _slot(limiter: FleetRateLimiter, deadline: float, should_stop: StopCheck | None = None) -> float:
+        """A slot by ``deadline`` (time.monotonic()); a stop request is GenerationStopped, no slot
+        in time an ImageGenerationError (a failure record)."""
+        try:
+            return limiter.acquire(deadline=deadline, should_stop=should_stop)
+        except WaitStopped as stop:
+            raise GenerationStopped(stop.reason) from None
+        except RateLimitDeadline as error:
+            raise ImageGenerationError(str(error)) from None
+
+    def _call(self, fn, *args, until: float | None = None, **kwargs):
+        """One non-creation API call; its waits for a slot (retries included) end by ``until``, by
+        default one HTTP timeout from now."""
+        if until is None:
+            until = time.monotonic() + self.settings.replicate_http_timeout_s
+        return self._call_by(until, fn, *args, **kwargs)
+
     @provider_retry
-    def _call(self, fn, *args, **kwargs):
-        self.other_calls.acquire()
+    def _call_by(self, deadline: float, fn, *args, **kwargs):
+        self._slot(self.other_calls, deadline)
         try:
             return fn(*args, **kwargs)
         except RateLimited as error:
-            self.other_calls.pause(error.retry_after or 1.0)
+            self.other_calls.pause(error.retry_after)
             raise
 
     @provider_retry
-    def _create(self, model: str, body: dict, on_wait) -> object:
-        waited = self.creations.acquire()
+    def _create(self, model: str, body: dict, on_wait, deadline: float, should_stop: StopCheck | None) -> object:
+        waited = self._slot(self.creations, deadline, should_stop)
         if waited > 0:
             on_wait(waited)
         try:
             return self.client.models.predictions.create(model=model, input=body)
         except RateLimited as error:
-            self.creations.pause(error.retry_after or 1.0)
+            self.creations.pause(error.retry_after)
             raise
 
     def _list_page(self, cursor: str | None):
@@ -154,28 +199,29 @@ class ReplicateImageGenerator:
         self.board.untrack(prediction_id)
         try:
             self._call(self.client.predictions.cancel, prediction_id)
-        except (ReplicateError, httpx.HTTPError, RateLimited) as error:
+        except (ReplicateError, httpx.HTTPError, ImageGenerationError) as error:
             log.warning("could not cancel prediction %s: %s", prediction_id, error)
 
     # input images -------------------------------------------------------------------------------
-    def _input_url(self, job_id: str | None, data: bytes) -> str:
+    def _input_url(self, job_id: str | None, data: bytes, deadline: float, should_stop: StopCheck | None) -> str:
         """A data URL for a small image; else the files API URL, uploaded once per job: the first
-        caller uploads under a short lock, the others wait for its URL."""
+        caller uploads under a short lock, the others wait for its URL (until the lock's time or
+        ``deadline`` is up, or ``should_stop`` gives a reason)."""
         if len(data) <= self.settings.replicate_data_url_max_bytes:
             return f"data:{_mime_type(data)};base64,{base64.b64encode(data).decode()}"
         if job_id is None:
-            return self._upload(data)[0]
+            return self._upload(data, deadline)[0]
         r = self.board.r
         digest = hashlib.sha256(data).hexdigest()
         url_key = f"framefleet:replicate:job:{job_id}:file:{digest}"
         lock_key = f"framefleet:replicate:job:{job_id}:upload:{digest}"
-        deadline = time.monotonic() + UPLOAD_LOCK_S
+        deadline = min(deadline, time.monotonic() + UPLOAD_LOCK_S)
         while (url := r.get(url_key)) is None:
             if r.set(lock_key, "1", nx=True, ex=UPLOAD_LOCK_S):
                 try:
                     if (url := r.get(url_key)) is not None:  # uploaded between our read and the lock
                         return url
-                    url, expires_at = self._upload(data)
+                    url, expires_at = self._upload(data, deadline)
                     # Reused until the job's state expires, or shortly before Replicate deletes the file.
                     ttl = self.settings.job_ttl_s
                     if expires_at:
@@ -185,16 +231,19 @@ class ReplicateImageGenerator:
                     return url
                 finally:
                     r.delete(lock_key)
+            if should_stop and (reason := should_stop()):
+                raise GenerationStopped(reason)
             if time.monotonic() > deadline:
-                raise ImageGenerationError(f"input image upload for job {job_id} did not finish in {UPLOAD_LOCK_S}s")
+                raise ImageGenerationError(f"input image upload for job {job_id} did not finish in time "
+                                           f"(lock {UPLOAD_LOCK_S}s, generation deadline)")
             time.sleep(0.1)
         return url
 
-    def _upload(self, data: bytes) -> tuple[str, str | None]:
+    def _upload(self, data: bytes, deadline: float) -> tuple[str, str | None]:
         """The file's URL and when Replicate deletes it."""
         extension = _mime_type(data).split("/")[1]
         upload = self._call(self.client.files.create, io.BytesIO(data), filename=f"input.{extension}",
-                            content_type=_mime_type(data))
+                            content_type=_mime_type(data), until=deadline)
         return upload.urls["get"], upload.expires_at
 
     # generation ---------------------------------------------------------------------------------
@@ -203,19 +252,21 @@ class ReplicateImageGenerator:
         adapter = image_model_adapter(model)
         state = JobState(request.job_id) if request.job_id else None
         frame = request.frame or "?"
+        # Uploads and the wait for a creation slot end by the same deadline as a prediction.
+        deadline = time.monotonic() + self.settings.replicate_prediction_timeout_s
         self.watcher.ensure_started()
         prediction_id = state.prediction_id(request.ledger_key) if state and request.ledger_key else None
         if prediction_id is None:
             if should_stop and (reason := should_stop()):
                 raise GenerationStopped(reason)
-            images = [self._input_url(request.job_id, data) for data in request.input_images]
+            images = [self._input_url(request.job_id, data, deadline, should_stop) for data in request.input_images]
             body = adapter.build_input(request.prompt, images, request.aspect_ratio, request.seed)
 
             def count_wait(seconds: float) -> None:
                 if state:
                     state.add_costs(frame, creation_waits=1, creation_wait_ms=round(seconds * 1000))
 
-            created = self._create(model, body, count_wait)
+            created = self._create(model, body, count_wait, deadline, should_stop)
             self.board.track(created.id, created.created_at)
             prediction_id = created.id
             if state:

@@ -20,7 +20,9 @@ DIMENSIONS = ("completeness", "specificity", "professionalism", "cinematography"
 class FakeOpenAI:
     """Scripted replies: ``script`` is consumed first (one entry per request), then the defaults.
 
-    Entries: ("429", retry_after_s) | ("500",) | ("garbage",) | ("reply", dict).
+    Entries: ("429", retry_after) | ("429", {header: value}) | ("500",) | ("garbage",) | ("reply", dict).
+    A scripted 429 sends ``Retry-After: str(retry_after)``, or exactly the headers given (any
+    text, as a misbehaving server might: "inf", "1e12", "soon").
     Default Creative Director: appends " refined" to the current prompt. Default Prompt Engineer:
     scores 60 + 15 per " refined" in the prompt, so a frame reaches 90 on the third round.
     """
@@ -74,8 +76,8 @@ class FakeOpenAI:
                 "type": over, "param": None, "code": "rate_limit_exceeded"}}, headers=headers)
         time.sleep(self.latency_s)
         if step and step[0] == "429":
-            return handler.send(429, {"error": {"message": "slow down", "type": "rate_limit"}},
-                                headers={"Retry-After": str(step[1])})
+            headers = step[1] if isinstance(step[1], dict) else {"Retry-After": str(step[1])}
+            return handler.send(429, {"error": {"message": "slow down", "type": "rate_limit"}}, headers=headers)
         if step and step[0] == "500":
             return handler.send(500, {"error": {"message": "boom", "type": "server_error"}})
         if step and step[0] == "garbage":

@@ -56,8 +56,12 @@ class SlidingWindow:
 
 
 class FakeReplicate:
-    """``create_script`` is consumed per creation request: ("429", retry_after) | ("500",).
-    ``never_finish``: predictions stay "processing". ``hidden_from_list``: ids the listings leave out."""
+    """``create_script`` is consumed per creation request: ("429", retry_after) | ("429", retry_after,
+    resets_in) | ("500",). ``throttle(endpoint, ...)`` makes the next call to any endpoint a 429.
+    A scripted 429 has Replicate's body ("... resets in ~{resets_in}s.", ``resets_in`` defaulting to
+    ``retry_after``) and ``Retry-After: {retry_after}`` (left out when None); both are sent as given,
+    so a test can send "inf" or "1e9". ``never_finish``: predictions stay "processing".
+    ``hidden_from_list``: ids the listings leave out."""
 
     def __init__(self, start_s: float = 0.02, run_s: float = 0.05, creation_limit: int = 600,
                  other_limit: int = 3000, window_s: float = 60.0, page_size: int = 100):
@@ -77,6 +81,7 @@ class FakeReplicate:
         self.downloads: Counter = Counter()  # prediction id → downloads of its output
         self.calls: list[tuple[float, str]] = []  # (time, endpoint) of every API call, throttled ones too
         self.throttled: Counter = Counter()  # endpoint → 429s
+        self.scripted_errors: dict[str, list[tuple]] = {}  # endpoint → (retry_after, resets_in, status) still to send
         self.ids = itertools.count(1)
         self.server = LocalServer(self)
 
@@ -96,6 +101,21 @@ class FakeReplicate:
 
     def __exit__(self, *exc):
         self.server.__exit__(*exc)
+
+    def throttle(self, endpoint: str, retry_after, resets_in=..., times: int = 1, status: int = 429) -> None:
+        """The next ``times`` calls to ``endpoint`` ("create", "list", "get", "cancel", "files") get
+        a 429 with these values (or a ``status`` 503 with that Retry-After), before any budget is spent."""
+        with self.lock:
+            self.scripted_errors.setdefault(endpoint, []).extend(
+                [(retry_after, retry_after if resets_in is ... else resets_in, status)] * times)
+
+    @staticmethod
+    def send_scripted_error(handler: JsonHandler, retry_after, resets_in, status: int = 429) -> None:
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        if status != 429:
+            return handler.send(status, {"detail": "Service Unavailable", "status": status}, headers=headers)
+        detail = f"Request was throttled. Your rate limit resets in ~{resets_in}s."
+        handler.send(429, {"detail": detail, "status": 429}, headers=headers)
 
     # what tests read ------------------------------------------------------------------------------
     def file_bytes(self, url: str) -> bytes:
@@ -140,12 +160,24 @@ class FakeReplicate:
         ]
         for route_method, pattern, endpoint, answer in routes:
             if method == route_method and (m := re.fullmatch(pattern, path)):
+                if (scripted := self.next_scripted_error(endpoint)) is not None:
+                    return self.send_scripted_error(handler, *scripted)
                 if (retry_after := self.take_budget(endpoint)) > 0:
                     seconds = math.ceil(retry_after)
                     detail = f"Request was throttled. Your rate limit resets in ~{seconds}s."
                     return handler.send(429, {"detail": detail, "status": 429}, headers={"Retry-After": str(seconds)})
                 return answer(m)
         handler.send(404, {"detail": "not found", "status": 404})
+
+    def next_scripted_error(self, endpoint: str) -> tuple | None:
+        with self.lock:
+            if not self.scripted_errors.get(endpoint):
+                return None
+            self.calls.append((time.time(), endpoint))
+            step = self.scripted_errors[endpoint].pop(0)
+            if step[2] == 429:
+                self.throttled[endpoint] += 1
+            return step
 
     def take_budget(self, endpoint: str) -> float:
         now = time.monotonic()
@@ -188,8 +220,7 @@ class FakeReplicate:
                 self.creations.append({"time": now, "model": model, "input": body["input"], "id": prediction_id,
                                        "cancel_after": prediction["cancel_after"]})
         if step and step[0] == "429":
-            return handler.send(429, {"detail": f"Request was throttled. Your rate limit resets in ~{step[1]}s.",
-                                      "status": 429}, headers={"Retry-After": str(step[1])})
+            return self.send_scripted_error(handler, step[1], step[2] if len(step) > 2 else step[1])
         if step and step[0] == "500":
             return handler.send(500, {"detail": "internal error", "status": 500})
         handler.send(201, self.public(prediction))

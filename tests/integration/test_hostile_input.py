@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import pytest
 from PIL import Image
 
 from framefleet.tasks.requests import RequestError
-from framefleet.tasks.state import JobExists, JobState
+from framefleet.tasks.errors import JobExists
+from framefleet.tasks.state import JobState
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
-from framefleet.workers.client import submit_job
+from framefleet.workers.client import _send_and_wait, submit_job
 from framefleet.tasks.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -49,11 +51,17 @@ def env(tmp_path_factory, start_fleet):
         yield open_store(f"file://{root}"), host
 
 
-def refused(celery_app, store, request: dict, field: str, message: str = "") -> None:
+def refused(celery_app, store, request: dict, field: str, message: str = "", kind: str = "storyboard") -> None:
     with pytest.raises(RequestError, match=f"{field}: .*{message}"):
-        submit_job(celery_app, "storyboard", request)
-    assert not JobState(request["job_id"]).exists()
-    assert store.list(f"jobs/{request['job_id']}") == []
+        submit_job(celery_app, kind, request)
+    nothing_written(store, request["job_id"])
+
+
+def nothing_written(store, job_id: str) -> None:
+    """No job state of any kind in Redis, nothing in the store."""
+    assert not JobState(job_id).exists()
+    assert JobState(job_id).r.keys(f"framefleet:job:{job_id}:*") == []
+    assert store.list(f"jobs/{job_id}") == []
 
 
 @pytest.mark.parametrize("url, message", [
@@ -120,3 +128,52 @@ def test_a_reference_upload_is_only_written_for_valid_requests(celery_app, env):
     store.put(f"uploads/{job_id}/r.png", png_bytes())
     request = storyboard_request(job_id, 1, reference_image=f"uploads/{job_id}/r.png", aspect_ratio="7:5")
     refused(celery_app, store, request, "aspect_ratio")
+
+
+# Issue 21: request limits -------------------------------------------------------------------
+SCENES = ["The keeper walks the cliff path at dusk", "The keeper reaches the lighthouse door"]
+
+
+def test_a_290_kb_references_request_is_refused_naming_the_field(celery_app, env):
+    """4.2: such a marker was woven into every scene's prompt (290,054 characters each)."""
+    store, _ = env
+    request = {"job_id": unique_id("woven-290kb"), "scene_prompts": SCENES,
+               "consistency_markers": {"character": "grey-bearded keeper in a yellow coat " * 7_840}}
+    assert len(json.dumps(request)) > 290_000
+    refused(celery_app, store, request, "consistency_markers.character", "at most 1000 characters", "references")
+
+
+def test_context_that_fits_each_field_but_not_the_prompt_is_refused_once_woven(celery_app, env):
+    store, _ = env
+    request = {"job_id": unique_id("woven-over"), "scene_prompts": SCENES,
+               "consistency_markers": {f"detail_{n}": "yellow oilskin coat, " * 45 for n in range(5)},
+               "transition_notes": ["cut on the lantern swing"]}
+    with pytest.raises(RequestError) as error:
+        submit_job(celery_app, "references", request)
+    first, second = str(error.value).split("; ")
+    assert first.startswith("scene_prompts.0: the prompt woven with consistency_markers has ")
+    assert second.startswith("scene_prompts.1: the prompt woven with consistency_markers, transition_notes.0 has ")
+    assert first.endswith("characters, the limit is 4000")
+    nothing_written(store, request["job_id"])
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_the_fleet_refuses_an_oversized_request_sent_by_task_name(celery_app, env, as_text):
+    """4.7: a main app without framefleet sends it anyway; the fleet counts before validating."""
+    store, _ = env
+    job_id = unique_id("oversized")
+    request = {"job_id": job_id, "clips": [{"start_prompt": "a harbour at dawn " * 10,
+                                            "end_prompt": "the lighthouse at night " * 10}] * 2_000}
+    with pytest.raises(RequestError, match="^clips: the job would have 4000 frames, the limit is 64$"):
+        _send_and_wait(celery_app, "framefleet.storyboard.create", json.dumps(request) if as_text else request)
+    nothing_written(store, job_id)
+
+
+def test_the_fleet_refuses_json_text_over_max_request_bytes(celery_app, env):
+    store, _ = env
+    job_id = unique_id("over-bytes")
+    text = json.dumps({"job_id": job_id, "clips": [{"start_prompt": "x" * 4000, "end_prompt": "y" * 4000}] * 140})
+    expected = rf"^request: the JSON text has {len(text)} characters, the limit is 1048576 \(max_request_bytes\)$"
+    with pytest.raises(RequestError, match=expected):
+        _send_and_wait(celery_app, "framefleet.references.create", text)
+    nothing_written(store, job_id)

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from framefleet.tasks.requests import RequestError
+from framefleet.tasks.errors import BudgetRefused, JobNotFound, RequestError, RevisionRefused
 from framefleet.tasks.state import JobState, events_channel
 RECEIVED = "mainapp:callbacks"  # tests/callback_app.py (imported only by the main app's worker)
 from tests.helpers import storyboard_request, unique_id, wait_until
-from framefleet.workers.client import (UnknownJob, _send_and_wait, choose_candidate, list_jobs, regenerate_frame, submit_job,
+from framefleet.workers.client import (_send_and_wait, cancel_job, choose_candidate, list_jobs, regenerate_frame, submit_job,
                             wait_for_job)
 from framefleet.tasks.store import open_store
 
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, start_fleet, broker_url):
     root = tmp_path_factory.mktemp("artifacts-iteration")
-    start_fleet({"FRAMEFLEET_STORE_URL": f"file://{root}", "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.05",
+    # Images take 0.3 s: a revision of two frames runs long enough for a cancel sent after it to stop it.
+    start_fleet({"FRAMEFLEET_STORE_URL": f"file://{root}", "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3",
                  "FRAMEFLEET_OFFLINE_USD_PER_IMAGE": "0.01", "FRAMEFLEET_OFFLINE_USD_PER_LLM_CALL": "0.001"})
     return open_store(f"file://{root}")
 
@@ -137,11 +138,11 @@ def test_progress_events_are_published_with_the_revision(celery_app, fleet):
 def test_refusals_name_the_field_and_change_nothing(celery_app, fleet):
     store = fleet
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("refuse"), 1))
-    with pytest.raises(RequestError, match="job_id: .* still running revision 0"):
+    with pytest.raises(RevisionRefused, match="job_id: .* still running revision 0"):
         _send_and_wait(celery_app, "framefleet.frames.choose", job_id, "clip_001_start", 1)
     wait_for_job(job_id, timeout_s=120)
     manifest = manifest_of(store, job_id)
-    with pytest.raises(UnknownJob, match="job_id"):
+    with pytest.raises(JobNotFound, match="job_id"):
         choose_candidate(celery_app, "no-such-job", "clip_001_start", 1)
     with pytest.raises(RequestError, match="frame: no frame 'clip_009_start'"):
         choose_candidate(celery_app, job_id, "clip_009_start", 1)
@@ -179,3 +180,86 @@ def test_the_budget_guard_degrades_in_order_and_never_overspends(celery_app, fle
     assert skipped and all(any("budget" in note for note in f["fallbacks"]) for f in skipped)
     assert all(f"{n}" in manifest["warnings"] for n in notes)
     assert status.outcome == "partial"
+
+    # A revision the cap cannot afford (one image per frame it would generate) is refused up front
+    # naming the cap, and changes nothing: no frame loses its selection to the budget.
+    committed = JobState(job_id).committed_spend()
+    with pytest.raises(BudgetRefused, match=r"^overrides\.max_usd: this revision needs at least"):
+        regenerate_frame(celery_app, job_id, "clip_001_start", {})
+    assert JobState(job_id).status().revision == 0 and JobState(job_id).committed_spend() == committed
+    assert manifest_of(store, job_id) == manifest
+
+
+def test_two_chooses_at_once_store_the_frame_that_is_recorded(celery_app, fleet):
+    """Only the choose that wins the revision writes the frame: the refused one writes nothing."""
+    store = fleet
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("choose2"), 1))
+    assert wait_for_job(job_id, timeout_s=120).outcome == "succeeded"
+    indexes = [v["index"] for v in frames_of(manifest_of(store, job_id))["clip_001_end"]["variations"] if v["key"]]
+    for trial, pair in enumerate([indexes[:2], indexes[2:4], indexes[1:3]], start=1):
+        outcomes: list = [None, None]
+
+        def choose(slot: int, index: int) -> None:
+            try:
+                outcomes[slot] = _send_and_wait(celery_app, "framefleet.frames.choose", job_id, "clip_001_end", index)
+            except RevisionRefused as refused:
+                outcomes[slot] = refused
+
+        threads = [threading.Thread(target=choose, args=(slot, index)) for slot, index in enumerate(pair)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        won = [o for o in outcomes if isinstance(o, dict)]
+        assert len(won) == 1 and sum(isinstance(o, RevisionRefused) for o in outcomes) == 1, outcomes
+        assert wait_for_job(job_id, timeout_s=60, revision=won[0]["revision"]).outcome == "succeeded"
+        frame = frames_of(manifest_of(store, job_id))["clip_001_end"]
+        assert frame["selected"]["index"] == pair[outcomes.index(won[0])]
+        assert store.get(frame["selected"]["frame_key"]) == store.get(frame["selected"]["key"]), f"trial {trial}"
+
+
+def test_cancelling_a_revision_keeps_the_last_finished_one(celery_app, fleet, main_app):
+    store = fleet
+    request = storyboard_request(unique_id("cancel-rev"), 1, callback={"task": "app.storyboard_done", "queue": "app"})
+    job_id = submit_job(celery_app, "storyboard", request)
+    assert wait_for_job(job_id, timeout_s=120).outcome == "succeeded"
+    state = JobState(job_id)
+    manifest_bytes, frames = store.get(f"jobs/{job_id}/manifest.json"), state.frames()
+
+    assert regenerate_frame(celery_app, job_id, "clip_001_start", {})["revision"] == 1
+    assert cancel_job(celery_app, job_id) == {"job_id": job_id, "cancelled": True, "revision": 1, "reason": None,
+                                               "predictions_cancelled": 0}
+    status = wait_for_job(job_id, timeout_s=60, revision=1)
+    assert (status.outcome, status.revision) == ("cancelled", 1) and "keeps its last finished" in status.message
+    assert store.get(f"jobs/{job_id}/manifest.json") == manifest_bytes  # the finished revision's manifest
+    assert state.frames() == frames  # every frame as revision 0 left it
+    assert job_id not in {row["job_id"] for row in list_jobs(celery_app, active_only=True)}
+    wait_until(lambda: [m["status"] for m in callbacks_for(job_id)] == ["succeeded", "cancelled"])
+
+    other = next(v.index for v in frames["clip_001_end"].variations if v.index != frames["clip_001_end"].selected.index)
+    assert choose_candidate(celery_app, job_id, "clip_001_end", other)["revision"] == 2  # further revisions run
+    assert wait_for_job(job_id, timeout_s=60, revision=2).outcome == "succeeded"
+    assert manifest_of(store, job_id)["revision"] == 2
+
+
+def test_regenerate_overrides_of_the_enhancement_enhance_again_and_renew_the_jobs_keys(celery_app, fleet):
+    store = fleet
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("reenhance"), 1))
+    assert wait_for_job(job_id, timeout_s=120).outcome == "succeeded"
+    state = JobState(job_id)
+    first = frames_of(manifest_of(store, job_id))["clip_001_start"]
+    assert first["enhancement"]["iterations"] > 1
+    assert state.task_ids() == set()  # a finished revision's task ids are dropped: a later cancel revokes its own
+    for part in ("spec", "frames", "status"):  # as if the job were near the end of its time in Redis
+        state.r.expire(f"framefleet:job:{job_id}:{part}", 100)
+
+    regenerate_frame(celery_app, job_id, "clip_001_start", {"overrides": {"max_enhancement_iterations": 1},
+                                                            "cascade": False})
+    assert all(state.r.ttl(f"framefleet:job:{job_id}:{part}") > 1000 for part in ("spec", "frames", "status"))
+    assert wait_for_job(job_id, timeout_s=60, revision=1).outcome == "succeeded"
+    assert frames_of(manifest_of(store, job_id))["clip_001_start"]["enhancement"]["iterations"] == 1
+
+    regenerate_frame(celery_app, job_id, "clip_001_start", {"overrides": {"enhance": False}, "cascade": False})
+    assert wait_for_job(job_id, timeout_s=60, revision=2).outcome == "succeeded"
+    frame = frames_of(manifest_of(store, job_id))["clip_001_start"]
+    assert frame["enhancement"]["skipped"] and frame["enhanced_prompt"] == frame["original_prompt"]

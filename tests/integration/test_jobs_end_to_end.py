@@ -128,7 +128,7 @@ def test_per_job_override_of_variation_count(celery_app, store):
 
 
 def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, store):
-    from framefleet.tasks.requests import RequestError
+    from framefleet.tasks.errors import JobNotFound, RequestError
     from framefleet.workers.client import submit_job
 
     job_id = unique_id("bad")
@@ -136,7 +136,7 @@ def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, 
     request["clips"][0]["end_prompt"] = ""
     with pytest.raises(RequestError, match=r"clips\.0\.end_prompt"):
         submit_job(celery_app, "storyboard", request)
-    with pytest.raises(KeyError):
+    with pytest.raises(JobNotFound):
         JobState(job_id).status()
     missing = storyboard_request(job_id, 1, reference_image="uploads/nowhere.png")
     with pytest.raises(RequestError, match="reference_image"):
@@ -145,7 +145,7 @@ def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, 
 
 
 def test_duplicate_job_id_is_refused(celery_app, store):
-    from framefleet.tasks.state import JobExists
+    from framefleet.tasks.errors import JobExists
     from framefleet.workers.client import submit_job
 
     job_id = unique_id("dup")

@@ -12,7 +12,7 @@ from framefleet.tasks.enhancement import enhance_prompt_iterative
 from framefleet.tasks.state import JobState
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
-from tests.helpers import png_bytes, unique_id
+from tests.helpers import png_bytes, stored_job, unique_id
 from framefleet.tasks.providers.adapters import image_model_adapter
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest
 from framefleet.tasks.providers.openai_llm import EnhancementError, OpenAIPromptAgents
@@ -148,7 +148,7 @@ def test_adapters_map_inputs_to_each_models_fields():
 
 
 def test_prediction_with_input_images_uploaded_once_per_job(replicate_server, generator):
-    job_id = unique_id("rep")
+    job_id = stored_job(unique_id("rep"))
     images = [png_bytes((255, 0, 0)), png_bytes((0, 0, 255))]
     made = generator()
     data = made.generate(request(job_id, input_images=images, model="bytedance/seedream-4"))
@@ -177,7 +177,7 @@ def test_small_input_images_go_inline_as_data_urls(replicate_server, generator):
 
 def test_create_429_waits_for_retry_after_then_creates_once(replicate_server, generator):
     replicate_server.create_script = [("429", 1), ("500",)]
-    job_id = unique_id("rep429")
+    job_id = stored_job(unique_id("rep429"))
     started = time.monotonic()
     generator().generate(request(job_id))
     assert time.monotonic() - started >= 1.0
@@ -258,7 +258,7 @@ def test_rate_limiter_counts_across_clients(broker_url):
     assert [first.try_acquire(), second.try_acquire(), first.try_acquire()] == [0, 0, 0]
     assert 0 < second.try_acquire() <= 1.0 + TRANSIT_MARGIN_S
     started = time.monotonic()
-    first.acquire()
+    first.acquire(timeout_s=5.0)
     assert time.monotonic() - started >= 0.5
 
 

@@ -231,6 +231,7 @@ def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redi
     import redis
 
     from framefleet.tasks import pipeline
+    from framefleet.config.celery import broker_lists
     from framefleet.tasks.broker import admit_round, decode_message
 
     jobs = [pipeline.submit_job("storyboard", storyboard_request(unique_id("admit"), 1))["job_id"] for _ in range(2)]
@@ -246,10 +247,11 @@ def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redi
                 if task is not None and task.name == "framefleet.images.generate_variation"]
 
     first, second = ([(job_id, index) for index in range(1, 5)] for job_id in jobs)
-    assert served("images") == [] and served("images:9") == first + second
-    taken = json.loads(broker.rpop("images:9"))  # a worker takes the first job's first variation
+    served_first, *_, new_jobs = broker_lists("images")
+    assert served(served_first) == [] and served(new_jobs) == first + second
+    taken = json.loads(broker.rpop(new_jobs))  # a worker takes the first job's first variation
     assert admit_round("images", taken["headers"]["group"]) == 3
-    assert served("images") == first[1:] and served("images:9") == second  # served next, in order
+    assert served(served_first) == first[1:] and served(new_jobs) == second  # served next, in order
     assert admit_round("images", taken["headers"]["group"]) == 0  # nothing copied or lost
 
 

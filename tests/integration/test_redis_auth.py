@@ -20,7 +20,7 @@ def test_password_in_the_url_is_used_and_required():
             redis.Redis(port=server.port).ping()
         client = redis.Redis.from_url(server.url, decode_responses=True)
         state = JobState("auth-job", client=client)
-        state.cancel()
+        state.cancel(0)
         assert state.cancelled()
         config = celery_config(Settings(broker_url=server.url))
         assert config["broker_url"] == config["result_backend"] == server.url

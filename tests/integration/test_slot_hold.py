@@ -57,7 +57,7 @@ def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame
     settings(SCHEDULING="priority", SLOT_HOLD_S="0")
     assert slot_hold_due(state, spec, FRAMES[0], 0, ENHANCED, 4) is None
     settings(SLOT_HOLD_S="1")
-    _, new_jobs = broker_lists("images")
+    *_, new_jobs = broker_lists("images")
     redis.Redis.from_url(broker_url).delete(new_jobs)  # no new job waits for a slot: nothing to hold it from
     assert slot_hold_due(state, spec, FRAMES[0], 0, ENHANCED, 4) is None
 
@@ -96,7 +96,7 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     with monkeypatch.context() as patch:  # a worker whose pool also serves selection: no hold
         patch.setattr(slot_hold, "consumed_queues", lambda: frozenset({"images", "control"}))
         assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, 2)["ended"] == "worker serves other queues"
-    state.cancel()
+    state.cancel(0)
     assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, 2)["ended"] == "job closed"
 
 

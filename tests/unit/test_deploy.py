@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kombu.transport import redis as kombu_redis
 
 from framefleet.config.celery import QUEUES, broker_lists, celery_config
 from framefleet.config.settings import Settings
@@ -69,16 +70,25 @@ def test_keda_scales_each_queue_on_its_redis_list():
         spec = scaled[f"framefleet-{queue}"]["spec"]
         # Every priority sub-list of the queue counts, summed by the scaling formula.
         lists = {t["name"]: t["metadata"]["listName"] for t in spec["triggers"] if t["type"] == "redis"}
-        assert sorted(lists.values()) == sorted(priority_lists(queue))
-        assert broker_lists(queue) == priority_lists(queue)  # what resume and admission read is what kombu writes
+        assert list(lists.values()) == broker_lists(queue) == priority_lists(queue)
         assert spec["advanced"]["scalingModifiers"]["formula"] == " + ".join(lists)
+        assert all(re.fullmatch(r"[a-z]\w*", name) for name in lists)  # a formula variable, not an expression
         assert spec["minReplicaCount"] >= 1
 
 
+def test_the_fleet_keeps_kombus_default_transport_options():
+    """A main app with Celery's defaults reads the bindings and priority lists the fleet writes
+    (docs/main-app-clients.md): only the visibility timeout is the fleet's own."""
+    config = celery_config(Settings())
+    for options in (config["broker_transport_options"], config["result_backend_transport_options"]):
+        assert set(options) == {"visibility_timeout"}
+
+
 def priority_lists(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for one queue under the fleet's transport options."""
-    options = celery_config(Settings())["broker_transport_options"]
-    return [queue if step == 0 else f"{queue}{options['sep']}{step}" for step in options["priority_steps"]]
+    """The Redis lists kombu's Redis transport, with its defaults, keeps for one queue (its own
+    naming, not a copy of it), served first first."""
+    channel = kombu_redis.Channel.__new__(kombu_redis.Channel)  # its naming needs no connection
+    return [channel._q_for_pri(queue, step) for step in channel.priority_steps]
 
 
 def test_every_framefleet_variable_in_deploy_is_a_setting():

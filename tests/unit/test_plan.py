@@ -83,3 +83,18 @@ def test_markers_notes_guidelines_and_transitions_are_woven_into_scene_prompts()
     assert "Continuity" not in third and "t2-3" in third
     assert all("Guidelines: same coat; no text" in p for p in (first, second, third))
     assert build_frame_plan(request).frames[1].prompt == second
+
+
+def test_woven_parts_name_what_each_scene_prompt_carries():
+    from framefleet.tasks.plan import woven_parts
+
+    request = references(3, consistency_markers={"character": "keeper"}, continuity_notes=["n1", "  "],
+                         consistency_guidelines=["same coat"], transition_notes=["t1-2"])
+    assert woven_parts(request, 0) == ["consistency_markers", "continuity_notes.0", "consistency_guidelines"]
+    assert woven_parts(request, 1) == ["consistency_markers", "consistency_guidelines", "transition_notes.0"]
+    assert woven_parts(request, 2) == ["consistency_markers", "consistency_guidelines"]
+
+
+def test_blank_guidelines_weave_nothing():
+    request = references(2, consistency_guidelines=["  ", ""])
+    assert weave_scene_prompt(request, 0) == "scene 1"

@@ -25,7 +25,7 @@ def published(capsys, *contract: str) -> Draft202012Validator:
 
 
 def readme_example_requests() -> list[dict]:
-    section = README.read_text().split("## Enqueueing a job from a main app", 1)[1].split("\n## ", 1)[0]
+    section = README.read_text().split("## Main-app contract", 1)[1].split("\n## ", 1)[0]
     return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
 
 

@@ -1,0 +1,134 @@
+"""The job record a main app and operators read, on the real test Redis: progress that never goes
+back, a finished job off the active list the moment it is done, steps that outlive their job
+recreating nothing, and the job list bounded by what it returns.
+
+The steps run in this process (``local_steps``: no Celery eager mode; follow-up messages they
+enqueue are purged)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from framefleet.tasks.errors import JobNotFound, RequestError
+from framefleet.tasks.keys import ENHANCED
+from framefleet.tasks.state import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, JobState
+from tests.contracts import check
+from tests.helpers import storyboard_request, unique_id, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_percent_never_goes_back_within_a_revision(local_steps):
+    from framefleet.tasks import pipeline
+
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("percent"), 2))["job_id"]
+    state = JobState(job_id)
+    pubsub = state.r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"framefleet:job:{job_id}:events")
+    pubsub.get_message(timeout=1)  # the subscription is in place before anything is published
+    # The first frame's generation reports 10%; a later frame's enhancement then reports 5%.
+    state.frame_stage("storyboard", "generate", "clip_001_start", 0, 4)
+    state.prompt_enhanced("storyboard", 4)
+    state.prompt_enhanced("storyboard", 4)
+    assert state.status().percent == 10.0
+    events, deadline = [], time.monotonic() + 10
+    while len(events) < 3 and time.monotonic() < deadline:
+        if (message := pubsub.get_message(timeout=0.5)) is not None:
+            events.append(message)
+    pubsub.close()
+    published = [json.loads(m["data"]) for m in events]
+    for event in published:
+        check("event", event)
+    assert [event["percent"] for event in published] == [10.0, 10.0, 10.0]
+
+
+def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(local_steps, monkeypatch):
+    """Status and active list change in one transaction: a revision started right after "done"
+    can never be taken off the active list by the finalize before it."""
+    from framefleet.tasks import pipeline
+
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("atomic"), 1))["job_id"]
+    state = JobState(job_id)
+    for frame in ("clip_001_start", "clip_001_end"):
+        state.update_frame(frame, lambda r: setattr(r, "status", "skipped"))
+    seen = {}
+    publish = state.r.publish
+
+    def publish_and_look(channel, message):
+        if '"done"' in message:
+            seen["active"] = state.r.sismember(ACTIVE_JOBS, job_id)
+        return publish(channel, message)
+
+    monkeypatch.setattr(state.r, "publish", publish_and_look)
+    pipeline.finalize_job(job_id)
+    assert seen == {"active": False}
+
+
+def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
+    """A variation in flight when its job's keys vanish (expiry, a discard, FLUSHALL) stores its
+    image and returns, but writes nothing back to Redis for a job that no longer exists."""
+    from framefleet.tasks import pipeline
+
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("vanish"), 1))["job_id"]
+    pipeline.enhance_prompt(job_id, "clip_001_start")
+    state = JobState(job_id)
+    pattern = f"framefleet:job:{job_id}:*"
+    errors: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            pipeline.generate_variation(job_id, "clip_001_start", ENHANCED, 1)
+        except BaseException as error:  # noqa: BLE001 — reported below
+            errors.append(error)
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    wait_until(lambda: state.r.exists(f"framefleet:job:{job_id}:lease:generate:clip_001_start/0/{ENHANCED}/1"),
+               timeout_s=10)
+    state.r.delete(*state.r.keys(pattern))  # the job's state is gone while the image is being made
+    worker.join(30)
+    time.sleep(0.2)
+    assert state.r.keys(pattern) == []
+    with pytest.raises(JobNotFound, match="^job_id: no job"):  # a later step of the job refuses at once
+        pipeline.score_variations([], job_id, "clip_001_start")
+    assert state.r.keys(pattern) == []
+    assert not errors or "no job" in str(errors[0])
+
+
+def test_the_job_list_is_bounded_checked_and_lists_old_running_jobs(local_steps):
+    from framefleet.tasks import pipeline
+
+    old_running = pipeline.submit_job("storyboard", storyboard_request(unique_id("old-running"), 1))["job_id"]
+    newer = [pipeline.submit_job("storyboard", storyboard_request(unique_id(f"newer{n}"), 1))["job_id"]
+             for n in range(3)]
+    for job_id in newer:
+        JobState(job_id).update_status(state="done", stage="done", outcome="succeeded", active=False)
+    # With ``active_only``, the newest active jobs are listed, not the active ones among the newest.
+    active = [row["job_id"] for row in pipeline.list_jobs(True, 2)]
+    assert old_running in active and not set(newer) & set(active)
+    assert [row["job_id"] for row in pipeline.list_jobs(False, 3)] == newer[::-1]
+    for row in pipeline.list_jobs(False, 3):
+        check("result", [row], kind="list")
+    for limit in (0, -5, 1_000_000, "5", True, 2.5):
+        with pytest.raises(RequestError, match="^limit: expected a whole number from 1 to 1000"):
+            pipeline.list_jobs(False, limit)
+    with pytest.raises(RequestError, match="^active_only"):
+        pipeline.list_jobs("yes", 5)
+
+
+def test_the_recent_and_parked_lists_are_trimmed(local_steps):
+    from framefleet.tasks import pipeline
+
+    state = JobState(unique_id("long-gone"))
+    ttl = state.ttl
+    state.r.zadd(RECENT_JOBS, {state.job_id: time.time() - ttl - 60})  # submitted before the job TTL
+    state.r.hset(PARKED_JOBS, state.job_id, "parked long ago")
+    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("trim"), 1))["job_id"]
+    assert state.r.zscore(RECENT_JOBS, state.job_id) is None
+    JobState(job_id).park("for the test")
+    assert not state.r.hexists(PARKED_JOBS, state.job_id) and state.r.hget(PARKED_JOBS, job_id) == "for the test"
+    assert 0 < state.r.ttl(RECENT_JOBS) <= ttl and 0 < state.r.ttl(PARKED_JOBS) <= ttl
