@@ -8,25 +8,43 @@ from framefleet.config.settings import Settings
 
 QUEUES = ("intake", "control", "llm", "images", "gpu")
 
-# Task name → queue. Every task is named explicitly, so the main app and Flower see these names.
-# Creates run on `intake`: validating a request and fetching its reference URL (up to the fetch
-# deadline) never holds a thread that selects frames, finalizes jobs or runs the watchdog.
+# Task names: what main apps send (README, "Main-app contract"), Flower shows and routing uses.
+# The fleet's code names tasks only through these constants.
+CREATE_STORYBOARD = "framefleet.storyboard.create"
+CREATE_REFERENCES = "framefleet.references.create"
+JOB_STATUS = "framefleet.jobs.status"
+RESUME_JOB = "framefleet.jobs.resume"
+CANCEL_JOB = "framefleet.jobs.cancel"
+WATCHDOG = "framefleet.jobs.watchdog"
+FINALIZE_JOB = "framefleet.jobs.finalize"
+NOTIFY_MAIN_APP = "framefleet.jobs.notify"
+LIST_JOBS = "framefleet.jobs.list"
+CHOOSE_CANDIDATE = "framefleet.frames.choose"
+REGENERATE_FRAME = "framefleet.frames.regenerate"
+SELECT_VARIATION = "framefleet.frames.select"
+ENHANCE_PROMPT = "framefleet.prompts.enhance"
+GENERATE_VARIATION = "framefleet.images.generate_variation"
+SCORE_VARIATIONS = "framefleet.scoring.score_variations"
+CREATE_TASKS = {"storyboard": CREATE_STORYBOARD, "references": CREATE_REFERENCES}
+
+# Task → queue. Creates run on `intake`: validating a request and fetching its reference URL (up
+# to the fetch deadline) never holds a thread that selects frames, finalizes jobs or runs the watchdog.
 TASK_QUEUES = {
-    "framefleet.storyboard.create": "intake",
-    "framefleet.references.create": "intake",
-    "framefleet.jobs.status": "control",
-    "framefleet.jobs.resume": "control",
-    "framefleet.jobs.cancel": "control",
-    "framefleet.jobs.watchdog": "control",
-    "framefleet.jobs.finalize": "control",
-    "framefleet.jobs.notify": "control",
-    "framefleet.jobs.list": "control",
-    "framefleet.frames.choose": "control",
-    "framefleet.frames.regenerate": "control",
-    "framefleet.frames.select": "control",
-    "framefleet.prompts.enhance": "llm",
-    "framefleet.images.generate_variation": "images",
-    "framefleet.scoring.score_variations": "gpu",
+    CREATE_STORYBOARD: "intake",
+    CREATE_REFERENCES: "intake",
+    JOB_STATUS: "control",
+    RESUME_JOB: "control",
+    CANCEL_JOB: "control",
+    WATCHDOG: "control",
+    FINALIZE_JOB: "control",
+    NOTIFY_MAIN_APP: "control",
+    LIST_JOBS: "control",
+    CHOOSE_CANDIDATE: "control",
+    REGENERATE_FRAME: "control",
+    SELECT_VARIATION: "control",
+    ENHANCE_PROMPT: "llm",
+    GENERATE_VARIATION: "images",
+    SCORE_VARIATIONS: "gpu",
 }
 
 # How each queue's workers run by default: (pool, concurrency).
@@ -39,12 +57,12 @@ WORKER_SHAPES = {
 }
 
 
-# Message priorities (tasks/scheduling.py). kombu's Redis transport keeps each queue as one list
+# Message priorities (tasks/coordination/dispatch.py). kombu's Redis transport keeps each queue as one list
 # per priority step, `queue` (priority 0, served first) and `queue<sep><step>` for the others. The
 # fleet keeps kombu's default separator and steps, which every main app with default settings
 # also uses: bindings either side writes the other can read (docs/main-app-clients.md).
 # Queue-length metrics must count every list (deploy/k8s/keda.yaml), and so must anything that
-# looks for a job's messages (tasks/broker.py).
+# looks for a job's messages (tasks/coordination/broker.py).
 PRIORITY_STEPS: tuple[int, ...] = tuple(kombu_redis.Channel.priority_steps)
 
 
@@ -59,12 +77,12 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     fetch, OpenAI timeout and rate-limit wait, Replicate prediction timeout)."""
     short = {"soft_time_limit": 120, "time_limit": 150}
     limits = {name: short for name in TASK_QUEUES}
-    limits["framefleet.storyboard.create"] = limits["framefleet.references.create"] = {
+    limits[CREATE_STORYBOARD] = limits[CREATE_REFERENCES] = {
         "soft_time_limit": 90, "time_limit": 120}
-    limits["framefleet.prompts.enhance"] = {"soft_time_limit": 1800, "time_limit": 1900}
+    limits[ENHANCE_PROMPT] = {"soft_time_limit": 1800, "time_limit": 1900}
     generation = settings.replicate_prediction_timeout_s + 300
-    limits["framefleet.images.generate_variation"] = {"soft_time_limit": generation, "time_limit": generation + 60}
-    limits["framefleet.scoring.score_variations"] = {"soft_time_limit": 600, "time_limit": 660}
+    limits[GENERATE_VARIATION] = {"soft_time_limit": generation, "time_limit": generation + 60}
+    limits[SCORE_VARIATIONS] = {"soft_time_limit": 600, "time_limit": 660}
     return limits
 
 
@@ -94,6 +112,6 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         # Run one beat per fleet (`celery -A framefleet.workers.app beat`, or `-B` on one control worker).
         "beat_schedule": {
-            "framefleet-watchdog": {"task": "framefleet.jobs.watchdog", "schedule": settings.watchdog_interval_s},
+            "framefleet-watchdog": {"task": WATCHDOG, "schedule": settings.watchdog_interval_s},
         },
     }

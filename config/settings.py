@@ -32,16 +32,18 @@ class ScoreWeights(BaseModel):
         return self
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FRAMEFLEET_", extra="ignore", populate_by_name=True,
-                                      allow_inf_nan=False)
+class Infrastructure(BaseModel):
+    """Redis, the artifact store, expiry, and the delivery guarantees' timers."""
 
-    # Infrastructure. No broker URL means "embedded": `framefleet demo` starts its own Redis.
+    # No broker URL means "embedded": `framefleet demo` starts its own Redis.
     broker_url: str | None = None
     result_backend: str | None = None
     state_redis_url: str | None = None
     store_url: str = "file://./output"
     s3_endpoint_url: str | None = None
+    s3_server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+    s3_sse_kms_key_id: str | None = None
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     # Redis redelivers an unacknowledged task after this; it must exceed the slowest task.
     visibility_timeout_s: int = Field(3600, ge=1)
     # Step leases: a running step renews its lease every lease_ttl_s / 3; the watchdog re-drives
@@ -49,54 +51,15 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(30.0, gt=0)
     max_redrives: int = Field(3, ge=1)
     watchdog_interval_s: float = Field(10.0, gt=0)
-    # Last resort for lost messages (no step running, no lease): re-drive a job whose status has
-    # not moved for this long.
+    # `framefleet status` calls a job stalled after this long without progress.
     stall_after_s: float = Field(900.0, gt=0)
     # A create that died half-way (stage "creating") is discarded after this long.
     create_timeout_s: float = Field(120.0, gt=0)
-    s3_server_side_encryption: Literal["AES256", "aws:kms"] | None = None
-    s3_sse_kms_key_id: str | None = None
-    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
-    # Providers per stage; `auto` picks the real one when its key or weights exist.
-    llm_provider: Literal["auto", "offline", "openai"] = "auto"
-    image_provider: Literal["auto", "offline", "replicate"] = "auto"
-    scorer: Literal["auto", "heuristic", "models"] = "auto"
-    # Scoring models: hub id / open_clip name or tag / local path (see scoring/weights.py).
-    pickscore_model: str = DEFAULT_SOURCES["pickscore_model"]
-    pickscore_processor: str = DEFAULT_SOURCES["pickscore_processor"]
-    clip_model: str = DEFAULT_SOURCES["clip_model"]
-    clip_pretrained: str = DEFAULT_SOURCES["clip_pretrained"]
-    clip_quick_gelu: bool = False
-    aesthetic_weights: str = DEFAULT_SOURCES["aesthetic_weights"]
-    models_cache_dir: str | None = None
-    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "FRAMEFLEET_OPENAI_API_KEY"))
-    replicate_api_token: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("REPLICATE_API_TOKEN", "FRAMEFLEET_REPLICATE_API_TOKEN")
-    )
 
-    # OpenAI (OPENAI_BASE_URL, read by the official client, points it at any compatible server).
-    openai_model: str = "gpt-4o-mini"
-    openai_temperature: float = Field(0.7, ge=0, le=2)
-    openai_timeout_s: float = Field(60.0, gt=0)
-    openai_max_retries: int = Field(3, ge=0)
-    # Replicate (REPLICATE_BASE_URL, read by the official client, points it at a proxy).
-    replicate_model: str = "google/nano-banana"
-    replicate_prediction_timeout_s: float = Field(300.0, gt=0)
-    # Interval of the fleet's one prediction listing (see "Provider budgets" in the README), not per prediction.
-    replicate_poll_interval_s: float = Field(1.0, gt=0)
-    replicate_http_timeout_s: float = Field(60.0, gt=0)
-    replicate_rate_limit: int = Field(600, ge=1)  # prediction creations per window, whole fleet
-    replicate_rate_window_s: float = Field(60.0, gt=0)
-    # Prices for the cost estimate in the manifest.
-    openai_usd_per_1m_prompt_tokens: float = 0.15
-    openai_usd_per_1m_completion_tokens: float = 0.60
-    replicate_usd_per_prediction: dict[str, float] = {
-        "google/nano-banana": 0.039, "bytedance/seedream-4": 0.03,
-        "black-forest-labs/flux-kontext-pro": 0.04, "black-forest-labs/flux-schnell": 0.003,
-    }
+class Pipeline(BaseModel):
+    """A job's defaults (each can be overridden per job) and which provider runs each stage."""
 
-    # Pipeline defaults (each can be overridden per job).
     num_variations: int = Field(4, ge=1, le=MAX_VARIATIONS)
     max_enhancement_iterations: int = Field(4, ge=1, le=10)
     score_threshold: float = Field(85.0, ge=0, le=100)
@@ -105,85 +68,146 @@ class Settings(BaseSettings):
     score_weights: ScoreWeights = ScoreWeights()
     keep_traces: bool = False
     enhance: bool = True  # false: no LLM rounds, frames are generated from the original prompt
+    # Providers per stage; `auto` picks the real one when its key or weights exist.
+    llm_provider: Literal["auto", "offline", "openai"] = "auto"
+    image_provider: Literal["auto", "offline", "replicate"] = "auto"
+    scorer: Literal["auto", "heuristic", "models"] = "auto"
+    # Fault drills: make a stage fail on purpose ("enhancement", "scoring", "ranking").
+    inject_faults: set[Literal["enhancement", "scoring", "ranking"]] = set()
 
-    # Scheduling (tasks/scheduling.py): "priority" runs a running job's next frame ahead of new
-    # jobs' first frames; "fifo" is the plain queue order (for comparison).
+
+class Scheduling(BaseModel):
+    """When frames run (tasks/coordination/dispatch.py, slot_hold.py)."""
+
+    # "priority" runs a running job's next frame ahead of new jobs' first frames; "fifo" is the
+    # plain queue order (for comparison).
     scheduling: Literal["priority", "fifo"] = "priority"
     # Straggler cut: once min_variations of a frame's variations are stored, one still running
     # straggler_grace_s later is stopped (its prediction cancelled). min = num_variations: no cut.
     min_variations: int = Field(3, ge=1, le=MAX_VARIATIONS)
     straggler_grace_s: float = Field(20.0, gt=0)
-    # Slot holding (tasks/slot_hold.py, priority scheduling only): a slot freed by a variation
-    # waits up to slot_hold_s, once its round is complete, for the job's next round (the gap is
-    # scoring plus selection), and up to slot_hold_siblings_s while the rest of its round runs.
-    # 0 turns holding off.
+    # Slot holding (priority scheduling only): a slot freed by a variation waits up to slot_hold_s,
+    # once its round is complete, for the job's next round (the gap is scoring plus selection),
+    # and up to slot_hold_siblings_s while the rest of its round runs. 0 turns holding off.
     slot_hold_s: float = Field(1.0, ge=0, le=60)
     slot_hold_siblings_s: float = Field(0.25, ge=0, le=60)
 
-    # Request limits.
+
+class Limits(BaseModel):
+    """What a request may ask for, and how reference images are fetched and checked."""
+
     max_frames: int = Field(64, ge=1)
     max_prompt_chars: int = Field(4000, ge=1)
     # The whole request as JSON, refused before it is validated (docs/request-limits.md). A legal
     # request at the other limits is about 260 KB; 1 MiB leaves room without letting 80 MB in.
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
-    # Reference images: decoded with a pixel cap and a format allow-list; URLs fetched with a
-    # size cap and timeout, never to loopback/private/link-local/metadata addresses unless the
-    # host is allowed here.
+    # Reference images: decoded with a pixel cap and a format allow-list, shrunk to the working
+    # size; URLs fetched with a size cap, a timeout per wait and one deadline for the whole fetch,
+    # never from loopback/private/link-local/metadata addresses unless the host is allowed here.
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_image_bytes: int = Field(20_000_000, ge=1)
     image_formats: list[str] = ["PNG", "JPEG", "WEBP"]
+    reference_max_side: int = Field(2048, ge=64)
     reference_url_timeout_s: float = Field(10.0, gt=0)
+    reference_url_deadline_s: float = Field(15.0, gt=0)
     reference_url_allowed_hosts: list[str] = []
 
-    # Budget guard (overrides.max_usd): tokens of one LLM call beyond the prompt it carries (the
-    # instructions and critique; the least a reply takes), and what the offline providers "cost"
-    # so the guard can be exercised without keys.
-    llm_call_estimate_tokens: tuple[int, int] = (800, 300)
-    offline_usd_per_image: float = Field(0.0, ge=0)
-    offline_usd_per_llm_call: float = Field(0.0, ge=0)
 
-    # Offline providers: simulated latency and failures for tests and benchmarks.
-    offline_llm_latency_s: float = Field(0.0, ge=0)
-    offline_image_latency_s: float = Field(0.0, ge=0)
-    offline_image_failure_rate: float = Field(0.0, ge=0, le=1)
-    # Fault drills: make a stage fail on purpose ("enhancement", "scoring", "ranking").
-    inject_faults: set[Literal["enhancement", "scoring", "ranking"]] = set()
+class Providers(BaseModel):
+    """OpenAI and Replicate: keys, models, timeouts, the account's budgets, prices."""
 
-    # Flower: "user:password" (several: comma-separated); required unless --local-only.
-    flower_basic_auth: SecretStr | None = None
-    flower_port: int = 5555
-
-    # Reference inputs (issue 9): one total deadline for a URL fetch (connect, headers, body; well
-    # under a client's submit timeout), and the working size every reference is shrunk to at create.
-    reference_url_deadline_s: float = Field(15.0, gt=0)
-    reference_max_side: int = Field(2048, ge=64)
-    # Offline latency profiles (load benchmark): a lognormal spread around the median latency
-    # above and cold starts, drawn per call deterministically (README, "Simulated latency").
-    offline_llm_latency_sigma: float = Field(0.0, ge=0, le=3)
-    offline_llm_cold_start_rate: float = Field(0.0, ge=0, le=1)
-    offline_llm_cold_start_s: float = Field(0.0, ge=0)
-    offline_image_latency_sigma: float = Field(0.0, ge=0, le=3)
-    offline_image_cold_start_rate: float = Field(0.0, ge=0, le=1)
-    offline_image_cold_start_s: float = Field(0.0, ge=0)
-    # Provider budgets (issue 11): fleet-wide limits per account, one prediction watcher, one upload per image.
-    replicate_other_rate_limit: int = Field(3000, ge=1)  # non-creation API calls per replicate_rate_window_s
-    replicate_watch_max_pages: int = Field(10, ge=1)  # listing pages per sweep; the rest is left to the reconcile
-    replicate_watch_lease_s: float = Field(10.0, gt=0)  # a dead watcher's lease expires after this
-    replicate_reconcile_after_s: float = Field(30.0, gt=0)  # in flight but absent from listings this long: one GET
-    replicate_reconcile_per_sweep: int = Field(1, ge=0)
-    replicate_data_url_max_bytes: int = Field(256 * 1024, ge=0)  # smaller inputs go inline as data URLs; 0: never
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY",
+                                                                                  "FRAMEFLEET_OPENAI_API_KEY"))
+    replicate_api_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("REPLICATE_API_TOKEN", "FRAMEFLEET_REPLICATE_API_TOKEN")
+    )
+    # OpenAI (OPENAI_BASE_URL, read by the official client, points it at any compatible server).
+    openai_model: str = "gpt-4o-mini"
+    openai_temperature: float = Field(0.7, ge=0, le=2)
+    openai_timeout_s: float = Field(60.0, gt=0)
+    openai_max_retries: int = Field(3, ge=0)
     openai_requests_per_minute: int = Field(500, ge=1)  # per openai_rate_window_s, whole fleet
     openai_tokens_per_minute: int = Field(200_000, ge=1)
     openai_rate_window_s: float = Field(60.0, gt=0)
     openai_completion_tokens_estimate: int = Field(400, ge=0)  # counted against the token budget per request
     openai_rate_limit_max_wait_s: float = Field(600.0, ge=0)  # total wait per enhancement before the fallback
+    # Replicate (REPLICATE_BASE_URL, read by the official client, points it at a proxy).
+    replicate_model: str = "google/nano-banana"
+    replicate_prediction_timeout_s: float = Field(300.0, gt=0)
+    replicate_http_timeout_s: float = Field(60.0, gt=0)
+    replicate_rate_limit: int = Field(600, ge=1)  # prediction creations per window, whole fleet
+    replicate_other_rate_limit: int = Field(3000, ge=1)  # non-creation API calls per replicate_rate_window_s
+    replicate_rate_window_s: float = Field(60.0, gt=0)
+    # The fleet's one prediction listing (docs/provider-budgets.md), not one poll per prediction.
+    replicate_poll_interval_s: float = Field(1.0, gt=0)
+    replicate_watch_max_pages: int = Field(10, ge=1)  # listing pages per sweep; the rest is left to the reconcile
+    replicate_watch_lease_s: float = Field(10.0, gt=0)  # a dead watcher's lease expires after this
+    replicate_reconcile_after_s: float = Field(30.0, gt=0)  # in flight but absent from listings this long: one GET
+    replicate_reconcile_per_sweep: int = Field(1, ge=0)
+    replicate_data_url_max_bytes: int = Field(256 * 1024, ge=0)  # smaller inputs go inline as data URLs; 0: never
     # The longest fleet-wide pause a provider's 429 can ask for (Retry-After, retry-after-ms,
     # x-ratelimit-reset-*, "resets in ~Ns"): Replicate's resets are ~30 s, OpenAI's minutes at most,
     # so a larger value is a broken header, not a reason to stop the fleet (docs/provider-pauses.md).
     provider_max_pause_s: float = Field(300.0, gt=0, le=3600)
+    # Prices for the cost estimate in the manifest and the budget guard.
+    openai_usd_per_1m_prompt_tokens: float = 0.15
+    openai_usd_per_1m_completion_tokens: float = 0.60
+    replicate_usd_per_prediction: dict[str, float] = {
+        "google/nano-banana": 0.039, "bytedance/seedream-4": 0.03,
+        "black-forest-labs/flux-kontext-pro": 0.04, "black-forest-labs/flux-schnell": 0.003,
+    }
+    # Budget guard (overrides.max_usd): tokens of one LLM call beyond the prompt it carries (the
+    # instructions and critique; the least a reply takes).
+    llm_call_estimate_tokens: tuple[int, int] = (800, 300)
+
+
+class ScoringModels(BaseModel):
+    """Where the scoring models' weights come from: hub id / open_clip name or tag / local path."""
+
+    pickscore_model: str = DEFAULT_SOURCES["pickscore_model"]
+    pickscore_processor: str = DEFAULT_SOURCES["pickscore_processor"]
+    clip_model: str = DEFAULT_SOURCES["clip_model"]
+    clip_pretrained: str = DEFAULT_SOURCES["clip_pretrained"]
+    clip_quick_gelu: bool = False
+    aesthetic_weights: str = DEFAULT_SOURCES["aesthetic_weights"]
+    models_cache_dir: str | None = None
+
+
+class OfflineProviders(BaseModel):
+    """The embedded providers' simulated latency, failures and prices (tests, benchmarks, the
+    budget guard without keys). A lognormal spread around the median and cold starts, drawn per
+    call deterministically (tasks/providers/offline_latency.py)."""
+
+    offline_llm_latency_s: float = Field(0.0, ge=0)
+    offline_llm_latency_sigma: float = Field(0.0, ge=0, le=3)
+    offline_llm_cold_start_rate: float = Field(0.0, ge=0, le=1)
+    offline_llm_cold_start_s: float = Field(0.0, ge=0)
+    offline_image_latency_s: float = Field(0.0, ge=0)
+    offline_image_latency_sigma: float = Field(0.0, ge=0, le=3)
+    offline_image_cold_start_rate: float = Field(0.0, ge=0, le=1)
+    offline_image_cold_start_s: float = Field(0.0, ge=0)
+    offline_image_failure_rate: float = Field(0.0, ge=0, le=1)
+    offline_usd_per_image: float = Field(0.0, ge=0)
+    offline_usd_per_llm_call: float = Field(0.0, ge=0)
+
+
+class Operations(BaseModel):
+    """Logging and Flower."""
 
     log_level: str = "INFO"
     log_json: bool = False
+    # Flower: "user:password" (several: comma-separated); required unless --local-only.
+    flower_basic_auth: SecretStr | None = None
+    flower_port: int = 5555
+
+
+class Settings(Infrastructure, Pipeline, Scheduling, Limits, Providers, ScoringModels, OfflineProviders, Operations,
+               BaseSettings):
+    """One settings object for the whole fleet, grouped by concern; every field is read from
+    ``FRAMEFLEET_<NAME>`` (the provider keys also from their usual variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAMEFLEET_", extra="ignore", populate_by_name=True,
+                                      allow_inf_nan=False)
 
     def model_sources(self) -> ModelSources:
         return ModelSources(pickscore_model=self.pickscore_model, pickscore_processor=self.pickscore_processor,

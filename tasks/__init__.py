@@ -1,4 +1,4 @@
-"""Celery tasks (``framefleet.tasks.pipeline``) and the plain job logic they call.
-
-Only ``framefleet.tasks.pipeline`` imports Celery; requests, plan, records and enhancement are plain Python.
-"""
+"""What a worker runs (README, Layout): the Celery app (``app``) and its task entry points
+(``entry``), the steps they call (``steps/``), the job model (``job/``), coordination, artifacts,
+providers and the worker runtime. Only ``app``, ``entry`` and the coordination and runtime
+modules that send or receive tasks import Celery."""

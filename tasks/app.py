@@ -5,7 +5,7 @@ from celery import Celery
 from framefleet.config.celery import celery_config
 from framefleet.config.settings import Settings, get_settings
 
-app = Celery("framefleet", include=["framefleet.tasks.pipeline", "framefleet.tasks.bootstrap", "framefleet.tasks.celery_compat"])
+app = Celery("framefleet", include=["framefleet.tasks.entry", "framefleet.tasks.runtime.bootstrap", "framefleet.tasks.runtime.celery_compat"])
 
 
 def configure(settings: Settings | None = None) -> Celery:

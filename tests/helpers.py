@@ -9,8 +9,8 @@ import time
 
 from PIL import Image
 
-from framefleet.config.celery import QUEUES, broker_lists
-from framefleet.tasks.store import ArtifactStore
+from framefleet.config.celery import QUEUES
+from framefleet.tasks.artifacts.store import ArtifactStore
 
 
 def png_bytes(colour=(200, 40, 40), size=(64, 36)) -> bytes:
@@ -83,9 +83,9 @@ def stored_job(job_id: str) -> str:
     """A job's state in Redis, created the way a create step stores it, for tests that run one
     provider or ledger call of a job directly (the ledgers write only for a job that exists)."""
     from framefleet.config.settings import get_settings
-    from framefleet.tasks.plan import build_frame_plan
-    from framefleet.tasks.requests import JobConfig, parse_request
-    from framefleet.tasks.state import JobSpec, JobState
+    from framefleet.tasks.job.plan import build_frame_plan
+    from framefleet.tasks.job.requests import JobConfig, parse_request
+    from framefleet.tasks.job.state import JobSpec, JobState
 
     request = parse_request("storyboard", storyboard_request(job_id, 1))
     settings = get_settings()

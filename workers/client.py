@@ -1,7 +1,7 @@
 """What a main app needs: submit a job by task name, read its progress.
 
 A main app that cannot import framefleet does the same with its own Celery app:
-``send_task("framefleet.storyboard.create", args=[request_json])`` returns the job id, and the
+``send_task(CREATE_STORYBOARD, args=[request_json])`` returns the job id, and the
 progress record is the Redis hash ``framefleet:job:{job_id}:status`` (or the task
 ``framefleet.jobs.status``). See README, "Enqueueing a job from a main app".
 """
@@ -17,14 +17,15 @@ from kombu.utils.url import sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from framefleet.config.celery import TASK_QUEUES, task_time_limits
+from framefleet.config.celery import (CANCEL_JOB, CHOOSE_CANDIDATE, CREATE_TASKS, LIST_JOBS, REGENERATE_FRAME, RESUME_JOB,
+                                      TASK_QUEUES, task_time_limits)
 from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.errors import JobNotFound
-from framefleet.tasks.records import JobStatus
-from framefleet.tasks.requests import precheck_request
-from framefleet.tasks.state import JobState, events_channel
+from framefleet.tasks.job.errors import JobNotFound
+from framefleet.tasks.job.records import JobStatus
+from framefleet.tasks.job.requests import precheck_request
+from framefleet.tasks.job.state import JobState, events_channel
 
-CREATE_TASKS = {"storyboard": "framefleet.storyboard.create", "references": "framefleet.references.create"}
+
 
 
 class FleetUnavailable(ConnectionError):
@@ -113,30 +114,30 @@ def _known(job_id: str) -> None:
 def resume_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
     """Continue a job from its stored state (e.g. after every worker died and the broker was wiped)."""
     _known(job_id)
-    return _send_and_wait(app, "framefleet.jobs.resume", job_id, timeout_s=timeout_s)
+    return _send_and_wait(app, RESUME_JOB, job_id, timeout_s=timeout_s)
 
 
 def cancel_job(app: Celery, job_id: str, timeout_s: float = 30.0) -> dict:
     """Cancel a job: queued tasks revoked, paid predictions cancelled, manifest marked cancelled."""
     _known(job_id)
-    return _send_and_wait(app, "framefleet.jobs.cancel", job_id, timeout_s=timeout_s)
+    return _send_and_wait(app, CANCEL_JOB, job_id, timeout_s=timeout_s)
 
 
 def choose_candidate(app: Celery, job_id: str, frame: str, variation_index: int, timeout_s: float = 30.0) -> dict:
     """Make another candidate the frame's selection; the frames that chain from it regenerate."""
     _known(job_id)
-    return _send_and_wait(app, "framefleet.frames.choose", job_id, frame, variation_index, timeout_s=timeout_s)
+    return _send_and_wait(app, CHOOSE_CANDIDATE, job_id, frame, variation_index, timeout_s=timeout_s)
 
 
 def regenerate_frame(app: Celery, job_id: str, frame: str, options: dict | None = None,
                      timeout_s: float = 30.0) -> dict:
     """Generate a frame again (options: prompt, overrides, cascade); see README "Iterating"."""
     _known(job_id)
-    return _send_and_wait(app, "framefleet.frames.regenerate", job_id, frame, options or {}, timeout_s=timeout_s)
+    return _send_and_wait(app, REGENERATE_FRAME, job_id, frame, options or {}, timeout_s=timeout_s)
 
 
 def list_jobs(app: Celery, active_only: bool = False, limit: int = 50, timeout_s: float = 30.0) -> list[dict]:
-    return _send_and_wait(app, "framefleet.jobs.list", active_only, limit, timeout_s=timeout_s)
+    return _send_and_wait(app, LIST_JOBS, active_only, limit, timeout_s=timeout_s)
 
 
 def status_updates(job_id: str, idle_s: float = 1.0) -> Iterator[JobStatus]:

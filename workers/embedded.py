@@ -39,7 +39,7 @@ def client_fleet(store_root: Path | None, log_dir: Path, say: Callable[[str], ob
         os.environ.update(env)  # this process is a client of the same broker and store
         get_settings.cache_clear()
         from framefleet.workers.app import configure
-        from framefleet.tasks.store import fleet_store
+        from framefleet.tasks.artifacts.store import fleet_store
 
         fleet_store.cache_clear()
         app = configure()

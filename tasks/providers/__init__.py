@@ -10,8 +10,8 @@ from functools import lru_cache
 from typing import Callable
 
 from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.enhancement import PromptAgents
-from framefleet.tasks.state import JobState
+from framefleet.tasks.providers.agents import PromptAgents
+from framefleet.tasks.job.state import JobState
 from framefleet.tasks.providers.base import ImageGenerator
 from framefleet.tasks.providers.offline_images import OfflineImageGenerator
 from framefleet.tasks.providers.offline_latency import LatencyProfile

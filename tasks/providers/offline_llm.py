@@ -19,7 +19,7 @@ import itertools
 import re
 import time
 
-from framefleet.tasks.enhancement import DIMENSIONS, Critique
+from framefleet.tasks.providers.agents import DIMENSIONS, Critique
 from framefleet.tasks.providers.offline_latency import LatencyProfile
 
 # aspect → (words that show it is present, phrases the Creative Director chooses from)

@@ -27,9 +27,9 @@ import openai
 from pydantic import BaseModel, Field, ValidationError
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.enhancement import DIMENSIONS, Critique
-from framefleet.tasks.state import state_client
-from framefleet.tasks.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, account_key,
+from framefleet.tasks.providers.agents import DIMENSIONS, Critique
+from framefleet.tasks.job.redis import state_client
+from framefleet.tasks.providers.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, account_key,
                                         requested_pause, retry_after_seconds)
 
 log = logging.getLogger(__name__)

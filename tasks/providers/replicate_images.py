@@ -33,11 +33,12 @@ from replicate.exceptions import ReplicateError
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.state import JobState, state_client
+from framefleet.tasks.job.redis import state_client
+from framefleet.tasks.job.state import JobState
 from framefleet.tasks.providers.adapters import image_model_adapter
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
 from framefleet.tasks.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id, api_time
-from framefleet.tasks.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, WaitStopped,
+from framefleet.tasks.providers.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, WaitStopped,
                                         requested_pause)
 
 log = logging.getLogger(__name__)

@@ -35,23 +35,15 @@ from typing import Callable
 
 import redis
 
+from framefleet.tasks.job.redis import script
 from framefleet.config.settings import Settings
-from framefleet.tasks.ratelimit import account_key
+from framefleet.tasks.providers.ratelimit import account_key
 
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "canceled", "aborted")
 STATUS_TTL_S = 3600
 DEFAULT_BASE_URL = "https://api.replicate.com"
 
-# Renew the lease only while we still hold it.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def account_id(settings: Settings) -> str:
@@ -122,8 +114,8 @@ class PredictionWatcher:
         self._start_lock = threading.Lock()
         self._last_seen: dict[str, float] = {}  # id → monotonic time it was last listed (this holder's view)
         self._published: dict[str, str] = {}  # id → status last published by this holder
-        self._renew = board.r.register_script(_RENEW)
-        self._release = board.r.register_script(_RELEASE)
+        self._renew = script(board.r, "renew_if_owner")
+        self._release = script(board.r, "delete_if_owner")
 
     def ensure_started(self) -> None:
         with self._start_lock:
@@ -235,7 +227,7 @@ def health(settings: Settings, client: redis.Redis, host: str) -> tuple[bool, st
 
 if __name__ == "__main__":
     from framefleet.config.settings import get_settings
-    from framefleet.tasks.state import state_client
+    from framefleet.tasks.job.redis import state_client
 
     try:
         ok, message = health(get_settings(), state_client(), socket.gethostname())

@@ -41,7 +41,7 @@ from framefleet.workers.cli import demo_request
 from framefleet.workers.client import submit_job, wait_for_job
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 IMAGES_PER_FRAME = 4
 
@@ -57,7 +57,7 @@ REALISTIC = {
 # the frame has FRAMEFLEET_MIN_VARIATIONS stored is stopped.
 STRAGGLER_GRACE_S = 8.0
 MIN_VARIATIONS_WITH_CUT = 3
-# Slot holding's waits are real seconds too (their defaults, tasks/slot_hold.py): scaled with the profile.
+# Slot holding's waits are real seconds too (their defaults, tasks/coordination/slot_hold.py): scaled with the profile.
 SLOT_HOLD = {f"FRAMEFLEET_{name.upper()}": Settings.model_fields[name].default
              for name in ("slot_hold_s", "slot_hold_siblings_s")}
 

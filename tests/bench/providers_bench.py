@@ -71,7 +71,7 @@ class Bench:
 
     def enhance(self, prompt: str) -> tuple[str, bool]:
         """The enhanced prompt, or the original one and True (the fallback)."""
-        from framefleet.tasks.enhancement import enhance_prompt_iterative
+        from framefleet.tasks.steps.enhance import enhance_prompt_iterative
         from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
 
         agents = OpenAIPromptAgents(self.settings)

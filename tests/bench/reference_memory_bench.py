@@ -22,7 +22,7 @@ from PIL import Image
 
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from framefleet.config.settings import get_settings
-from framefleet.tasks.store import fleet_store
+from framefleet.tasks.artifacts.store import fleet_store
 from tests.helpers import purge_queues
 
 

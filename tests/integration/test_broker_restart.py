@@ -1,4 +1,4 @@
-"""Workers ride out broker faults on their own (tasks/celery_compat.py), and exit non-zero when they can't."""
+"""Workers ride out broker faults on their own (tasks/runtime/celery_compat.py), and exit non-zero when they can't."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.integration.test_fault_tolerance import FAST, assert_no_image_paid_tw
 from framefleet.workers.client import job_status, submit_job, wait_for_job
 from framefleet.workers.fleet import Fleet, worker_argv
 from framefleet.workers.local_redis import LocalRedis
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ import time
 import pytest
 
 from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.budget import BudgetGuard, llm_round_price
-from framefleet.tasks.enhancement import enhance_prompt_iterative
-from framefleet.tasks.plan import build_frame_plan
+from framefleet.tasks.coordination.budget import BudgetGuard, llm_round_price
+from framefleet.tasks.steps.enhance import enhance_prompt_iterative
+from framefleet.tasks.job.plan import build_frame_plan
 from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
-from framefleet.tasks.requests import JobConfig, parse_request
-from framefleet.tasks.state import JobSpec, JobState
+from framefleet.tasks.job.requests import JobConfig, parse_request
+from framefleet.tasks.job.state import JobSpec, JobState
 from tests.fakes.openai_api import FakeOpenAI
 from tests.helpers import unique_id
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import png_bytes, put_reference, storyboard_request, unique_id
 from framefleet.workers.local_redis import free_port
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

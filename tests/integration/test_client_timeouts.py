@@ -7,7 +7,7 @@ import pytest
 
 from framefleet.workers.client import NotTaken, submit_job, wait_for_job
 from framefleet.workers.fleet import Fleet
-from framefleet.tasks.state import JobState
+from framefleet.tasks.job.state import JobState
 from tests.conftest import FLEET_START_TIMEOUT_S, TEST_ENV, TEST_SHAPES
 from tests.helpers import purge_queues, storyboard_request, unique_id
 

@@ -8,21 +8,21 @@ import logging
 
 import pytest
 
-from framefleet.tasks.keys import ENHANCED, thumbnail_key
-from framefleet.tasks.state import JobState
+from framefleet.tasks.artifacts.keys import ENHANCED, thumbnail_key
+from framefleet.tasks.job.state import JobState
 from tests.helpers import storyboard_request, unique_id
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_thumbnail_that_cannot_be_written_costs_no_score(local_steps, monkeypatch, caplog):
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
     store = local_steps
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("thumbs"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("thumbs"), 1))["job_id"]
     frame = "clip_001_start"
-    pipeline.enhance_prompt(job_id, frame)
-    results = [pipeline.generate_variation(job_id, frame, ENHANCED, index) for index in range(1, 5)]
+    entry.enhance_prompt(job_id, frame)
+    results = [entry.generate_variation(job_id, frame, ENHANCED, index) for index in range(1, 5)]
     unwritable = thumbnail_key(results[1]["key"])
     put = store.put
 
@@ -33,13 +33,13 @@ def test_a_thumbnail_that_cannot_be_written_costs_no_score(local_steps, monkeypa
 
     monkeypatch.setattr(store, "put", put_but_the_second_thumbnail)
     with caplog.at_level(logging.WARNING):
-        scored = pipeline.score_variations(results, job_id, frame)
+        scored = entry.score_variations(results, job_id, frame)
 
     assert scored["error"] is None and all(v["scores"]["overall"] is not None for v in scored["variations"])
     named = {v["key"]: v["thumbnail_key"] for v in scored["variations"]}
     assert named == {r["key"]: (None if r is results[1] else thumbnail_key(r["key"])) for r in results}
     assert all(store.exists(key) for key in named.values() if key) and not store.exists(unwritable)
     assert f"no contact-sheet thumbnail of {results[1]['key']}: disk full" in caplog.text
-    pipeline.select_variation(scored, job_id, frame, ENHANCED)
+    entry.select_variation(scored, job_id, frame, ENHANCED)
     record = JobState(job_id).frame(frame)
     assert record.status == "succeeded" and [v.thumbnail_key for v in record.variations] == list(named.values())

@@ -8,11 +8,11 @@ import time
 import pytest
 
 from framefleet.config.celery import QUEUES, broker_lists
-from framefleet.tasks.leases import running_key
-from framefleet.tasks.state import JobState
+from framefleet.tasks.job.leases import running_key
+from framefleet.tasks.job.state import JobState
 from tests.helpers import run_job, storyboard_request, unique_id, wait_until
 from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -137,8 +137,8 @@ def test_a_cancel_that_revokes_a_queued_finalize_still_finishes_the_job(celery_a
     """A cancel revokes every queued task of the job, a finalize the last selection queued too:
     the job must still reach done. The control worker stops taking tasks while the finalize is
     sent and the job cancelled (as if both came before it got to the finalize)."""
-    from framefleet.tasks.pipeline import cancel_job as cancel_here
-    from framefleet.tasks.scheduling import send
+    from framefleet.tasks.entry import cancel_job as cancel_here
+    from framefleet.tasks.coordination.dispatch import send
 
     fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3"}, beat=False)
     assert celery_app.control.cancel_consumer("control", reply=True)
@@ -203,7 +203,7 @@ def test_a_killed_worker_is_recovered_at_the_default_settings(celery_app, fleet_
 def test_no_healthy_queued_job_is_redriven_under_load(celery_app, fleet_for_test, store):
     """40 jobs through 8 image threads: most wait in the queue for a long time. The watchdog (every
     second here) re-drives only steps whose lease expired, so none of them."""
-    from framefleet.tasks.recovery import WATCHDOG_ROUNDS
+    from framefleet.tasks.coordination.recovery import WATCHDOG_ROUNDS
 
     fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3",
                     "FRAMEFLEET_WATCHDOG_INTERVAL_S": "1", "FRAMEFLEET_STALL_AFTER_S": "1"})

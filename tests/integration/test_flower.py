@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import run_job, storyboard_request, unique_id
 from tests.processes import leftover_processes
 from framefleet.workers.local_redis import free_port
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

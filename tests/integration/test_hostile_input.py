@@ -9,13 +9,13 @@ import time
 import pytest
 from PIL import Image
 
-from framefleet.tasks.requests import RequestError
-from framefleet.tasks.errors import JobExists
-from framefleet.tasks.state import JobState
+from framefleet.tasks.job.requests import RequestError
+from framefleet.tasks.job.errors import JobExists
+from framefleet.tasks.job.state import JobState
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
 from framefleet.workers.client import _send_and_wait, submit_job
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

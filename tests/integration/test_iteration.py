@@ -14,13 +14,13 @@ import time
 
 import pytest
 
-from framefleet.tasks.errors import BudgetRefused, JobNotFound, RequestError, RevisionRefused
-from framefleet.tasks.state import JobState, events_channel
+from framefleet.tasks.job.errors import BudgetRefused, JobNotFound, RequestError, RevisionRefused
+from framefleet.tasks.job.state import JobState, events_channel
 RECEIVED = "mainapp:callbacks"  # tests/callback_app.py (imported only by the main app's worker)
 from tests.helpers import storyboard_request, unique_id, wait_until
 from framefleet.workers.client import (_send_and_wait, cancel_job, choose_candidate, list_jobs, regenerate_frame, submit_job,
                             wait_for_job)
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from framefleet.tasks.errors import JobNotFound, RequestError
-from framefleet.tasks.keys import ENHANCED
-from framefleet.tasks.state import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, JobState
+from framefleet.tasks.job.errors import JobNotFound, RequestError
+from framefleet.tasks.artifacts.keys import ENHANCED
+from framefleet.tasks.job.state import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, JobState
 from tests.contracts import check
 from tests.helpers import storyboard_request, unique_id, wait_until
 
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_percent_never_goes_back_within_a_revision(local_steps):
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("percent"), 2))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("percent"), 2))["job_id"]
     state = JobState(job_id)
     pubsub = state.r.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"framefleet:job:{job_id}:events")
@@ -49,9 +49,9 @@ def test_percent_never_goes_back_within_a_revision(local_steps):
 def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(local_steps, monkeypatch):
     """Status and active list change in one transaction: a revision started right after "done"
     can never be taken off the active list by the finalize before it."""
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("atomic"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("atomic"), 1))["job_id"]
     state = JobState(job_id)
     for frame in ("clip_001_start", "clip_001_end"):
         state.update_frame(frame, lambda r: setattr(r, "status", "skipped"))
@@ -64,24 +64,24 @@ def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(loca
         return publish(channel, message)
 
     monkeypatch.setattr(state.r, "publish", publish_and_look)
-    pipeline.finalize_job(job_id)
+    entry.finalize_job(job_id)
     assert seen == {"active": False}
 
 
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     """A variation in flight when its job's keys vanish (expiry, a discard, FLUSHALL) stores its
     image and returns, but writes nothing back to Redis for a job that no longer exists."""
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("vanish"), 1))["job_id"]
-    pipeline.enhance_prompt(job_id, "clip_001_start")
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("vanish"), 1))["job_id"]
+    entry.enhance_prompt(job_id, "clip_001_start")
     state = JobState(job_id)
     pattern = f"framefleet:job:{job_id}:*"
     errors: list[BaseException] = []
 
     def generate() -> None:
         try:
-            pipeline.generate_variation(job_id, "clip_001_start", ENHANCED, 1)
+            entry.generate_variation(job_id, "clip_001_start", ENHANCED, 1)
         except BaseException as error:  # noqa: BLE001 — reported below
             errors.append(error)
 
@@ -94,40 +94,40 @@ def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     time.sleep(0.2)
     assert state.r.keys(pattern) == []
     with pytest.raises(JobNotFound, match="^job_id: no job"):  # a later step of the job refuses at once
-        pipeline.score_variations([], job_id, "clip_001_start")
+        entry.score_variations([], job_id, "clip_001_start")
     assert state.r.keys(pattern) == []
     assert not errors or "no job" in str(errors[0])
 
 
 def test_the_job_list_is_bounded_checked_and_lists_old_running_jobs(local_steps):
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
-    old_running = pipeline.submit_job("storyboard", storyboard_request(unique_id("old-running"), 1))["job_id"]
-    newer = [pipeline.submit_job("storyboard", storyboard_request(unique_id(f"newer{n}"), 1))["job_id"]
+    old_running = entry.submit_job("storyboard", storyboard_request(unique_id("old-running"), 1))["job_id"]
+    newer = [entry.submit_job("storyboard", storyboard_request(unique_id(f"newer{n}"), 1))["job_id"]
              for n in range(3)]
     for job_id in newer:
         JobState(job_id).update_status(state="done", stage="done", outcome="succeeded", active=False)
     # With ``active_only``, the newest active jobs are listed, not the active ones among the newest.
-    active = [row["job_id"] for row in pipeline.list_jobs(True, 2)]
+    active = [row["job_id"] for row in entry.list_jobs(True, 2)]
     assert old_running in active and not set(newer) & set(active)
-    assert [row["job_id"] for row in pipeline.list_jobs(False, 3)] == newer[::-1]
-    for row in pipeline.list_jobs(False, 3):
+    assert [row["job_id"] for row in entry.list_jobs(False, 3)] == newer[::-1]
+    for row in entry.list_jobs(False, 3):
         check("result", [row], kind="list")
     for limit in (0, -5, 1_000_000, "5", True, 2.5):
         with pytest.raises(RequestError, match="^limit: expected a whole number from 1 to 1000"):
-            pipeline.list_jobs(False, limit)
+            entry.list_jobs(False, limit)
     with pytest.raises(RequestError, match="^active_only"):
-        pipeline.list_jobs("yes", 5)
+        entry.list_jobs("yes", 5)
 
 
 def test_the_recent_and_parked_lists_are_trimmed(local_steps):
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
     state = JobState(unique_id("long-gone"))
     ttl = state.ttl
     state.r.zadd(RECENT_JOBS, {state.job_id: time.time() - ttl - 60})  # submitted before the job TTL
     state.r.hset(PARKED_JOBS, state.job_id, "parked long ago")
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("trim"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("trim"), 1))["job_id"]
     assert state.r.zscore(RECENT_JOBS, state.job_id) is None
     JobState(job_id).park("for the test")
     assert not state.r.hexists(PARKED_JOBS, state.job_id) and state.r.hget(PARKED_JOBS, job_id) == "for the test"

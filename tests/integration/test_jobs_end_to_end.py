@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from framefleet.tasks.contact_sheet import candidate_thumbnail
-from framefleet.tasks.enhancement import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE
-from framefleet.tasks.keys import thumbnail_key
-from framefleet.tasks.manifest import decode_image
-from framefleet.tasks.state import STAGE_MESSAGES, JobState
+from framefleet.tasks.artifacts.contact_sheet import candidate_thumbnail
+from framefleet.tasks.artifacts.keys import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE
+from framefleet.tasks.artifacts.keys import thumbnail_key
+from framefleet.tasks.artifacts.manifest import decode_image
+from framefleet.tasks.job.state import STAGE_MESSAGES, JobState
 from tests.helpers import png_bytes, put_reference, references_request, run_job, storyboard_request, unique_id
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_per_job_override_of_variation_count(celery_app, store):
 
 
 def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, store):
-    from framefleet.tasks.errors import JobNotFound, RequestError
+    from framefleet.tasks.job.errors import JobNotFound, RequestError
     from framefleet.workers.client import submit_job
 
     job_id = unique_id("bad")
@@ -145,7 +145,7 @@ def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, 
 
 
 def test_duplicate_job_id_is_refused(celery_app, store):
-    from framefleet.tasks.errors import JobExists
+    from framefleet.tasks.job.errors import JobExists
     from framefleet.workers.client import submit_job
 
     job_id = unique_id("dup")
@@ -166,7 +166,7 @@ def test_cli_submit_wait_and_status_against_the_configured_broker(celery_app, st
 
     from framefleet.config.settings import get_settings
     from framefleet.workers.cli import main
-    from framefleet.tasks.store import fleet_store
+    from framefleet.tasks.artifacts.store import fleet_store
 
     monkeypatch.setenv("FRAMEFLEET_STORE_URL", store.url)
     get_settings.cache_clear()

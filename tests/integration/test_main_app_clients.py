@@ -23,8 +23,8 @@ import pytest
 import redis
 
 from framefleet.config.celery import broker_lists
-from framefleet.tasks.scheduling import CONTINUATION, NEW_JOB
-from framefleet.tasks.store import open_store
+from framefleet.tasks.coordination.dispatch import CONTINUATION, NEW_JOB
+from framefleet.tasks.artifacts.store import open_store
 from framefleet.workers.client import wait_for_job
 from tests.helpers import storyboard_request, unique_id, wait_until
 

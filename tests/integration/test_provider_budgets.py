@@ -6,7 +6,7 @@ import pytest
 
 from tests.fakes.openai_api import FakeOpenAI
 from tests.helpers import run_job, storyboard_request, unique_id
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

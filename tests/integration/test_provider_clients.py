@@ -8,8 +8,8 @@ import time
 import pytest
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.enhancement import enhance_prompt_iterative
-from framefleet.tasks.state import JobState
+from framefleet.tasks.steps.enhance import enhance_prompt_iterative
+from framefleet.tasks.job.state import JobState
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import png_bytes, stored_job, unique_id
@@ -17,7 +17,7 @@ from framefleet.tasks.providers.adapters import image_model_adapter
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest
 from framefleet.tasks.providers.openai_llm import EnhancementError, OpenAIPromptAgents
 from framefleet.tasks.providers.replicate_images import ReplicateImageGenerator
-from framefleet.tasks.ratelimit import TRANSIT_MARGIN_S, FleetRateLimiter, RateLimitDeadline
+from framefleet.tasks.providers.ratelimit import TRANSIT_MARGIN_S, FleetRateLimiter, RateLimitDeadline
 
 pytestmark = pytest.mark.integration
 

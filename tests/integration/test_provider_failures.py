@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import run_job, storyboard_request, unique_id
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from framefleet.tasks.keys import ENHANCED
-from framefleet.tasks.records import FrameRecord
-from framefleet.tasks.state import JobState, StaleWrite
+from framefleet.tasks.artifacts.keys import ENHANCED
+from framefleet.tasks.job.records import FrameRecord
+from framefleet.tasks.job.state import JobState, StaleWrite
 from tests.helpers import purge_queues, storyboard_request, unique_id
 from framefleet.workers.client import job_status, submit_job, wait_for_job
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -48,27 +48,27 @@ def race(step, *args, copies: int = 2) -> list:
 
 
 def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("race"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("race"), 1))["job_id"]
     state = JobState(job_id)
     frame = "clip_001_start"
 
-    enhanced = race(pipeline.enhance_prompt, job_id, frame)
+    enhanced = race(entry.enhance_prompt, job_id, frame)
     record = state.frame(frame)
     assert enhanced[0] == enhanced[1] and record.enhanced_prompt is not None
     assert state.status().prompts_enhanced == 1  # counted once
     assert state.costs()["total"]["llm_calls"] == 2 * record.enhancement.iterations  # each round paid once
 
-    variations = race(pipeline.generate_variation, job_id, frame, ENHANCED, 1)
+    variations = race(entry.generate_variation, job_id, frame, ENHANCED, 1)
     assert variations[0] == variations[1] and variations[0]["key"]
     assert [c["ledger_key"] for c in state.offline_calls()] == [f"{variations[0]['key']}#0"]  # paid once
 
     results = [variations[0], {"index": 2, "prompt_source": ENHANCED, "error": "provider said no"}]
-    scored = race(pipeline.score_variations, results, job_id, frame)
+    scored = race(entry.score_variations, results, job_id, frame)
     assert scored[0] == scored[1]  # the second copy returned the first copy's stored result
 
-    race(pipeline.select_variation, scored[0], job_id, frame, ENHANCED)
+    race(entry.select_variation, scored[0], job_id, frame, ENHANCED)
     record = state.frame(frame)
     assert record.status == "succeeded" and record.selected.index == 1
     assert record.fallbacks == ["variation 2 failed: provider said no"]  # written once, not twice
@@ -76,7 +76,7 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
 
     for name in ("clip_001_end",):  # settle the rest so finalize has a whole job
         state.update_frame(name, lambda r: setattr(r, "status", "skipped"))
-    finished = race(pipeline.finalize_job, job_id)
+    finished = race(entry.finalize_job, job_id)
     assert finished[0] == finished[1] and finished[0]["status"] == "partial"
     assert state.status().state == "done"
     assert json.loads(local_steps.get(f"jobs/{job_id}/manifest.json"))["status"] == "partial"
@@ -84,11 +84,11 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
 
 
 def test_a_stale_record_is_never_written_back(local_steps):
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("stale"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("stale"), 1))["job_id"]
     state = JobState(job_id)
-    pipeline.enhance_prompt(job_id, "clip_001_start")
+    entry.enhance_prompt(job_id, "clip_001_start")
     before = state.frame("clip_001_start")
 
     def late_enhancement(record: FrameRecord) -> None:  # what a late duplicate would try
@@ -113,12 +113,13 @@ def test_a_stale_record_is_never_written_back(local_steps):
 
 
 def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, celery_app, monkeypatch):
-    from framefleet.tasks import pipeline, recovery
-    from framefleet.tasks.broker import queued_tasks
-    from framefleet.tasks.recovery import resume
-    from framefleet.tasks.scheduling import dispatch_ready
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination import recovery
+    from framefleet.tasks.coordination.broker import queued_tasks
+    from framefleet.tasks.coordination.recovery import resume
+    from framefleet.tasks.coordination.dispatch import dispatch_ready
 
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("resume-queued"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("resume-queued"), 1))["job_id"]
     state = JobState(job_id)
     frames = ["clip_001_start", "clip_001_end"]
 
@@ -133,7 +134,7 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     assert resume(state) == "enhance clip_001_start, enhance clip_001_end" and queued() == waiting
 
     for frame in frames:  # the enhancements run here; the first frame's round is enqueued
-        pipeline.enhance_prompt(job_id, frame)
+        entry.enhance_prompt(job_id, frame)
     generations = [("framefleet.images.generate_variation", [job_id, frames[0], ENHANCED, index]) for index in range(1, 5)]
     waiting = queued()
     assert [task for task in waiting if task[0] != "framefleet.prompts.enhance"] == generations
@@ -184,14 +185,14 @@ def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps
     unsent (a re-run would find the claim taken): its re-drive sends the round itself, once. With
     a round in flight it re-sends the enhancement instead, which sends nothing more."""
     from framefleet.config.settings import get_settings
-    from framefleet.tasks import pipeline
-    from framefleet.tasks.broker import queued_tasks
-    from framefleet.tasks.recovery import redrive_dead_steps
-    from framefleet.tasks.scheduling import dispatch_ready
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination.broker import queued_tasks
+    from framefleet.tasks.coordination.recovery import redrive_dead_steps
+    from framefleet.tasks.coordination.dispatch import dispatch_ready
 
     monkeypatch.setenv("FRAMEFLEET_MAX_REDRIVES", "10")  # the same step dies here three times
     get_settings.cache_clear()
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("dead-dispatch"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("dead-dispatch"), 1))["job_id"]
     state = JobState(job_id)
     frame, claim = "clip_001_start", f"enqueue:clip_001_start/0/{ENHANCED}"
     purge_queues(celery_app)
@@ -206,7 +207,7 @@ def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps
             assert state.claim(claim)
         lease.release(finished=False)  # its worker died: the lease is gone, the step still listed
 
-    pipeline.enhance_frame(state, frame)  # the prompt is stored
+    entry.enhance_frame(state, frame)  # the prompt is stored
     one_round = [[job_id, frame, ENHANCED, index] for index in range(1, 5)]
     enhancement_dies(claimed=True)  # after taking the claim, before sending the round
     assert redrive_dead_steps(state) == [f"enhance:{frame}"]
@@ -223,21 +224,21 @@ def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps
     enhancement_dies(claimed=False)  # now with the frame's round waiting in the broker
     assert redrive_dead_steps(state) == [f"enhance:{frame}"]
     assert queued("framefleet.prompts.enhance") == [[job_id, frame]]
-    pipeline.enhance_prompt(job_id, frame)
+    entry.enhance_prompt(job_id, frame)
     assert queued("framefleet.images.generate_variation") == one_round
 
 
 def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redis_server):
     import redis
 
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
     from framefleet.config.celery import broker_lists
-    from framefleet.tasks.broker import admit_round, decode_message
+    from framefleet.tasks.coordination.broker import admit_round, decode_message
 
-    jobs = [pipeline.submit_job("storyboard", storyboard_request(unique_id("admit"), 1))["job_id"] for _ in range(2)]
+    jobs = [entry.submit_job("storyboard", storyboard_request(unique_id("admit"), 1))["job_id"] for _ in range(2)]
     purge_queues(celery_app)  # their enhancements run here
     for job_id in jobs:
-        pipeline.enhance_prompt(job_id, "clip_001_start")  # enqueues the first frame at the new-job priority
+        entry.enhance_prompt(job_id, "clip_001_start")  # enqueues the first frame at the new-job priority
     broker = redis.Redis.from_url(redis_server.url)
 
     def served(name: str) -> list[tuple[str, int]]:

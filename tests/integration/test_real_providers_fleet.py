@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from framefleet.tasks.keys import variation_seed
+from framefleet.tasks.artifacts.keys import variation_seed
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import put_reference, run_job, storyboard_request, unique_id
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ def test_a_failed_prediction_among_four_is_a_failure_record_for_that_variation(c
 
 
 def test_unknown_image_model_is_refused_naming_the_field(celery_app, services):
-    from framefleet.tasks.requests import RequestError
+    from framefleet.tasks.job.requests import RequestError
     from framefleet.workers.client import submit_job
 
     with pytest.raises(RequestError, match="overrides.image_model"):

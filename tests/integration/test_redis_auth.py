@@ -7,7 +7,7 @@ import redis
 
 from framefleet.config.celery import celery_config
 from framefleet.config.settings import Settings
-from framefleet.tasks.state import JobState
+from framefleet.tasks.job.state import JobState
 from framefleet.workers.local_redis import LocalRedis
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ import threading
 import pytest
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.requests import RequestError
+from framefleet.tasks.job.requests import RequestError
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes
-from framefleet.tasks.inputs import fetch_url
+from framefleet.tasks.artifacts.inputs import fetch_url
 
 pytestmark = pytest.mark.integration
 

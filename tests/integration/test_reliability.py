@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from framefleet.tasks.requests import RequestError
-from framefleet.tasks.state import ACTIVE_JOBS, JobState
+from framefleet.tasks.job.requests import RequestError
+from framefleet.tasks.job.state import ACTIVE_JOBS, JobState
 from tests.helpers import png_bytes, storyboard_request, unique_id
 from framefleet.workers.client import _send_and_wait, cancel_job, job_status, submit_job, wait_for_job
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

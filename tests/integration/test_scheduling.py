@@ -10,11 +10,11 @@ import re
 
 import pytest
 
-from framefleet.tasks.state import JobState
+from framefleet.tasks.job.state import JobState
 from tests.helpers import storyboard_request, unique_id
 from framefleet.workers.client import submit_job, wait_for_job
 from framefleet.tasks.providers.offline_latency import LatencyProfile
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

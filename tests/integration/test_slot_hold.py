@@ -1,5 +1,5 @@
 """Slot holding: a running job keeps the image slots its last round used until its next round is
-enqueued, so a new job's first frame cannot take them in the gap (tasks/slot_hold.py).
+enqueued, so a new job's first frame cannot take them in the gap (tasks/coordination/slot_hold.py).
 
 The step tests run the tasks' functions in this process on the real test Redis; the fleet test
 runs real workers. Orders and counts only: the timings are in `make bench-load`.
@@ -15,10 +15,10 @@ import redis
 
 from framefleet.config.celery import broker_lists
 from framefleet.config.settings import get_settings
-from framefleet.tasks.keys import ENHANCED
-from framefleet.tasks.slot_hold import SlotHold, slot_hold_due
-from framefleet.tasks.state import JobState
-from framefleet.tasks.store import open_store
+from framefleet.tasks.artifacts.keys import ENHANCED
+from framefleet.tasks.coordination.slot_hold import SlotHold, slot_hold_due
+from framefleet.tasks.job.state import JobState
+from framefleet.tasks.artifacts.store import open_store
 from framefleet.workers.client import job_status, submit_job, wait_for_job
 from tests.helpers import storyboard_request, unique_id, wait_until
 
@@ -30,16 +30,16 @@ FRAMES = ["clip_001_start", "clip_001_end"]
 @pytest.fixture
 def enqueued_job(local_steps, monkeypatch):
     """A one-clip job whose enhancements ran here: its first frame's round is enqueued."""
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
     def settings(**values: str) -> None:
         for name, value in values.items():
             monkeypatch.setenv(f"FRAMEFLEET_{name}", value)
         get_settings.cache_clear()
 
-    job_id = pipeline.submit_job("storyboard", storyboard_request(unique_id("hold"), 1))["job_id"]
+    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("hold"), 1))["job_id"]
     for frame in FRAMES:
-        pipeline.enhance_prompt(job_id, frame)
+        entry.enhance_prompt(job_id, frame)
     return job_id, settings
 
 
@@ -63,14 +63,15 @@ def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame
 
 
 def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch):
-    from framefleet.tasks import pipeline, slot_hold
-    from framefleet.tasks.slot_hold import hold_slot
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination import slot_hold
+    from framefleet.tasks.coordination.slot_hold import hold_slot
 
     job_id, settings = enqueued_job
     monkeypatch.setattr(slot_hold, "CHECK_S", 30.0)  # only the wake-up (or a deadline) can end a hold
     state = JobState(job_id)
     settings(SLOT_HOLD_SIBLINGS_S="0.2", SLOT_HOLD_S="0.2")
-    results = [pipeline.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
+    results = [entry.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
     # Its 3 siblings have not started (in a fleet: they wait for a slot): the slot is theirs.
     assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "a sibling waits for a slot"
     siblings = [state.lease(f"generate:{FRAMES[0]}/0/{ENHANCED}/{index}") for index in (2, 3, 4)]
@@ -78,7 +79,7 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "round still running"  # 1 of 4 stored
     for lease in siblings:
         lease.release(finished=False)
-    results += [pipeline.generate_variation(job_id, FRAMES[0], ENHANCED, index) for index in (2, 3, 4)]
+    results += [entry.generate_variation(job_id, FRAMES[0], ENHANCED, index) for index in (2, 3, 4)]
     assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "no next round in time"
 
     # The round is complete: a hold now waits (far longer than this takes) until scoring and
@@ -87,8 +88,8 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     ended = []
     holder = threading.Thread(target=lambda: ended.append(hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"]))
     holder.start()
-    scored = pipeline.score_variations(results, job_id, FRAMES[0])
-    pipeline.select_variation(scored, job_id, FRAMES[0], ENHANCED)
+    scored = entry.score_variations(results, job_id, FRAMES[0])
+    entry.select_variation(scored, job_id, FRAMES[0], ENHANCED)
     holder.join(30)
     assert ended == ["next round enqueued"] and state.rounds_enqueued() == 2
     assert state.frame(FRAMES[1]).timings.enqueued is not None

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from framefleet.tasks.requests import RequestError
-from framefleet.tasks.state import JobState
-from framefleet.tasks.store import open_store
+from framefleet.tasks.job.requests import RequestError
+from framefleet.tasks.job.state import JobState
+from framefleet.tasks.artifacts.store import open_store
 from framefleet.workers.client import submit_job, wait_for_job
 from tests.fakes.http import LocalServer
 from tests.helpers import storyboard_request, unique_id

@@ -7,18 +7,18 @@ import time
 
 import pytest
 
-from framefleet.tasks.leases import lease_key, redrives_key, running_key
-from framefleet.tasks.recovery import watchdog_round
-from framefleet.tasks.state import ACTIVE_JOBS, PARKED_JOBS, JobState, active_jobs
+from framefleet.tasks.job.leases import lease_key, redrives_key, running_key
+from framefleet.tasks.coordination.recovery import watchdog_round
+from framefleet.tasks.job.state import ACTIVE_JOBS, PARKED_JOBS, JobState, active_jobs
 from tests.helpers import storyboard_request, unique_id
 
 pytestmark = pytest.mark.integration
 
 
 def new_job(prefix: str) -> JobState:
-    from framefleet.tasks import pipeline
+    from framefleet.tasks import entry
 
-    return JobState(pipeline.submit_job("storyboard", storyboard_request(unique_id(prefix), 1))["job_id"])
+    return JobState(entry.submit_job("storyboard", storyboard_request(unique_id(prefix), 1))["job_id"])
 
 
 def test_a_broken_job_is_parked_and_the_jobs_after_it_are_still_redriven(local_steps):

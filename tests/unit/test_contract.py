@@ -9,9 +9,9 @@ import pytest
 from celery import Celery
 from pydantic import ValidationError
 
-from framefleet.tasks.errors import ERRORS, BudgetRefused, JobExists, JobNotFound, RequestError, RevisionRefused
-from framefleet.tasks.records import TASK_RESULTS
-from framefleet.tasks.requests import Callback
+from framefleet.tasks.job.errors import ERRORS, BudgetRefused, JobExists, JobNotFound, RequestError, RevisionRefused
+from framefleet.tasks.job.records import TASK_RESULTS
+from framefleet.tasks.job.requests import Callback
 from framefleet.workers.cli import contract_schema, main
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from framefleet.scoring.similarity import colour_layout_embeddings, cosine
-from framefleet.tasks.requests import RequestError
+from framefleet.tasks.job.requests import RequestError
 from framefleet.workers.evaluation.metrics import mean_ci
 from framefleet.workers.evaluation.prompts import load_prompt_set, shipped_storyboards
 

@@ -55,6 +55,35 @@ def test_imports_point_one_way():
         assert offenders == {}, f"{layer} imports a higher layer"
 
 
+# Inside tasks/, by rank: the job model at the bottom; artifacts, providers, the worker runtime and
+# the Celery app on it; coordination above them; the steps above that; the task entry points on
+# top (README, Layout). A module imports only from its own rank or below.
+TASK_RANKS = {"job": 0, "artifacts": 1, "providers": 1, "runtime": 1, "app": 1, "coordination": 2, "steps": 3,
+              "entry": 4}
+
+
+def task_part(module: str) -> str:
+    """``framefleet.tasks.steps.select`` → ``steps``; ``tasks/job/state.py`` → ``job``."""
+    parts = module.replace("/", ".").removesuffix(".py").split(".")
+    return parts[parts.index("tasks") + 1]
+
+
+def test_inside_tasks_imports_point_down_the_ranks():
+    offenders = {}
+    for path in (ROOT / "tasks").rglob("*.py"):
+        if path.name == "__init__.py" and path.parent.name == "tasks":
+            continue
+        mine = TASK_RANKS[task_part(str(path.relative_to(ROOT)))]
+        tree = ast.parse(path.read_text())
+        imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        higher = sorted({task_part(name) for name in imported if name.startswith("framefleet.tasks.")
+                         and TASK_RANKS[task_part(name)] > mine})
+        if higher:
+            offenders[str(path.relative_to(ROOT))] = higher
+    assert offenders == {}
+
+
 def test_scoring_imports_no_celery_redis_or_s3():
     for path in (ROOT / "scoring").rglob("*.py"):
         tree = ast.parse(path.read_text())

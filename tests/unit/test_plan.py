@@ -1,5 +1,5 @@
-from framefleet.tasks.plan import build_frame_plan, resolve_inputs, weave_scene_prompt
-from framefleet.tasks.requests import parse_request
+from framefleet.tasks.job.plan import build_frame_plan, resolve_inputs, weave_scene_prompt
+from framefleet.tasks.job.requests import parse_request
 
 
 def storyboard(clips=3, reference="ref/r.png"):
@@ -86,7 +86,7 @@ def test_markers_notes_guidelines_and_transitions_are_woven_into_scene_prompts()
 
 
 def test_woven_parts_name_what_each_scene_prompt_carries():
-    from framefleet.tasks.plan import woven_parts
+    from framefleet.tasks.job.plan import woven_parts
 
     request = references(3, consistency_markers={"character": "keeper"}, continuity_notes=["n1", "  "],
                          consistency_guidelines=["same coat"], transition_notes=["t1-2"])

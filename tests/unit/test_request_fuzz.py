@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framefleet.tasks.requests import ReferenceImagesRequest, RequestError, StoryboardRequest, parse_request
+from framefleet.tasks.job.requests import ReferenceImagesRequest, RequestError, StoryboardRequest, parse_request
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
@@ -52,7 +52,7 @@ def test_job_ids_never_escape_the_store(job_id, prompt):
 
 # Issue 21: the pre-check before validation ---------------------------------------------------
 from framefleet.config.settings import Settings  # noqa: E402
-from framefleet.tasks.requests import precheck_request  # noqa: E402
+from framefleet.tasks.job.requests import precheck_request  # noqa: E402
 
 SMALL = Settings(max_request_bytes=1024, max_frames=4)
 big_json_values = st.recursive(

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from framefleet.config.settings import get_settings
-from framefleet.tasks.requests import RequestError
+from framefleet.tasks.job.requests import RequestError
 from framefleet.workers import client
 from framefleet.workers.cli import main, prepare_request, read_request
 

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.requests import JobConfig, JobOverrides, RequestError, parse_request
+from framefleet.tasks.job.requests import JobConfig, JobOverrides, RequestError, parse_request
 
 CLIP = {"start_prompt": "a", "end_prompt": "b"}
 
@@ -67,9 +67,9 @@ def test_overrides_merge_over_settings():
 
 
 # Issue 21: bounded text fields, the woven prompt, and the pre-check before validation ---------
-from framefleet.tasks import requests as requests_module  # noqa: E402
-from framefleet.tasks.plan import weave_scene_prompt  # noqa: E402
-from framefleet.tasks.requests import (MAX_GUIDELINES, MAX_MARKERS, REQUEST_MODELS,  # noqa: E402
+from framefleet.tasks.job import requests as requests_module  # noqa: E402
+from framefleet.tasks.job.plan import weave_scene_prompt  # noqa: E402
+from framefleet.tasks.job.requests import (MAX_GUIDELINES, MAX_MARKERS, REQUEST_MODELS,  # noqa: E402
                                        precheck_request)
 
 SCENES = {"scene_prompts": ["the keeper walks the cliff path", "the keeper opens the door", "the lamp is lit"]}
@@ -215,7 +215,7 @@ def test_the_byte_limit_is_a_setting(monkeypatch):
 
 
 def test_the_image_model_a_refusal_echoes_is_bounded():
-    from framefleet.tasks.requests import RegenerateOptions
+    from framefleet.tasks.job.requests import RegenerateOptions
 
     message = refusal("storyboard", {"clips": [CLIP], "overrides": {"image_model": "m" * 100_000}})
     assert message.startswith("overrides.image_model: String should have at most 200 characters") and len(message) < 300

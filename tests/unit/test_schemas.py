@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator, ValidationError
 
-from framefleet.tasks.records import CompletionCallback, FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
-from framefleet.tasks.requests import RequestError, parse_request
+from framefleet.tasks.job.records import CompletionCallback, FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
+from framefleet.tasks.job.requests import RequestError, parse_request
 from framefleet.workers.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"

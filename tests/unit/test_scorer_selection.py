@@ -10,7 +10,7 @@ from PIL import Image
 
 from framefleet.config.settings import get_settings
 from tests.tiny_models import build_tiny_models, sources_env
-from framefleet.tasks import bootstrap
+from framefleet.tasks.runtime import bootstrap
 from framefleet.workers.cli import main
 
 

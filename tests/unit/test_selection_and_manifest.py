@@ -3,13 +3,13 @@
 import json
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.keys import ENHANCED, ORIGINAL
-from framefleet.tasks.manifest import build_manifest
-from framefleet.tasks.pipeline import prompt_for, select_best_variation
-from framefleet.tasks.plan import build_frame_plan
-from framefleet.tasks.records import FrameRecord, Scores, Selection, VariationRecord
-from framefleet.tasks.requests import JobConfig, JobOverrides, parse_request
-from framefleet.tasks.state import JobSpec
+from framefleet.tasks.artifacts.keys import ENHANCED, ORIGINAL
+from framefleet.tasks.artifacts.manifest import build_manifest
+from framefleet.tasks.entry import prompt_for, select_best_variation
+from framefleet.tasks.job.plan import build_frame_plan
+from framefleet.tasks.job.records import FrameRecord, Scores, Selection, VariationRecord
+from framefleet.tasks.job.requests import JobConfig, JobOverrides, parse_request
+from framefleet.tasks.job.state import JobSpec
 
 MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings", "cost", "contact_sheet", "revision", "budget",
                  "frames"}

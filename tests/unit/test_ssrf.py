@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.requests import RequestError
-from framefleet.tasks.inputs import check_url_host
+from framefleet.tasks.job.requests import RequestError
+from framefleet.tasks.artifacts.inputs import check_url_host
 
 SETTINGS = Settings()
 

@@ -4,7 +4,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from framefleet.tasks.store import LocalStore, S3Store, open_store, read_in_parallel
+from framefleet.tasks.artifacts.store import LocalStore, S3Store, open_store, read_in_parallel
 
 
 def exercise(store):

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from framefleet.tasks.requests import RequestError
+from framefleet.tasks.job.requests import RequestError
 from framefleet.workers.evaluation import ARMS, BASELINE
 
 
@@ -62,8 +62,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # An embedded fleet keeps its jobs next to the report, unless a store is configured.
     embedded_store = None if get_settings().broker_url or os.environ.get("FRAMEFLEET_STORE_URL") else out / "store"
     with client_fleet(embedded_store, out / "logs", console.print) as app:
-        from framefleet.tasks.bootstrap import process_scorer
-        from framefleet.tasks.store import fleet_store
+        from framefleet.tasks.runtime.bootstrap import process_scorer
+        from framefleet.tasks.artifacts.store import fleet_store
 
         store = fleet_store()
         scorer = process_scorer()  # loaded first: a scorer that cannot load must not cost a whole run

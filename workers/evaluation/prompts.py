@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from framefleet.tasks.requests import RequestError, parse_request
+from framefleet.tasks.job.requests import RequestError, parse_request
 
 SINGLE_PROMPT_ASPECT_RATIO = "1:1"  # text-to-image benchmarks are square
 

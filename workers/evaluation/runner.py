@@ -21,11 +21,11 @@ from PIL import Image
 
 from framefleet.scoring import MetricScores, Scorer, overall_score
 from framefleet.scoring.similarity import cosine, image_embeddings
-from framefleet.tasks.requests import new_job_id
+from framefleet.tasks.job.requests import new_job_id
 from framefleet.workers.evaluation import ARMS, QUALITY_METRICS
 from framefleet.workers.client import cancel_job, job_status, submit_job
 from framefleet.workers.evaluation.prompts import PromptItem
-from framefleet.tasks.store import ArtifactStore
+from framefleet.tasks.artifacts.store import ArtifactStore
 
 
 

@@ -1,6 +1,6 @@
 """Resume and the watchdog: re-send exactly the steps that are neither finished nor running.
 
-A running step holds a lease that its worker renews (tasks/leases.py). A step listed as running
+A running step holds a lease that its worker renews (tasks/job/leases.py). A step listed as running
 whose lease has expired died with its worker: the watchdog re-drives that step (and only that
 one) within ``lease_ttl_s + watchdog_interval_s``. A step that keeps dying (``max_redrives``) parks
 its job. Queued steps have no lease and are never re-driven: a busy fleet is not a stalled one.
@@ -15,18 +15,20 @@ import time
 
 import redis
 
+from framefleet.config.celery import ENHANCE_PROMPT, FINALIZE_JOB, GENERATE_VARIATION, SCORE_VARIATIONS, SELECT_VARIATION
 from framefleet.config.settings import get_settings
-from framefleet.tasks.broker import queued_tasks
-from framefleet.tasks.leases import lease_alive, running_steps, take_dead_steps
-from framefleet.tasks.scheduling import dispatch_ready, send
-from framefleet.tasks.state import JobState, active_jobs, state_client
+from framefleet.tasks.coordination.broker import queued_tasks
+from framefleet.tasks.job.leases import lease_alive, running_steps, take_dead_steps
+from framefleet.tasks.coordination.dispatch import dispatch_ready, send
+from framefleet.tasks.job.redis import state_client
+from framefleet.tasks.job.state import JobState, active_jobs
 
 log = logging.getLogger(__name__)
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # how many rounds ran (operators and tests see it ran)
 
 
-FRAME_TASKS = {"framefleet.images.generate_variation", "framefleet.scoring.score_variations",
-               "framefleet.frames.select", "framefleet.jobs.finalize"}
+FRAME_TASKS = {GENERATE_VARIATION, SCORE_VARIATIONS,
+               SELECT_VARIATION, FINALIZE_JOB}
 
 
 def resume(state: JobState) -> str:
@@ -41,7 +43,7 @@ def resume(state: JobState) -> str:
     queued = queued_tasks(state.job_id)  # the broker first: see _frame_in_flight
     spec = state.spec()
     enhancing_now = _enhancements_running(state, spec)
-    enhancing = enhancing_now | {task.args[1] for task in queued if task.name == "framefleet.prompts.enhance"}
+    enhancing = enhancing_now | {task.args[1] for task in queued if task.name == ENHANCE_PROMPT}
     frames = state.frames()
     frame_steps_busy = _frame_in_flight(state, spec, queued, enhancing_now, frames)
     state.set_active(True)
@@ -49,7 +51,7 @@ def resume(state: JobState) -> str:
     sent = []
     for planned in spec.plan.frames:
         if frames[planned.name].enhanced_prompt is None and planned.name not in enhancing:
-            send(state, "framefleet.prompts.enhance", (state.job_id, planned.name))
+            send(state, ENHANCE_PROMPT, (state.job_id, planned.name))
             sent.append(f"enhance {planned.name}")
     if not frame_steps_busy:
         enqueued = dispatch_ready(state, force=True)
@@ -100,7 +102,7 @@ def redrive_dead_steps(state: JobState) -> list[str]:
     for step in sorted(dead):
         kind, _, name = step.partition(":")
         if kind == "enhance" and state.frame(name).enhanced_prompt is None:
-            send(state, "framefleet.prompts.enhance", (state.job_id, name))
+            send(state, ENHANCE_PROMPT, (state.job_id, name))
         elif kind == "enhance":
             # It died enqueueing the next frame, whose claim it may hold with the round unsent (a
             # re-run would find the claim taken): send the frame here. With a round in flight,
@@ -110,12 +112,12 @@ def redrive_dead_steps(state: JobState) -> list[str]:
             queued = queued_tasks(state.job_id)  # the broker first: see _frame_in_flight
             spec = state.spec()
             if _frame_in_flight(state, spec, queued, _enhancements_running(state, spec), state.frames()):
-                send(state, "framefleet.prompts.enhance", (state.job_id, name))
+                send(state, ENHANCE_PROMPT, (state.job_id, name))
             else:
                 frame_redriven = True
                 dispatch_ready(state, force=True)
         elif kind == "finalize":
-            send(state, "framefleet.jobs.finalize", (state.job_id, int(name)))
+            send(state, FINALIZE_JOB, (state.job_id, int(name)))
         elif kind == "notify":
             continue  # its message is still unacknowledged: Celery redelivers it (sent-marker dedups)
         elif not frame_redriven:

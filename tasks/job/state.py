@@ -7,7 +7,7 @@ Keys (all expire after ``job_ttl_s``):
   framefleet:job:{id}:scored      hash "{frame}/{revision}/{stage}" → JSON scoring result
   framefleet:job:{id}:stored:{frame}/{revision}/{stage}  zset variation index → when its image was stored
   framefleet:job:{id}:llm         hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply
-  framefleet:job:{id}:lease:{step}, :running   step leases (tasks/leases.py)
+  framefleet:job:{id}:lease:{step}, :running   step leases (tasks/job/leases.py)
   framefleet:job:{id}:status      hash, the JobStatus fields (what a main app reads)
   framefleet:job:{id}:history     list of "stage: message" lines, in the order they happened
   framefleet:job:{id}:once:{step} markers that make "enqueue the next step" happen once
@@ -32,20 +32,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from functools import lru_cache
 from typing import Callable
 
 import redis
 from pydantic import BaseModel
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
+from framefleet.tasks.job.redis import script, state_client
 from framefleet.config.settings import get_settings
-from framefleet.tasks.leases import Lease, running_key
-from framefleet.tasks.plan import FramePlan
-from framefleet.tasks.records import FrameRecord, JobEvent, JobStatus, VariationRecord
-from framefleet.tasks.errors import JobExists, JobNotFound, RevisionRefused
-from framefleet.tasks.requests import Callback, JobConfig
+from framefleet.tasks.job.leases import Lease, running_key
+from framefleet.tasks.job.plan import FramePlan
+from framefleet.tasks.job.records import FrameRecord, JobEvent, JobStatus, VariationRecord
+from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
+from framefleet.tasks.job.requests import Callback, JobConfig
 
 STAGE_MESSAGES = {
     "references": {
@@ -80,21 +78,6 @@ class JobSpec(BaseModel):
 
 class StaleWrite(Exception):
     """A step tried to write a frame record that has moved on since it read it."""
-
-
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    # Ride out a Redis restart (a few seconds) instead of failing the task that noticed it.
-    retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), retries=8)
-    return redis.Redis.from_url(url, decode_responses=True, retry=retry, health_check_interval=15,
-                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-
-
-def state_client() -> redis.Redis:
-    url = get_settings().state_url
-    if not url:
-        raise RuntimeError("FRAMEFLEET_BROKER_URL (or FRAMEFLEET_STATE_REDIS_URL) is not set")
-    return _client(url)
 
 
 def _key(job_id: str, part: str) -> str:
@@ -227,7 +210,7 @@ class JobState:
         args: list = []
         for command in commands:
             args += [len(command), *command]
-        return bool(self.r.register_script(_WRITE_IF_ALIVE)(keys=[_key(self.job_id, "spec")], args=args))
+        return bool(script(self.r, "write_if_alive")(keys=[_key(self.job_id, "spec")], args=args))
 
     def task_ids(self) -> set[str]:
         return self.r.smembers(_key(self.job_id, "tasks"))
@@ -293,7 +276,7 @@ class JobState:
 
     def count_round(self, wake: int) -> None:
         """One more generation round of the job was enqueued: count it and wake up to ``wake``
-        variations holding their slots for it (tasks/slot_hold.py)."""
+        variations holding their slots for it (tasks/coordination/slot_hold.py)."""
         pipe = self.r.pipeline()
         pipe.incr(_key(self.job_id, "rounds"))
         pipe.expire(_key(self.job_id, "rounds"), self.ttl)
@@ -421,7 +404,7 @@ class JobState:
         fields["updated_at"] = time.time()
         history = f"{fields.get('stage', '')}: {fields['message']}" if "message" in fields else ""
         flat = [part for item in _flatten_fields(fields).items() for part in item]
-        current = self.r.register_script(_WRITE_STATUS)(
+        current = script(self.r, "write_status")(
             keys=[_key(self.job_id, "status"), _key(self.job_id, "history"), ACTIVE_JOBS],
             args=["1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active], self.job_id,
                   self.ttl, *flat])
@@ -485,7 +468,7 @@ class JobState:
     def revision(self) -> int:
         return int(self.r.hget(_key(self.job_id, "status"), "revision") or 0)
 
-    # budget: estimated spend reserved before each paid call (tasks/budget.py) ------------------
+    # budget: estimated spend reserved before each paid call (tasks/coordination/budget.py) ------------------
     def reserve_spend(self, script, cap: float, amount: float, keep_free: float = 0.0) -> bool:
         return bool(script(keys=[_key(self.job_id, "budget")], args=[cap, amount, keep_free, self.ttl]))
 
@@ -517,42 +500,6 @@ class JobState:
                            percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
 
 
-# KEYS status, history, active set; ARGV progress ('1'/'0'), history line, active op ('add',
-# 'rem', ''), job id, ttl, then field/value pairs. Nothing for a job that is gone. A progress report
-# is dropped once the job is done, and its ``percent`` never lowers the stored one (enhancements of
-# later frames report after the first frame's generation started). Returns the event's fields.
-_WRITE_STATUS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if ARGV[1] == '1' then
-  if redis.call('HGET', KEYS[1], 'state') == 'done' then return false end
-  for i = 6, #ARGV, 2 do
-    if ARGV[i] == 'percent' then
-      local stored = tonumber(redis.call('HGET', KEYS[1], 'percent') or '0') or 0
-      if tonumber(ARGV[i + 1]) < stored then ARGV[i + 1] = tostring(stored) end
-    end
-  end
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-if ARGV[2] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-end
-if ARGV[3] == 'add' then redis.call('SADD', KEYS[3], ARGV[4]) end
-if ARGV[3] == 'rem' then redis.call('SREM', KEYS[3], ARGV[4]) end
-return redis.call('HMGET', KEYS[1], 'state', 'stage', 'message', 'percent', 'current_frame', 'revision')
-"""
-# KEYS the job's spec; ARGV a list of commands, each as its length followed by its words. Runs
-# them only while the job exists.
-_WRITE_IF_ALIVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-return 1
-"""
 # The keys a job keeps for its whole life (the rest belong to one revision or one step).
 LASTING_PARTS = ("spec", "frames", "status", "history", "variations", "scored", "llm", "cost", "predictions",
                  "budget", "degradations", "rounds", "running", "redrives", "offline_calls")

@@ -14,10 +14,9 @@ from functools import lru_cache
 
 from celery.signals import setup_logging, task_postrun, task_prerun, task_received, worker_init, worker_process_init
 
-from framefleet.config.celery import TASK_QUEUES
+from framefleet.config.celery import CREATE_TASKS, ENHANCE_PROMPT, GENERATE_VARIATION, SCORE_VARIATIONS, SELECT_VARIATION
 
-from framefleet.config.logging import setup_logging as configure_logging
-from framefleet.config.logging import task_context
+from framefleet.config.logging import setup_logging as configure_logging, task_context
 from framefleet.config.settings import get_settings
 from framefleet.scoring import Scorer, create_scorer
 from framefleet.scoring.weights import check_sources
@@ -65,10 +64,10 @@ def _setup_logging(**_) -> None:
 
 # Positional arguments of each task, for the log context (None: a chord/chain result).
 TASK_ARGUMENTS = {
-    "framefleet.images.generate_variation": ("job_id", "frame", "stage", "variation"),
-    "framefleet.scoring.score_variations": (None, "job_id", "frame"),
-    "framefleet.frames.select": (None, "job_id", "frame", "stage"),
-    "framefleet.prompts.enhance": ("job_id", "frame"),
+    GENERATE_VARIATION: ("job_id", "frame", "stage", "variation"),
+    SCORE_VARIATIONS: (None, "job_id", "frame"),
+    SELECT_VARIATION: (None, "job_id", "frame", "stage"),
+    ENHANCE_PROMPT: ("job_id", "frame"),
 }
 
 
@@ -81,9 +80,6 @@ def _enter_task_context(task_id, task, args, kwargs, **_) -> None:
     if args and isinstance(args[0], dict) and isinstance(args[0].get("job_id"), str):  # a create request
         context["job_id"] = args[0]["job_id"]
     task_context.set(context)
-
-
-CREATE_TASKS = frozenset(name for name in TASK_QUEUES if name.endswith(".create"))
 
 
 def describe_request(args) -> str:
@@ -100,7 +96,7 @@ def describe_request(args) -> str:
 def _hide_request_text(request, **_) -> None:
     # Sent before the worker's task-received event, whose args Flower shows: a main app's create
     # message carries the whole request (prompts and all) in its argsrepr.
-    if request.name in CREATE_TASKS:
+    if request.name in CREATE_TASKS.values():
         request._argsrepr = describe_request(request.args)
         request._kwargsrepr = "{}"
 

@@ -14,40 +14,9 @@ from typing import Callable, Literal, Protocol
 
 from pydantic import BaseModel
 
-DIMENSIONS = ("completeness", "specificity", "professionalism", "cinematography", "brand_alignment")
-
-ORIGINAL_PROMPT_TRACE = "00_original_prompt.txt"
-FINAL_PROMPT_TRACE = "final_enhanced_prompt.txt"
-SUMMARY_TRACE = "prompt_trace_summary.json"
-GENERATION_TRACE = "generation_trace.json"
-
-
-def agent1_trace_name(iteration: int) -> str:
-    return f"{2 * iteration - 1:02d}_agent1_iteration_{iteration}.txt"
-
-
-def agent2_trace_name(iteration: int) -> str:
-    return f"{2 * iteration:02d}_agent2_iteration_{iteration}.txt"
-
-
-class Critique(BaseModel):
-    scores: dict[str, float]
-    overall: float
-    critique: str
-    missing: list[str] = []
-
-    def as_text(self) -> str:
-        lines = [f"Overall score: {self.overall:.1f}"]
-        lines += [f"{name}: {self.scores.get(name, 0):.1f}" for name in DIMENSIONS]
-        lines.append(f"Critique: {self.critique}")
-        return "\n".join(lines)
-
-
-class PromptAgents(Protocol):
-    name: str
-
-    def creative_director(self, original: str, current: str, critique: Critique | None) -> str: ...
-    def prompt_engineer(self, prompt: str) -> Critique: ...
+from framefleet.tasks.artifacts.keys import (FINAL_PROMPT_TRACE, ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE, agent1_trace_name,
+                                             agent2_trace_name)
+from framefleet.tasks.providers.agents import Critique, PromptAgents
 
 
 class Round(BaseModel):

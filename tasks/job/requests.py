@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Collection
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -20,7 +21,7 @@ from pydantic import (
 )
 
 from framefleet.config.settings import MAX_VARIATIONS, ScoreWeights, Settings, get_settings
-from framefleet.tasks.errors import RequestError
+from framefleet.tasks.job.errors import RequestError
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9")
@@ -103,11 +104,12 @@ class JobOverrides(BaseModel):
 
     @field_validator("image_model")
     @classmethod
-    def _known_image_model(cls, name: str | None) -> str | None:
-        from framefleet.tasks.providers.adapters import image_model_registry
-
-        if name is not None and name not in image_model_registry():
-            raise ValueError(f"no adapter for {name!r} (have {sorted(image_model_registry())})")
+    def _known_image_model(cls, name: str | None, info: ValidationInfo) -> str | None:
+        # The models with an adapter (providers/image_models.json), given as validation context by
+        # whoever parses a request or options (parse_request, parse_options).
+        known = (info.context or {}).get("image_models")
+        if name is not None and known is not None and name not in known:
+            raise ValueError(f"no adapter for {name!r} (have {sorted(known)})")
         return name
 
 
@@ -227,7 +229,7 @@ class ReferenceImagesRequest(_Request):
     def _check_woven_prompts(self, limit: int) -> None:
         """What a scene is generated from is its prompt woven with the consistency context: that
         text, not the scene prompt alone, must stay within max_prompt_chars."""
-        from framefleet.tasks.plan import weave_scene_prompt, woven_parts  # plan imports this module
+        from framefleet.tasks.job.plan import weave_scene_prompt, woven_parts  # plan imports this module
 
         over = []
         for index in range(len(self.scene_prompts)):
@@ -371,8 +373,10 @@ def precheck_request(kind: str, payload, settings: Settings | None = None) -> No
     _size_limit(payload, limit)
 
 
-def parse_request(kind: str, payload: str | bytes | dict, settings: Settings | None = None) -> JobRequest:
-    """Validate a request given as JSON text or as an already-decoded JSON object.
+def parse_request(kind: str, payload: str | bytes | dict, settings: Settings | None = None,
+                  image_models: Collection[str] | None = None) -> JobRequest:
+    """Validate a request given as JSON text or as an already-decoded JSON object; ``image_models``
+    are the models an ``overrides.image_model`` may name.
 
     An oversized request is refused by ``precheck_request`` before any of it is validated.
     """
@@ -381,7 +385,7 @@ def parse_request(kind: str, payload: str | bytes | dict, settings: Settings | N
         raise RequestError(f"kind: unknown job kind {kind!r}, expected one of {sorted(REQUEST_MODELS)}")
     settings = settings or get_settings()
     precheck_request(kind, payload, settings)
-    context = {"settings": settings}
+    context = {"settings": settings, "image_models": image_models}
     try:
         if isinstance(payload, (str, bytes)):
             return model.model_validate_json(payload, context=context)

@@ -22,49 +22,11 @@ import uuid
 
 import redis
 
-from framefleet.tasks.errors import JobNotFound
+from framefleet.tasks.job.redis import script
+from framefleet.tasks.job.errors import JobNotFound
 
 log = logging.getLogger(__name__)
 
-# Renew or release only a lease this owner still holds (a lease that expired and was taken over
-# must not be extended or deleted by its former owner).
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-# KEYS lease, running, redrives; ARGV owner, step, finished. Only the owner releases: a former
-# holder whose lease expired and was taken over must not clear the new holder's entry.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] == '1' then
-  redis.call('HDEL', KEYS[2], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[2])
-end
-return redis.call('DEL', KEYS[1])
-"""
-# KEYS lease, running, the job's spec; ARGV owner, step, ttl ms, job ttl s. Only while the job
-# exists: a step that outlived its job (expired, or Redis wiped under it) recreates none of its keys.
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], 1)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return 1
-"""
-# KEYS running, redrives; ARGV lease key prefix. Atomically take every running step whose lease is
-# gone off the running list and count its re-drive: a re-sent copy that waits in a queue, or finds
-# the result stored, is not re-driven again; the copy that runs lists itself when it takes the lease.
-_TAKE_DEAD = """
-local dead = {}
-for _, step in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. step) == 0 then
-    redis.call('HDEL', KEYS[1], step)
-    table.insert(dead, step)
-    table.insert(dead, redis.call('HINCRBY', KEYS[2], step, 1))
-  end
-end
-return dead
-"""
 
 
 def lease_key(job_id: str, step: str) -> str:
@@ -128,9 +90,9 @@ class Lease:
         self.r, self.job_id, self.step, self.ttl_s, self.job_ttl_s = client, job_id, step, ttl_s, job_ttl_s
         self.key = lease_key(job_id, step)
         self.owner = uuid.uuid4().hex
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._acquire = script(client, "acquire_lease")
+        self._renew = script(client, "renew_if_owner")
+        self._release = script(client, "release_lease")
 
     def acquire(self) -> bool:
         """True when this copy now holds the lease; JobNotFound when the job no longer exists."""
@@ -187,7 +149,7 @@ def running_steps(client: redis.Redis, job_id: str) -> list[str]:
 
 def take_dead_steps(client: redis.Redis, job_id: str, job_ttl_s: int) -> dict[str, int]:
     """Running steps whose lease expired (their worker died) → how often each was re-driven now."""
-    reply = client.register_script(_TAKE_DEAD)(keys=[running_key(job_id), redrives_key(job_id)],
+    reply = script(client, "take_dead_steps")(keys=[running_key(job_id), redrives_key(job_id)],
                                                args=[lease_key(job_id, "")])
     client.expire(redrives_key(job_id), job_ttl_s)
     return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from framefleet.tasks.requests import JobRequest, ReferenceImagesRequest, StoryboardRequest
+from framefleet.tasks.job.requests import JobRequest, ReferenceImagesRequest, StoryboardRequest
 
 
 class PlannedFrame(BaseModel):

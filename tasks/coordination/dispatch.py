@@ -8,7 +8,7 @@
   at CONTINUATION priority, so running jobs finish before new ones take their slots, and jobs
   complete roughly in submission order. ``FRAMEFLEET_SCHEDULING=fifo`` sends everything at one
   priority (plain queue order) for comparison.
-- Slot holding (tasks/slot_hold.py): between two rounds of a running job, the slots its last
+- Slot holding (tasks/coordination/slot_hold.py): between two rounds of a running job, the slots its last
   round freed wait for its next round instead of going to a new job.
 - Straggler cut: ``straggler_check`` stops a variation still running ``straggler_grace_s`` after
   ``min_variations`` of its frame's variations were stored.
@@ -22,13 +22,14 @@ import time
 import redis
 from celery import chord
 
-from framefleet.config.celery import PRIORITY_STEPS
+from framefleet.config.celery import (FINALIZE_JOB, GENERATE_VARIATION, PRIORITY_STEPS, SCORE_VARIATIONS,
+                                      SELECT_VARIATION)
 from framefleet.config.settings import MAX_VARIATIONS, get_settings
-from framefleet.tasks.budget import BudgetGuard
-from framefleet.tasks.keys import ENHANCED, ORIGINAL
-from framefleet.tasks.plan import resolve_inputs
-from framefleet.tasks.records import FrameRecord
-from framefleet.tasks.state import JobSpec, JobState, StaleWrite
+from framefleet.tasks.coordination.budget import BudgetGuard
+from framefleet.tasks.artifacts.keys import ENHANCED, ORIGINAL
+from framefleet.tasks.job.plan import resolve_inputs
+from framefleet.tasks.job.records import FrameRecord
+from framefleet.tasks.job.state import JobSpec, JobState, StaleWrite
 from framefleet.tasks.app import app
 from framefleet.tasks.providers.base import StopCheck
 
@@ -111,11 +112,11 @@ def enqueue_frame(state: JobState, spec: JobSpec, frames: dict[str, FrameRecord]
     done = sum(f.status != "pending" for f in frames.values())
     state.frame_stage(spec.kind, "generate", frame, done, len(frames))
     revision = record.revision
-    header = [_signature("framefleet.images.generate_variation", (state.job_id, frame, stage, index), priority,
+    header = [_signature(GENERATE_VARIATION, (state.job_id, frame, stage, index), priority,
                          revision=revision, round_size=count)
               for index in range(1, count + 1)]
-    body = (_signature("framefleet.scoring.score_variations", (state.job_id, frame), priority, revision=revision)
-            | _signature("framefleet.frames.select", (state.job_id, frame, stage), priority, revision=revision))
+    body = (_signature(SCORE_VARIATIONS, (state.job_id, frame), priority, revision=revision)
+            | _signature(SELECT_VARIATION, (state.job_id, frame, stage), priority, revision=revision))
     send_chord(state, header, body)
     try:  # the slots the job's previous round freed are held for this one: hand them over
         state.count_round(wake=MAX_VARIATIONS)
@@ -167,7 +168,7 @@ def dispatch_ready(state: JobState, force: bool = False) -> str | None:
     claimed = state.claim(claim)
     if claimed or force:
         try:
-            send(state, "framefleet.jobs.finalize", (state.job_id, revision))
+            send(state, FINALIZE_JOB, (state.job_id, revision))
         except BaseException:
             if claimed:
                 state.unclaim(claim)

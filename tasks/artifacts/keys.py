@@ -54,3 +54,18 @@ def reference_key(job_id: str) -> str:
 
 def trace_key(job_id: str, frame: str, name: str) -> str:
     return f"traces/{job_id}/{frame}/{name}"
+
+
+# The seeds' trace file names, under traces/{job}/{frame}/.
+ORIGINAL_PROMPT_TRACE = "00_original_prompt.txt"
+FINAL_PROMPT_TRACE = "final_enhanced_prompt.txt"
+SUMMARY_TRACE = "prompt_trace_summary.json"
+GENERATION_TRACE = "generation_trace.json"
+
+
+def agent1_trace_name(iteration: int) -> str:
+    return f"{2 * iteration - 1:02d}_agent1_iteration_{iteration}.txt"
+
+
+def agent2_trace_name(iteration: int) -> str:
+    return f"{2 * iteration:02d}_agent2_iteration_{iteration}.txt"

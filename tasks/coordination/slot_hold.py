@@ -1,6 +1,6 @@
 """Holding a running job's image slots through the gap between two of its rounds.
 
-Continuation first (tasks/scheduling.py) orders the queue, but between two frames of a job its
+Continuation first (tasks/coordination/dispatch.py) orders the queue, but between two frames of a job its
 next round does not exist yet: the frame is being scored and selected (tens of milliseconds
 here, more with real models and S3). A slot freed in that gap took a new job's variation from
 `images:9`, and the job's next round then waited a whole image for a slot, frame after frame.
@@ -32,11 +32,11 @@ from typing import NamedTuple
 
 from celery import Task, states
 
-from framefleet.config.celery import TASK_QUEUES
+from framefleet.config.celery import GENERATE_VARIATION, TASK_QUEUES
 from framefleet.config.settings import get_settings
-from framefleet.tasks.bootstrap import consumed_queues
-from framefleet.tasks.broker import jobs_waiting_for
-from framefleet.tasks.state import JobSpec, JobState
+from framefleet.tasks.runtime.bootstrap import consumed_queues
+from framefleet.tasks.coordination.broker import jobs_waiting_for
+from framefleet.tasks.job.state import JobSpec, JobState
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def slot_hold_due(state: JobState, spec: JobSpec, frame: str, revision: int, sta
         return None
     if spec.plan.index_of(frame) == len(spec.plan.frames) - 1:
         return None  # (a revision's later frames may be settled: its finalize then ends the hold)
-    if not jobs_waiting_for(TASK_QUEUES["framefleet.images.generate_variation"]):
+    if not jobs_waiting_for(TASK_QUEUES[GENERATE_VARIATION]):
         return None  # no new job could take the slot
     return SlotHold(state.job_id, frame, revision, stage, count, state.rounds_enqueued())
 

@@ -23,8 +23,8 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from framefleet.tasks.records import FrameRecord, Manifest, VariationRecord
-from framefleet.tasks.store import read_in_parallel
+from framefleet.tasks.job.records import FrameRecord, Manifest, VariationRecord
+from framefleet.tasks.artifacts.store import read_in_parallel
 
 log = logging.getLogger(__name__)
 

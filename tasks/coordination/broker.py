@@ -1,6 +1,6 @@
 """What the broker holds: a job's queued messages, and admitting a new frame's round together.
 
-A step that is queued holds no lease yet (tasks/leases.py), so leases alone cannot tell it from a
+A step that is queued holds no lease yet (tasks/job/leases.py), so leases alone cannot tell it from a
 step whose message was lost. Every queue acks late, so a step's message stays in the broker from
 send until its task returns: in one of the queue's priority lists while it waits, then in kombu's
 `unacked` hash while a worker holds it. Resume reads both before re-sending anything.
@@ -12,6 +12,7 @@ import base64
 import json
 from typing import NamedTuple
 
+from framefleet.tasks.job.redis import script
 from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.app import app
 
@@ -21,26 +22,6 @@ BROKER_TIMEOUT_S = 5  # waiting for a pooled broker connection
 # round's messages are sent one after another, so they sit next to the one just taken.
 SIBLING_WINDOW = 64
 
-# KEYS: the list served first, then the lists a round may wait in, the last served first.
-# ARGV: the round's group id, window. kombu pushes on the left and pops on the right: pushed to
-# the right end newest first, the round keeps its order there (and, taken from the lists the last
-# served first, so do messages from several lists).
-_ADMIT_ROUND = """
-local moved = 0
-for k = 2, #KEYS do
-  local entries = redis.call('LRANGE', KEYS[k], -tonumber(ARGV[2]), -1)
-  for i = 1, #entries do
-    local ok, message = pcall(cjson.decode, entries[i])
-    if ok and type(message) == 'table' and type(message.headers) == 'table'
-        and message.headers.group == ARGV[1]
-        and redis.call('LREM', KEYS[k], -1, entries[i]) == 1 then
-      redis.call('RPUSH', KEYS[1], entries[i])
-      moved = moved + 1
-    end
-  end
-end
-return moved
-"""
 
 
 class QueuedTask(NamedTuple):
@@ -94,7 +75,7 @@ def admit_round(queue: str, group_id: str) -> int:
     """
     served_first, *waiting = broker_lists(queue)
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
-        admit = connection.default_channel.client.register_script(_ADMIT_ROUND)
+        admit = script(connection.default_channel.client, "admit_round")
         return admit(keys=[served_first, *reversed(waiting)], args=[group_id, SIBLING_WINDOW])
 
 

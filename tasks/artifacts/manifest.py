@@ -1,4 +1,4 @@
-"""The job manifest (the schema is tasks/records.py), its cost estimate and contact sheet."""
+"""The job manifest (the schema is tasks/job/records.py), its cost estimate and contact sheet."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 
 from PIL import Image
 
-from framefleet.tasks.contact_sheet import render_contact_html, render_contact_sheet
-from framefleet.tasks.records import Cost, FrameRecord, JobTimings, Manifest
-from framefleet.tasks.state import JobSpec
+from framefleet.tasks.artifacts.contact_sheet import render_contact_html, render_contact_sheet
+from framefleet.tasks.job.records import Cost, FrameRecord, JobTimings, Manifest
+from framefleet.tasks.job.state import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
 """The Celery tasks of a job.
 
   create [intake] ─ enhance(frame) for every frame [llm], all at once
-  frame k, once its enhancement is stored and frame k-1 is settled (tasks/scheduling.py):
+  frame k, once its enhancement is stored and frame k-1 is settled (tasks/coordination/dispatch.py):
       chord(generate_variation × n [images]) → score_variations [gpu] → select [control]
   select stores frame k's selection, then enqueues the next ready frame, or finalize [control].
 
 Tasks are thin: parse the small JSON payload, call a plain function, write artifacts, return
 small JSON (artifact keys and numbers). No task waits on another task's result.
 
-Every step is race-free: it takes a lease (tasks/leases.py) before it works, a second copy waits
+Every step is race-free: it takes a lease (tasks/job/leases.py) before it works, a second copy waits
 for the first copy's stored result (or takes over when the first died) and never pays twice,
 and frame records change only by compare-and-set (``JobState.update_frame``), so a late duplicate
 cannot write an old state back.
@@ -26,37 +26,42 @@ from celery.exceptions import Retry
 from PIL import Image
 from pydantic import ValidationError
 
-from framefleet.config.celery import TASK_QUEUES
+from framefleet.config.celery import (CANCEL_JOB, CHOOSE_CANDIDATE, CREATE_REFERENCES, CREATE_STORYBOARD,
+                                      ENHANCE_PROMPT, FINALIZE_JOB, GENERATE_VARIATION, JOB_STATUS, LIST_JOBS,
+                                      NOTIFY_MAIN_APP, REGENERATE_FRAME, RESUME_JOB, SCORE_VARIATIONS, SELECT_VARIATION,
+                                      TASK_QUEUES, WATCHDOG)
 from framefleet.config.settings import get_settings
 from framefleet.scoring import MetricScores, Ranked, overall_score, rank_images_by_quality
-from framefleet.tasks.budget import BudgetGuard
-from framefleet.tasks.contact_sheet import candidate_thumbnail
-from framefleet.tasks.enhancement import GENERATION_TRACE, BudgetExhausted, enhance_prompt_iterative
-from framefleet.tasks.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, revision_of, thumbnail_key,
+from framefleet.tasks.coordination.budget import BudgetGuard
+from framefleet.tasks.artifacts.contact_sheet import candidate_thumbnail
+from framefleet.tasks.artifacts.keys import GENERATION_TRACE
+from framefleet.tasks.steps.enhance import BudgetExhausted, enhance_prompt_iterative
+from framefleet.tasks.artifacts.keys import (ENHANCED, ORIGINAL, frame_key, manifest_key, reference_key, revision_of, thumbnail_key,
                                    trace_key,
                         variation_key, variation_seed)
-from framefleet.tasks.leases import Lease, wait_for
-from framefleet.tasks.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
-from framefleet.tasks.plan import build_frame_plan
-from framefleet.tasks import revisions
-from framefleet.tasks.records import (MAX_LIST_LIMIT, Budget, CancelResult, CompletionCallback, CreateResult,
+from framefleet.tasks.job.leases import Lease, wait_for
+from framefleet.tasks.artifacts.manifest import build_manifest, decode_image, estimate_cost, write_contact_sheet
+from framefleet.tasks.job.plan import build_frame_plan
+from framefleet.tasks.providers.adapters import image_model_registry
+from framefleet.tasks.steps import iterate
+from framefleet.tasks.job.records import (MAX_LIST_LIMIT, Budget, CancelResult, CompletionCallback, CreateResult,
                                       Enhancement, FrameRecord, JobStatus, JobSummary, ResumeResult, Scores,
                                       Selection, VariationRecord)
-from framefleet.tasks.recovery import resume, watchdog_round
-from framefleet.tasks.requests import REFERENCE_FIELDS, JobConfig, RequestError, parse_request
-from framefleet.tasks.scheduling import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, planned_round_size, send,
+from framefleet.tasks.coordination.recovery import resume, watchdog_round
+from framefleet.tasks.job.requests import JobConfig, REFERENCE_FIELDS, RequestError, parse_request
+from framefleet.tasks.coordination.dispatch import (NEW_JOB, RETRY_WITH_ORIGINAL_PROMPT, dispatch_ready, planned_round_size, send,
                                         straggler_check)
-from framefleet.tasks.slot_hold import HoldsSlot, slot_hold_due
-from framefleet.tasks.errors import JobExists, JobNotFound
-from framefleet.tasks.state import JobSpec, JobState, StaleWrite, active_job_ids, parked_jobs, recent_jobs
+from framefleet.tasks.coordination.slot_hold import HoldsSlot, slot_hold_due
+from framefleet.tasks.job.errors import JobExists
+from framefleet.tasks.job.state import JobSpec, JobState, StaleWrite, active_job_ids, parked_jobs, recent_jobs
 from framefleet.tasks.app import app
-from framefleet.tasks.bootstrap import process_scorer
-from framefleet.tasks.broker import admit_round
-from framefleet.tasks.inputs import fetch_url, is_url, normalise_image
+from framefleet.tasks.runtime.bootstrap import process_scorer
+from framefleet.tasks.coordination.broker import admit_round
+from framefleet.tasks.artifacts.inputs import fetch_url, is_url, normalise_image
 from framefleet.tasks.providers import image_generator, image_provider_name, llm_provider_name, prompt_agents
 from framefleet.tasks.providers.base import GenerationStopped, ImageRequest
-from framefleet.tasks.ratelimit import RateLimitDeadline
-from framefleet.tasks.store import fleet_store, in_background, read_in_parallel
+from framefleet.tasks.providers.ratelimit import RateLimitDeadline
+from framefleet.tasks.artifacts.store import fleet_store, in_background, read_in_parallel
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +110,7 @@ def submit_job(kind: str, payload) -> dict:
     settings = get_settings()
     # parse_request first bounds the raw payload (precheck_request: bytes, counts), so an
     # oversized request is refused before any of it is validated or built.
-    request = parse_request(kind, payload, settings)
+    request = parse_request(kind, payload, settings, image_model_registry())
     state = JobState(request.job_id)
     if state.exists():
         raise JobExists(f"job_id: a job {request.job_id!r} already exists")
@@ -127,7 +132,7 @@ def submit_job(kind: str, payload) -> dict:
             fleet_store().put(reference_key(request.job_id), reference_png, "image/png")
         state.created()
         for frame in plan.frames:
-            send(state, "framefleet.prompts.enhance", (request.job_id, frame.name))
+            send(state, ENHANCE_PROMPT, (request.job_id, frame.name))
     except Exception:
         log.exception("create of %s failed half-way; deleting it", request.job_id)
         state.discard()
@@ -146,24 +151,24 @@ def _the_request(kind: str, args: tuple, kwargs: dict):
     return given[0]
 
 
-@app.task(name="framefleet.storyboard.create")
+@app.task(name=CREATE_STORYBOARD)
 def create_storyboard(*args, **kwargs) -> dict:
     return submit_job("storyboard", _the_request("storyboard", args, kwargs))
 
 
-@app.task(name="framefleet.references.create")
+@app.task(name=CREATE_REFERENCES)
 def create_references(*args, **kwargs) -> dict:
     return submit_job("references", _the_request("references", args, kwargs))
 
 
-@app.task(name="framefleet.jobs.status")
+@app.task(name=JOB_STATUS)
 def job_status(job_id: str) -> dict:
     return JobState(job_id).status().model_dump(mode="json")
 
 
 # Enhancement (llm) --------------------------------------------------------------------------
 class StateLedger:
-    """The LLM ledger of one frame's enhancement, in Redis (see framefleet.tasks.enhancement.RoundLedger)."""
+    """The LLM ledger of one frame's enhancement, in Redis (see framefleet.tasks.steps.enhance.RoundLedger)."""
 
     def __init__(self, state: JobState, frame: str, prompt: str):
         self.state, self.frame, self.prompt = state, frame, prompt
@@ -235,7 +240,7 @@ def enhance_frame(state: JobState, frame: str) -> Enhancement | None:
     return enhancement
 
 
-@app.task(name="framefleet.prompts.enhance")
+@app.task(name=ENHANCE_PROMPT)
 def enhance_prompt(job_id: str, frame: str) -> dict:
     state = JobState(job_id)
 
@@ -263,7 +268,7 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
 
 
 # Generation (images; chord header: never raises for a provider failure) --------------------
-@app.task(bind=True, base=HoldsSlot, name="framefleet.images.generate_variation", max_retries=1)
+@app.task(bind=True, base=HoldsSlot, name=GENERATE_VARIATION, max_retries=1)
 def generate_variation(self, job_id: str, frame: str, stage: str, index: int, revision: int = 0,
                         round_size: int | None = None) -> dict:
     if self.request.group and (self.request.delivery_info or {}).get("priority") == NEW_JOB:
@@ -412,7 +417,7 @@ def score_round(state: JobState, frame: str, variations: list[VariationRecord]) 
             "notes": notes, "timing": [started, time.time()]}
 
 
-@app.task(name="framefleet.scoring.score_variations")
+@app.task(name=SCORE_VARIATIONS)
 def score_variations(results: list[dict], job_id: str, frame: str, revision: int = 0) -> dict:
     state = JobState(job_id)
     variations = [VariationRecord.model_validate(r) for r in results]
@@ -516,7 +521,7 @@ def select_round(state: JobState, frame: str, stage: str, revision: int, scored:
     return record
 
 
-@app.task(name="framefleet.frames.select")
+@app.task(name=SELECT_VARIATION)
 def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision: int = 0) -> None:
     state = JobState(job_id)
     if state.cancelled():  # the cancel finalizes the job; keep only what was finished before
@@ -568,7 +573,7 @@ def finalize(state: JobState, revision: int) -> dict:
                  frame.selected.overall if frame.selected else "no image")
     done = sum(f.status != "pending" for f in manifest.frames)
     if spec.callback is not None:  # before "done": a finalize that dies here is re-driven, notify dedups
-        send(state, "framefleet.jobs.notify", (state.job_id, revision, manifest.status, manifest.failed_clips))
+        send(state, NOTIFY_MAIN_APP, (state.job_id, revision, manifest.status, manifest.failed_clips))
     state.commit_revision()
     state.forget_task_ids()  # the revision's tasks are done: a cancel of the next revokes only its own
     state.update_status(state="done", stage="done", outcome=manifest.status, percent=100.0, frames_done=done,
@@ -584,7 +589,7 @@ def abandon_revision(state: JobState, spec, revision: int) -> dict:
     state.commit_revision()
     log.info("%s revision %s cancelled; put back %s", state.job_id, revision, restored)
     if spec.callback is not None:
-        send(state, "framefleet.jobs.notify", (state.job_id, revision, "cancelled", []))
+        send(state, NOTIFY_MAIN_APP, (state.job_id, revision, "cancelled", []))
     state.forget_task_ids()
     state.update_status(state="done", stage="done", outcome="cancelled", percent=100.0,
                         manifest_key=manifest_key(state.job_id), active=False,
@@ -593,7 +598,7 @@ def abandon_revision(state: JobState, spec, revision: int) -> dict:
             "revision": revision}
 
 
-@app.task(name="framefleet.jobs.finalize")
+@app.task(name=FINALIZE_JOB)
 def finalize_job(job_id: str, revision: int | None = None) -> dict:
     state = JobState(job_id)
     current = state.revision()
@@ -619,7 +624,7 @@ def finalize_job(job_id: str, revision: int | None = None) -> dict:
     return result
 
 
-@app.task(bind=True, name="framefleet.jobs.notify", max_retries=30)
+@app.task(bind=True, name=NOTIFY_MAIN_APP, max_retries=30)
 def notify_main_app(self, job_id: str, revision: int, outcome: str, failed_clips: list[int]) -> dict:
     """Send the main app's completion callback by name, once per revision (its outcome as
     finalize saw it); a failure to send is logged and retried with backoff, never fatal."""
@@ -645,19 +650,19 @@ def notify_main_app(self, job_id: str, revision: int, outcome: str, failed_clips
 
 
 # Iteration (control) -----------------------------------------------------------------------
-@app.task(name="framefleet.frames.choose")
+@app.task(name=CHOOSE_CANDIDATE)
 def choose_candidate(job_id: str, frame: str, variation_index: int) -> dict:
     if not isinstance(variation_index, int) or isinstance(variation_index, bool):
         raise RequestError(f"variation_index: expected a whole number, got {variation_index!r}")
-    return revisions.choose(JobState(job_id), frame, variation_index)
+    return iterate.choose(JobState(job_id), frame, variation_index)
 
 
-@app.task(name="framefleet.frames.regenerate")
+@app.task(name=REGENERATE_FRAME)
 def regenerate_frame(job_id: str, frame: str, options: dict | None = None) -> dict:
-    return revisions.regenerate(JobState(job_id), frame, revisions.parse_options(options))
+    return iterate.regenerate(JobState(job_id), frame, iterate.parse_options(options))
 
 
-@app.task(name="framefleet.jobs.list")
+@app.task(name=LIST_JOBS)
 def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
     """Recent jobs, newest first (only those not done with ``active_only``), at most ``limit``."""
     if not isinstance(active_only, bool):
@@ -691,12 +696,12 @@ def job_summaries(active_only: bool, limit: int) -> list[JobSummary]:
 
 
 # Operations: resume, cancel, watchdog (control) --------------------------------------------
-@app.task(name="framefleet.jobs.resume")
+@app.task(name=RESUME_JOB)
 def resume_job(job_id: str) -> dict:
     return ResumeResult(job_id=job_id, resumed_at=resume(JobState(job_id))).model_dump(mode="json")
 
 
-@app.task(name="framefleet.jobs.cancel")
+@app.task(name=CANCEL_JOB)
 def cancel_job(job_id: str) -> dict:
     """Flag, revoke what is queued, cancel paid predictions in flight, finalize as cancelled."""
     state = JobState(job_id)
@@ -716,12 +721,12 @@ def cancel_job(job_id: str) -> dict:
     state.update_status(message="Cancelling")
     # Always a fresh finalize: one the last selection queued was revoked above (a copy already
     # running finishes, and this one then returns its result).
-    send(state, "framefleet.jobs.finalize", (job_id, revision))
+    send(state, FINALIZE_JOB, (job_id, revision))
     return CancelResult(job_id=job_id, cancelled=True, revision=revision,
                         predictions_cancelled=len(predictions)).model_dump(mode="json")
 
 
-@app.task(name="framefleet.jobs.watchdog")
+@app.task(name=WATCHDOG)
 def watchdog() -> dict:
-    """Re-drive steps whose worker died (their lease expired); see tasks/recovery.py."""
+    """Re-drive steps whose worker died (their lease expired); see tasks/coordination/recovery.py."""
     return watchdog_round()

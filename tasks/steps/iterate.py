@@ -20,16 +20,18 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from framefleet.config.celery import ENHANCE_PROMPT
 from framefleet.config.settings import get_settings
-from framefleet.tasks.budget import image_price
-from framefleet.tasks.errors import BudgetRefused, RequestError
-from framefleet.tasks.keys import frame_key
-from framefleet.tasks.plan import FramePlan
-from framefleet.tasks.records import Enhancement, FrameRecord, RevisionResult, Selection
-from framefleet.tasks.requests import RegenerateOptions, describe_validation_error
-from framefleet.tasks.scheduling import dispatch_ready, send
-from framefleet.tasks.state import JobSpec, JobState
-from framefleet.tasks.store import fleet_store
+from framefleet.tasks.coordination.budget import image_price
+from framefleet.tasks.job.errors import BudgetRefused, RequestError
+from framefleet.tasks.artifacts.keys import frame_key
+from framefleet.tasks.job.plan import FramePlan
+from framefleet.tasks.providers.adapters import image_model_registry
+from framefleet.tasks.job.records import Enhancement, FrameRecord, RevisionResult, Selection
+from framefleet.tasks.job.requests import RegenerateOptions, describe_validation_error
+from framefleet.tasks.coordination.dispatch import dispatch_ready, send
+from framefleet.tasks.job.state import JobSpec, JobState
+from framefleet.tasks.artifacts.store import fleet_store
 
 # Regenerate overrides that change how the frame's prompt is enhanced: the frame is enhanced again.
 ENHANCEMENT_OVERRIDES = {"enhance", "max_enhancement_iterations", "score_threshold"}
@@ -140,7 +142,7 @@ def parse_options(options) -> RegenerateOptions:
     if options is not None and not isinstance(options, dict):
         raise RequestError(f"options: expected a JSON object, got {type(options).__name__}")
     try:
-        return RegenerateOptions.model_validate(options or {})
+        return RegenerateOptions.model_validate(options or {}, context={"image_models": image_model_registry()})
     except ValidationError as error:
         raise RequestError("; ".join(f"options.{part}" for part in describe_validation_error(error).split("; ")))
 
@@ -170,7 +172,7 @@ def regenerate(state: JobState, frame: str, options: RegenerateOptions) -> dict:
         record = state.update_frame(frame, reopen, keep_committed=True)
         _rechain(state, later, frame, revision)
         if record.enhanced_prompt is None:
-            send(state, "framefleet.prompts.enhance", (state.job_id, frame))
+            send(state, ENHANCE_PROMPT, (state.job_id, frame))
         else:
             dispatch_ready(state)
     except BaseException as error:

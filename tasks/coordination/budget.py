@@ -18,18 +18,10 @@ guard can be exercised without keys.
 
 from __future__ import annotations
 
+from framefleet.tasks.job.redis import script
 from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.state import JobSpec, JobState
+from framefleet.tasks.job.state import JobSpec, JobState
 
-# KEYS[1] committed spend; ARGV cap, amount, keep_free, ttl. Reserve amount if it fits under the
-# cap with keep_free left over; 1 when reserved.
-_RESERVE = """
-local committed = tonumber(redis.call('GET', KEYS[1]) or '0')
-if committed + tonumber(ARGV[2]) + tonumber(ARGV[3]) > tonumber(ARGV[1]) + 1e-9 then return 0 end
-redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
 
 
 def image_price(spec: JobSpec, model: str, settings: Settings) -> float:
@@ -74,7 +66,7 @@ class BudgetGuard:
     def __init__(self, state: JobState, spec: JobSpec):
         self.state, self.spec, self.settings = state, spec, get_settings()
         self.cap = spec.config.max_usd
-        self._reserve = state.r.register_script(_RESERVE)
+        self._reserve = script(state.r, "reserve_spend")
 
     @property
     def active(self) -> bool:

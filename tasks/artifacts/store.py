@@ -19,7 +19,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.requests import check_artifact_key
+from framefleet.tasks.job.requests import check_artifact_key
 
 
 class ArtifactStore(Protocol):

@@ -1,0 +1,1 @@
+"""When and how often steps run: dispatch, leases, slot holding, admission, recovery, budget."""

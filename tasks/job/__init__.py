@@ -1,0 +1,1 @@
+"""The job model: requests, frame plan, records, and the job's state in Redis."""

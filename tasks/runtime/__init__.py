@@ -1,0 +1,1 @@
+"""The worker process: bootstrap (logging, the scorer, task context) and library fixes."""
