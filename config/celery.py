@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from kombu.transport import redis as kombu_redis
-
 from framefleet.config.settings import Settings
+from kombu.transport import redis as kombu_redis
 
 QUEUES = ("intake", "control", "llm", "images", "gpu")
 

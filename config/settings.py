@@ -5,10 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
+from framefleet.scoring.weights import DEFAULT_SOURCES, ModelSources
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from framefleet.scoring.weights import DEFAULT_SOURCES, ModelSources
 
 MAX_VARIATIONS = 8  # per frame round, in settings and in a request's overrides
 

@@ -12,9 +12,8 @@ contrast = luma std (0.25 → 100), colourfulness = Hasler & Süsstrunk M (100 �
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
 from framefleet.scoring.types import MetricScores
+from PIL import Image
 
 
 def image_statistics(image: Image.Image) -> dict[str, float]:

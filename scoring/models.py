@@ -17,11 +17,10 @@ import logging
 import math
 
 import torch
-from PIL import Image
-from torch import nn
-
 from framefleet.scoring.types import MetricScores
 from framefleet.scoring.weights import ModelSources, clip_model_name, resolve_file, resolve_hf, resolve_open_clip
+from PIL import Image
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,8 @@ class ModelScorer:
 
     def setup(self) -> None:
         """Load all three models once; raises WeightsMissing when any is not on this machine."""
-        from transformers import AutoProcessor, CLIPModel
         import open_clip
+        from transformers import AutoProcessor, CLIPModel
 
         s = self.sources
         self.pick_model = CLIPModel.from_pretrained(resolve_hf(s.pickscore_model, "pickscore_model"),

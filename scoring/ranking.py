@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel
-
 from framefleet.scoring.types import METRICS, MetricScores
+from pydantic import BaseModel
 
 
 def metric_values(scores: MetricScores) -> dict[str, float]:

@@ -9,9 +9,8 @@ whether two frames share palette and composition, not whether they show the same
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
 from framefleet.scoring.types import Scorer
+from PIL import Image
 
 COLOUR_LAYOUT = "colour layout (8x8 RGB thumbnail, mean-centred): a stand-in, not a semantic embedding"
 VIT_L14 = "ViT-L/14 image embedding (the model scorer's CLIP tower)"

@@ -8,9 +8,11 @@ import signal
 import uuid
 
 import pytest
-from tests.processes import MARKER, leftover_processes, marked_processes
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
+
+from tests.processes import MARKER, leftover_processes, marked_processes
+
 
 def pytest_configure(config) -> None:
     """A SIGTERM (a CI timeout, an operator) ends the run like Ctrl-C: fixtures tear down, so the

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import jsonschema
 import redis
-
 from framefleet.workers.cli import contract_schema
 
 CALLBACK_LISTS = ("mainapp:callbacks",)  # where the tests' main apps record what they receive

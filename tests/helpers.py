@@ -7,10 +7,9 @@ import json
 import os
 import time
 
-from PIL import Image
-
 from framefleet.config.celery import QUEUES
 from framefleet.tasks.artifacts.store import ArtifactStore
+from PIL import Image
 
 
 def png_bytes(colour=(200, 40, 40), size=(64, 36)) -> bytes:
@@ -83,14 +82,22 @@ def stored_job(job_id: str) -> str:
     """A job's state in Redis, created the way a create step stores it, for tests that run one
     provider or ledger call of a job directly (the ledgers write only for a job that exists)."""
     from framefleet.config.settings import get_settings
+    from framefleet.tasks.job.model import Job
     from framefleet.tasks.job.plan import build_frame_plan
     from framefleet.tasks.job.requests import JobConfig, parse_request
-    from framefleet.tasks.job.state import JobSpec, JobState
+    from framefleet.tasks.job.spec import JobSpec
 
     request = parse_request("storyboard", storyboard_request(job_id, 1))
     settings = get_settings()
-    JobState(job_id).create(JobSpec(job_id=job_id, kind="storyboard", aspect_ratio=request.aspect_ratio,
+    Job(job_id).create(JobSpec(job_id=job_id, kind="storyboard", aspect_ratio=request.aspect_ratio,
                                     config=JobConfig.resolve(settings, request.overrides),
                                     plan=build_frame_plan(request), providers={"llm": "offline", "images": "replicate"},
                                     submitted=time.time()))
     return job_id
+
+
+def create_here(kind: str, request: dict) -> str:
+    """Run the create step in this process (no worker takes the enhancements it enqueues)."""
+    from framefleet.tasks.steps.create import create_job
+
+    return create_job(kind, request).job_id

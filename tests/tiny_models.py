@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from framefleet.scoring.models import AestheticHead
 from framefleet.scoring.weights import ModelSources
 

@@ -3,7 +3,7 @@
 A main app that cannot import framefleet does the same with its own Celery app:
 ``send_task(CREATE_STORYBOARD, args=[request_json])`` returns the job id, and the
 progress record is the Redis hash ``framefleet:job:{job_id}:status`` (or the task
-``framefleet.jobs.status``). See README, "Enqueueing a job from a main app".
+``framefleet.jobs.status``). See README, "Main-app contract".
 """
 
 from __future__ import annotations
@@ -13,19 +13,24 @@ from collections.abc import Iterator
 
 import redis
 from celery import Celery
+from framefleet.config.celery import (
+    CANCEL_JOB,
+    CHOOSE_CANDIDATE,
+    CREATE_TASKS,
+    LIST_JOBS,
+    REGENERATE_FRAME,
+    RESUME_JOB,
+    TASK_QUEUES,
+    task_time_limits,
+)
+from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.job.errors import JobNotFound
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.records import JobStatus
+from framefleet.tasks.job.requests import precheck_request
 from kombu.utils.url import sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from framefleet.config.celery import (CANCEL_JOB, CHOOSE_CANDIDATE, CREATE_TASKS, LIST_JOBS, REGENERATE_FRAME, RESUME_JOB,
-                                      TASK_QUEUES, task_time_limits)
-from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.job.errors import JobNotFound
-from framefleet.tasks.job.records import JobStatus
-from framefleet.tasks.job.requests import precheck_request
-from framefleet.tasks.job.state import JobState, events_channel
-
-
 
 
 class FleetUnavailable(ConnectionError):
@@ -107,7 +112,7 @@ def _send_and_wait(app: Celery, task: str, *arguments, timeout_s: float = 30.0):
 
 
 def _known(job_id: str) -> None:
-    if not JobState(job_id).exists():
+    if not Job(job_id).exists():
         raise JobNotFound(f"job_id: no job {job_id!r}")
 
 
@@ -143,8 +148,7 @@ def list_jobs(app: Celery, active_only: bool = False, limit: int = 50, timeout_s
 def status_updates(job_id: str, idle_s: float = 1.0) -> Iterator[JobStatus]:
     """The job's status now and after every change (its events channel), until it is done; also
     every ``idle_s`` without an event, so a missed message only delays an update."""
-    pubsub = JobState(job_id).r.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events_channel(job_id))
+    pubsub = Job(job_id).progress.subscribe()
     try:
         while True:
             status = job_status(job_id)
@@ -157,7 +161,7 @@ def status_updates(job_id: str, idle_s: float = 1.0) -> Iterator[JobStatus]:
 
 
 def job_status(job_id: str) -> JobStatus:
-    return JobState(job_id).status()
+    return Job(job_id).progress.read()
 
 
 def wait_for_job(job_id: str, timeout_s: float = 600.0, poll_s: float = 0.2, revision: int = 0) -> JobStatus:

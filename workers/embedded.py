@@ -14,7 +14,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from celery import Celery
-
 from framefleet.config.celery import QUEUES
 from framefleet.config.settings import get_settings
 
@@ -38,8 +37,8 @@ def client_fleet(store_root: Path | None, log_dir: Path, say: Callable[[str], ob
             say(f"Started Redis on {redis_server.url}")
         os.environ.update(env)  # this process is a client of the same broker and store
         get_settings.cache_clear()
-        from framefleet.workers.app import configure
         from framefleet.tasks.artifacts.store import fleet_store
+        from framefleet.workers.app import configure
 
         fleet_store.cache_clear()
         app = configure()

@@ -21,14 +21,13 @@ import io
 import logging
 from typing import Callable
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
-
-from framefleet.tasks.job.records import FrameRecord, Manifest, VariationRecord
+from framefleet.tasks.artifacts.images import candidate_size, fitted
 from framefleet.tasks.artifacts.store import read_in_parallel
+from framefleet.tasks.job.records import FrameRecord, Manifest, VariationRecord
+from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
 
-THUMB_W = 224
 LABEL_W = 250
 TEXT_H = 64
 PAD = 12
@@ -68,18 +67,6 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-def candidate_size(aspect_ratio: str) -> tuple[int, int]:
-    w, h = (int(p) for p in aspect_ratio.split(":"))
-    return THUMB_W, max(32, round(THUMB_W * h / w))
-
-
-def candidate_thumbnail(image: Image.Image, aspect_ratio: str) -> bytes:
-    """A candidate's thumbnail as the sheet shows it, as PNG (lossless: the sheet is the same)."""
-    out = io.BytesIO()
-    _thumbnail(image, candidate_size(aspect_ratio)).save(out, format="PNG", compress_level=1)
-    return out.getvalue()
-
-
 def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[str], Image.Image]) -> bytes:
     """``load`` reads an image by key (KeyError when it is not in the store)."""
     thumb = candidate_size(aspect_ratio)
@@ -111,7 +98,8 @@ def render_contact_sheet(manifest: Manifest, aspect_ratio: str, load: Callable[[
         if inputs:
             x = LABEL_W + inputs * (small[0] + PAD) + PAD
         for variation in frame.variations:
-            _draw_candidate(sheet, draw, frame, variation, (x, top), thumb, thumbnails.get((variation.key, "candidate")))
+            tile = thumbnails.get((variation.key, "candidate"))
+            _draw_candidate(sheet, draw, frame, variation, (x, top), thumb, tile)
             x += thumb[0] + PAD
     out = io.BytesIO()
     sheet.save(out, format="PNG", compress_level=1)  # a preview: encode time matters more than bytes
@@ -145,7 +133,7 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
 
     def thumbnails_of(key: str) -> dict[tuple[str, str], Image.Image | None]:
         if key in recorded and (thumbnail := stored_thumbnail(key)) is not None:
-            return {(key, use): thumbnail if use == "candidate" else _thumbnail(thumbnail, sizes[use])
+            return {(key, use): thumbnail if use == "candidate" else fitted(thumbnail, sizes[use])
                     for use in uses[key]}
         try:
             image = load(key)
@@ -153,20 +141,13 @@ def _load_thumbnails(manifest: Manifest, sizes: dict[str, tuple[int, int]],
             if "candidate" in uses[key]:
                 raise  # a stored candidate that cannot be read is a fault, not a gap
             return {(key, "input"): None}
-        return {(key, use): _thumbnail(image, sizes[use]) for use in uses[key]}
+        return {(key, use): fitted(image, sizes[use]) for use in uses[key]}
 
     thumbnails = {k: v for found in read_in_parallel(thumbnails_of, uses) for k, v in found.items()}
     for copy, original in copied_from.items():
         if (original, "input") in thumbnails:
             thumbnails[copy, "input"] = thumbnails[original, "input"]
     return thumbnails
-
-
-def _thumbnail(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Reduced by a whole factor first (a cheap box filter), then fitted: faster than one bilinear
-    pass from the full size, and no worse to look at."""
-    factor = max(1, min(image.width // size[0], image.height // size[1]))
-    return ImageOps.fit(image.reduce(factor) if factor > 1 else image, size, method=Image.Resampling.BILINEAR)
 
 
 def changed_in(manifest: Manifest, frame: FrameRecord) -> bool:

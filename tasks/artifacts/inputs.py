@@ -20,10 +20,9 @@ import warnings
 from urllib.parse import urlparse
 
 import httpcore
-from PIL import Image, ImageOps
-
 from framefleet.config.settings import Settings
 from framefleet.tasks.job.requests import RequestError
+from PIL import Image, ImageOps
 
 # RFC 6052 well-known NAT64 prefix and the IPv4-compatible block: the low 32 bits are an IPv4
 # address the packet ends up at.

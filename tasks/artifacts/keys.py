@@ -1,4 +1,4 @@
-"""Artifact keys: deterministic in (job, frame, revision, stage, variation), so a redelivered task
+"""Artifact keys: deterministic in (job, frame, revision, prompt source, variation), so a redelivered task
 overwrites its own output instead of duplicating it, and a later revision never overwrites an
 earlier one (revision 0 keeps the original layout)."""
 
@@ -7,15 +7,15 @@ from __future__ import annotations
 import hashlib
 import re
 
-ENHANCED, ORIGINAL = "enhanced", "original"  # which prompt a generation stage uses
+from framefleet.tasks.job.states import PromptSource
 
 
 def _revision_dir(revision: int) -> str:
     return f"r{revision}/" if revision else ""
 
 
-def variation_key(job_id: str, frame: str, stage: str, index: int, revision: int = 0) -> str:
-    name = f"v{index}.png" if stage == ENHANCED else f"original_v{index}.png"
+def variation_key(job_id: str, frame: str, source: str, index: int, revision: int = 0) -> str:
+    name = f"v{index}.png" if source == PromptSource.ENHANCED else f"original_v{index}.png"
     return f"jobs/{job_id}/variations/{frame}/{_revision_dir(revision)}{name}"
 
 
@@ -25,9 +25,9 @@ def revision_of(variation: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def variation_seed(job_id: str, frame: str, stage: str, index: int, attempt: int, revision: int = 0) -> int:
+def variation_seed(job_id: str, frame: str, source: str, index: int, attempt: int, revision: int = 0) -> int:
     """Different per variation (so 4 candidates are not copies), the same on redelivery."""
-    name = f"{job_id}/{frame}/{stage}/{index}/{attempt}" + (f"/r{revision}" if revision else "")
+    name = f"{job_id}/{frame}/{source}/{index}/{attempt}" + (f"/r{revision}" if revision else "")
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 2**31
 
 

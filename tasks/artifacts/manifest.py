@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import logging
 
-from PIL import Image
-
 from framefleet.tasks.artifacts.contact_sheet import render_contact_html, render_contact_sheet
+from framefleet.tasks.artifacts.images import decode_image
 from framefleet.tasks.job.records import Cost, FrameRecord, JobTimings, Manifest
-from framefleet.tasks.job.state import JobSpec
+from framefleet.tasks.job.spec import JobSpec
 
 log = logging.getLogger(__name__)
-
-
-def decode_image(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def estimate_cost(spec: JobSpec, counters: dict[str, dict[str, int]], settings) -> Cost:

@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.exceptions import ClientError
-
 from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.job.requests import check_artifact_key
 

@@ -1,6 +1,6 @@
 """What the broker holds: a job's queued messages, and admitting a new frame's round together.
 
-A step that is queued holds no lease yet (tasks/job/leases.py), so leases alone cannot tell it from a
+A step that is queued holds no lease yet (leases.py), so leases alone cannot tell it from a
 step whose message was lost. Every queue acks late, so a step's message stays in the broker from
 send until its task returns: in one of the queue's priority lists while it waits, then in kombu's
 `unacked` hash while a worker holds it. Resume reads both before re-sending anything.
@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from typing import NamedTuple
 
-from framefleet.tasks.job.redis import script
-from framefleet.config.celery import QUEUES, broker_lists
+import kombu.exceptions
+import redis
+from framefleet.config.celery import PRIORITY_STEPS, QUEUES, broker_lists
 from framefleet.tasks.app import app
+from framefleet.tasks.job.redis import script
+
+log = logging.getLogger(__name__)
 
 BROKER_TIMEOUT_S = 5  # waiting for a pooled broker connection
 
@@ -77,6 +82,19 @@ def admit_round(queue: str, group_id: str) -> int:
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
         admit = script(connection.default_channel.client, "admit_round")
         return admit(keys=[served_first, *reversed(waiting)], args=[group_id, SIBLING_WINDOW])
+
+
+def admit_siblings(queue: str, request, job_id: str, frame: str) -> None:
+    """A new job's variation has started (``request``: its Celery request): its frame runs in one
+    piece, the rest of its round taking the next free slots. An optimisation only: a broker error
+    is logged and the variation goes on."""
+    if not request.group or (request.delivery_info or {}).get("priority") != PRIORITY_STEPS[-1]:
+        return
+    try:
+        if moved := admit_round(queue, request.group):
+            log.info("job %s: admitted %d more variations of %s", job_id, moved, frame)
+    except (redis.RedisError, OSError, kombu.exceptions.KombuError) as error:
+        log.warning("job %s: could not admit the rest of %s's round: %s", job_id, frame, error)
 
 
 def jobs_waiting_for(queue: str) -> bool:

@@ -18,10 +18,9 @@ guard can be exercised without keys.
 
 from __future__ import annotations
 
-from framefleet.tasks.job.redis import script
 from framefleet.config.settings import Settings, get_settings
-from framefleet.tasks.job.state import JobSpec, JobState
-
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.spec import JobSpec
 
 
 def image_price(spec: JobSpec, model: str, settings: Settings) -> float:
@@ -63,10 +62,9 @@ def llm_round_price(spec: JobSpec, settings: Settings, prompt: str, iteration: i
 
 
 class BudgetGuard:
-    def __init__(self, state: JobState, spec: JobSpec):
-        self.state, self.spec, self.settings = state, spec, get_settings()
+    def __init__(self, job: Job, spec: JobSpec):
+        self.job, self.spec, self.settings = job, spec, get_settings()
         self.cap = spec.config.max_usd
-        self._reserve = script(state.r, "reserve_spend")
 
     @property
     def active(self) -> bool:
@@ -75,17 +73,16 @@ class BudgetGuard:
     def reserve(self, amount: float, keep_free: float = 0.0) -> bool:
         if not self.active or amount <= 0:
             return True
-        return self.state.reserve_spend(self._reserve, self.cap, amount, keep_free)
+        return self.job.budget.reserve(self.cap, amount, keep_free)
 
-    def images_for_frame(self, frame: str, wanted: int, model: str, round_name: str) -> int:
-        """How many variations of the frame the budget affords (reserved now), from ``wanted``
-        down to 1; 0 means the frame is skipped. Each degradation is recorded. A round that is
-        sent again (resume, watchdog) gets the count reserved the first time, not a second one."""
-        key = f"framefleet:job:{self.state.job_id}:budget:round:{frame}/{round_name}"
-        if (reserved := self.state.r.get(key)) is not None:
-            return int(reserved)
+    def images_for_frame(self, frame: str, wanted: int, model: str, round_id: str) -> int:
+        """How many variations of the frame's round ``round_id`` the budget affords (reserved now),
+        from ``wanted`` down to 1; 0 means the frame is skipped. Each degradation is recorded. A
+        round that is sent again (resume, watchdog) gets the count reserved the first time."""
+        if (reserved := self.job.budget.round_reservation(round_id)) is not None:
+            return reserved
         count = self._affordable(frame, wanted, model)
-        self.state.r.set(key, count, ex=self.state.ttl)
+        self.job.budget.set_round_reservation(round_id, count)
         return count
 
     def _affordable(self, frame: str, wanted: int, model: str) -> int:
@@ -118,4 +115,4 @@ class BudgetGuard:
         return False
 
     def degrade(self, frame: str, what: str) -> None:
-        self.state.add_degradation(f"{frame}: budget: {what}")
+        self.job.budget.add_degradation(f"{frame}: budget: {what}")

@@ -1,17 +1,18 @@
 """When each frame runs, and ahead of what.
 
-- Per-frame readiness: a frame is enqueued as soon as its own enhancement is stored and the frame
-  it chains from is settled (selected, failed or skipped). Both events call ``dispatch_ready``;
-  whichever comes second enqueues the frame, once (a Redis claim).
-- Continuation first: Celery message priorities on Redis (kombu polls the `queue` list before
-  the lower priority lists, written `queue:9` here). A job's first frame goes out at NEW_JOB priority, every later step of a running job
-  at CONTINUATION priority, so running jobs finish before new ones take their slots, and jobs
-  complete roughly in submission order. ``FRAMEFLEET_SCHEDULING=fifo`` sends everything at one
-  priority (plain queue order) for comparison.
-- Slot holding (tasks/coordination/slot_hold.py): between two rounds of a running job, the slots its last
-  round freed wait for its next round instead of going to a new job.
+- Per-frame readiness: a frame's round is enqueued as soon as its own enhancement is stored and
+  the frame it chains from is settled (selected, failed or skipped). Both events call
+  ``dispatch_ready``; the frame's READY → GENERATING transition happens once, so whichever comes
+  second enqueues it, and only once.
+- Continuation first: Celery message priorities on Redis (kombu pops a queue's priority-0 list
+  before its lower lists). A job's first frame goes out at NEW_JOB priority, every later step of a
+  running job at CONTINUATION priority, so running jobs finish before new ones take their slots,
+  and jobs complete roughly in submission order. ``FRAMEFLEET_SCHEDULING=fifo`` sends everything
+  at one priority (plain queue order) for comparison.
+- Slot holding (slot_hold.py): between two rounds of a running job, the slots its last round freed
+  wait for its next round instead of going to a new job.
 - Straggler cut: ``straggler_check`` stops a variation still running ``straggler_grace_s`` after
-  ``min_variations`` of its frame's variations were stored.
+  ``min_variations`` of its round were stored.
 """
 
 from __future__ import annotations
@@ -21,22 +22,27 @@ import time
 
 import redis
 from celery import chord
-
-from framefleet.config.celery import (FINALIZE_JOB, GENERATE_VARIATION, PRIORITY_STEPS, SCORE_VARIATIONS,
-                                      SELECT_VARIATION)
+from framefleet.config.celery import (
+    FINALIZE_JOB,
+    GENERATE_VARIATION,
+    PRIORITY_STEPS,
+    SCORE_VARIATIONS,
+    SELECT_VARIATION,
+)
 from framefleet.config.settings import MAX_VARIATIONS, get_settings
+from framefleet.tasks.app import app
 from framefleet.tasks.coordination.budget import BudgetGuard
-from framefleet.tasks.artifacts.keys import ENHANCED, ORIGINAL
+from framefleet.tasks.job.frames import StaleWrite
+from framefleet.tasks.job.model import Job, frames_settled
 from framefleet.tasks.job.plan import resolve_inputs
 from framefleet.tasks.job.records import FrameRecord
-from framefleet.tasks.job.state import JobSpec, JobState, StaleWrite
-from framefleet.tasks.app import app
+from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.job.states import SETTLED, FrameState, NoteKind, PromptSource
 from framefleet.tasks.providers.base import StopCheck
 
 log = logging.getLogger(__name__)
 
 CONTINUATION, NEW_JOB = PRIORITY_STEPS[0], PRIORITY_STEPS[-1]  # kombu's Redis transport: 0 is served first
-RETRY_WITH_ORIGINAL_PROMPT = "generation failed: one image with the original prompt"
 
 
 def priority_for(spec: JobSpec, frame: str) -> int:
@@ -45,149 +51,152 @@ def priority_for(spec: JobSpec, frame: str) -> int:
     return NEW_JOB
 
 
-def _signature(task: str, args: tuple, priority: int, **kwargs):
+def signature(task: str, args: tuple, priority: int = CONTINUATION, **kwargs):
     # argsrepr: what Flower shows. A chord body's first argument is the results of the step
     # before it, sent later; naming the job and frame here keeps them readable in its row.
     return app.signature(task, args=args, kwargs=kwargs, priority=priority, argsrepr=repr(tuple(args)),
                          kwargsrepr=repr(kwargs))
 
 
-def send(state: JobState, task: str, args: tuple, priority: int = CONTINUATION, **kwargs) -> None:
+def send(job: Job, task: str, args: tuple, priority: int = CONTINUATION, **kwargs) -> None:
     """Enqueue one task of the job by name, remembering its id so a cancel can revoke it."""
-    signature = _signature(task, args, priority, **kwargs)
-    state.add_task_ids([signature.freeze().id])
-    signature.apply_async()
+    message = signature(task, args, priority, **kwargs)
+    job.ledger.add_task_ids([message.freeze().id])
+    message.apply_async()
 
 
-def send_chord(state: JobState, header: list, body) -> None:
-    ids = [signature.freeze().id for signature in header]
+def send_chord(job: Job, header: list, body) -> None:
+    ids = [message.freeze().id for message in header]
     result = body.freeze()
     while result is not None:  # a chain body: its last task's result links back to the first
         ids.append(result.id)
         result = result.parent
-    state.add_task_ids(ids)
+    job.ledger.add_task_ids(ids)
     chord(header, body).apply_async()
 
 
-def planned_round_size(stage: str, config) -> int:
+def next_source(record: FrameRecord) -> PromptSource:
+    """Which prompt the frame's next (or current) round uses: the seeds' fallbacks."""
+    if record.state is FrameState.GENERATING and record.round is not None:
+        return record.round
+    if record.state is FrameState.RETRY or record.enhancement.fallback:
+        return PromptSource.ORIGINAL
+    return PromptSource.ENHANCED
+
+
+def planned_round_size(source: PromptSource, config) -> int:
     """Variations in a generation round: the configured number, one for the original-prompt retry
     (a spending cap may make a round smaller still: ``enqueue_frame``)."""
-    return 1 if stage == ORIGINAL else config.num_variations
+    return 1 if source is PromptSource.ORIGINAL else config.num_variations
 
 
-def frame_stage(record: FrameRecord) -> str:
-    """Which prompt the frame's next generation round uses (the seeds' fallbacks)."""
-    if record.enhancement.fallback or RETRY_WITH_ORIGINAL_PROMPT in record.fallbacks:
-        return ORIGINAL
-    return ENHANCED
-
-
-def enqueue_frame(state: JobState, spec: JobSpec, frames: dict[str, FrameRecord], frame: str, stage: str) -> bool:
-    """Resolve the frame's input images from the selections in ``frames`` (the job's frame
-    records, as just read) and enqueue its chord.
+def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: bool = False) -> bool:
+    """Start the frame's next round: its inputs from the selections in ``frames`` (the job's frame
+    records, as just read), then its chord. The READY/RETRY → GENERATING transition is the
+    once-only guard: a second caller is refused there (StaleWrite) and sends nothing. ``force``
+    re-sends the round of a frame already GENERATING (resume, the watchdog).
 
     With a spending cap the round gets as many variations as the budget affords; False when not
-    even one is (the frame is then skipped with "budget" in its fallbacks).
+    even one is (the frame is then skipped, or, in a revision, keeps its last finished selection).
     """
+    spec, record = job.spec, frames[frame]
+    source = next_source(record)
     selections = {name: f.selected.frame_key for name, f in frames.items() if f.selected is not None}
-    config = spec.frame_config(frames[frame])
-    count = planned_round_size(stage, config)
-    guard = BudgetGuard(state, spec)
-    if guard.active:  # reserved once per round: a re-sent round reuses its reservation
-        count = guard.images_for_frame(frame, count, config.image_model, f"{frames[frame].revision}/{stage}")
-        if count == 0:
-            if frames[frame].revision > 0 and state.restore_committed(frame)[0]:
-                return False  # a revision's frame keeps its last finished selection rather than none
-            _skip(state, frame, "budget: skipped, not even one image is affordable under max_usd")
-            return False
 
-    def set_inputs(record: FrameRecord) -> None:
-        if record.status != "pending":
-            raise StaleWrite(f"{frame} is already {record.status}")
-        record.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), selections)
-        record.timings.enqueued = time.time()
+    def start_round(current: FrameRecord) -> None:
+        current.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), selections)
+        current.timings.enqueued = time.time()
+        current.round = source
 
-    record = state.update_frame(frame, set_inputs)
-    priority = priority_for(spec, frame)
-    done = sum(f.status != "pending" for f in frames.values())
-    state.frame_stage(spec.kind, "generate", frame, done, len(frames))
-    revision = record.revision
-    header = [_signature(GENERATE_VARIATION, (state.job_id, frame, stage, index), priority,
-                         revision=revision, round_size=count)
-              for index in range(1, count + 1)]
-    body = (_signature(SCORE_VARIATIONS, (state.job_id, frame), priority, revision=revision)
-            | _signature(SELECT_VARIATION, (state.job_id, frame, stage), priority, revision=revision))
-    send_chord(state, header, body)
+    job.frames.transition(frame, FrameState.GENERATING, start_round, expect=lambda r: (
+        r.revision == record.revision and (r.state in (FrameState.READY, FrameState.RETRY)
+                                           or (force and r.state is FrameState.GENERATING and r.round == source))))
+    try:
+        config = spec.frame_config(record)
+        count = planned_round_size(source, config)
+        guard = BudgetGuard(job, spec)
+        if guard.active:  # reserved once per round: a re-sent round reuses its reservation
+            count = guard.images_for_frame(frame, count, config.image_model, f"{frame}/{record.revision}/{source}")
+            if count == 0:
+                if record.revision > 0 and job.frames.keep_finished(frame):
+                    return False  # a revision's frame keeps its last finished selection rather than none
+                skip(job, frame, NoteKind.BUDGET_SKIPPED, "budget: skipped, not even one image is affordable "
+                                                          "under max_usd")
+                return False
+        job.progress.frame_reached(spec.kind, "generate", frame, frames_settled(frames), len(frames))
+        priority = priority_for(spec, frame)
+        header = [signature(GENERATE_VARIATION, (job.id, frame, source.value, index), priority,
+                            revision=record.revision, round_size=count)
+                  for index in range(1, count + 1)]
+        body = (signature(SCORE_VARIATIONS, (job.id, frame), priority, revision=record.revision)
+                | signature(SELECT_VARIATION, (job.id, frame, source.value), priority, revision=record.revision))
+        send_chord(job, header, body)
+    except BaseException:
+        if record.state is not FrameState.GENERATING:  # not sent: the step's re-drive must send it
+            job.frames.transition(frame, record.state, expect=lambda r: r.state is FrameState.GENERATING)
+        raise
     try:  # the slots the job's previous round freed are held for this one: hand them over
-        state.count_round(wake=MAX_VARIATIONS)
+        job.rounds.count_round(wake=MAX_VARIATIONS)
     except redis.RedisError as error:  # the round is sent; its slots' holds end after slot_hold_s
-        log.warning("job %s: could not end the slot holds for %s: %s", state.job_id, frame, error)
+        log.warning("job %s: could not end the slot holds for %s: %s", job.id, frame, error)
     return True
 
 
-def dispatch_ready(state: JobState, force: bool = False) -> str | None:
+def dispatch_ready(job: Job, force: bool = False) -> str | None:
     """Enqueue the next frame that can run, or finalize when every frame is settled.
 
-    Called after every stored enhancement and every stored selection (and by resume/watchdog
-    with ``force``, which sends even where the once-only claim is taken, to re-send a frame
-    whose steps died; it still takes a free claim, so no later step sends the frame again).
-    Returns what it enqueued (a frame name, "finalize") or None when nothing is ready yet.
+    Called after every stored enhancement and every stored selection (and by resume and the
+    watchdog with ``force``, which also re-sends the round of a frame already generating, whose
+    steps died). Returns what it enqueued (a frame name, "finalize") or None when nothing is ready.
     """
-    if state.closed():
+    if job.closed():
         return None
-    spec = state.spec()
-    frames = state.frames()
-    failed_clips = {f.clip for f in frames.values() if f.status == "failed" and f.clip is not None}
+    spec = job.spec
+    frames = job.frames.all()
+    failed_clips = {f.clip for f in frames.values() if f.state is FrameState.FAILED and f.clip is not None}
     for planned in spec.plan.frames:
         record = frames[planned.name]
-        if record.status != "pending":
+        if record.state in SETTLED:
             continue
         if spec.kind == "storyboard" and planned.clip in failed_clips:
-            _skip(state, planned.name)  # its start frame failed: nothing to end, go to the next clip
+            skip(job, planned.name, NoteKind.CLIP_FAILED, "skipped: an earlier frame of this clip failed")
             continue
-        if record.enhanced_prompt is None:
-            return None  # its enhancement will call dispatch_ready when it is stored
-        stage = frame_stage(record)
-        claim = f"enqueue:{planned.name}/{record.revision}/{stage}"
-        claimed = state.claim(claim)
-        if not (claimed or force):
-            return None  # already enqueued by another step
+        if record.state is FrameState.WAITING:
+            return None  # its enhancement calls dispatch_ready when it is stored
+        if record.state is FrameState.GENERATING and not force:
+            return None  # in flight: its selection dispatches what follows
         try:
-            enqueued = enqueue_frame(state, spec, frames, planned.name, stage)
+            enqueued = enqueue_frame(job, frames, planned.name, force)
         except StaleWrite:
-            return None  # settled meanwhile by another step, which dispatches what follows
-        except BaseException:
-            if claimed:
-                state.unclaim(claim)  # not sent: the step's re-drive must be able to send it
-            raise
+            return None  # enqueued or settled meanwhile by another step, which dispatches what follows
         if enqueued:
             return planned.name
-        frames[planned.name] = state.frame(planned.name)  # skipped for the budget: on to the next
-    revision = state.revision()
+        frames = job.frames.all()  # skipped (or kept) for the budget: on to the next
+    revision = job.revision()
     claim = f"finalize:{revision}"
-    claimed = state.claim(claim)
+    claimed = job.leases.claim(claim)
     if claimed or force:
         try:
-            send(state, FINALIZE_JOB, (state.job_id, revision))
+            send(job, FINALIZE_JOB, (job.id, revision))
         except BaseException:
             if claimed:
-                state.unclaim(claim)
+                job.leases.unclaim(claim)
             raise
         return "finalize"
     return None
 
 
-def _skip(state: JobState, frame: str, why: str = "skipped: an earlier frame of this clip failed") -> None:
-    def skip(record: FrameRecord) -> None:
-        if record.status == "pending":
-            record.status = "skipped"
-            record.fallbacks.append(why)
+def skip(job: Job, frame: str, kind: NoteKind, why: str) -> None:
+    def note(record: FrameRecord) -> None:
+        record.add_note(kind, why)
 
-    state.update_frame(frame, skip)
+    try:
+        job.frames.transition(frame, FrameState.SKIPPED, note, expect=lambda r: r.state not in SETTLED)
+    except StaleWrite:
+        pass  # settled meanwhile
 
 
-def straggler_check(state: JobState, frame: str, revision: int, stage: str, count: int,
-                    started: float) -> StopCheck:
+def straggler_check(job: Job, frame: str, revision: int, source: str, count: int, started: float) -> StopCheck:
     """A stop check for one variation: "cancelled", or a straggler cut once ``min_variations`` of
     the round's ``count`` images are stored and this one is still running ``straggler_grace_s``
     later. Reads Redis at most twice a second (no provider calls)."""
@@ -202,10 +211,10 @@ def straggler_check(state: JobState, frame: str, revision: int, stage: str, coun
         if now - last_check < 0.5:
             return answer
         last_check = now
-        if state.cancelled():
+        if job.cancelled():
             answer = "cancelled"
         elif cut_enabled:
-            stored = state.stored_times(frame, revision, stage)
+            stored = job.rounds.stored_times(frame, revision, source)
             if len(stored) >= needed and time.time() - stored[needed - 1] >= settings.straggler_grace_s:
                 answer = f"straggler cut after {time.time() - started:.0f} s"
         return answer

@@ -1,12 +1,13 @@
 """Holding a running job's image slots through the gap between two of its rounds.
 
-Continuation first (tasks/coordination/dispatch.py) orders the queue, but between two frames of a job its
+Continuation first (dispatch.py) orders the queue, but between two frames of a job its
 next round does not exist yet: the frame is being scored and selected (tens of milliseconds
-here, more with real models and S3). A slot freed in that gap took a new job's variation from
-`images:9`, and the job's next round then waited a whole image for a slot, frame after frame.
+here, more with real models and S3). A slot freed in that gap would take a new job's variation
+from the lower priority lists, and the job's next round would then wait a whole image for a slot,
+frame after frame.
 
-So a variation of a frame with a later frame to run, while new jobs' first frames wait in
-`images:9`, keeps its own slot after it returns: its record is stored and its chord counted, and
+So a variation of a frame with a later frame to run, while new jobs' first frames wait, keeps its
+own slot after it returns: its record is stored and its chord counted, and
 then, before its message is acknowledged (the worker takes no other message for that slot until
 then), it waits until the job's next round is enqueued (``HoldsSlot.after_return``). The slot
 then takes that round, which priority 0 serves first. A hold never keeps a slot from its own
@@ -17,11 +18,8 @@ the cut's business, not the hold's), ``slot_hold_s`` at most once the round is c
 at all once the job is cancelled or finalizing, or in a worker whose pool also serves other
 queues (it could block the scoring or selection it waits for). It pays for nothing and writes
 nothing. FIFO scheduling, or ``slot_hold_s`` = 0, holds nothing; nor does a variation when no new
-job waits (a job alone pays nothing for holding).
-
-Holding in the variation's own task, rather than in a separate holder message sent before it
-returns (this fleet's first design), saves four messages per frame at the very moment a round
-hands over: under load the hand-over's chord join took 23 ms against 8 ms without holding.
+job waits (a job alone pays nothing for holding). The hold runs in the variation's own task, so
+it adds no message at the moment a round hands over.
 """
 
 from __future__ import annotations
@@ -31,12 +29,12 @@ import time
 from typing import NamedTuple
 
 from celery import Task, states
-
 from framefleet.config.celery import GENERATE_VARIATION, TASK_QUEUES
 from framefleet.config.settings import get_settings
-from framefleet.tasks.runtime.bootstrap import consumed_queues
 from framefleet.tasks.coordination.broker import jobs_waiting_for
-from framefleet.tasks.job.state import JobSpec, JobState
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.runtime.bootstrap import consumed_queues
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +47,12 @@ class SlotHold(NamedTuple):
     job_id: str
     frame: str
     revision: int
-    stage: str
+    source: str
     count: int
     rounds_seen: int
 
 
-def slot_hold_due(state: JobState, spec: JobSpec, frame: str, revision: int, stage: str,
-                  count: int) -> SlotHold | None:
+def slot_hold_due(job: Job, spec: JobSpec, frame: str, revision: int, source: str, count: int) -> SlotHold | None:
     """Called by a variation of ``frame`` (a round of ``count``) before it returns: the hold it
     keeps its slot for, or None: FIFO scheduling, holding off, the frame is the job's last, or no
     new job waits. The job's round count is read now, before the chord can complete."""
@@ -66,18 +63,18 @@ def slot_hold_due(state: JobState, spec: JobSpec, frame: str, revision: int, sta
         return None  # (a revision's later frames may be settled: its finalize then ends the hold)
     if not jobs_waiting_for(TASK_QUEUES[GENERATE_VARIATION]):
         return None  # no new job could take the slot
-    return SlotHold(state.job_id, frame, revision, stage, count, state.rounds_enqueued())
+    return SlotHold(job.id, frame, revision, source, count, job.rounds.enqueued())
 
 
-def hold_slot(job_id: str, frame: str, revision: int, stage: str, count: int, rounds_seen: int) -> dict:
+def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int, rounds_seen: int) -> dict:
     """Keep this slot until the job enqueues its next round (see the module docstring)."""
-    state, settings = JobState(job_id), get_settings()
+    job, settings = Job(job_id), get_settings()
     started = time.monotonic()
     if consumed_queues() - {"images"}:  # one pool with other queues: a hold could block their steps
         return {"job_id": job_id, "frame": frame, "held_s": 0.0, "ended": "worker serves other queues"}
     complete_since = None
     while True:
-        rounds, recorded, unstarted, closed = state.hold_view(frame, revision, stage, count)
+        rounds, recorded, unstarted, closed = job.rounds.hold_view(frame, revision, source, count)
         now = time.monotonic()
         if rounds > rounds_seen:
             ended = "next round enqueued"
@@ -98,7 +95,7 @@ def hold_slot(job_id: str, frame: str, revision: int, stage: str, count: int, ro
         if left <= 0:
             break
         # Woken the moment the next round is enqueued; every CHECK_S the round and job are re-read.
-        if state.r.blpop([state.round_wake_key(rounds_seen + 1)], timeout=min(left, CHECK_S)):
+        if job.rounds.wait_for_round(rounds_seen + 1, timeout_s=min(left, CHECK_S)):
             ended = "next round enqueued"
             break
     return {"job_id": job_id, "frame": frame, "held_s": round(time.monotonic() - started, 3), "ended": ended}

@@ -1,159 +1,61 @@
-"""Step leases: at most one running copy of each step of a job, and liveness for the watchdog.
+"""Step leases and once-only claims, as Redis holds them (the keeper thread and the step wrapper
+that use them are coordination/leases.py).
 
-Celery delivers at least once, operators resume and the watchdog re-drives, so any step can be
-started twice at the same time. A step takes a lease (a Redis key holding its owner token, with an
-expiry) before it does work; a second copy finds the lease held and waits for the first copy's
-result or exits. While the step runs, one keeper thread per process renews its leases, so a lease
-that expires means its holder died: the watchdog re-drives exactly those steps.
-
-Keys (expire with the job):
-  framefleet:job:{id}:lease:{step}   owner token, PX = lease_ttl_s, renewed every ttl/3
-  framefleet:job:{id}:running        hash of steps started and not finished (by a lease holder)
-  framefleet:job:{id}:redrives       hash step → how often the watchdog re-drove it
+A step takes its lease (a key with an owner token and an expiry) before it works and lists itself
+as running; a lease that expires while listed means its worker died, and the watchdog re-drives
+that step. A claim (SET NX) makes "enqueue this once" happen once.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-import time
-import uuid
+from typing import TYPE_CHECKING
 
-import redis
-
-from framefleet.tasks.job.redis import script
 from framefleet.tasks.job.errors import JobNotFound
+from framefleet.tasks.job.redis import script
 
-log = logging.getLogger(__name__)
-
-
-
-def lease_key(job_id: str, step: str) -> str:
-    return f"framefleet:job:{job_id}:lease:{step}"
+if TYPE_CHECKING:
+    from framefleet.tasks.job.model import Job
 
 
-def running_key(job_id: str) -> str:
-    return f"framefleet:job:{job_id}:running"
+class Leases:
+    def __init__(self, job: "Job"):
+        self.job, self.r, self.keys = job, job.r, job.keys
 
-
-def redrives_key(job_id: str) -> str:
-    return f"framefleet:job:{job_id}:redrives"
-
-
-class LeaseKeeper:
-    """One thread per process that renews every lease this process holds."""
-
-    def __init__(self) -> None:
-        self._leases: dict[str, "Lease"] = {}
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        """A forked child holds none of its parent's leases (and may have copied a held lock)."""
-        self._leases, self._lock, self._pid = {}, threading.Lock(), None
-
-    def add(self, lease: "Lease") -> None:
-        with self._lock:
-            self._leases[lease.key] = lease
-            if self._pid != os.getpid():  # first lease in this process (or after a fork)
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="framefleet-lease-keeper", daemon=True).start()
-
-    def remove(self, lease: "Lease") -> None:
-        with self._lock:
-            self._leases.pop(lease.key, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                leases = list(self._leases.values())
-            interval = min((lease.ttl_s for lease in leases), default=3.0) / 3
-            for lease in leases:
-                try:
-                    if not lease.renew():
-                        log.warning("lease %s was lost (expired and taken over)", lease.key)
-                        self.remove(lease)
-                except redis.RedisError as error:  # Redis restarting: try again next round
-                    log.warning("could not renew lease %s: %s", lease.key, error)
-            time.sleep(interval)
-
-
-_keeper = LeaseKeeper()
-
-
-class Lease:
-    """A step's lease: ``acquire()`` once, then ``release(finished=...)`` when the step ends."""
-
-    def __init__(self, client: redis.Redis, job_id: str, step: str, ttl_s: float, job_ttl_s: int):
-        self.r, self.job_id, self.step, self.ttl_s, self.job_ttl_s = client, job_id, step, ttl_s, job_ttl_s
-        self.key = lease_key(job_id, step)
-        self.owner = uuid.uuid4().hex
-        self._acquire = script(client, "acquire_lease")
-        self._renew = script(client, "renew_if_owner")
-        self._release = script(client, "release_lease")
-
-    def acquire(self) -> bool:
-        """True when this copy now holds the lease; JobNotFound when the job no longer exists."""
-        taken = self._acquire(keys=[self.key, running_key(self.job_id), f"framefleet:job:{self.job_id}:spec"],
-                              args=[self.owner, self.step, int(self.ttl_s * 1000), self.job_ttl_s])
+    def acquire(self, step: str, owner: str, ttl_ms: int) -> bool:
+        """True when ``owner`` now holds the step's lease; JobNotFound when the job is gone."""
+        taken = script(self.r, "acquire_lease")(keys=[self.keys.lease(step), self.keys.running, self.keys.spec],
+                                                args=[owner, step, ttl_ms, self.job.ttl])
         if taken == -1:
-            raise JobNotFound(f"job_id: no job {self.job_id!r} (it expired or was removed while its step waited)")
-        if not taken:
-            return False
-        _keeper.add(self)
-        return True
+            raise JobNotFound(f"job_id: no job {self.job.id!r} (it expired or was removed while its step waited)")
+        return bool(taken)
 
-    def renew(self) -> bool:
-        return bool(self._renew(keys=[self.key], args=[self.owner, int(self.ttl_s * 1000)]))
+    def renew(self, step: str, owner: str, ttl_ms: int) -> bool:
+        return bool(script(self.r, "renew_if_owner")(keys=[self.keys.lease(step)], args=[owner, ttl_ms]))
 
-    def release(self, finished: bool) -> None:
+    def release(self, step: str, owner: str, finished: bool) -> None:
         """``finished``: the step's outcome is stored, so the watchdog has nothing to re-drive.
-        Otherwise (the step raised) the step stays listed as running with no live lease, and the
-        watchdog re-drives it."""
-        _keeper.remove(self)
-        self._release(keys=[self.key, running_key(self.job_id), redrives_key(self.job_id)],
-                      args=[self.owner, self.step, "1" if finished else "0"])
+        Otherwise the step stays listed as running with no live lease, and the watchdog re-drives it."""
+        script(self.r, "release_lease")(keys=[self.keys.lease(step), self.keys.running, self.keys.redrives],
+                                        args=[owner, step, "1" if finished else "0"])
 
+    def alive(self, step: str) -> bool:
+        return bool(self.r.exists(self.keys.lease(step)))
 
-def wait_for(done, lease: Lease, poll_s: float = 0.2):
-    """The second copy of a step: wait until ``done()`` returns a value (the first copy's result),
-    or until the first copy's lease is gone (it died) and this copy takes the lease over.
+    def running_steps(self) -> list[str]:
+        """Steps started and not finished."""
+        return self.r.hkeys(self.keys.running)
 
-    Returns (result, None) when the first copy finished, or (None, lease) when this copy now holds
-    the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
-    the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
-    """
-    while True:
-        result = done()
-        if result is not None:
-            return result, None
-        if lease.acquire():
-            try:
-                result = done()  # finished between the check and the acquire
-            except BaseException:
-                lease.release(finished=False)
-                raise
-            if result is not None:
-                lease.release(finished=True)
-                return result, None
-            return None, lease
-        time.sleep(poll_s)
+    def take_dead(self) -> dict[str, int]:
+        """Running steps whose lease expired (their worker died) → how often each was re-driven now."""
+        reply = script(self.r, "take_dead_steps")(keys=[self.keys.running, self.keys.redrives],
+                                                  args=[self.keys.lease_prefix])
+        self.r.expire(self.keys.redrives, self.job.ttl)
+        return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
 
+    def claim(self, step: str) -> bool:
+        """True for the first caller only: a redelivered task must not enqueue a step twice."""
+        return bool(self.r.set(self.keys.claim(step), "1", nx=True, ex=self.job.ttl))
 
-def running_steps(client: redis.Redis, job_id: str) -> list[str]:
-    """Steps started and not finished."""
-    return client.hkeys(running_key(job_id))
-
-
-def take_dead_steps(client: redis.Redis, job_id: str, job_ttl_s: int) -> dict[str, int]:
-    """Running steps whose lease expired (their worker died) → how often each was re-driven now."""
-    reply = script(client, "take_dead_steps")(keys=[running_key(job_id), redrives_key(job_id)],
-                                               args=[lease_key(job_id, "")])
-    client.expire(redrives_key(job_id), job_ttl_s)
-    return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
-
-
-def lease_alive(client: redis.Redis, job_id: str, step: str) -> bool:
-    return bool(client.exists(lease_key(job_id, step)))
+    def unclaim(self, step: str) -> None:
+        """Give a claim back when what it guarded could not be done (e.g. the send failed)."""
+        self.r.delete(self.keys.claim(step))

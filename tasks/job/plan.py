@@ -10,9 +10,8 @@ last earlier frame with a selection stands in, else the reference.
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
 from framefleet.tasks.job.requests import JobRequest, ReferenceImagesRequest, StoryboardRequest
+from pydantic import BaseModel
 
 
 class PlannedFrame(BaseModel):

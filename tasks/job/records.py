@@ -1,16 +1,16 @@
 """The records a job keeps: per-variation, per-frame, the status record and the manifest.
 
-These models are the manifest schema (README, "Manifest"): change them only additively.
+These models are the manifest schema (docs/manifest.md): change them only additively.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from framefleet.tasks.job.states import FrameState, FrameStatus, Note, NoteKind, PromptSource, status_of
 from pydantic import BaseModel, Field
 
 Span = tuple[float, float]
-FrameStatus = Literal["pending", "succeeded", "failed", "skipped"]
 JobOutcome = Literal["succeeded", "partial", "failed", "cancelled"]
 
 
@@ -42,6 +42,7 @@ class Enhancement(BaseModel):
     final_score: float | None = None
     fallback: bool = False
     error: str | None = None
+    note: Note | None = None  # the fallback it took: a revision that reuses the enhancement keeps it
 
 
 class Selection(BaseModel):
@@ -76,7 +77,9 @@ class FrameRevision(BaseModel):
 class FrameRecord(BaseModel):
     name: str
     clip: int | None = None
-    status: FrameStatus = "pending"
+    state: FrameState = FrameState.WAITING  # job/states.py; changed only by Frames.transition
+    round: PromptSource | None = None  # the round enqueued while the frame is generating
+    status: FrameStatus = "pending"  # the state as the manifest shows it (status_of)
     revision: int = 0  # the job revision of the current selection (iteration: choose, regenerate)
     inputs: list[str] = []
     original_prompt: str
@@ -90,6 +93,23 @@ class FrameRecord(BaseModel):
     timings: FrameTimings = FrameTimings()
     overrides: dict = {}  # per-frame overrides of a regenerate (num_variations, image_model, ...)
     history: list[FrameRevision] = []  # earlier revisions of this frame, oldest first
+    notes: list[Note] = []  # the fallbacks and warnings, typed (their text is in those lists too)
+
+    def enter(self, state: FrameState) -> None:
+        """Called by Frames.transition only, once the transition table allowed it."""
+        self.state = state
+        self.status = status_of(state)
+
+    def add_note(self, kind: NoteKind, text: str) -> None:
+        note = Note(kind=kind, text=text)
+        self.notes.append(note)
+        (self.fallbacks if note.is_fallback else self.warnings).append(text)
+
+    def has_note(self, kind: NoteKind) -> bool:
+        return any(note.kind is kind for note in self.notes)
+
+    def clear_notes(self) -> None:
+        self.notes, self.warnings, self.fallbacks = [], [], []
 
     def snapshot(self, replaced_by: str) -> FrameRevision:
         return FrameRevision(revision=self.revision, status=self.status, original_prompt=self.original_prompt,

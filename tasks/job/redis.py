@@ -6,11 +6,10 @@ from functools import lru_cache
 from importlib.resources import files
 
 import redis
+from framefleet.config.settings import get_settings
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
-
-from framefleet.config.settings import get_settings
 
 
 @lru_cache(maxsize=4)

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Collection
 from typing import Annotated, Literal
 
+from framefleet.config.settings import MAX_VARIATIONS, ScoreWeights, Settings, get_settings
+from framefleet.tasks.job.errors import RequestError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -19,9 +21,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from framefleet.config.settings import MAX_VARIATIONS, ScoreWeights, Settings, get_settings
-from framefleet.tasks.job.errors import RequestError
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9")

@@ -10,8 +10,8 @@ from functools import lru_cache
 from typing import Callable
 
 from framefleet.config.settings import Settings, get_settings
+from framefleet.tasks.job.model import Job
 from framefleet.tasks.providers.agents import PromptAgents
-from framefleet.tasks.job.state import JobState
 from framefleet.tasks.providers.base import ImageGenerator
 from framefleet.tasks.providers.offline_images import OfflineImageGenerator
 from framefleet.tasks.providers.offline_latency import LatencyProfile
@@ -49,7 +49,7 @@ PROMPT_AGENTS: dict[str, Callable[[Settings, str], PromptAgents]] = {
 IMAGE_GENERATORS: dict[str, Callable[[Settings], ImageGenerator]] = {
     "offline": lambda s: OfflineImageGenerator(offline_image_latency(s),
                                                failure_rate=s.offline_image_failure_rate,
-                                               call_log=lambda r: JobState(r.job_id).log_offline_call(r.ledger_key)),
+                                               call_log=lambda r: Job(r.job_id).ledger.log_offline_call(r.ledger_key)),
     "replicate": _replicate,
 }
 

@@ -13,10 +13,9 @@ import random
 import time
 from typing import Callable
 
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
-
 from framefleet.tasks.providers.base import ImageGenerationError, ImageRequest, StopCheck
 from framefleet.tasks.providers.offline_latency import LatencyProfile, wait
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 LONG_SIDE = 512
 

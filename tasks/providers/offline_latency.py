@@ -10,9 +10,8 @@ import math
 import random
 import time
 
-from pydantic import BaseModel, Field
-
 from framefleet.tasks.providers.base import GenerationStopped, StopCheck
+from pydantic import BaseModel, Field
 
 # How often a simulated wait polls its stop check.
 STOP_POLL_S = 0.1

@@ -47,7 +47,8 @@ ASPECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "style": (
         ("cinematic", "photorealistic", "film still", "illustration", "painterly", "concept art", "film photograph"),
-        ("cinematic film still, photorealistic detail", "painterly concept-art style", "35mm film photograph, fine grain"),
+        ("cinematic film still, photorealistic detail", "painterly concept-art style",
+         "35mm film photograph, fine grain"),
     ),
 }
 CAMERA_ASPECTS = ("shot type", "lens", "lighting", "composition")
@@ -118,4 +119,5 @@ class OfflinePromptAgents:
         if scores["specificity"] < 100:
             notes.append("Name concrete subjects, materials and textures.")
         overall = round(sum(scores[d] for d in DIMENSIONS) / len(DIMENSIONS), 1)
-        return Critique(scores=scores, overall=overall, critique=" ".join(notes) or "Production ready.", missing=missing)
+        return Critique(scores=scores, overall=overall, critique=" ".join(notes) or "Production ready.",
+                        missing=missing)

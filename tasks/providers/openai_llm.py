@@ -24,13 +24,18 @@ import time
 
 import httpx
 import openai
-from pydantic import BaseModel, Field, ValidationError
-
 from framefleet.config.settings import Settings
-from framefleet.tasks.providers.agents import DIMENSIONS, Critique
 from framefleet.tasks.job.redis import state_client
-from framefleet.tasks.providers.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, account_key,
-                                        requested_pause, retry_after_seconds)
+from framefleet.tasks.providers.agents import DIMENSIONS, Critique
+from framefleet.tasks.providers.ratelimit import (
+    DEFAULT_PAUSE_S,
+    FleetRateLimiter,
+    RateLimitDeadline,
+    account_key,
+    requested_pause,
+    retry_after_seconds,
+)
+from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -23,7 +23,7 @@ import uuid
 from typing import Callable
 
 import redis
-
+from framefleet.tasks.job.keys import RateLimitKeys
 from framefleet.tasks.job.redis import script
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ class FleetRateLimiter:
             raise ValueError(f"max_pause_s must be a finite number of seconds > 0, not {max_pause_s!r}")
         self.client, self.limit, self.window_s, self.token_limit = client, limit, window_s, token_limit
         self.max_pause_s = max_pause_s
-        self.key = f"framefleet:ratelimit:{name}"
-        self.pause_key = f"{self.key}:paused"
+        keys = RateLimitKeys(name)
+        self.key, self.pause_key, self.tokens_key = keys.requests, keys.paused, keys.tokens
         self._take = script(client, "take_rate_slots")
 
     @property
@@ -129,7 +129,7 @@ class FleetRateLimiter:
         keys, args = [self.pause_key, self.key], [self.limit, 1, 0]
         if self.token_limit is not None:
             # A request larger than the whole budget would wait forever: it takes the whole window.
-            keys.append(f"{self.key}:tokens")
+            keys.append(self.tokens_key)
             args += [self.token_limit, max(1, min(tokens, self.token_limit)), 1]
         # Redis server time, so workers with skewed clocks share one window.
         seconds, micros = self.client.time()

@@ -29,17 +29,28 @@ import time
 
 import httpx
 import replicate
-from replicate.exceptions import ReplicateError
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
-
 from framefleet.config.settings import Settings
+from framefleet.tasks.job.keys import JobKeys
+from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.redis import state_client
-from framefleet.tasks.job.state import JobState
 from framefleet.tasks.providers.adapters import image_model_adapter
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
-from framefleet.tasks.providers.replicate_watcher import TERMINAL, PredictionBoard, PredictionWatcher, account_id, api_time
-from framefleet.tasks.providers.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, WaitStopped,
-                                        requested_pause)
+from framefleet.tasks.providers.ratelimit import (
+    DEFAULT_PAUSE_S,
+    FleetRateLimiter,
+    RateLimitDeadline,
+    WaitStopped,
+    requested_pause,
+)
+from framefleet.tasks.providers.replicate_watcher import (
+    TERMINAL,
+    PredictionBoard,
+    PredictionWatcher,
+    account_id,
+    api_time,
+)
+from replicate.exceptions import ReplicateError
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 UPLOAD_LOCK_S = 120
@@ -214,8 +225,7 @@ class ReplicateImageGenerator:
             return self._upload(data, deadline)[0]
         r = self.board.r
         digest = hashlib.sha256(data).hexdigest()
-        url_key = f"framefleet:replicate:job:{job_id}:file:{digest}"
-        lock_key = f"framefleet:replicate:job:{job_id}:upload:{digest}"
+        url_key, lock_key = JobKeys(job_id).replicate_file(digest), JobKeys(job_id).replicate_upload(digest)
         deadline = min(deadline, time.monotonic() + UPLOAD_LOCK_S)
         while (url := r.get(url_key)) is None:
             if r.set(lock_key, "1", nx=True, ex=UPLOAD_LOCK_S):
@@ -251,12 +261,12 @@ class ReplicateImageGenerator:
     def generate(self, request: ImageRequest, should_stop: StopCheck | None = None) -> bytes:
         model = request.model or self.settings.replicate_model
         adapter = image_model_adapter(model)
-        state = JobState(request.job_id) if request.job_id else None
+        job = Job(request.job_id) if request.job_id else None
         frame = request.frame or "?"
         # Uploads and the wait for a creation slot end by the same deadline as a prediction.
         deadline = time.monotonic() + self.settings.replicate_prediction_timeout_s
         self.watcher.ensure_started()
-        prediction_id = state.prediction_id(request.ledger_key) if state and request.ledger_key else None
+        prediction_id = job.ledger.prediction_id(request.ledger_key) if job and request.ledger_key else None
         if prediction_id is None:
             if should_stop and (reason := should_stop()):
                 raise GenerationStopped(reason)
@@ -264,16 +274,16 @@ class ReplicateImageGenerator:
             body = adapter.build_input(request.prompt, images, request.aspect_ratio, request.seed)
 
             def count_wait(seconds: float) -> None:
-                if state:
-                    state.add_costs(frame, creation_waits=1, creation_wait_ms=round(seconds * 1000))
+                if job:
+                    job.ledger.add_costs(frame, creation_waits=1, creation_wait_ms=round(seconds * 1000))
 
             created = self._create(model, body, count_wait, deadline, should_stop)
             self.board.track(created.id, created.created_at)
             prediction_id = created.id
-            if state:
-                state.add_costs(frame, predictions_created=1)
+            if job:
+                job.ledger.add_costs(frame, predictions_created=1)
                 if request.ledger_key:
-                    prediction_id = state.record_prediction(request.ledger_key, created.id)
+                    prediction_id = job.ledger.record_prediction(request.ledger_key, created.id)
                 if prediction_id != created.id:  # another delivery recorded first: keep one, cancel ours
                     self.cancel(created.id)
         else:

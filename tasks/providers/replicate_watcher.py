@@ -9,7 +9,7 @@ missing from the listings for ``replicate_reconcile_after_s`` is fetched on its 
 sweep (the reconcile). When the active process dies its lease expires and another takes over;
 the in-flight set lives in Redis, so nothing is lost.
 
-Keys (``{p}`` = ``framefleet:replicate:{account}``):
+Keys (job/keys.py ReplicateKeys; ``{p}`` = ``framefleet:replicate:{account}``):
   {p}:inflight             zset prediction id → its created_at (Replicate's clock)
   {p}:prediction:{id}      JSON {status, output, error}, published by the watcher
   {p}:wake:{id}            list the watcher pushes to when the prediction ends
@@ -34,9 +34,9 @@ from datetime import datetime
 from typing import Callable
 
 import redis
-
-from framefleet.tasks.job.redis import script
 from framefleet.config.settings import Settings
+from framefleet.tasks.job.keys import ReplicateKeys
+from framefleet.tasks.job.redis import script
 from framefleet.tasks.providers.ratelimit import account_key
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,9 @@ class PredictionBoard:
 
     def __init__(self, client: redis.Redis, account: str):
         self.r = client
-        self.prefix = f"framefleet:replicate:{account}"
-        self.inflight = f"{self.prefix}:inflight"
-        self.lease = f"{self.prefix}:watcher:lease"
-        self.swept = f"{self.prefix}:watcher:swept"
-        self.watchers = f"{self.prefix}:watchers"
+        self.keys = ReplicateKeys(account)
+        self.inflight, self.lease = self.keys.inflight, self.keys.watcher_lease
+        self.swept, self.watchers = self.keys.watcher_swept, self.keys.watchers
 
     def track(self, prediction_id: str, created_at: str | None) -> None:
         self.r.zadd(self.inflight, {prediction_id: api_time(created_at)}, nx=True)
@@ -81,21 +79,21 @@ class PredictionBoard:
 
     def publish(self, prediction_id: str, status: str, output=None, error=None) -> None:
         pipe = self.r.pipeline()
-        pipe.set(f"{self.prefix}:prediction:{prediction_id}",
+        pipe.set(self.keys.prediction(prediction_id),
                  json.dumps({"status": status, "output": output, "error": error}), ex=STATUS_TTL_S)
         if status in TERMINAL:
-            pipe.rpush(f"{self.prefix}:wake:{prediction_id}", status)
-            pipe.expire(f"{self.prefix}:wake:{prediction_id}", STATUS_TTL_S)
+            pipe.rpush(self.keys.wake(prediction_id), status)
+            pipe.expire(self.keys.wake(prediction_id), STATUS_TTL_S)
             pipe.zrem(self.inflight, prediction_id)
         pipe.execute()
 
     def status(self, prediction_id: str) -> dict | None:
-        raw = self.r.get(f"{self.prefix}:prediction:{prediction_id}")
+        raw = self.r.get(self.keys.prediction(prediction_id))
         return json.loads(raw) if raw else None
 
     def wait(self, prediction_id: str, timeout_s: float) -> None:
         """Block until the watcher says the prediction ended, or ``timeout_s`` passed."""
-        self.r.blpop([f"{self.prefix}:wake:{prediction_id}"], timeout=max(0.01, timeout_s))
+        self.r.blpop([self.keys.wake(prediction_id)], timeout=max(0.01, timeout_s))
 
 
 Lister = Callable[[str | None], tuple[list, str | None]]  # cursor → (predictions, next cursor)

@@ -13,10 +13,15 @@ import threading
 from functools import lru_cache
 
 from celery.signals import setup_logging, task_postrun, task_prerun, task_received, worker_init, worker_process_init
-
-from framefleet.config.celery import CREATE_TASKS, ENHANCE_PROMPT, GENERATE_VARIATION, SCORE_VARIATIONS, SELECT_VARIATION
-
-from framefleet.config.logging import setup_logging as configure_logging, task_context
+from framefleet.config.celery import (
+    CREATE_TASKS,
+    ENHANCE_PROMPT,
+    GENERATE_VARIATION,
+    SCORE_VARIATIONS,
+    SELECT_VARIATION,
+)
+from framefleet.config.logging import setup_logging as configure_logging
+from framefleet.config.logging import task_context
 from framefleet.config.settings import get_settings
 from framefleet.scoring import Scorer, create_scorer
 from framefleet.scoring.weights import check_sources

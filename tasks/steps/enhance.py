@@ -1,22 +1,42 @@
-"""The two-agent prompt enhancement loop, independent of which LLM plays the agents.
+"""Enhance one frame's prompt (llm queue): the two-agent loop, then the frame's enhancement stored.
 
 Agent 1 (Creative Director) rewrites the prompt; agent 2 (Prompt Engineer) scores it 0-100 on
-five dimensions and critiques it. The loop stops when the score reaches the threshold, when it
-stops improving by more than ``convergence_epsilon``, or at the iteration cap, and keeps the
-best-scoring prompt (not blindly the last one). Every round goes to the trace callback.
+five dimensions and critiques it. The loop (``enhance_prompt_iterative``, independent of which LLM
+plays the agents) stops when the score reaches the threshold, when it stops improving by more
+than ``convergence_epsilon``, or at the iteration cap, and keeps the best-scoring prompt (not
+blindly the last one). Every round goes to the trace files, and every reply to the job's round
+ledger, so a second run of the step replays the rounds already paid for.
+
+Any failure of the LLM stage takes the seeds' fallback: the original prompt, one image.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Callable, Literal, Protocol
 
+from framefleet.config.settings import get_settings
+from framefleet.tasks.artifacts.keys import (
+    FINAL_PROMPT_TRACE,
+    ORIGINAL_PROMPT_TRACE,
+    SUMMARY_TRACE,
+    agent1_trace_name,
+    agent2_trace_name,
+    trace_key,
+)
+from framefleet.tasks.artifacts.store import fleet_store
+from framefleet.tasks.coordination.budget import BudgetGuard
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.records import Enhancement, FrameRecord
+from framefleet.tasks.job.states import FrameState, Note, NoteKind
+from framefleet.tasks.providers import prompt_agents
+from framefleet.tasks.providers.agents import Critique, PromptAgents
+from framefleet.tasks.providers.ratelimit import RateLimitDeadline
 from pydantic import BaseModel
 
-from framefleet.tasks.artifacts.keys import (FINAL_PROMPT_TRACE, ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE, agent1_trace_name,
-                                             agent2_trace_name)
-from framefleet.tasks.providers.agents import Critique, PromptAgents
+log = logging.getLogger(__name__)
 
 
 class Round(BaseModel):
@@ -136,3 +156,93 @@ def enhance_prompt_iterative(
     trace(FINAL_PROMPT_TRACE, result.final_prompt)
     trace(SUMMARY_TRACE, json.dumps(result.summary(), indent=2))
     return result
+
+
+# The step --------------------------------------------------------------------------------------
+class JobCancelled(Exception):
+    pass
+
+
+class JobRoundLedger:
+    """The round ledger of one frame's enhancement, in the job's ledger."""
+
+    def __init__(self, job: Job, frame: str, prompt: str):
+        self.job, self.frame, self.prompt = job, frame, prompt
+
+    def get(self, iteration: int, agent: str) -> str | None:
+        return self.job.ledger.llm_reply(self.frame, self.prompt, iteration, agent)
+
+    def put(self, iteration: int, agent: str, reply: str) -> None:
+        self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply)
+
+
+def stored_enhancement(job: Job, frame: str) -> Enhancement | None:
+    """The frame's enhancement once it is stored (the step's outcome)."""
+    record = job.frames.get(frame)
+    return record.enhancement if record.state is not FrameState.WAITING else None
+
+
+def enhance_frame(job: Job, frame: str) -> Enhancement | None:
+    """Run the two-agent loop for one frame and store the result; None when cancelled."""
+    spec, settings, store, record = job.spec, get_settings(), fleet_store(), job.frames.get(frame)
+    config = spec.frame_config(record)
+    guard = BudgetGuard(job, spec)
+    started = time.time()
+    agents = None
+
+    def check_cancelled() -> None:
+        if job.cancelled():
+            raise JobCancelled(job.id)
+
+    def fallback(kind: NoteKind, text: str, error: Exception) -> tuple[str, Enhancement]:
+        return record.original_prompt, Enhancement(fallback=True, error=str(error), note=Note(kind=kind, text=text))
+
+    if not config.enhance:  # the job asked for the original prompt (e.g. an evaluation baseline)
+        enhanced, enhancement = record.original_prompt, Enhancement(skipped=True)
+    else:
+        try:
+            if "enhancement" in settings.inject_faults:
+                raise RuntimeError("injected fault: enhancement")
+            agents = prompt_agents(settings, f"{job.id}/{frame}")
+            result = enhance_prompt_iterative(
+                record.original_prompt, agents,
+                max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,
+                convergence_epsilon=config.convergence_epsilon,
+                trace=lambda name, text: None if job.closed() else store.put(
+                    trace_key(job.id, frame, name), text.encode(), "text/plain"),
+                check_cancelled=check_cancelled,
+                ledger=JobRoundLedger(job, frame, record.original_prompt),
+                may_start_round=lambda iteration: guard.llm_round(
+                    frame, iteration, sum(f.status == "pending" for f in job.frames.all().values()),
+                    record.original_prompt),
+            )
+            enhanced = result.final_prompt
+            enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
+        except JobCancelled:
+            return None
+        except BudgetExhausted as error:
+            enhanced, enhancement = fallback(NoteKind.ENHANCEMENT_BUDGET,
+                                             "enhancement skipped (budget): original prompt, single image", error)
+        except RateLimitDeadline as error:  # queued past openai_rate_limit_max_wait_s: the last resort
+            log.warning("enhancement rate limited for %s/%s: %s", job.id, frame, error)
+            enhanced, enhancement = fallback(NoteKind.ENHANCEMENT_RATE_LIMITED,
+                                             "enhancement failed (rate limited): original prompt, single image", error)
+        except Exception as error:  # any failure of the LLM stage takes the seeds' fallback
+            log.warning("enhancement failed for %s/%s: %s; using the original prompt", job.id, frame, error)
+            enhanced, enhancement = fallback(NoteKind.ENHANCEMENT_FAILED,
+                                             "enhancement failed: original prompt, single image", error)
+    if getattr(agents, "usage", None):
+        job.ledger.add_costs(frame, **agents.usage)
+
+    def store_enhancement(current: FrameRecord) -> None:
+        current.enhanced_prompt, current.enhancement = enhanced, enhancement
+        current.timings.enhance = (started, time.time())
+        if enhancement.note is not None:
+            current.add_note(enhancement.note.kind, enhancement.note.text)
+
+    # A late copy, or one that a regenerate overtook with a new prompt, is refused here.
+    job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
+        current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
+                                                                       record.revision))
+    job.progress.prompt_enhanced(spec.kind, len(spec.plan.frames))
+    return enhancement

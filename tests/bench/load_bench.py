@@ -29,19 +29,30 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
-from rich.console import Console
-from rich.table import Table
-
 from framefleet.config.settings import Settings, get_settings
-from tests.bench.pipeline_bench import critical_path
-from tests.bench.stats import (HANDOVER_PARTS, Summary, frame_times, handover_parts, images_stored, job_latency,
-                               queue_waits, round_start_spreads, scheduling_gaps, summarize, wave_bound)
+from framefleet.tasks.artifacts.store import open_store
 from framefleet.workers.app import configure
 from framefleet.workers.cli import demo_request
 from framefleet.workers.client import submit_job, wait_for_job
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
-from framefleet.tasks.artifacts.store import open_store
+from rich.console import Console
+from rich.table import Table
+
+from tests.bench.pipeline_bench import critical_path
+from tests.bench.stats import (
+    HANDOVER_PARTS,
+    Summary,
+    frame_times,
+    handover_parts,
+    images_stored,
+    job_latency,
+    queue_waits,
+    round_start_spreads,
+    scheduling_gaps,
+    summarize,
+    wave_bound,
+)
 
 IMAGES_PER_FRAME = 4
 

@@ -15,18 +15,17 @@ import os
 import tempfile
 import time
 
-from PIL import Image
-from rich.console import Console
-from rich.table import Table
-
+from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.providers.base import ImageRequest
+from framefleet.tasks.providers.offline_images import OfflineImageGenerator
+from framefleet.tasks.providers.offline_llm import OfflinePromptAgents
 from framefleet.tasks.steps.enhance import enhance_prompt_iterative
 from framefleet.workers.cli import demo_request
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
-from framefleet.tasks.providers.base import ImageRequest
-from framefleet.tasks.providers.offline_images import OfflineImageGenerator
-from framefleet.tasks.providers.offline_llm import OfflinePromptAgents
-from framefleet.tasks.artifacts.store import open_store
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
 
 
 def critical_path(manifest: dict) -> float:

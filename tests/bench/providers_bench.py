@@ -14,8 +14,7 @@ once, then frame by frame 4 variations with the chained input images (reference,
 
 Prints calls per endpoint (per real minute, and the busiest budget window against its budget),
 peak predictions in flight, 429s, generation failures and enhancement fallbacks caused by rate
-limits. It runs whichever provider code is on PYTHONPATH (the README's before/after figures ran
-this file against the previous commit's code and the current one).
+limits (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -27,13 +26,13 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from framefleet.workers.local_redis import LocalRedis
 from rich.console import Console
 from rich.table import Table
 
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import png_bytes
-from framefleet.workers.local_redis import LocalRedis
 
 
 def busiest_window(times: list[float], window_s: float) -> int:
@@ -71,8 +70,8 @@ class Bench:
 
     def enhance(self, prompt: str) -> tuple[str, bool]:
         """The enhanced prompt, or the original one and True (the fallback)."""
-        from framefleet.tasks.steps.enhance import enhance_prompt_iterative
         from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
+        from framefleet.tasks.steps.enhance import enhance_prompt_iterative
 
         agents = OpenAIPromptAgents(self.settings)
         try:

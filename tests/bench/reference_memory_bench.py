@@ -18,12 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
+from framefleet.tasks.artifacts.store import open_store
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
-from framefleet.tasks.artifacts.store import open_store
-
+from PIL import Image
 
 
 def peak_rss_mib(pid: int) -> float:

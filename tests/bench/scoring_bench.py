@@ -15,12 +15,11 @@ import json
 import time
 
 import torch
+from framefleet.scoring.models import AestheticHead, ModelScorer
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
-
-from framefleet.scoring.models import AestheticHead, ModelScorer
 
 # Dense tensor-core peaks (no sparsity), FLOP/s, for the GPUs this project is benchmarked on.
 GPU_PEAKS = {"H100": {torch.float16: 989e12, torch.float32: 67e12}, "H200": {torch.float16: 989e12,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from framefleet.config.settings import get_settings
 from framefleet.tasks.artifacts.store import fleet_store
+
 from tests.helpers import purge_queues
 
 

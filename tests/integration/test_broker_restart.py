@@ -11,14 +11,14 @@ import time
 
 import pytest
 import redis
-
 from framefleet.config.celery import QUEUES
-from tests.helpers import storyboard_request, unique_id
-from tests.integration.test_fault_tolerance import FAST, assert_no_image_paid_twice, wait_until
+from framefleet.tasks.artifacts.store import open_store
 from framefleet.workers.client import job_status, submit_job, wait_for_job
 from framefleet.workers.fleet import Fleet, worker_argv
 from framefleet.workers.local_redis import LocalRedis
-from framefleet.tasks.artifacts.store import open_store
+
+from tests.helpers import storyboard_request, unique_id
+from tests.integration.test_fault_tolerance import FAST, assert_no_image_paid_twice, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,15 @@ import json
 import time
 
 import pytest
-
 from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.coordination.budget import BudgetGuard, llm_round_price
-from framefleet.tasks.steps.enhance import enhance_prompt_iterative
+from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.plan import build_frame_plan
-from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
 from framefleet.tasks.job.requests import JobConfig, parse_request
-from framefleet.tasks.job.state import JobSpec, JobState
+from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
+from framefleet.tasks.steps.enhance import enhance_prompt_iterative
+
 from tests.fakes.openai_api import FakeOpenAI
 from tests.helpers import unique_id
 
@@ -33,14 +34,14 @@ def openai_server(monkeypatch, broker_url):
         yield server
 
 
-def openai_job(prompt: str) -> tuple[JobState, JobSpec]:
+def openai_job(prompt: str) -> tuple[Job, JobSpec]:
     """A one-scene job with a spending cap whose LLM stage is OpenAI (stored, so the guard is real)."""
     request = parse_request("references", {"job_id": unique_id("budget-prompt"), "scene_prompts": [prompt],
                                            "overrides": {"max_usd": CAP}})
     spec = JobSpec(job_id=request.job_id, kind="references", aspect_ratio=request.aspect_ratio,
                    config=JobConfig.resolve(get_settings(), request.overrides), plan=build_frame_plan(request),
                    providers={"llm": "openai", "images": "offline"}, submitted=time.time())
-    state = JobState(request.job_id)
+    state = Job(request.job_id)
     state.create(spec)
     return state, spec
 
@@ -66,7 +67,7 @@ def enhance_under_the_cap(server: FakeOpenAI, prompt: str) -> tuple[int, float, 
             prompt, OpenAIPromptAgents(Settings(openai_api_key="sk-test", openai_model="test-model")),
             max_iterations=4, score_threshold=101, convergence_epsilon=0,  # only the budget stops it early
             may_start_round=lambda iteration: guard.llm_round("scene_001", iteration, 0, prompt))
-        return len(result.rounds), state.committed_spend(), paid(server, guard.settings)
+        return len(result.rounds), state.budget.committed(), paid(server, guard.settings)
     finally:
         state.discard()
 
@@ -80,7 +81,7 @@ def test_a_long_prompt_never_commits_more_than_max_usd(openai_server):
 def test_the_reserved_estimate_grows_with_the_prompt(openai_server):
     settings = get_settings()
     spec = openai_job(SHORT)[1]
-    JobState(spec.job_id).discard()
+    Job(spec.job_id).discard()
     assert llm_round_price(spec, settings, LONG) > 2 * llm_round_price(spec, settings, SHORT)
     assert llm_round_price(spec, settings, LONG, iteration=2) > llm_round_price(spec, settings, LONG)
     short_rounds, short_committed, short_spent = enhance_under_the_cap(openai_server, SHORT)

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from framefleet.tasks.artifacts.store import open_store
+from framefleet.workers.local_redis import free_port
 
 from tests.helpers import png_bytes, put_reference, storyboard_request, unique_id
-from framefleet.workers.local_redis import free_port
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

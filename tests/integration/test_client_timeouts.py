@@ -4,10 +4,10 @@ expires unrun, and sending the same request again later is safe (no JobExists fr
 from __future__ import annotations
 
 import pytest
-
+from framefleet.tasks.job.model import Job
 from framefleet.workers.client import NotTaken, submit_job, wait_for_job
 from framefleet.workers.fleet import Fleet
-from framefleet.tasks.job.state import JobState
+
 from tests.conftest import FLEET_START_TIMEOUT_S, TEST_ENV, TEST_SHAPES
 from tests.helpers import purge_queues, storyboard_request, unique_id
 
@@ -28,6 +28,6 @@ def test_a_create_nobody_takes_expires_unrun_and_can_be_sent_again(celery_app, b
         # The intake worker took the expired message and dropped it: the id is still free.
         assert submit_job(celery_app, "storyboard", request) == request["job_id"]
         assert wait_for_job(request["job_id"], timeout_s=60).outcome == "succeeded"
-        assert JobState(request["job_id"]).status().revision == 0
+        assert Job(request["job_id"]).progress.read().revision == 0
     finally:
         fleet.stop()

@@ -7,10 +7,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+from framefleet.tasks.artifacts.keys import thumbnail_key
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.states import PromptSource
 
-from framefleet.tasks.artifacts.keys import ENHANCED, thumbnail_key
-from framefleet.tasks.job.state import JobState
-from tests.helpers import storyboard_request, unique_id
+from tests.helpers import create_here, storyboard_request, unique_id
+
+ENHANCED = PromptSource.ENHANCED
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +22,7 @@ def test_a_thumbnail_that_cannot_be_written_costs_no_score(local_steps, monkeypa
     from framefleet.tasks import entry
 
     store = local_steps
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("thumbs"), 1))["job_id"]
+    job_id = create_here("storyboard", storyboard_request(unique_id("thumbs"), 1))
     frame = "clip_001_start"
     entry.enhance_prompt(job_id, frame)
     results = [entry.generate_variation(job_id, frame, ENHANCED, index) for index in range(1, 5)]
@@ -41,5 +44,5 @@ def test_a_thumbnail_that_cannot_be_written_costs_no_score(local_steps, monkeypa
     assert all(store.exists(key) for key in named.values() if key) and not store.exists(unwritable)
     assert f"no contact-sheet thumbnail of {results[1]['key']}: disk full" in caplog.text
     entry.select_variation(scored, job_id, frame, ENHANCED)
-    record = JobState(job_id).frame(frame)
+    record = Job(job_id).frames.get(frame)
     assert record.status == "succeeded" and [v.thumbnail_key for v in record.variations] == list(named.values())

@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from framefleet.workers.evaluation.report import HEURISTIC_CAVEAT, PLOTS, caveats, render_html
 from PIL import Image
 
 from tests.tiny_models import build_tiny_models, sources_env
-from framefleet.workers.evaluation.report import HEURISTIC_CAVEAT, PLOTS, caveats, render_html
 
 pytestmark = pytest.mark.integration
 

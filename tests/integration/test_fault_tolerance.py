@@ -6,13 +6,13 @@ import json
 import time
 
 import pytest
-
 from framefleet.config.celery import QUEUES, broker_lists
-from framefleet.tasks.job.leases import running_key
-from framefleet.tasks.job.state import JobState
-from tests.helpers import run_job, storyboard_request, unique_id, wait_until
-from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.job.keys import JobKeys
+from framefleet.tasks.job.model import Job
+from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
+
+from tests.helpers import run_job, storyboard_request, unique_id, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def store_env(store) -> dict[str, str]:
 
 def assert_no_image_paid_twice(job_id: str, manifest: dict) -> None:
     """No provider call for a variation after its image had been stored."""
-    calls = JobState(job_id).offline_calls()
+    calls = Job(job_id).ledger.offline_calls()
     for frame in manifest["frames"]:
         for variation in frame["variations"]:
             if variation["key"]:
@@ -101,10 +101,10 @@ def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_tes
     if queue == "images":
         # Killed mid-frame, once all four of the next round hold their leases: a message the worker
         # had taken off the queue but not yet written to kombu's unacked set would be lost, and
-        # only the stall path (FRAMEFLEET_STALL_AFTER_S) recovers that (README, "Resume").
-        client = JobState(job_id).r
+        # only the stall path (FRAMEFLEET_STALL_AFTER_S) recovers that (docs/delivery-guarantees.md).
+        client = Job(job_id).r
         wait_until(lambda: sum(step.startswith("generate:clip_002_start/")
-                               for step in client.hkeys(running_key(job_id))) == 4)
+                               for step in client.hkeys(JobKeys(job_id).running)) == 4)
     fleet.kill(queue)
     fleet.start_worker(queue, suffix="b")
     fleet.wait_ready([fleet.node_name(queue, "b")])
@@ -128,7 +128,7 @@ def test_cancel_mid_job(celery_app, fleet_for_test, store):
     assert 1 <= len(done) < 6 and manifest["frames"][-1]["status"] == "pending"
     assert store.list(f"traces/{job_id}") == []
     time.sleep(1.5)  # anything still queued would have run by now
-    late = [c for c in JobState(job_id).offline_calls() if c["time"] > cancelled_at + 0.8]
+    late = [c for c in Job(job_id).ledger.offline_calls() if c["time"] > cancelled_at + 0.8]
     assert late == []  # calls already sleeping at the cancel finish; nothing new starts
     assert cancel_job(celery_app, job_id)["cancelled"] is False  # already finished
 
@@ -137,15 +137,15 @@ def test_a_cancel_that_revokes_a_queued_finalize_still_finishes_the_job(celery_a
     """A cancel revokes every queued task of the job, a finalize the last selection queued too:
     the job must still reach done. The control worker stops taking tasks while the finalize is
     sent and the job cancelled (as if both came before it got to the finalize)."""
-    from framefleet.tasks.entry import cancel_job as cancel_here
     from framefleet.tasks.coordination.dispatch import send
+    from framefleet.tasks.entry import cancel_job as cancel_here
 
     fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3"}, beat=False)
     assert celery_app.control.cancel_consumer("control", reply=True)
     try:
         job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("cancel-finalize"), 1))
-        state = JobState(job_id)
-        assert state.claim("finalize:0")  # the last selection's dispatch: claim and send
+        state = Job(job_id)
+        assert state.leases.claim("finalize:0")  # the last selection's dispatch: claim and send
         send(state, "framefleet.jobs.finalize", (job_id, 0))
         assert cancel_here(job_id)["cancelled"] is True  # revokes that finalize (the control worker hears it)
     finally:
@@ -181,13 +181,13 @@ def test_resume_after_every_worker_died_and_the_broker_was_wiped(celery_app, fle
 
 
 def test_a_killed_worker_is_recovered_at_the_default_settings(celery_app, fleet_for_test, store):
-    """Default lease (30 s) and watchdog interval (10 s): the recovery time is printed (the README
-    quotes it); the test asserts the job completes and the dead steps were re-driven."""
+    """Default lease (30 s) and watchdog interval (10 s): the recovery time is printed
+    (docs/benchmarks.md); the test asserts the job completes and the dead steps were re-driven."""
     fleet = fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "2"})
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("recover"), 1))
-    state = JobState(job_id)
-    wait_until(lambda: state.frame("clip_001_start").timings.enqueued is not None
-               and len(state.offline_calls()) >= 4)  # all four variations are mid-generation
+    state = Job(job_id)
+    wait_until(lambda: state.frames.get("clip_001_start").timings.enqueued is not None
+               and len(state.ledger.offline_calls()) >= 4)  # all four variations are mid-generation
     fleet.kill("images")
     killed_at = time.time()
     fleet.start_worker("images", suffix="b")
@@ -203,14 +203,14 @@ def test_a_killed_worker_is_recovered_at_the_default_settings(celery_app, fleet_
 def test_no_healthy_queued_job_is_redriven_under_load(celery_app, fleet_for_test, store):
     """40 jobs through 8 image threads: most wait in the queue for a long time. The watchdog (every
     second here) re-drives only steps whose lease expired, so none of them."""
-    from framefleet.tasks.coordination.recovery import WATCHDOG_ROUNDS
+    from framefleet.tasks.job.keys import WATCHDOG_ROUNDS
 
     fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3",
                     "FRAMEFLEET_WATCHDOG_INTERVAL_S": "1", "FRAMEFLEET_STALL_AFTER_S": "1"})
-    rounds_before = int(JobState("x").r.get(WATCHDOG_ROUNDS) or 0)
+    rounds_before = int(Job("x").r.get(WATCHDOG_ROUNDS) or 0)
     job_ids = [submit_job(celery_app, "storyboard", storyboard_request(unique_id(f"load{n}"), 1))
                for n in range(40)]
     statuses = [wait_for_job(job_id, timeout_s=400) for job_id in job_ids]
     assert [s.outcome for s in statuses] == ["succeeded"] * 40
     assert sum(s.redrives for s in statuses) == 0
-    assert int(JobState("x").r.get(WATCHDOG_ROUNDS)) - rounds_before >= 3  # the watchdog was watching
+    assert int(Job("x").r.get(WATCHDOG_ROUNDS)) - rounds_before >= 3  # the watchdog was watching

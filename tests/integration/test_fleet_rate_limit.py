@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from framefleet.tasks.artifacts.store import open_store
 
 from tests.conftest import TEST_SHAPES
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import run_job, storyboard_request, unique_id
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

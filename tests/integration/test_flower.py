@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from framefleet.tasks.artifacts.store import open_store
+from framefleet.workers.local_redis import free_port
 
 from tests.helpers import run_job, storyboard_request, unique_id
 from tests.processes import leftover_processes
-from framefleet.workers.local_redis import free_port
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

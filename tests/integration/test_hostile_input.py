@@ -7,15 +7,15 @@ import json
 import time
 
 import pytest
+from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.job.errors import JobExists
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.requests import RequestError
+from framefleet.workers.client import _send_and_wait, submit_job
 from PIL import Image
 
-from framefleet.tasks.job.requests import RequestError
-from framefleet.tasks.job.errors import JobExists
-from framefleet.tasks.job.state import JobState
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes, run_job, storyboard_request, unique_id
-from framefleet.workers.client import _send_and_wait, submit_job
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +59,8 @@ def refused(celery_app, store, request: dict, field: str, message: str = "", kin
 
 def nothing_written(store, job_id: str) -> None:
     """No job state of any kind in Redis, nothing in the store."""
-    assert not JobState(job_id).exists()
-    assert JobState(job_id).r.keys(f"framefleet:job:{job_id}:*") == []
+    assert not Job(job_id).exists()
+    assert Job(job_id).r.keys(f"framefleet:job:{job_id}:*") == []
     assert store.list(f"jobs/{job_id}") == []
 
 
@@ -111,7 +111,7 @@ def test_a_pickled_task_message_is_refused(celery_app, env):
     ok_id = unique_id("after-pickle")
     run_job(celery_app, "storyboard", storyboard_request(ok_id, 1), store)  # the worker is still serving
     time.sleep(0.5)
-    assert not JobState(job_id).exists() and store.list(f"jobs/{job_id}") == []
+    assert not Job(job_id).exists() and store.list(f"jobs/{job_id}") == []
 
 
 def test_duplicate_job_id_while_the_first_is_known(celery_app, env):

@@ -13,14 +13,22 @@ import threading
 import time
 
 import pytest
-
 from framefleet.tasks.job.errors import BudgetRefused, JobNotFound, RequestError, RevisionRefused
-from framefleet.tasks.job.state import JobState, events_channel
+from framefleet.tasks.job.model import Job
+
 RECEIVED = "mainapp:callbacks"  # tests/callback_app.py (imported only by the main app's worker)
-from tests.helpers import storyboard_request, unique_id, wait_until
-from framefleet.workers.client import (_send_and_wait, cancel_job, choose_candidate, list_jobs, regenerate_frame, submit_job,
-                            wait_for_job)
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.workers.client import (
+    _send_and_wait,
+    cancel_job,
+    choose_candidate,
+    list_jobs,
+    regenerate_frame,
+    submit_job,
+    wait_for_job,
+)
+
+from tests.helpers import storyboard_request, unique_id, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +63,7 @@ def frames_of(manifest: dict) -> dict[str, dict]:
 
 
 def callbacks_for(job_id: str) -> list[dict]:
-    received = [json.loads(m) for m in JobState(job_id).r.lrange(RECEIVED, 0, -1)]
+    received = [json.loads(m) for m in Job(job_id).r.lrange(RECEIVED, 0, -1)]
     return [m for m in received if m["job_id"] == job_id]
 
 
@@ -114,8 +122,7 @@ def test_choose_then_regenerate_make_revisions_that_lose_nothing(celery_app, fle
 
 def test_progress_events_are_published_with_the_revision(celery_app, fleet):
     job_id = unique_id("events")
-    pubsub = JobState(job_id).r.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events_channel(job_id))
+    pubsub = Job(job_id).progress.subscribe()
     events: list[dict] = []
 
     def listen() -> None:
@@ -152,7 +159,7 @@ def test_refusals_name_the_field_and_change_nothing(celery_app, fleet):
         regenerate_frame(celery_app, job_id, "clip_001_start", {"overrides": {"num_variations": 99}})
     with pytest.raises(RequestError, match="options.colour: Extra inputs are not permitted"):
         regenerate_frame(celery_app, job_id, "clip_001_start", {"colour": "red"})
-    assert JobState(job_id).status().revision == 0
+    assert Job(job_id).progress.read().revision == 0
     assert manifest_of(store, job_id) == manifest
 
 
@@ -165,7 +172,7 @@ def test_the_budget_guard_degrades_in_order_and_never_overspends(celery_app, fle
     manifest = manifest_of(store, job_id)
     budget, frames = manifest["budget"], frames_of(manifest)
     assert budget["max_usd"] == cap and budget["committed_usd"] <= cap + 1e-9
-    images_paid = len(JobState(job_id).offline_calls())  # the offline provider's bill
+    images_paid = len(Job(job_id).ledger.offline_calls())  # the offline provider's bill
     spent = manifest["cost"]["total"]["llm_calls"] * 0.001 + images_paid * 0.01
     assert spent <= cap + 0.01  # never more than one call over
     notes = budget["degradations"]
@@ -183,10 +190,10 @@ def test_the_budget_guard_degrades_in_order_and_never_overspends(celery_app, fle
 
     # A revision the cap cannot afford (one image per frame it would generate) is refused up front
     # naming the cap, and changes nothing: no frame loses its selection to the budget.
-    committed = JobState(job_id).committed_spend()
+    committed = Job(job_id).budget.committed()
     with pytest.raises(BudgetRefused, match=r"^overrides\.max_usd: this revision needs at least"):
         regenerate_frame(celery_app, job_id, "clip_001_start", {})
-    assert JobState(job_id).status().revision == 0 and JobState(job_id).committed_spend() == committed
+    assert Job(job_id).progress.read().revision == 0 and Job(job_id).budget.committed() == committed
     assert manifest_of(store, job_id) == manifest
 
 
@@ -223,8 +230,8 @@ def test_cancelling_a_revision_keeps_the_last_finished_one(celery_app, fleet, ma
     request = storyboard_request(unique_id("cancel-rev"), 1, callback={"task": "app.storyboard_done", "queue": "app"})
     job_id = submit_job(celery_app, "storyboard", request)
     assert wait_for_job(job_id, timeout_s=120).outcome == "succeeded"
-    state = JobState(job_id)
-    manifest_bytes, frames = store.get(f"jobs/{job_id}/manifest.json"), state.frames()
+    state = Job(job_id)
+    manifest_bytes, frames = store.get(f"jobs/{job_id}/manifest.json"), state.frames.all()
 
     assert regenerate_frame(celery_app, job_id, "clip_001_start", {})["revision"] == 1
     assert cancel_job(celery_app, job_id) == {"job_id": job_id, "cancelled": True, "revision": 1, "reason": None,
@@ -232,7 +239,7 @@ def test_cancelling_a_revision_keeps_the_last_finished_one(celery_app, fleet, ma
     status = wait_for_job(job_id, timeout_s=60, revision=1)
     assert (status.outcome, status.revision) == ("cancelled", 1) and "keeps its last finished" in status.message
     assert store.get(f"jobs/{job_id}/manifest.json") == manifest_bytes  # the finished revision's manifest
-    assert state.frames() == frames  # every frame as revision 0 left it
+    assert state.frames.all() == frames  # every frame as revision 0 left it
     assert job_id not in {row["job_id"] for row in list_jobs(celery_app, active_only=True)}
     wait_until(lambda: [m["status"] for m in callbacks_for(job_id)] == ["succeeded", "cancelled"])
 
@@ -246,10 +253,10 @@ def test_regenerate_overrides_of_the_enhancement_enhance_again_and_renew_the_job
     store = fleet
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("reenhance"), 1))
     assert wait_for_job(job_id, timeout_s=120).outcome == "succeeded"
-    state = JobState(job_id)
+    state = Job(job_id)
     first = frames_of(manifest_of(store, job_id))["clip_001_start"]
     assert first["enhancement"]["iterations"] > 1
-    assert state.task_ids() == set()  # a finished revision's task ids are dropped: a later cancel revokes its own
+    assert state.ledger.task_ids() == set()  # a finished revision's task ids are dropped: a later cancel revokes its own
     for part in ("spec", "frames", "status"):  # as if the job were near the end of its time in Redis
         state.r.expire(f"framefleet:job:{job_id}:{part}", 100)
 

@@ -12,29 +12,32 @@ import threading
 import time
 
 import pytest
-
 from framefleet.tasks.job.errors import JobNotFound, RequestError
-from framefleet.tasks.artifacts.keys import ENHANCED
-from framefleet.tasks.job.state import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, JobState
+from framefleet.tasks.job.states import PromptSource
+
+ENHANCED = PromptSource.ENHANCED
+from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.states import FrameState
+
 from tests.contracts import check
-from tests.helpers import storyboard_request, unique_id, wait_until
+from tests.helpers import create_here, storyboard_request, unique_id, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def test_percent_never_goes_back_within_a_revision(local_steps):
-    from framefleet.tasks import entry
 
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("percent"), 2))["job_id"]
-    state = JobState(job_id)
+    job_id = create_here("storyboard", storyboard_request(unique_id("percent"), 2))
+    state = Job(job_id)
     pubsub = state.r.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"framefleet:job:{job_id}:events")
     pubsub.get_message(timeout=1)  # the subscription is in place before anything is published
     # The first frame's generation reports 10%; a later frame's enhancement then reports 5%.
-    state.frame_stage("storyboard", "generate", "clip_001_start", 0, 4)
-    state.prompt_enhanced("storyboard", 4)
-    state.prompt_enhanced("storyboard", 4)
-    assert state.status().percent == 10.0
+    state.progress.frame_reached("storyboard", "generate", "clip_001_start", 0, 4)
+    state.progress.prompt_enhanced("storyboard", 4)
+    state.progress.prompt_enhanced("storyboard", 4)
+    assert state.progress.read().percent == 10.0
     events, deadline = [], time.monotonic() + 10
     while len(events) < 3 and time.monotonic() < deadline:
         if (message := pubsub.get_message(timeout=0.5)) is not None:
@@ -51,10 +54,10 @@ def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(loca
     can never be taken off the active list by the finalize before it."""
     from framefleet.tasks import entry
 
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("atomic"), 1))["job_id"]
-    state = JobState(job_id)
+    job_id = create_here("storyboard", storyboard_request(unique_id("atomic"), 1))
+    state = Job(job_id)
     for frame in ("clip_001_start", "clip_001_end"):
-        state.update_frame(frame, lambda r: setattr(r, "status", "skipped"))
+        state.frames.transition(frame, FrameState.SKIPPED, expect=lambda r: True)
     seen = {}
     publish = state.r.publish
 
@@ -73,9 +76,9 @@ def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     image and returns, but writes nothing back to Redis for a job that no longer exists."""
     from framefleet.tasks import entry
 
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("vanish"), 1))["job_id"]
+    job_id = create_here("storyboard", storyboard_request(unique_id("vanish"), 1))
     entry.enhance_prompt(job_id, "clip_001_start")
-    state = JobState(job_id)
+    state = Job(job_id)
     pattern = f"framefleet:job:{job_id}:*"
     errors: list[BaseException] = []
 
@@ -102,11 +105,11 @@ def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
 def test_the_job_list_is_bounded_checked_and_lists_old_running_jobs(local_steps):
     from framefleet.tasks import entry
 
-    old_running = entry.submit_job("storyboard", storyboard_request(unique_id("old-running"), 1))["job_id"]
-    newer = [entry.submit_job("storyboard", storyboard_request(unique_id(f"newer{n}"), 1))["job_id"]
+    old_running = create_here("storyboard", storyboard_request(unique_id("old-running"), 1))
+    newer = [create_here("storyboard", storyboard_request(unique_id(f"newer{n}"), 1))
              for n in range(3)]
     for job_id in newer:
-        JobState(job_id).update_status(state="done", stage="done", outcome="succeeded", active=False)
+        Job(job_id).progress.write(state="done", stage="done", outcome="succeeded", active=False)
     # With ``active_only``, the newest active jobs are listed, not the active ones among the newest.
     active = [row["job_id"] for row in entry.list_jobs(True, 2)]
     assert old_running in active and not set(newer) & set(active)
@@ -121,14 +124,13 @@ def test_the_job_list_is_bounded_checked_and_lists_old_running_jobs(local_steps)
 
 
 def test_the_recent_and_parked_lists_are_trimmed(local_steps):
-    from framefleet.tasks import entry
 
-    state = JobState(unique_id("long-gone"))
+    state = Job(unique_id("long-gone"))
     ttl = state.ttl
-    state.r.zadd(RECENT_JOBS, {state.job_id: time.time() - ttl - 60})  # submitted before the job TTL
-    state.r.hset(PARKED_JOBS, state.job_id, "parked long ago")
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("trim"), 1))["job_id"]
-    assert state.r.zscore(RECENT_JOBS, state.job_id) is None
-    JobState(job_id).park("for the test")
-    assert not state.r.hexists(PARKED_JOBS, state.job_id) and state.r.hget(PARKED_JOBS, job_id) == "for the test"
+    state.r.zadd(RECENT_JOBS, {state.id: time.time() - ttl - 60})  # submitted before the job TTL
+    state.r.hset(PARKED_JOBS, state.id, "parked long ago")
+    job_id = create_here("storyboard", storyboard_request(unique_id("trim"), 1))
+    assert state.r.zscore(RECENT_JOBS, state.id) is None
+    Job(job_id).park("for the test")
+    assert not state.r.hexists(PARKED_JOBS, state.id) and state.r.hget(PARKED_JOBS, job_id) == "for the test"
     assert 0 < state.r.ttl(RECENT_JOBS) <= ttl and 0 < state.r.ttl(PARKED_JOBS) <= ttl

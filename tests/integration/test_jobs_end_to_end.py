@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from framefleet.tasks.artifacts.contact_sheet import candidate_thumbnail
-from framefleet.tasks.artifacts.keys import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE
-from framefleet.tasks.artifacts.keys import thumbnail_key
+from framefleet.tasks.artifacts.images import candidate_thumbnail
+from framefleet.tasks.artifacts.keys import ORIGINAL_PROMPT_TRACE, SUMMARY_TRACE, thumbnail_key
 from framefleet.tasks.artifacts.manifest import decode_image
-from framefleet.tasks.job.state import STAGE_MESSAGES, JobState
-from tests.helpers import png_bytes, put_reference, references_request, run_job, storyboard_request, unique_id
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.progress import STAGE_MESSAGES
+
+from tests.helpers import png_bytes, put_reference, references_request, run_job, storyboard_request, unique_id
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_storyboard_with_reference_chains_every_frame(celery_app, store):
     page = store.get(sheet["html"]).decode()
     assert page.count("<tr>") == 6 and "inputs/reference.png" in page
     assert "variations/clip_003_end/v1.png" in page
-    history = JobState(job_id).history()
+    history = Job(job_id).progress.history()
     messages = STAGE_MESSAGES["storyboard"]
     order = [next(i for i, line in enumerate(history) if messages[stage] in line)
              for stage in ("enhance", "generate", "score")]
@@ -114,7 +114,7 @@ def test_reference_job_chains_scenes_and_keeps_traces(celery_app, store):
         assert {prefix + ORIGINAL_PROMPT_TRACE, prefix + SUMMARY_TRACE, prefix + "01_agent1_iteration_1.txt",
                 prefix + "02_agent2_iteration_1.txt", prefix + "final_enhanced_prompt.txt",
                 prefix + "generation_trace.json"} <= set(traces)
-    history = JobState(job_id).history()
+    history = Job(job_id).progress.history()
     for stage in ("enhance", "generate", "score"):
         assert any(STAGE_MESSAGES["references"][stage] in line for line in history)
 
@@ -137,7 +137,7 @@ def test_bad_request_is_refused_naming_the_field_and_writes_nothing(celery_app, 
     with pytest.raises(RequestError, match=r"clips\.0\.end_prompt"):
         submit_job(celery_app, "storyboard", request)
     with pytest.raises(JobNotFound):
-        JobState(job_id).status()
+        Job(job_id).progress.read()
     missing = storyboard_request(job_id, 1, reference_image="uploads/nowhere.png")
     with pytest.raises(RequestError, match="reference_image"):
         submit_job(celery_app, "storyboard", missing)
@@ -165,8 +165,8 @@ def test_cli_submit_wait_and_status_against_the_configured_broker(celery_app, st
     import json
 
     from framefleet.config.settings import get_settings
-    from framefleet.workers.cli import main
     from framefleet.tasks.artifacts.store import fleet_store
+    from framefleet.workers.cli import main
 
     monkeypatch.setenv("FRAMEFLEET_STORE_URL", store.url)
     get_settings.cache_clear()

@@ -21,11 +21,11 @@ from typing import NamedTuple
 
 import pytest
 import redis
-
 from framefleet.config.celery import broker_lists
-from framefleet.tasks.coordination.dispatch import CONTINUATION, NEW_JOB
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.coordination.dispatch import CONTINUATION, NEW_JOB
 from framefleet.workers.client import wait_for_job
+
 from tests.helpers import storyboard_request, unique_id, wait_until
 
 pytestmark = pytest.mark.integration

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from framefleet.tasks.artifacts.store import open_store
 
 from tests.helpers import put_reference, run_job, storyboard_request, unique_id
 from tests.tiny_models import build_tiny_models, sources_env
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from framefleet.tasks.artifacts.store import open_store
 
 from tests.fakes.openai_api import FakeOpenAI
 from tests.helpers import run_job, storyboard_request, unique_id
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

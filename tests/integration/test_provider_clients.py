@@ -6,18 +6,18 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from framefleet.config.settings import Settings
-from framefleet.tasks.steps.enhance import enhance_prompt_iterative
-from framefleet.tasks.job.state import JobState
-from tests.fakes.openai_api import FakeOpenAI
-from tests.fakes.replicate_api import FakeReplicate
-from tests.helpers import png_bytes, stored_job, unique_id
+from framefleet.tasks.job.model import Job
 from framefleet.tasks.providers.adapters import image_model_adapter
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest
 from framefleet.tasks.providers.openai_llm import EnhancementError, OpenAIPromptAgents
-from framefleet.tasks.providers.replicate_images import ReplicateImageGenerator
 from framefleet.tasks.providers.ratelimit import TRANSIT_MARGIN_S, FleetRateLimiter, RateLimitDeadline
+from framefleet.tasks.providers.replicate_images import ReplicateImageGenerator
+from framefleet.tasks.steps.enhance import enhance_prompt_iterative
+
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.replicate_api import FakeReplicate
+from tests.helpers import png_bytes, stored_job, unique_id
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,7 @@ def test_prediction_with_input_images_uploaded_once_per_job(replicate_server, ge
     assert data == replicate_server.output_png(first["id"])
     assert first["cancel_after"] == 300.0  # the server-side deadline
     assert replicate_server.call_counts()["get"] == 0  # status came from the listings
-    assert JobState(job_id).costs()["total"] == {"predictions_created": 2}
+    assert Job(job_id).ledger.costs()["total"] == {"predictions_created": 2}
 
 
 def test_small_input_images_go_inline_as_data_urls(replicate_server, generator):
@@ -182,7 +182,7 @@ def test_create_429_waits_for_retry_after_then_creates_once(replicate_server, ge
     generator().generate(request(job_id))
     assert time.monotonic() - started >= 1.0
     assert replicate_server.create_attempts == 3 and len(replicate_server.creations) == 1
-    assert JobState(job_id).costs()["total"]["creation_waits"] == 1  # the fleet-wide pause after the 429
+    assert Job(job_id).ledger.costs()["total"]["creation_waits"] == 1  # the fleet-wide pause after the 429
 
 
 def test_failed_prediction_is_an_expected_error(replicate_server, generator):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from framefleet.tasks.artifacts.store import open_store
 
 from tests.helpers import run_job, storyboard_request, unique_id
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,12 @@ import time
 
 import pytest
 import redis
-
 from framefleet.tasks.providers import ratelimit
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError
-from framefleet.tasks.providers.ratelimit import (DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, WaitStopped)
+from framefleet.tasks.providers.ratelimit import DEFAULT_PAUSE_S, FleetRateLimiter, RateLimitDeadline, WaitStopped
+
 from tests.helpers import png_bytes, unique_id
-from tests.integration.test_provider_clients import (agents, generator, openai_server,  # noqa: F401 (fixtures)
-                                                     replicate_server, request)
+from tests.integration.test_provider_clients import agents, generator, openai_server, replicate_server, request  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,17 @@ import threading
 import time
 
 import pytest
-
-from framefleet.tasks.artifacts.keys import ENHANCED
-from framefleet.tasks.job.records import FrameRecord
-from framefleet.tasks.job.state import JobState, StaleWrite
-from tests.helpers import purge_queues, storyboard_request, unique_id
-from framefleet.workers.client import job_status, submit_job, wait_for_job
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.coordination.leases import Lease
+from framefleet.tasks.job.frames import StaleWrite
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.records import FrameRecord
+from framefleet.tasks.job.states import FrameState, PromptSource
+from framefleet.workers.client import job_status, submit_job, wait_for_job
+
+from tests.helpers import create_here, purge_queues, storyboard_request, unique_id
+
+ENHANCED = PromptSource.ENHANCED
 
 pytestmark = pytest.mark.integration
 
@@ -50,35 +54,35 @@ def race(step, *args, copies: int = 2) -> list:
 def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
     from framefleet.tasks import entry
 
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("race"), 1))["job_id"]
-    state = JobState(job_id)
+    job_id = create_here("storyboard", storyboard_request(unique_id("race"), 1))
+    state = Job(job_id)
     frame = "clip_001_start"
 
     enhanced = race(entry.enhance_prompt, job_id, frame)
-    record = state.frame(frame)
+    record = state.frames.get(frame)
     assert enhanced[0] == enhanced[1] and record.enhanced_prompt is not None
-    assert state.status().prompts_enhanced == 1  # counted once
-    assert state.costs()["total"]["llm_calls"] == 2 * record.enhancement.iterations  # each round paid once
+    assert state.progress.read().prompts_enhanced == 1  # counted once
+    assert state.ledger.costs()["total"]["llm_calls"] == 2 * record.enhancement.iterations  # each round paid once
 
     variations = race(entry.generate_variation, job_id, frame, ENHANCED, 1)
     assert variations[0] == variations[1] and variations[0]["key"]
-    assert [c["ledger_key"] for c in state.offline_calls()] == [f"{variations[0]['key']}#0"]  # paid once
+    assert [c["ledger_key"] for c in state.ledger.offline_calls()] == [f"{variations[0]['key']}#0"]  # paid once
 
     results = [variations[0], {"index": 2, "prompt_source": ENHANCED, "error": "provider said no"}]
     scored = race(entry.score_variations, results, job_id, frame)
     assert scored[0] == scored[1]  # the second copy returned the first copy's stored result
 
     race(entry.select_variation, scored[0], job_id, frame, ENHANCED)
-    record = state.frame(frame)
+    record = state.frames.get(frame)
     assert record.status == "succeeded" and record.selected.index == 1
     assert record.fallbacks == ["variation 2 failed: provider said no"]  # written once, not twice
     assert len(record.variations) == 2
 
     for name in ("clip_001_end",):  # settle the rest so finalize has a whole job
-        state.update_frame(name, lambda r: setattr(r, "status", "skipped"))
+        state.frames.transition(name, FrameState.SKIPPED, expect=lambda r: True)
     finished = race(entry.finalize_job, job_id)
     assert finished[0] == finished[1] and finished[0]["status"] == "partial"
-    assert state.status().state == "done"
+    assert state.progress.read().state == "done"
     assert json.loads(local_steps.get(f"jobs/{job_id}/manifest.json"))["status"] == "partial"
     assert state.r.hlen(f"framefleet:job:{job_id}:running") == 0  # every step finished
 
@@ -86,41 +90,50 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
 def test_a_stale_record_is_never_written_back(local_steps):
     from framefleet.tasks import entry
 
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("stale"), 1))["job_id"]
-    state = JobState(job_id)
+    job_id = create_here("storyboard", storyboard_request(unique_id("stale"), 1))
+    state = Job(job_id)
     entry.enhance_prompt(job_id, "clip_001_start")
-    before = state.frame("clip_001_start")
+    before = state.frames.get("clip_001_start")
 
     def late_enhancement(record: FrameRecord) -> None:  # what a late duplicate would try
-        if record.enhanced_prompt is not None:
-            raise StaleWrite("already enhanced")
         record.enhanced_prompt = "stale"
 
+    # A late copy of the enhancement: the frame has moved on (ready, or already generating).
     with pytest.raises(StaleWrite):
-        state.update_frame("clip_001_start", late_enhancement)
-    assert state.frame("clip_001_start") == before
+        state.frames.transition("clip_001_start", FrameState.READY, late_enhancement,
+                                expect=lambda r: r.state is FrameState.WAITING)
+    assert state.frames.get("clip_001_start") == before
+    # A transition the table does not allow is refused even where the step expects nothing.
+    with pytest.raises(StaleWrite, match="cannot become"):
+        state.frames.transition("clip_001_start", FrameState.WAITING, late_enhancement, expect=lambda r: True)
+    assert state.frames.get("clip_001_start") == before
 
-    # Concurrent compare-and-set updates of one record all land (each retried on a conflict).
+    # Concurrent compare-and-set updates of one record all land (each retried on a conflict); a
+    # round re-sent (GENERATING → GENERATING) is the legal self-transition.
+    for step in (FrameState.READY, FrameState.GENERATING):
+        state.frames.transition("clip_001_end", step, expect=lambda r: True)
+
     def add_warning(number: int):
-        return lambda: state.update_frame("clip_001_end", lambda r: r.warnings.append(f"w{number}"))
+        return lambda: state.frames.transition("clip_001_end", FrameState.GENERATING,
+                                               lambda r: r.warnings.append(f"w{number}"), expect=lambda r: True)
 
     threads = [threading.Thread(target=add_warning(n)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(state.frame("clip_001_end").warnings) == [f"w{n}" for n in range(8)]
+    assert sorted(state.frames.get("clip_001_end").warnings) == [f"w{n}" for n in range(8)]
 
 
 def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, celery_app, monkeypatch):
     from framefleet.tasks import entry
     from framefleet.tasks.coordination import recovery
     from framefleet.tasks.coordination.broker import queued_tasks
-    from framefleet.tasks.coordination.recovery import resume
     from framefleet.tasks.coordination.dispatch import dispatch_ready
+    from framefleet.tasks.coordination.recovery import resume
 
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("resume-queued"), 1))["job_id"]
-    state = JobState(job_id)
+    job_id = create_here("storyboard", storyboard_request(unique_id("resume-queued"), 1))
+    state = Job(job_id)
     frames = ["clip_001_start", "clip_001_end"]
 
     def queued() -> list[tuple[str, list]]:
@@ -146,12 +159,12 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
     # that frame itself: resume sends nothing. A later frame's enhancement does not count, nor a
     # dead one (its lease gone): resume sends the round.
     purge_queues(celery_app)
-    later = state.lease(f"enhance:{frames[1]}")
+    later = Lease(state, f"enhance:{frames[1]}")
     assert later.acquire()
     assert resume(state) == "clip_001_start" and queued() == generations
     later.release(finished=True)
     purge_queues(celery_app)
-    lease = state.lease(f"enhance:{frames[0]}")
+    lease = Lease(state, f"enhance:{frames[0]}")
     assert lease.acquire()
     assert resume(state) == "running" and queued() == []
     lease.release(finished=False)
@@ -181,47 +194,49 @@ def test_resume_leaves_queued_steps_alone_and_re_sends_lost_ones(local_steps, ce
 
 
 def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps, celery_app, monkeypatch):
-    """An enhancement that died after storing its prompt may hold the frame's claim with the round
-    unsent (a re-run would find the claim taken): its re-drive sends the round itself, once. With
-    a round in flight it re-sends the enhancement instead, which sends nothing more."""
+    """An enhancement that died after storing its prompt may have taken the next frame (READY →
+    GENERATING) with the round unsent (a re-run would find it taken): its re-drive sends the round
+    itself, once. With a round in flight it re-sends the enhancement instead, which sends nothing more."""
     from framefleet.config.settings import get_settings
     from framefleet.tasks import entry
     from framefleet.tasks.coordination.broker import queued_tasks
-    from framefleet.tasks.coordination.recovery import redrive_dead_steps
     from framefleet.tasks.coordination.dispatch import dispatch_ready
+    from framefleet.tasks.coordination.recovery import redrive_dead_steps
+    from framefleet.tasks.steps.enhance import enhance_frame
 
     monkeypatch.setenv("FRAMEFLEET_MAX_REDRIVES", "10")  # the same step dies here three times
     get_settings.cache_clear()
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("dead-dispatch"), 1))["job_id"]
-    state = JobState(job_id)
-    frame, claim = "clip_001_start", f"enqueue:clip_001_start/0/{ENHANCED}"
+    job_id = create_here("storyboard", storyboard_request(unique_id("dead-dispatch"), 1))
+    state = Job(job_id)
+    frame = "clip_001_start"
     purge_queues(celery_app)
 
     def queued(name: str) -> list[list]:
         return sorted(task.args for task in queued_tasks(job_id) if task.name == name)
 
-    def enhancement_dies(claimed: bool) -> None:
-        lease = state.lease(f"enhance:{frame}")
+    def enhancement_dies(took_the_frame: bool) -> None:
+        lease = Lease(state, f"enhance:{frame}")
         assert lease.acquire()
-        if claimed:
-            assert state.claim(claim)
+        if took_the_frame:
+            state.frames.transition(frame, FrameState.GENERATING, lambda r: setattr(r, "round", ENHANCED),
+                                    expect=lambda r: r.state is FrameState.READY)
         lease.release(finished=False)  # its worker died: the lease is gone, the step still listed
 
-    entry.enhance_frame(state, frame)  # the prompt is stored
+    enhance_frame(state, frame)  # the prompt is stored: the frame is ready
     one_round = [[job_id, frame, ENHANCED, index] for index in range(1, 5)]
-    enhancement_dies(claimed=True)  # after taking the claim, before sending the round
+    enhancement_dies(took_the_frame=True)  # after taking the frame, before sending its round
     assert redrive_dead_steps(state) == [f"enhance:{frame}"]
     assert queued("framefleet.images.generate_variation") == one_round
     assert queued("framefleet.prompts.enhance") == []
 
     purge_queues(celery_app)
-    state.unclaim(claim)
-    enhancement_dies(claimed=False)  # before taking it: the re-drive takes it, nobody sends twice
+    state.frames.transition(frame, FrameState.READY, expect=lambda r: r.state is FrameState.GENERATING)
+    enhancement_dies(took_the_frame=False)  # before taking it: the re-drive takes it, nobody sends twice
     assert redrive_dead_steps(state) == [f"enhance:{frame}"]
     assert dispatch_ready(state) is None
     assert queued("framefleet.images.generate_variation") == one_round
 
-    enhancement_dies(claimed=False)  # now with the frame's round waiting in the broker
+    enhancement_dies(took_the_frame=False)  # now with the frame's round waiting in the broker
     assert redrive_dead_steps(state) == [f"enhance:{frame}"]
     assert queued("framefleet.prompts.enhance") == [[job_id, frame]]
     entry.enhance_prompt(job_id, frame)
@@ -230,12 +245,11 @@ def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps
 
 def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redis_server):
     import redis
-
-    from framefleet.tasks import entry
     from framefleet.config.celery import broker_lists
+    from framefleet.tasks import entry
     from framefleet.tasks.coordination.broker import admit_round, decode_message
 
-    jobs = [entry.submit_job("storyboard", storyboard_request(unique_id("admit"), 1))["job_id"] for _ in range(2)]
+    jobs = [create_here("storyboard", storyboard_request(unique_id("admit"), 1)) for _ in range(2)]
     purge_queues(celery_app)  # their enhancements run here
     for job_id in jobs:
         entry.enhance_prompt(job_id, "clip_001_start")  # enqueues the first frame at the new-job priority
@@ -261,8 +275,8 @@ def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_ap
     fleet_for_test({"FRAMEFLEET_STORE_URL": store.url, "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.1",
                     "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.5"})
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("dup"), 2))
-    state = JobState(job_id)
-    frames = [f.name for f in state.spec().plan.frames]
+    state = Job(job_id)
+    frames = [f.name for f in state.spec.plan.frames]
     # During enhancement: a second copy of every enhancement, and an operator resuming twice.
     for frame in frames:
         celery_app.send_task("framefleet.prompts.enhance", args=[job_id, frame])
@@ -270,7 +284,7 @@ def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_ap
         celery_app.send_task("framefleet.jobs.resume", args=[job_id])
     # During frame 1's generation: a second copy of each variation, and two more resumes.
     deadline = time.monotonic() + 60
-    while state.frame(frames[0]).timings.enqueued is None:
+    while state.frames.get(frames[0]).timings.enqueued is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     for index in range(1, 5):
@@ -284,10 +298,10 @@ def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_ap
     records = {f["name"]: f for f in manifest["frames"]}
     for previous, frame in zip(frames, frames[1:]):  # every chained frame chains from its predecessor
         assert records[previous]["selected"]["frame_key"] in records[frame]["inputs"]
-    ledger = [c["ledger_key"] for c in state.offline_calls()]
+    ledger = [c["ledger_key"] for c in state.ledger.offline_calls()]
     assert len(ledger) == len(set(ledger)) == 4 * len(frames)  # every image paid exactly once
     assert manifest["cost"]["total"]["llm_calls"] == sum(2 * f["enhancement"]["iterations"] for f in manifest["frames"])
     time.sleep(2.0)  # late duplicates have run by now: nothing flips back
     assert job_status(job_id).state == "done"
     assert json.loads(store.get(f"jobs/{job_id}/manifest.json")) == manifest
-    assert all(r.status == "succeeded" for r in state.frames().values())
+    assert all(r.status == "succeeded" for r in state.frames.all().values())

@@ -6,12 +6,12 @@ import time
 from collections import Counter
 
 import pytest
-
 from framefleet.tasks.artifacts.keys import variation_seed
+from framefleet.tasks.artifacts.store import open_store
+
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
 from tests.helpers import put_reference, run_job, storyboard_request, unique_id
-from framefleet.tasks.artifacts.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +31,7 @@ def services(tmp_path_factory, start_fleet):
             "FRAMEFLEET_SCORER": "heuristic", "FRAMEFLEET_LOG_LEVEL": "DEBUG",
         })
         yield open_store(f"file://{root}"), openai_api, replicate_api, fleet, root
+        fleet.stop()  # while the stand-ins still answer: a cancelled variation's last call reaches them
 
 
 def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
@@ -58,7 +59,7 @@ def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
     for frame in frames.values():
         assert frame["enhanced_prompt"].endswith(" refined refined")  # two rounds: 75, then 90 ≥ 85
         assert frame["enhancement"] == {"iterations": 2, "final_score": 90.0, "fallback": False, "error": None,
-                                        "skipped": False}
+                                        "skipped": False, "note": None}
         assert len(frame["variations"]) == 4 and all(v["key"] for v in frame["variations"])
     # clip 2's start frame: the model's image_input carries the reference and clip 1's end frame.
     clip2 = [c for c in creations if c["input"]["prompt"] == frames["clip_002_start"]["enhanced_prompt"]]

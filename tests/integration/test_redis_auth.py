@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import redis
-
 from framefleet.config.celery import celery_config
 from framefleet.config.settings import Settings
-from framefleet.tasks.job.state import JobState
+from framefleet.tasks.job.model import Job
 from framefleet.workers.local_redis import LocalRedis
 
 pytestmark = pytest.mark.integration
@@ -19,7 +18,7 @@ def test_password_in_the_url_is_used_and_required():
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=server.port).ping()
         client = redis.Redis.from_url(server.url, decode_responses=True)
-        state = JobState("auth-job", client=client)
+        state = Job("auth-job", client=client)
         state.cancel(0)
         assert state.cancelled()
         config = celery_config(Settings(broker_url=server.url))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from framefleet.config.settings import Settings
+from framefleet.tasks.artifacts.inputs import fetch_url
 from framefleet.tasks.job.requests import RequestError
+
 from tests.fakes.http import LocalServer
 from tests.helpers import png_bytes
-from framefleet.tasks.artifacts.inputs import fetch_url
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from framefleet.tasks.job.requests import RequestError
-from framefleet.tasks.job.state import ACTIVE_JOBS, JobState
-from tests.helpers import png_bytes, storyboard_request, unique_id
-from framefleet.workers.client import _send_and_wait, cancel_job, job_status, submit_job, wait_for_job
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.job.keys import ACTIVE_JOBS
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.requests import RequestError
+from framefleet.workers.client import _send_and_wait, cancel_job, job_status, submit_job, wait_for_job
+
+from tests.helpers import png_bytes, storyboard_request, unique_id
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def test_non_finite_numbers_are_refused_naming_the_field(celery_app, fleet, over
     text = json.dumps(request)  # JSON text with Infinity/NaN, as another language's client may send
     with pytest.raises(RequestError, match=field):
         submit_job(celery_app, "storyboard", text)
-    assert not JobState(request["job_id"]).exists()
+    assert not Job(request["job_id"]).exists()
 
 
 @pytest.mark.parametrize("args", [[], [{"clips": []}, {"clips": []}]])
@@ -64,7 +65,7 @@ def test_a_create_whose_store_write_fails_leaves_nothing_and_frees_the_id(celery
     request = storyboard_request(job_id, 1, reference_image=f"uploads/{job_id}/ref.png")
     with pytest.raises(Exception):  # the store's own error reaches the caller
         submit_job(celery_app, "storyboard", request)
-    state = JobState(job_id)
+    state = Job(job_id)
     assert not state.exists() and not state.r.sismember(ACTIVE_JOBS, job_id)
     blocker.unlink()
     assert submit_job(celery_app, "storyboard", request) == job_id  # the id was given back
@@ -87,15 +88,15 @@ def test_a_cancel_during_enhancement_leaves_no_trace_files_behind(celery_app, fl
 
 def test_resume_of_a_running_job_repeats_nothing(celery_app, fleet):
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("resume-running"), 2))
-    state = JobState(job_id)
+    state = Job(job_id)
     deadline = time.monotonic() + 60
-    while state.frame("clip_001_start").timings.enqueued is None:
+    while state.frames.get("clip_001_start").timings.enqueued is None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     answer = _send_and_wait(celery_app, "framefleet.jobs.resume", job_id)["resumed_at"]
     assert answer == "running"  # the frame's steps hold live leases: nothing re-sent
     assert wait_for_job(job_id, timeout_s=120).outcome == "succeeded"
-    ledger = [c["ledger_key"] for c in state.offline_calls()]
+    ledger = [c["ledger_key"] for c in state.ledger.offline_calls()]
     assert len(ledger) == len(set(ledger)) == 16
     assert json.loads(fleet[1].get(f"jobs/{job_id}/manifest.json"))["cost"]["total"]["images_stored"] == 16
     assert job_status(job_id).redrives == 0

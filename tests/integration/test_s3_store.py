@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from framefleet.tasks.artifacts.store import S3Store
+from framefleet.workers.local_redis import free_port
 from moto.server import ThreadedMotoServer
 
 from tests.helpers import put_reference, references_request, run_job, storyboard_request, unique_id
-from framefleet.workers.local_redis import free_port
-from framefleet.tasks.artifacts.store import S3Store
 
 pytestmark = pytest.mark.integration
 

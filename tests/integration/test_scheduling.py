@@ -9,12 +9,12 @@ import json
 import re
 
 import pytest
-
-from framefleet.tasks.job.state import JobState
-from tests.helpers import storyboard_request, unique_id
-from framefleet.workers.client import submit_job, wait_for_job
-from framefleet.tasks.providers.offline_latency import LatencyProfile
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.providers.offline_latency import LatencyProfile
+from framefleet.workers.client import submit_job, wait_for_job
+
+from tests.helpers import storyboard_request, unique_id
 
 pytestmark = pytest.mark.integration
 
@@ -97,5 +97,5 @@ def test_a_cold_variation_is_cut_and_the_frame_ranked_on_the_rest(celery_app, fl
     assert sum(1 for v in start["variations"] if v["key"]) == 3  # ranked on MIN_VARIATIONS candidates
     assert f"variation {cut[0]['index']} failed: {cut[0]['error']}" in start["fallbacks"]
     assert manifest["cost"]["frames"]["clip_001_start"]["straggler_cuts"] == 1
-    calls = [c["ledger_key"] for c in JobState(job_id).offline_calls()]
+    calls = [c["ledger_key"] for c in Job(job_id).ledger.offline_calls()]
     assert len(calls) == 8  # the cut variation was not retried

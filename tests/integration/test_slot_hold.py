@@ -12,15 +12,18 @@ import threading
 
 import pytest
 import redis
-
 from framefleet.config.celery import broker_lists
 from framefleet.config.settings import get_settings
-from framefleet.tasks.artifacts.keys import ENHANCED
-from framefleet.tasks.coordination.slot_hold import SlotHold, slot_hold_due
-from framefleet.tasks.job.state import JobState
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.coordination.leases import Lease
+from framefleet.tasks.coordination.slot_hold import SlotHold, slot_hold_due
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.states import PromptSource
 from framefleet.workers.client import job_status, submit_job, wait_for_job
-from tests.helpers import storyboard_request, unique_id, wait_until
+
+from tests.helpers import create_here, storyboard_request, unique_id, wait_until
+
+ENHANCED = PromptSource.ENHANCED
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +40,7 @@ def enqueued_job(local_steps, monkeypatch):
             monkeypatch.setenv(f"FRAMEFLEET_{name}", value)
         get_settings.cache_clear()
 
-    job_id = entry.submit_job("storyboard", storyboard_request(unique_id("hold"), 1))["job_id"]
+    job_id = create_here("storyboard", storyboard_request(unique_id("hold"), 1))
     for frame in FRAMES:
         entry.enhance_prompt(job_id, frame)
     return job_id, settings
@@ -45,9 +48,9 @@ def enqueued_job(local_steps, monkeypatch):
 
 def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame_is_to_run(enqueued_job, broker_url):
     job_id, settings = enqueued_job
-    state = JobState(job_id)
-    spec = state.spec()
-    assert state.rounds_enqueued() == 1
+    state = Job(job_id)
+    spec = state.spec
+    assert state.rounds.enqueued() == 1
     due = slot_hold_due(state, spec, FRAMES[0], 0, ENHANCED, 4)
     assert due == SlotHold(job_id, FRAMES[0], 0, ENHANCED, 4, 1)  # waits for the job's second round
     assert slot_hold_due(state, spec, FRAMES[1], 0, ENHANCED, 4) is None  # nothing of the job runs after it
@@ -69,12 +72,12 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
 
     job_id, settings = enqueued_job
     monkeypatch.setattr(slot_hold, "CHECK_S", 30.0)  # only the wake-up (or a deadline) can end a hold
-    state = JobState(job_id)
+    state = Job(job_id)
     settings(SLOT_HOLD_SIBLINGS_S="0.2", SLOT_HOLD_S="0.2")
     results = [entry.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
     # Its 3 siblings have not started (in a fleet: they wait for a slot): the slot is theirs.
     assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "a sibling waits for a slot"
-    siblings = [state.lease(f"generate:{FRAMES[0]}/0/{ENHANCED}/{index}") for index in (2, 3, 4)]
+    siblings = [Lease(state, f"generate:{FRAMES[0]}/0/{ENHANCED}/{index}") for index in (2, 3, 4)]
     assert all(lease.acquire() for lease in siblings)  # now they run (hold their steps' leases)
     assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "round still running"  # 1 of 4 stored
     for lease in siblings:
@@ -91,8 +94,8 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     scored = entry.score_variations(results, job_id, FRAMES[0])
     entry.select_variation(scored, job_id, FRAMES[0], ENHANCED)
     holder.join(30)
-    assert ended == ["next round enqueued"] and state.rounds_enqueued() == 2
-    assert state.frame(FRAMES[1]).timings.enqueued is not None
+    assert ended == ["next round enqueued"] and state.rounds.enqueued() == 2
+    assert state.frames.get(FRAMES[1]).timings.enqueued is not None
 
     with monkeypatch.context() as patch:  # a worker whose pool also serves selection: no hold
         patch.setattr(slot_hold, "consumed_queues", lambda: frozenset({"images", "control"}))

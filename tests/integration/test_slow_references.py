@@ -8,11 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from framefleet.tasks.job.requests import RequestError
-from framefleet.tasks.job.state import JobState
 from framefleet.tasks.artifacts.store import open_store
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.requests import RequestError
 from framefleet.workers.client import submit_job, wait_for_job
+
 from tests.fakes.http import LocalServer
 from tests.helpers import storyboard_request, unique_id
 
@@ -69,4 +69,4 @@ def test_slow_references_never_delay_other_jobs(celery_app, start_fleet, tmp_pat
     assert status.outcome == "succeeded"
     assert len(failures) == 4 and all("reference_image: " in why and "deadline" in why for _, why in failures)
     assert finished < min(when for when, _ in failures)  # the other job was done before the slow ones gave up
-    assert not any(JobState(r["job_id"]).exists() for r in slow_requests)  # refused: nothing written
+    assert not any(Job(r["job_id"]).exists() for r in slow_requests)  # refused: nothing written

@@ -2,8 +2,17 @@ import math
 
 import pytest
 
-from tests.bench.stats import (HANDOVER_PARTS, frame_times, handover_parts, images_stored, job_latency,
-                               round_start_spreads, scheduling_gaps, summarize, wave_bound)
+from tests.bench.stats import (
+    HANDOVER_PARTS,
+    frame_times,
+    handover_parts,
+    images_stored,
+    job_latency,
+    round_start_spreads,
+    scheduling_gaps,
+    summarize,
+    wave_bound,
+)
 
 
 def frame(enqueued, variations, score, keys=4):

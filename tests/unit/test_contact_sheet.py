@@ -2,14 +2,15 @@ import io
 from types import SimpleNamespace
 
 import pytest
-
-from PIL import Image
-
-from framefleet.tasks.artifacts.contact_sheet import SELECTED, candidate_thumbnail, render_contact_html, render_contact_sheet
-from framefleet.tasks.artifacts.keys import ENHANCED, ORIGINAL, thumbnail_key, variation_key
+from framefleet.tasks.artifacts.contact_sheet import SELECTED, render_contact_html, render_contact_sheet
+from framefleet.tasks.artifacts.images import candidate_thumbnail
+from framefleet.tasks.artifacts.keys import thumbnail_key, variation_key
 from framefleet.tasks.artifacts.manifest import write_contact_sheet
 from framefleet.tasks.job.records import FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
+from framefleet.tasks.job.states import PromptSource
+from PIL import Image
 
+ENHANCED, ORIGINAL = PromptSource.ENHANCED, PromptSource.ORIGINAL
 COLOURS = {"in.png": (0, 0, 255), "v1.png": (255, 0, 0), "v2.png": (0, 255, 0)}
 
 

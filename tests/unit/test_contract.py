@@ -7,12 +7,11 @@ import json
 
 import pytest
 from celery import Celery
-from pydantic import ValidationError
-
 from framefleet.tasks.job.errors import ERRORS, BudgetRefused, JobExists, JobNotFound, RequestError, RevisionRefused
 from framefleet.tasks.job.records import TASK_RESULTS
 from framefleet.tasks.job.requests import Callback
 from framefleet.workers.cli import contract_schema, main
+from pydantic import ValidationError
 
 
 @pytest.mark.parametrize("error", [RequestError("clips.0.end_prompt: String should have at least 1 character"),

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kombu.transport import redis as kombu_redis
-
 from framefleet.config.celery import QUEUES, broker_lists, celery_config
 from framefleet.config.settings import Settings
+from kombu.transport import redis as kombu_redis
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -1,11 +1,10 @@
 import json
 
 import pytest
-
 from framefleet.tasks.artifacts.keys import agent1_trace_name, agent2_trace_name
 from framefleet.tasks.providers.agents import Critique
-from framefleet.tasks.steps.enhance import enhance_prompt_iterative
 from framefleet.tasks.providers.offline_llm import ASPECTS, OfflinePromptAgents, present_aspects, rubric
+from framefleet.tasks.steps.enhance import enhance_prompt_iterative
 
 
 class ScriptedAgents:

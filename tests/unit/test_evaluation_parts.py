@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from framefleet.scoring.similarity import colour_layout_embeddings, cosine
 from framefleet.tasks.job.requests import RequestError
 from framefleet.workers.evaluation.metrics import mean_ci
 from framefleet.workers.evaluation.prompts import load_prompt_set, shipped_storyboards
+from PIL import Image
 
 
 def test_plain_text_prompts_become_one_scene_reference_jobs(tmp_path):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image
-
 from framefleet.config.settings import Settings
-from framefleet.tasks.job.requests import RequestError
 from framefleet.tasks.artifacts.inputs import normalise_image
+from framefleet.tasks.job.requests import RequestError
+from PIL import Image
 
 SETTINGS = Settings(max_image_pixels=1_000_000, max_image_bytes=2_000_000)
 

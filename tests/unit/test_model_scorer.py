@@ -6,12 +6,17 @@ import math
 
 import pytest
 import torch
+from framefleet.scoring import create_scorer, overall_score
+from framefleet.scoring.models import (
+    AestheticHead,
+    aesthetic_to_100,
+    clip_score_to_100,
+    load_aesthetic_head,
+    pickscore_to_100,
+)
+from framefleet.scoring.weights import ModelSources, WeightsMissing, check_sources
 from PIL import Image
 
-from framefleet.scoring import create_scorer, overall_score
-from framefleet.scoring.models import (AestheticHead, aesthetic_to_100, clip_score_to_100, load_aesthetic_head,
-                            pickscore_to_100)
-from framefleet.scoring.weights import ModelSources, WeightsMissing, check_sources
 from tests.tiny_models import build_tiny_models
 
 WEIGHTS = {"pickscore": 0.5, "clip_score": 0.25, "aesthetic": 0.25}

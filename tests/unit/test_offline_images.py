@@ -2,10 +2,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from framefleet.tasks.providers.base import ImageGenerationError, ImageRequest
 from framefleet.tasks.providers.offline_images import OfflineImageGenerator
+from PIL import Image
 
 
 def generate(**kwargs):

@@ -1,7 +1,6 @@
 import statistics
 
 import pytest
-
 from framefleet.config.settings import Settings
 from framefleet.tasks.providers import offline_image_latency, prompt_agents
 from framefleet.tasks.providers.base import GenerationStopped, ImageRequest

@@ -9,11 +9,10 @@ import time
 
 import httpx
 import pytest
-
 from framefleet.tasks.providers import ratelimit
 from framefleet.tasks.providers.openai_llm import retry_delay
-from framefleet.tasks.providers.replicate_images import retry_after
 from framefleet.tasks.providers.ratelimit import DEFAULT_PAUSE_S, requested_pause
+from framefleet.tasks.providers.replicate_images import retry_after
 
 UNUSABLE = ["inf", "-inf", "Infinity", "nan", "NaN", "-5", "-0.5", "garbage", "30s", "1e400", "9" * 400]
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+from framefleet.tasks.job.requests import ReferenceImagesRequest, RequestError, StoryboardRequest, parse_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from framefleet.tasks.job.requests import ReferenceImagesRequest, RequestError, StoryboardRequest, parse_request
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),

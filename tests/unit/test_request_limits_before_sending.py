@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from framefleet.config.settings import get_settings
 from framefleet.tasks.job.requests import RequestError
 from framefleet.workers import client

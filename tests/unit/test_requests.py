@@ -1,10 +1,9 @@
 import json
 
 import pytest
-from pydantic import ValidationError
-
 from framefleet.config.settings import Settings
 from framefleet.tasks.job.requests import JobConfig, JobOverrides, RequestError, parse_request
+from pydantic import ValidationError
 
 CLIP = {"start_prompt": "a", "end_prompt": "b"}
 
@@ -67,10 +66,8 @@ def test_overrides_merge_over_settings():
 
 
 # Issue 21: bounded text fields, the woven prompt, and the pre-check before validation ---------
-from framefleet.tasks.job import requests as requests_module  # noqa: E402
 from framefleet.tasks.job.plan import weave_scene_prompt  # noqa: E402
-from framefleet.tasks.job.requests import (MAX_GUIDELINES, MAX_MARKERS, REQUEST_MODELS,  # noqa: E402
-                                       precheck_request)
+from framefleet.tasks.job.requests import MAX_GUIDELINES, MAX_MARKERS, REQUEST_MODELS, precheck_request  # noqa: E402
 
 SCENES = {"scene_prompts": ["the keeper walks the cliff path", "the keeper opens the door", "the lamp is lit"]}
 

@@ -8,11 +8,18 @@ import re
 from pathlib import Path
 
 import pytest
-from jsonschema import Draft202012Validator, ValidationError
-
-from framefleet.tasks.job.records import CompletionCallback, FrameRecord, JobTimings, Manifest, Scores, Selection, VariationRecord
+from framefleet.tasks.job.records import (
+    CompletionCallback,
+    FrameRecord,
+    JobTimings,
+    Manifest,
+    Scores,
+    Selection,
+    VariationRecord,
+)
 from framefleet.tasks.job.requests import RequestError, parse_request
 from framefleet.workers.cli import main
+from jsonschema import Draft202012Validator, ValidationError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

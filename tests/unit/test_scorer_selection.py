@@ -6,12 +6,12 @@ import json
 import logging
 
 import pytest
-from PIL import Image
-
 from framefleet.config.settings import get_settings
-from tests.tiny_models import build_tiny_models, sources_env
 from framefleet.tasks.runtime import bootstrap
 from framefleet.workers.cli import main
+from PIL import Image
+
+from tests.tiny_models import build_tiny_models, sources_env
 
 
 @pytest.fixture(scope="module")

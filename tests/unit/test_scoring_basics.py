@@ -2,10 +2,9 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image, ImageDraw
-
 from framefleet.scoring import MetricScores, Ranked, create_scorer, overall_score, rank_images_by_quality
 from framefleet.scoring.heuristic import image_statistics
+from PIL import Image, ImageDraw
 
 WEIGHTS = {"pickscore": 0.5, "clip_score": 0.25, "aesthetic": 0.25}
 

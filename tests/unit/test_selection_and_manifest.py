@@ -3,18 +3,20 @@
 import json
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.artifacts.keys import ENHANCED, ORIGINAL
 from framefleet.tasks.artifacts.manifest import build_manifest
-from framefleet.tasks.entry import prompt_for, select_best_variation
 from framefleet.tasks.job.plan import build_frame_plan
 from framefleet.tasks.job.records import FrameRecord, Scores, Selection, VariationRecord
 from framefleet.tasks.job.requests import JobConfig, JobOverrides, parse_request
-from framefleet.tasks.job.state import JobSpec
+from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.job.states import Note, NoteKind, PromptSource
+from framefleet.tasks.steps.generate import prompt_for
+from framefleet.tasks.steps.select import best_variation
 
 MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "failed_clips", "warnings", "timings", "cost", "contact_sheet", "revision", "budget",
                  "frames"}
 FRAME_KEYS = {"name", "clip", "status", "revision", "inputs", "original_prompt", "enhanced_prompt", "enhancement", "variations",
-              "selected", "scorer", "warnings", "fallbacks", "timings", "overrides", "history"}
+              "selected", "scorer", "warnings", "fallbacks", "timings", "overrides", "history",
+              "state", "round", "notes"}  # the job model: its state machine and typed notes
 
 
 def variation(index, overall=None, pickscore=None, key=True):
@@ -25,17 +27,17 @@ def variation(index, overall=None, pickscore=None, key=True):
 
 def test_selects_rank_one_and_ranks_every_scored_variation():
     variations = [variation(1, 40, 10), variation(2, 90, 50), variation(3, key=False), variation(4, 90, 70)]
-    fallbacks = []
-    chosen = select_best_variation(variations, None, fallbacks)
-    assert chosen.index == 4 and fallbacks == []
+    notes = []
+    chosen = best_variation(variations, None, notes)
+    assert chosen.index == 4 and notes == []
     assert [v.rank for v in variations] == [3, 2, None, 1]
 
 
 def test_scoring_failure_takes_the_first_generated_image_unranked():
     variations = [variation(1, key=False), variation(2), variation(3)]
-    fallbacks = []
-    assert select_best_variation(variations, "CUDA out of memory", fallbacks).index == 2
-    assert fallbacks == ["scoring failed: first generated image, unranked"]
+    notes = []
+    assert best_variation(variations, "CUDA out of memory", notes).index == 2
+    assert notes == [Note(kind=NoteKind.SCORING_FAILED, text="scoring failed: first generated image, unranked")]
     assert all(v.rank is None for v in variations)
 
 
@@ -75,5 +77,5 @@ def test_manifest_schema_and_outcomes():
 
 def test_images_are_scored_against_the_prompt_they_were_generated_from():
     record = FrameRecord(name="f", original_prompt="a keeper", enhanced_prompt="a keeper, 35mm lens, dusk light")
-    assert prompt_for(record, ENHANCED) == "a keeper, 35mm lens, dusk light"
-    assert prompt_for(record, ORIGINAL) == "a keeper"  # the generation fallback
+    assert prompt_for(record, PromptSource.ENHANCED) == "a keeper, 35mm lens, dusk light"
+    assert prompt_for(record, PromptSource.ORIGINAL) == "a keeper"  # the generation fallback

@@ -7,10 +7,9 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from framefleet.config.settings import Settings
-from framefleet.tasks.job.requests import RequestError
 from framefleet.tasks.artifacts.inputs import check_url_host
+from framefleet.tasks.job.requests import RequestError
 
 SETTINGS = Settings()
 

@@ -2,9 +2,8 @@ import threading
 
 import boto3
 import pytest
-from moto import mock_aws
-
 from framefleet.tasks.artifacts.store import LocalStore, S3Store, open_store, read_in_parallel
+from moto import mock_aws
 
 
 def exercise(store):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from rich.text import Text
-
 from framefleet.workers.cli import fleet, jobs, models, schema
 from framefleet.workers.cli.common import ORDINARY_ERRORS, errors, load_settings
+from framefleet.workers.cli.fleet import demo_request
 from framefleet.workers.cli.jobs import prepare_request, read_request
 from framefleet.workers.cli.schema import contract_schema
-from framefleet.workers.cli.fleet import demo_request
+from rich.text import Text
 
 __all__ = ["build_parser", "contract_schema", "demo_request", "main", "prepare_request", "read_request"]
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
-from rich.console import Console
-
 from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.job.errors import ERRORS, RequestError
 from framefleet.workers.client import FleetUnavailable
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from rich.console import Console
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True, highlight=False)

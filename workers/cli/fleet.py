@@ -55,7 +55,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from celery.bin.celery import celery as celery_command
-
     from framefleet.workers.fleet import worker_argv
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -64,7 +63,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise RequestError(f"queues: unknown {unknown}, expected some of {list(QUEUES)}")
     # Not app.worker_main(): Celery.start() drops the exit code click returns, so a worker ended by
     # "Unrecoverable error" would exit 0 and its supervisor would not see the failure.
-    argv = ["--app", "framefleet.workers.app", *worker_argv(queues, args.pool, args.concurrency, args.name, args.loglevel)]
+    argv = ["--app", "framefleet.workers.app",
+            *worker_argv(queues, args.pool, args.concurrency, args.name, args.loglevel)]
     return celery_command.main(args=argv, standalone_mode=False) or 0
 
 
@@ -88,13 +88,15 @@ def cmd_flower(args: argparse.Namespace) -> int:
         if not loopback:  # no auth: never on an interface other machines reach
             raise RequestError(f"address: --local-only runs Flower without auth, on loopback only, not {address!r}")
         address = address or "127.0.0.1"
-    argv = [sys.executable, "-m", "celery", "-A", "framefleet.workers.app", "flower", f"--port={args.port or settings.flower_port}"]
+    argv = [sys.executable, "-m", "celery", "-A", "framefleet.workers.app", "flower",
+            f"--port={args.port or settings.flower_port}"]
     if address is not None:
         argv.append(f"--address={address}")
     env = dict(os.environ)
     if not args.local_only:
         if settings.flower_basic_auth is None:
-            raise RequestError("flower_basic_auth: set FRAMEFLEET_FLOWER_BASIC_AUTH=user:password, or pass --local-only")
+            raise RequestError("flower_basic_auth: set FRAMEFLEET_FLOWER_BASIC_AUTH=user:password, "
+                               "or pass --local-only")
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()  # not on the command line
     # Become Flower rather than wait on it: a signal to this process then reaches Flower itself,
     # and no Flower is left orphaned when whoever started `framefleet flower` stops it.
@@ -119,7 +121,8 @@ def register(sub) -> None:
     flower = sub.add_parser("flower", help="run Flower on the configured broker")
     flower.add_argument("--port", type=int)
     flower.add_argument("--address", metavar="ADDR",
-                        help="the interface to listen on (default: every interface); 127.0.0.1 keeps it on this machine")
+                        help="the interface to listen on (default: every interface); 127.0.0.1 keeps it "
+                             "on this machine")
     flower.add_argument("--local-only", action="store_true",
                         help="listen on 127.0.0.1 (or a loopback --address) and run without auth")
     flower.set_defaults(func=cmd_flower)

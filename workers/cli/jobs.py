@@ -11,15 +11,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
 from framefleet.config.settings import get_settings
 from framefleet.tasks.job.records import MAX_LIST_LIMIT, JobStatus
 from framefleet.tasks.job.requests import REFERENCE_FIELDS, RequestError, new_job_id, parse_request
 from framefleet.tasks.providers.adapters import image_model_registry
 from framefleet.workers.cli.common import cli_store, console
-from framefleet.workers.client import (cancel_job, check_connection, choose_candidate, job_status, list_jobs,
-                                       regenerate_frame, resume_job, status_updates, submit_job)
+from framefleet.workers.client import (
+    cancel_job,
+    check_connection,
+    choose_candidate,
+    job_status,
+    list_jobs,
+    regenerate_frame,
+    resume_job,
+    status_updates,
+    submit_job,
+)
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 
 def read_request(path: str) -> dict:

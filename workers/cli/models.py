@@ -13,10 +13,9 @@ from framefleet.workers.cli.common import console
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score local image files with the same scorer a gpu worker would load."""
-    from PIL import Image
-
     from framefleet.scoring import overall_score
     from framefleet.tasks.runtime.bootstrap import process_scorer
+    from PIL import Image
 
     images = []
     for path in args.images:

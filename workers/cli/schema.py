@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from pydantic import TypeAdapter
-
 from framefleet.tasks.job.records import TASK_RESULTS, CompletionCallback, JobEvent, JobStatus, Manifest
 from framefleet.tasks.job.requests import REQUEST_MODELS, RequestError
+from pydantic import TypeAdapter
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

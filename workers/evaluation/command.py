@@ -39,13 +39,12 @@ def parse_arms(text: str) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
     from framefleet.config.settings import get_settings
     from framefleet.workers.embedded import client_fleet
     from framefleet.workers.evaluation.prompts import load_prompt_set, shipped_storyboards
     from framefleet.workers.evaluation.runner import plan_runs, run_jobs
+    from rich.console import Console
+    from rich.progress import Progress
 
     for name in ("repeats", "parallel", "samples"):
         if getattr(args, name) < 1:
@@ -62,8 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # An embedded fleet keeps its jobs next to the report, unless a store is configured.
     embedded_store = None if get_settings().broker_url or os.environ.get("FRAMEFLEET_STORE_URL") else out / "store"
     with client_fleet(embedded_store, out / "logs", console.print) as app:
-        from framefleet.tasks.runtime.bootstrap import process_scorer
         from framefleet.tasks.artifacts.store import fleet_store
+        from framefleet.tasks.runtime.bootstrap import process_scorer
 
         store = fleet_store()
         scorer = process_scorer()  # loaded first: a scorer that cannot load must not cost a whole run

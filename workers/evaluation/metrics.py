@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-
 from framefleet.workers.evaluation import BASELINE, QUALITY_METRICS
 from framefleet.workers.evaluation.runner import JobRun
 

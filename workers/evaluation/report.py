@@ -7,12 +7,11 @@ import io
 from pathlib import Path
 
 import numpy as np
+from framefleet.tasks.artifacts.store import ArtifactStore
+from framefleet.workers.evaluation import BASELINE, QUALITY_METRICS
+from framefleet.workers.evaluation.metrics import STAGES, frame_key
 from matplotlib.figure import Figure
 from PIL import Image
-
-from framefleet.workers.evaluation.metrics import STAGES, frame_key
-from framefleet.workers.evaluation import BASELINE, QUALITY_METRICS
-from framefleet.tasks.artifacts.store import ArtifactStore
 
 DPI = 80
 METRIC_LABELS = {"pickscore": "PickScore", "clip_score": "CLIP-Score", "aesthetic": "Aesthetic", "overall": "Overall"}

@@ -17,16 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from celery import Celery
-from PIL import Image
-
 from framefleet.scoring import MetricScores, Scorer, overall_score
 from framefleet.scoring.similarity import cosine, image_embeddings
-from framefleet.tasks.job.requests import new_job_id
-from framefleet.workers.evaluation import ARMS, QUALITY_METRICS
-from framefleet.workers.client import cancel_job, job_status, submit_job
-from framefleet.workers.evaluation.prompts import PromptItem
 from framefleet.tasks.artifacts.store import ArtifactStore
-
+from framefleet.tasks.job.requests import new_job_id
+from framefleet.workers.client import cancel_job, job_status, submit_job
+from framefleet.workers.evaluation import ARMS, QUALITY_METRICS
+from framefleet.workers.evaluation.prompts import PromptItem
+from PIL import Image
 
 
 @dataclass

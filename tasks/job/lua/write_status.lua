@@ -1,22 +1,28 @@
--- KEYS status, history, active set; ARGV progress ('1'/'0'), history line, active op ('add',
--- 'rem', ''), job id, ttl, then field/value pairs. Nothing for a job that is gone. A progress report
--- is dropped once the job is done, and its ``percent`` never lowers the stored one (enhancements of
--- later frames report after the first frame's generation started). Returns the event's fields.
+-- KEYS status, history, active set. ARGV: the job states this write may start from (a comma
+-- list, '' for any: job/states.py JOB_TRANSITIONS), progress ('1': a step's report), the history
+-- line, the active list ('add', 'rem' or ''), job id, ttl, then the fields as name/value pairs.
+-- Nothing is written for a job that is gone, or in a state the write may not start from. A
+-- progress report's percent never lowers the stored one (enhancements of later frames report
+-- after the first frame's generation started). Returns the event's fields, false when nothing
+-- was written.
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if ARGV[1] == '1' then
-  if redis.call('HGET', KEYS[1], 'state') == 'done' then return false end
-  for i = 6, #ARGV, 2 do
+if ARGV[1] ~= '' then
+  local state = redis.call('HGET', KEYS[1], 'state') or ''
+  if not string.find(',' .. ARGV[1] .. ',', ',' .. state .. ',', 1, true) then return false end
+end
+if ARGV[2] == '1' then
+  for i = 7, #ARGV, 2 do
     if ARGV[i] == 'percent' then
       local stored = tonumber(redis.call('HGET', KEYS[1], 'percent') or '0') or 0
       if tonumber(ARGV[i + 1]) < stored then ARGV[i + 1] = tostring(stored) end
     end
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-if ARGV[2] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if ARGV[3] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
-if ARGV[3] == 'add' then redis.call('SADD', KEYS[3], ARGV[4]) end
-if ARGV[3] == 'rem' then redis.call('SREM', KEYS[3], ARGV[4]) end
+if ARGV[4] == 'add' then redis.call('SADD', KEYS[3], ARGV[5]) end
+if ARGV[4] == 'rem' then redis.call('SREM', KEYS[3], ARGV[5]) end
 return redis.call('HMGET', KEYS[1], 'state', 'stage', 'message', 'percent', 'current_frame', 'revision')

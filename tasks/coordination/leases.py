@@ -1,0 +1,151 @@
+"""At most one running copy of each step of a job, and liveness for the watchdog.
+
+Celery delivers at least once, operators resume and the watchdog re-drives, so any step can be
+started twice at the same time. ``run_step`` is the one wrapper every step runs in: it takes the
+step's lease before the work, a second copy waits for the first copy's stored result (or takes
+over when the first copy's lease expired because its worker died), and the lease is released as
+finished when the outcome is stored, or left for the watchdog when the step raised. While a step
+runs, one keeper thread per process renews its lease (job/leases.py holds them in Redis).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+import redis
+from celery.exceptions import Retry
+from framefleet.config.settings import get_settings
+
+if TYPE_CHECKING:
+    from framefleet.tasks.job.model import Job
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Lease:
+    """One step's lease, held by this copy once ``acquire()`` said so."""
+
+    def __init__(self, job: "Job", step: str):
+        self.job, self.step = job, step
+        self.ttl_ms = int(get_settings().lease_ttl_s * 1000)
+        self.owner = uuid.uuid4().hex
+
+    @property
+    def key(self) -> str:
+        return self.job.keys.lease(self.step)
+
+    def acquire(self) -> bool:
+        if not self.job.leases.acquire(self.step, self.owner, self.ttl_ms):
+            return False
+        _keeper.add(self)
+        return True
+
+    def renew(self) -> bool:
+        return self.job.leases.renew(self.step, self.owner, self.ttl_ms)
+
+    def release(self, finished: bool) -> None:
+        _keeper.remove(self)
+        self.job.leases.release(self.step, self.owner, finished)
+
+
+class LeaseKeeper:
+    """One thread per process that renews every lease this process holds."""
+
+    def __init__(self) -> None:
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        """A forked child holds none of its parent's leases (and may have copied a held lock)."""
+        self._leases, self._lock, self._pid = {}, threading.Lock(), None
+
+    def add(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases[lease.key] = lease
+            if self._pid != os.getpid():  # first lease in this process (or after a fork)
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="framefleet-lease-keeper", daemon=True).start()
+
+    def remove(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.pop(lease.key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                leases = list(self._leases.values())
+            interval = min((lease.ttl_ms / 1000 for lease in leases), default=3.0) / 3
+            for lease in leases:
+                try:
+                    if not lease.renew():
+                        log.warning("lease %s was lost (expired and taken over)", lease.key)
+                        self.remove(lease)
+                except redis.RedisError as error:  # Redis restarting: try again next round
+                    log.warning("could not renew lease %s: %s", lease.key, error)
+            time.sleep(interval)
+
+
+_keeper = LeaseKeeper()
+
+
+def wait_for(done: Callable[[], T | None], lease: Lease, poll_s: float = 0.2) -> tuple[T | None, Lease | None]:
+    """The second copy of a step: wait until ``done()`` returns a value (the first copy's result),
+    or until the first copy's lease is gone (it died) and this copy takes the lease over.
+
+    Returns (result, None) when the first copy finished, or (None, lease) when this copy now holds
+    the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
+    the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
+    """
+    while True:
+        result = done()
+        if result is not None:
+            return result, None
+        if lease.acquire():
+            try:
+                result = done()  # finished between the check and the acquire
+            except BaseException:
+                lease.release(finished=False)
+                raise
+            if result is not None:
+                lease.release(finished=True)
+                return result, None
+            return None, lease
+        time.sleep(poll_s)
+
+
+def run_step(job: "Job", step: str, stored: Callable[[], T | None], work: Callable[[], T],
+             after: Callable[[], object] | None = None) -> T | None:
+    """Run ``work`` as step ``step`` of the job, at most one copy at a time.
+
+    ``stored`` returns the step's outcome once it exists (None before). A second copy returns that
+    outcome instead of working; a copy that finds the first one's lease expired does the work.
+    ``after`` runs once the outcome exists, in either copy: in the working copy while it still
+    holds the lease, so that if it fails the step is re-driven. A Celery retry of the work is a
+    new message, so the lease is released as finished; any other error leaves the step for the
+    watchdog.
+    """
+    result, lease = wait_for(stored, Lease(job, step))
+    if lease is None:
+        if after is not None:
+            after()
+        return result
+    try:
+        result = work()
+        if after is not None:
+            after()
+    except Retry:
+        lease.release(finished=True)
+        raise
+    except BaseException:
+        lease.release(finished=False)
+        raise
+    lease.release(finished=True)
+    return result

@@ -1,0 +1,100 @@
+"""A job's frame records and their state machine.
+
+The records of the last finished revision live in the job's ``frames`` hash, one field per frame.
+The first run builds there; a later revision builds beside them the frames it changes (field
+``draft:{frame}``), and reading a frame sees its draft record where there is one. Finalize merges
+the draft into the frames; a cancel or a failed start drops it, so the last finished revision is
+never touched until the next one finishes.
+
+Every change of a frame goes through ``transition``: one compare-and-set (a script that writes
+only if the record read is still there, retried on a conflict) that checks the step's expectation
+(its state, revision, round) and the transition table (job/states.py) before it writes. A late or duplicate step is refused there
+(``StaleWrite``), so it can never write an old state back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from framefleet.tasks.job.errors import JobNotFound
+from framefleet.tasks.job.records import FrameRecord
+from framefleet.tasks.job.redis import script
+from framefleet.tasks.job.states import FRAME_TRANSITIONS, FrameState
+
+if TYPE_CHECKING:
+    from framefleet.tasks.job.model import Job
+
+Change = Callable[[FrameRecord], None]
+Expect = Callable[[FrameRecord], bool]
+
+
+class StaleWrite(Exception):
+    """A step asked for a frame change that is no longer legal: the frame has moved on."""
+
+
+DRAFT = "draft:"  # the running revision's record of a frame: field "draft:{frame}" beside "{frame}"
+
+
+class Frames:
+    def __init__(self, job: "Job"):
+        self.job, self.r, self.keys = job, job.r, job.keys
+
+    def all(self) -> dict[str, FrameRecord]:
+        """Every frame, as the running revision sees it (its draft over the finished frames)."""
+        raw = self.r.hgetall(self.keys.frames)
+        if not raw:
+            raise JobNotFound(f"job_id: no job {self.job.id!r}")
+        records = {name: value for name, value in raw.items() if not name.startswith(DRAFT)}
+        records.update({name.removeprefix(DRAFT): value for name, value in raw.items() if name.startswith(DRAFT)})
+        return {name: FrameRecord.model_validate_json(value) for name, value in records.items()}
+
+    def get(self, name: str) -> FrameRecord:
+        return FrameRecord.model_validate_json(self._read(name)[1])
+
+    def _read(self, name: str) -> tuple[str, str]:
+        """(the field the frame's current record is in, the record)."""
+        draft, finished = self.r.hmget(self.keys.frames, [DRAFT + name, name])
+        if (draft or finished) is None:
+            raise JobNotFound(f"job_id: no job {self.job.id!r} with a frame {name!r}")
+        return (DRAFT + name, draft) if draft is not None else (name, finished)
+
+    def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
+                   revision: int | None = None) -> FrameRecord:
+        """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
+        (read, check, write only if the record read is still there; else read again).
+
+        ``expect`` says whether the record is still the one the step worked from: the state it
+        left the frame in, its revision, its round. A record it refuses, or a transition
+        FRAME_TRANSITIONS does not allow, raises StaleWrite and nothing is written. ``revision``:
+        a revision after the first takes the frame into its draft (choose, regenerate, re-chaining).
+        """
+        swap = script(self.r, "swap_frame")
+        while True:
+            field, raw = self._read(name)
+            record = FrameRecord.model_validate_json(raw)
+            if not expect(record):
+                raise StaleWrite(f"{name} has moved on ({record.state}, revision {record.revision})")
+            if to not in FRAME_TRANSITIONS[record.state]:
+                raise StaleWrite(f"{name}: {record.state} cannot become {to}")
+            if change is not None:
+                change(record)
+            record.enter(to)
+            target = DRAFT + name if revision else field
+            if swap(keys=[self.keys.frames], args=[field, raw, target, record.model_dump_json()]):
+                return record
+
+    def draft_names(self) -> list[str]:
+        return sorted(name.removeprefix(DRAFT) for name in self.r.hkeys(self.keys.frames) if name.startswith(DRAFT))
+
+    def commit(self) -> list[str]:
+        """The running revision finished: its draft records become the job's frames."""
+        return script(self.r, "commit_draft")(keys=[self.keys.frames], args=[DRAFT, "commit"])
+
+    def drop_draft(self) -> list[str]:
+        """The running revision ends without its changes; returns the frames it had changed."""
+        return script(self.r, "commit_draft")(keys=[self.keys.frames], args=[DRAFT, "drop"])
+
+    def keep_finished(self, name: str) -> bool:
+        """Take frame ``name`` out of the running revision: it keeps the last finished revision's
+        record. False when the revision had not taken it."""
+        return bool(self.r.hdel(self.keys.frames, DRAFT + name))

@@ -1,0 +1,68 @@
+"""The fleet's lists of jobs: recent (newest first), active (not finished: the watchdog's list),
+parked; and a page of job summaries read in one round trip."""
+
+from __future__ import annotations
+
+import redis
+from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, WATCHDOG_ROUNDS, JobKeys
+from framefleet.tasks.job.progress import typed
+from framefleet.tasks.job.records import JobStatus, JobSummary
+from framefleet.tasks.job.redis import state_client
+from pydantic import ValidationError
+
+
+def recent_jobs(limit: int, client: redis.Redis | None = None) -> list[str]:
+    """Job ids, newest first."""
+    return (client or state_client()).zrevrange(RECENT_JOBS, 0, limit - 1)
+
+
+def active_jobs(client: redis.Redis | None = None) -> set[str]:
+    return (client or state_client()).smembers(ACTIVE_JOBS)
+
+
+def active_job_ids(limit: int, client: redis.Redis | None = None) -> list[str]:
+    """The newest ``limit`` jobs on the active list, newest first (by submission)."""
+    client = client or state_client()
+    active = list(client.smembers(ACTIVE_JOBS))
+    submitted = client.zmscore(RECENT_JOBS, active) if active else []
+    ordered = sorted(zip(active, submitted), key=lambda pair: -(pair[1] or 0))
+    return [job_id for job_id, _ in ordered[:limit]]
+
+
+def parked_jobs(client: redis.Redis | None = None) -> dict[str, str]:
+    return (client or state_client()).hgetall(PARKED_JOBS)
+
+
+def statuses(job_ids: list[str], client: redis.Redis | None = None) -> list[dict | None]:
+    """The status fields of several jobs in one round trip (None: no such job)."""
+    pipe = (client or state_client()).pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hgetall(JobKeys(job_id).status)
+    return [typed(raw) or None for raw in pipe.execute()]
+
+
+def job_summaries(active_only: bool, limit: int) -> list[JobSummary]:
+    """The newest ``limit`` of the recent jobs, or of the active ones (so running jobs older than
+    the newest ``limit`` are listed too), with one pipeline of status reads."""
+    job_ids = active_job_ids(limit) if active_only else recent_jobs(limit)
+    parked = parked_jobs()
+    rows = []
+    for job_id, raw in zip(job_ids, statuses(job_ids)):
+        if raw is None:  # expired
+            continue
+        try:
+            status = JobStatus.model_validate(raw)
+        except ValidationError:  # its status cannot be read: the watchdog parks such a job
+            rows.append(JobSummary(job_id=job_id, state="done", stage="parked", outcome="failed",
+                                   parked=parked.get(job_id, "status unreadable")))
+            continue
+        if active_only and status.state == "done":
+            continue
+        rows.append(JobSummary(job_id=job_id, kind=status.kind, state=status.state, stage=status.stage,
+                               revision=status.revision, outcome=status.outcome, percent=status.percent,
+                               updated_at=status.updated_at, parked=parked.get(job_id)))
+    return rows
+
+
+def count_watchdog_round() -> None:
+    state_client().incr(WATCHDOG_ROUNDS)

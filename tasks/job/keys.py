@@ -1,0 +1,117 @@
+"""Every Redis key the fleet writes, in one table.
+
+A job's keys live under ``framefleet:job:{id}:`` and expire after ``job_ttl_s`` (a revision
+renews the lasting ones); the fleet-wide lists under ``framefleet:jobs:``; provider budgets and the
+Replicate prediction watcher under ``framefleet:ratelimit:`` and ``framefleet:replicate:``. The
+broker's own keys (queues, ``unacked``, bindings) are kombu's (config/celery.py ``broker_lists``).
+"""
+
+from __future__ import annotations
+
+ACTIVE_JOBS = "framefleet:jobs:active"  # set: jobs not finished (the watchdog's list)
+RECENT_JOBS = "framefleet:jobs:recent"  # zset job id → submitted; trimmed to job_ttl_s
+PARKED_JOBS = "framefleet:jobs:parked"  # hash job id → why the watchdog parked it; trimmed with recent
+WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # counter: watchdog rounds run
+
+
+class JobKeys:
+    """The keys of one job.
+
+    Lasting (renewed when a revision starts):
+      spec         JSON JobSpec, written once at create (SET NX: the job id's claim)
+      frames       hash frame → JSON FrameRecord, as the last finished revision left it (the
+                   first run builds here); "draft:{frame}" → the running revision's record of a
+                   frame it changes (merged into the frame's field when it finishes, dropped on cancel)
+      status       hash of the JobStatus fields (what a main app reads); events: its pub/sub channel
+      history      list of "stage: message" lines, in order
+      variations   hash "{frame}/{revision}/{source}/{index}" → JSON VariationRecord
+      scored       hash "{frame}/{revision}/{source}" → JSON scoring result
+      llm          hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply
+      cost         hash "{frame}:{counter}" and "total:{counter}" → int
+      predictions  hash "{variation key}#{attempt}" → Replicate prediction id
+      offline_calls  list of the offline image provider's calls (its stand-in for a bill)
+      budget       committed estimated spend (float); degradations: list of notes
+      rounds       generation rounds enqueued (counter; slot holding waits for the next)
+      running      hash step → 1: steps started and not finished (by a lease holder)
+      redrives     hash step → how often the watchdog re-drove it
+    Of the running revision:
+      cancelled    the revision that was cancelled; finalized: set when its finalize starts
+      tasks        set of its enqueued task ids (revoked on cancel)
+    Of one step: lease:{step} (owner token, PX lease_ttl_s), once:{step} (a once-only claim),
+    stored:{round} (zset index → when its image was stored), round-wake:{n} (list, 60 s),
+    budget:round:{frame}/{round} (the images reserved for a round), callback-sent:{revision}.
+    """
+
+    LASTING = ("spec", "frames", "status", "history", "variations", "scored", "llm", "cost", "predictions",
+               "offline_calls", "budget", "degradations", "rounds", "running", "redrives")
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.prefix = f"framefleet:job:{job_id}:"
+        for part in (*self.LASTING, "cancelled", "finalized", "tasks", "events"):
+            setattr(self, part, self.prefix + part)
+
+    def lasting(self) -> list[str]:
+        return [self.prefix + part for part in self.LASTING]
+
+    def lease(self, step: str) -> str:
+        return f"{self.prefix}lease:{step}"
+
+    @property
+    def lease_prefix(self) -> str:
+        return f"{self.prefix}lease:"
+
+    def claim(self, step: str) -> str:
+        return f"{self.prefix}once:{step}"
+
+    def stored(self, round_id: str) -> str:
+        return f"{self.prefix}stored:{round_id}"
+
+    def round_wake(self, rounds: int) -> str:
+        return f"{self.prefix}round-wake:{rounds}"
+
+    def budget_round(self, round_id: str) -> str:
+        return f"{self.prefix}budget:round:{round_id}"
+
+    def callback_sent(self, revision: int) -> str:
+        return f"{self.prefix}callback-sent:{revision}"
+
+    def replicate_file(self, digest: str) -> str:
+        """The Replicate files-API URL of an input image of this job (until the file expires)."""
+        return f"framefleet:replicate:job:{self.job_id}:file:{digest}"
+
+    def replicate_upload(self, digest: str) -> str:
+        """The short lock of the one upload of an input image."""
+        return f"framefleet:replicate:job:{self.job_id}:upload:{digest}"
+
+    def patterns(self) -> list[str]:
+        """Every key of the job, as SCAN patterns (a create that failed half-way is discarded)."""
+        return [f"{self.prefix}*", f"framefleet:replicate:job:{self.job_id}:*"]
+
+
+class RateLimitKeys:
+    """One fleet-wide budget: a zset of the requests in its window, the tokens' zset, the pause."""
+
+    def __init__(self, name: str):
+        self.requests = f"framefleet:ratelimit:{name}"
+        self.tokens = f"{self.requests}:tokens"
+        self.paused = f"{self.requests}:paused"
+
+
+class ReplicateKeys:
+    """The prediction watcher of one Replicate account (tasks/providers/replicate_watcher.py)."""
+
+    def __init__(self, account: str):
+        self.prefix = f"framefleet:replicate:{account}"
+        self.inflight = f"{self.prefix}:inflight"  # zset prediction id → created_at
+        self.watcher_lease = f"{self.prefix}:watcher:lease"  # the active watcher's "host:pid:thread"
+        self.watcher_swept = f"{self.prefix}:watcher:swept"  # time of its last complete sweep
+        self.watchers = f"{self.prefix}:watchers"  # hash host → last heartbeat of a watcher thread
+
+    def prediction(self, prediction_id: str) -> str:
+        """JSON {status, output, error}, published by the watcher."""
+        return f"{self.prefix}:prediction:{prediction_id}"
+
+    def wake(self, prediction_id: str) -> str:
+        """The list the watcher pushes to when the prediction ends."""
+        return f"{self.prefix}:wake:{prediction_id}"

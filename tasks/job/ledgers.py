@@ -1,0 +1,89 @@
+"""What a job has paid for and sent, so that nothing is paid twice or left running: the cost
+counters, the LLM round ledger (a redelivered enhancement replays the rounds paid for), the
+Replicate prediction ids (a redelivered variation waits for its prediction), the offline image
+provider's calls (its stand-in for a bill), and the ids of the running revision's tasks (a cancel
+revokes them)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from framefleet.tasks.job.model import Job
+
+
+def llm_field(frame: str, prompt: str, iteration: int, agent: str) -> str:
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]  # a new prompt is a new conversation
+    return f"{frame}/{digest}/{iteration}/{agent}"
+
+
+class Ledger:
+    def __init__(self, job: "Job"):
+        self.job, self.r, self.keys = job, job.r, job.keys
+
+    # cost counters --------------------------------------------------------------------------
+    def add_costs(self, frame: str, **counts: int) -> None:
+        commands = []
+        for counter, value in counts.items():
+            commands += [("HINCRBY", self.keys.cost, f"{frame}:{counter}", value),
+                         ("HINCRBY", self.keys.cost, f"total:{counter}", value)]
+        self.job.write_if_alive(*commands, ("EXPIRE", self.keys.cost, self.job.ttl))
+
+    def costs(self) -> dict[str, dict[str, int]]:
+        """{frame or "total": {counter: value}}."""
+        out: dict[str, dict[str, int]] = {}
+        for field, value in self.r.hgetall(self.keys.cost).items():
+            owner, counter = field.rsplit(":", 1)
+            out.setdefault(owner, {})[counter] = int(value)
+        return out
+
+    # LLM replies ----------------------------------------------------------------------------
+    def llm_reply(self, frame: str, prompt: str, iteration: int, agent: str) -> str | None:
+        return self.r.hget(self.keys.llm, llm_field(frame, prompt, iteration, agent))
+
+    def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> None:
+        self.job.write_if_alive(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply),
+                                ("EXPIRE", self.keys.llm, self.job.ttl))
+
+    # paid predictions -----------------------------------------------------------------------
+    def prediction_id(self, ledger_key: str) -> str | None:
+        return self.r.hget(self.keys.predictions, ledger_key)
+
+    def record_prediction(self, ledger_key: str, prediction_id: str) -> str:
+        """Record a prediction id; returns the id already recorded if another delivery won."""
+        if self.r.hsetnx(self.keys.predictions, ledger_key, prediction_id):
+            self.r.expire(self.keys.predictions, self.job.ttl)
+            return prediction_id
+        return self.r.hget(self.keys.predictions, ledger_key)
+
+    def predictions(self) -> dict[str, str]:
+        return self.r.hgetall(self.keys.predictions)
+
+    # the offline provider's bill --------------------------------------------------------------
+    def log_offline_call(self, ledger_key: str | None) -> None:
+        self.job.write_if_alive(("RPUSH", self.keys.offline_calls,
+                                 json.dumps({"ledger_key": ledger_key, "time": time.time()})),
+                                ("EXPIRE", self.keys.offline_calls, self.job.ttl))
+
+    def offline_calls(self) -> list[dict]:
+        return [json.loads(line) for line in self.r.lrange(self.keys.offline_calls, 0, -1)]
+
+    # the completion callback, once per revision ------------------------------------------------
+    def callback_sent(self, revision: int) -> bool:
+        return bool(self.r.exists(self.keys.callback_sent(revision)))
+
+    def mark_callback_sent(self, revision: int) -> None:
+        self.r.set(self.keys.callback_sent(revision), "1", ex=self.job.ttl)
+
+    # the running revision's task ids ------------------------------------------------------------
+    def add_task_ids(self, ids: list[str]) -> None:
+        self.job.write_if_alive(("SADD", self.keys.tasks, *ids), ("EXPIRE", self.keys.tasks, self.job.ttl))
+
+    def task_ids(self) -> set[str]:
+        return self.r.smembers(self.keys.tasks)
+
+    def forget_task_ids(self) -> None:
+        self.r.delete(self.keys.tasks)

@@ -1,0 +1,209 @@
+"""One job in Redis: its spec and lifecycle here, each other concern in a module of its own.
+
+``Job(job_id)`` is the only way the fleet reads or changes a job. Its parts:
+
+  job.frames     the frame records and their state machine (job/frames.py)
+  job.progress   the status record, its events and history (job/progress.py)
+  job.rounds     generation rounds: variation and scoring records, the round counter (job/rounds.py)
+  job.ledger     what was paid for: costs, LLM replies, predictions, task ids (job/ledgers.py)
+  job.leases     step leases and once-only claims (job/leases.py)
+  job.budget     the spending cap's reservations (job/budget.py)
+
+Every key is in job/keys.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from framefleet.config.settings import get_settings
+from framefleet.tasks.job.budget import BudgetStore
+from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
+from framefleet.tasks.job.frames import Frames
+from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, JobKeys
+from framefleet.tasks.job.leases import Leases
+from framefleet.tasks.job.ledgers import Ledger
+from framefleet.tasks.job.progress import Progress, flatten
+from framefleet.tasks.job.records import FrameRecord, JobStatus
+from framefleet.tasks.job.redis import script, state_client
+from framefleet.tasks.job.rounds import Rounds
+from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.job.states import SETTLED, JobState
+
+
+class Job:
+    def __init__(self, job_id: str, client: redis.Redis | None = None):
+        self.id = job_id
+        self.r = client or state_client()
+        self.keys = JobKeys(job_id)
+        self.ttl = get_settings().job_ttl_s
+        self.frames = Frames(self)
+        self.progress = Progress(self)
+        self.rounds = Rounds(self)
+        self.ledger = Ledger(self)
+        self.leases = Leases(self)
+        self.budget = BudgetStore(self)
+        self._spec: JobSpec | None = None
+        self.finished_outcome: str | None = None  # the outcome of the revision before the one started here
+
+    # the spec: written once at create, read once per Job ---------------------------------------
+    @property
+    def spec(self) -> JobSpec:
+        if self._spec is None:
+            raw = self.r.get(self.keys.spec)
+            if raw is None:
+                raise JobNotFound(f"job_id: no job {self.id!r}")
+            self._spec = JobSpec.model_validate_json(raw)
+        return self._spec
+
+    def exists(self) -> bool:
+        return bool(self.r.exists(self.keys.spec))
+
+    # lifecycle ----------------------------------------------------------------------------
+    def create(self, spec: JobSpec) -> None:
+        """Claim the job id (refused when known) and store the spec, frames and first status.
+
+        The status stage is "creating" until ``created()``: a create that dies in between is seen
+        by the watchdog and discarded, so its id is free again.
+        """
+        if not self.r.set(self.keys.spec, spec.model_dump_json(), nx=True, ex=self.ttl):
+            raise JobExists(f"job_id: a job {self.id!r} already exists")
+        self._spec = spec
+        frames = {f.name: FrameRecord(name=f.name, clip=f.clip, original_prompt=f.prompt).model_dump_json()
+                  for f in spec.plan.frames}
+        status = JobStatus(job_id=self.id, kind=spec.kind, frames_total=len(spec.plan.frames), stage="creating",
+                           message="Queued", updated_at=time.time())
+        pipe = self.r.pipeline()
+        pipe.hset(self.keys.frames, mapping=frames)
+        pipe.hset(self.keys.status, mapping=flatten(status.model_dump()))
+        for key in (self.keys.frames, self.keys.status):
+            pipe.expire(key, self.ttl)
+        pipe.sadd(ACTIVE_JOBS, self.id)
+        pipe.zadd(RECENT_JOBS, {self.id: spec.submitted})
+        pipe.zremrangebyscore(RECENT_JOBS, "-inf", spec.submitted - self.ttl)  # their state has expired
+        pipe.expire(RECENT_JOBS, self.ttl)
+        pipe.execute()
+
+    def created(self) -> None:
+        self.progress.write(JobState.QUEUED, stage="queued")
+
+    def discard(self) -> None:
+        """Delete every key of the job (a create that failed half-way): the id is free again."""
+        keys = [key for pattern in self.keys.patterns() for key in self.r.scan_iter(match=pattern, count=500)]
+        pipe = self.r.pipeline()
+        if keys:
+            pipe.delete(*keys)
+        pipe.srem(ACTIVE_JOBS, self.id)
+        pipe.zrem(RECENT_JOBS, self.id)
+        pipe.execute()
+
+    def park(self, why: str) -> None:
+        """Take a job the fleet cannot run off the active list, and say why (framefleet jobs)."""
+        parked = self.r.hkeys(PARKED_JOBS)
+        known = self.r.zmscore(RECENT_JOBS, parked) if parked else []
+        gone = [job for job, submitted in zip(parked, known) if submitted is None]
+        pipe = self.r.pipeline()
+        if gone:  # jobs whose state has expired: nothing left to report
+            pipe.hdel(PARKED_JOBS, *gone)
+        pipe.hset(PARKED_JOBS, self.id, why)
+        pipe.expire(PARKED_JOBS, self.ttl)
+        pipe.srem(ACTIVE_JOBS, self.id)
+        pipe.hset(self.keys.status, mapping=flatten({"state": "done", "stage": "parked", "outcome": "failed",
+                                                     "message": f"Parked: {why}", "updated_at": time.time()}))
+        pipe.execute()
+
+    def set_active(self, active: bool = True) -> None:
+        (self.r.sadd if active else self.r.srem)(ACTIVE_JOBS, self.id)
+
+    # revisions ----------------------------------------------------------------------------
+    def revision(self) -> int:
+        return int(self.r.hget(self.keys.status, "revision") or 0)
+
+    def refuse_while_running(self) -> None:
+        state, revision = self.r.hmget(self.keys.status, ["state", "revision"])
+        if state is None:
+            raise JobNotFound(f"job_id: no job {self.id!r}")
+        if state != JobState.DONE:
+            raise _still_running(self.id, revision)
+        if self.r.get(self.keys.cancelled) == "0":
+            raise _first_run_cancelled(self.id)
+
+    def start_revision(self) -> int:
+        """Open the next revision of a finished job (choose, regenerate): one transaction checks
+        that the job is done and takes the revision, so of two requests at once one is refused
+        before it writes anything. Renews the expiry of every key the job keeps."""
+        def transaction(pipe: redis.client.Pipeline) -> int:
+            state, current, self.finished_outcome = pipe.hmget(self.keys.status, ["state", "revision", "outcome"])
+            if state is None:
+                raise JobNotFound(f"job_id: no job {self.id!r}")
+            if state != JobState.DONE:
+                raise _still_running(self.id, current)
+            if pipe.get(self.keys.cancelled) == "0":
+                raise _first_run_cancelled(self.id)
+            revision = int(current or 0) + 1
+            pipe.multi()
+            pipe.hset(self.keys.status, mapping=flatten({"state": JobState.RUNNING, "stage": "queued", "outcome": None,
+                                                         "revision": revision, "percent": 0.0}))
+            pipe.delete(self.keys.finalized, self.keys.cancelled, self.keys.tasks)
+            pipe.sadd(ACTIVE_JOBS, self.id)
+            for key in self.keys.lasting():  # keys written at the first run must outlive this revision too
+                pipe.expire(key, self.ttl)
+            return revision
+
+        revision = self.r.transaction(transaction, self.keys.status, value_from_callable=True)
+        self.progress.write(message=f"Revision {revision}")
+        return revision
+
+    def abandon_revision(self, message: str, outcome: str | None) -> list[str]:
+        """End the running revision without its changes: the draft goes, the frames are the last
+        finished revision's; returns the frames it had changed."""
+        changed = self.frames.drop_draft()
+        self.ledger.forget_task_ids()
+        self.progress.write(JobState.DONE, stage="done", outcome=outcome, percent=100.0, active=False,
+                            message=message)
+        return changed
+
+    def finish(self, outcome: str, frames_done: int, manifest_key: str) -> None:
+        """The running revision is finished: its frames become the job's and the job is done."""
+        self.frames.commit()
+        self.ledger.forget_task_ids()  # a cancel of the next revision revokes only that one's tasks
+        self.progress.write(JobState.DONE, stage="done", outcome=outcome, percent=100.0, frames_done=frames_done,
+                            manifest_key=manifest_key, message=f"Finished: {outcome}", active=False)
+
+    # cancel and the end of a revision ---------------------------------------------------------
+    def cancel(self, revision: int) -> None:
+        """Flag ``revision`` cancelled: its steps stop at their next check. A later revision (only
+        possible when the cancelled one was not the first) clears the flag when it starts."""
+        self.r.set(self.keys.cancelled, revision, ex=self.ttl)
+
+    def cancelled(self) -> bool:
+        return bool(self.r.exists(self.keys.cancelled))
+
+    def mark_finalized(self) -> None:
+        self.r.set(self.keys.finalized, "1", ex=self.ttl)
+
+    def closed(self) -> bool:
+        """Cancelled or finalizing: no more traces or paid work for this job."""
+        return bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
+
+    def write_if_alive(self, *commands: tuple) -> bool:
+        """Run ``commands`` atomically, only while the job exists: a step that outlived its job
+        (expired, discarded, or Redis wiped under it) recreates none of its keys."""
+        args: list = []
+        for command in commands:
+            args += [len(command), *command]
+        return bool(script(self.r, "write_if_alive")(keys=[self.keys.spec], args=args))
+
+
+def frames_settled(records: dict[str, FrameRecord]) -> int:
+    return sum(record.state in SETTLED for record in records.values())
+
+
+def _still_running(job_id: str, revision: str | None) -> RevisionRefused:
+    return RevisionRefused(f"job_id: job {job_id!r} is still running revision {revision or 0}; "
+                           "choose or regenerate once it is done")
+
+
+def _first_run_cancelled(job_id: str) -> RevisionRefused:
+    return RevisionRefused(f"job_id: job {job_id!r} was cancelled before it first finished; submit a new job")

@@ -1,0 +1,111 @@
+"""What a main app reads about a job: the status record, its events and its history.
+
+The status record is a Redis hash (text values: numbers in decimal, None as the empty string) and
+``framefleet.jobs.status`` returns it typed (JobStatus); every change is published on the job's
+events channel as a JobEvent. A write names the job state it moves to, and the transition table
+(job/states.py JOB_TRANSITIONS) decides whether it may: a step's progress report never turns a
+finished job back to running.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from framefleet.tasks.job.errors import JobNotFound
+from framefleet.tasks.job.keys import ACTIVE_JOBS
+from framefleet.tasks.job.records import JobEvent, JobStatus
+from framefleet.tasks.job.redis import script
+from framefleet.tasks.job.states import JobState, allowed_from
+
+if TYPE_CHECKING:
+    from framefleet.tasks.job.model import Job
+
+STAGE_MESSAGES = {
+    "references": {
+        "enhance": "Enhancing prompts for reference images",
+        "generate": "Generating reference image variations",
+        "score": "Scoring and ranking reference images",
+    },
+    "storyboard": {
+        "enhance": "Enhancing prompts for storyboard frames",
+        "generate": "Generating storyboard frame variations",
+        "score": "Scoring and ranking storyboard frames",
+    },
+}
+# Share of the progress bar: enhancement first, then the frames, finalize the last step.
+ENHANCE_SHARE, FRAMES_SHARE = 10.0, 85.0
+
+
+def flatten(fields: dict) -> dict[str, str]:
+    return {k: "" if v is None else str(v) for k, v in fields.items()}
+
+
+def typed(raw: dict[str, str]) -> dict:
+    return {k: (None if v == "" else v) for k, v in raw.items()}
+
+
+class Progress:
+    def __init__(self, job: "Job"):
+        self.job, self.r, self.keys = job, job.r, job.keys
+
+    def read(self) -> JobStatus:
+        raw = self.r.hgetall(self.keys.status)
+        if not raw:
+            raise JobNotFound(f"job_id: no job {self.job.id!r}")
+        return JobStatus.model_validate(typed(raw))
+
+    def write(self, to: JobState | None = None, *, progress: bool = False, active: bool | None = None,
+              **fields) -> bool:
+        """Write status fields (``to``: the job state they move it to), append the message to the
+        history and publish the change. ``progress``: a step's report, whose ``percent`` never
+        lowers the stored one. ``active``: put the job on (True) or take it off (False) the
+        watchdog's active list in the same transaction, so nobody sees a finished job still active
+        or a running one inactive. False when nothing was written (the job is gone, or the table
+        refuses the move)."""
+        if to is not None:
+            fields["state"] = to.value
+        fields["updated_at"] = time.time()
+        history = f"{fields.get('stage', '')}: {fields['message']}" if "message" in fields else ""
+        allowed = ",".join(allowed_from(to)) if to is not None else ""
+        current = script(self.r, "write_status")(
+            keys=[self.keys.status, self.keys.history, ACTIVE_JOBS],
+            args=[allowed, "1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active],
+                  self.job.id, self.job.ttl, *[part for item in flatten(fields).items() for part in item]])
+        if not current:
+            return False
+        state, stage, message, percent, frame, revision = current
+        event = JobEvent(state=state or "queued", stage=stage or "", message=message or "", percent=float(percent or 0),
+                         frame=frame or None, revision=int(revision or 0))
+        self.r.publish(self.keys.events, event.model_dump_json())
+        return True
+
+    def prompt_enhanced(self, kind: str, frames_total: int) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        script(self.r, "write_if_alive")(keys=[self.keys.spec], args=[4, "HINCRBY", self.keys.status,
+                                                                      "prompts_enhanced", 1], client=pipe)
+        pipe.hget(self.keys.status, "prompts_enhanced")
+        alive, enhanced = pipe.execute()
+        if not alive:
+            return
+        enhanced = int(enhanced)
+        self.write(JobState.RUNNING, progress=True, stage="enhance", message=STAGE_MESSAGES[kind]["enhance"],
+                   percent=round(ENHANCE_SHARE * min(enhanced, frames_total) / frames_total, 1))
+
+    def frame_reached(self, kind: str, stage: str, frame: str, frames_done: int, frames_total: int) -> None:
+        """A frame's round was enqueued (stage "generate") or is being selected ("score")."""
+        self.write(JobState.RUNNING, progress=True, stage=stage, message=STAGE_MESSAGES[kind][stage],
+                   current_frame=frame, frames_done=frames_done,
+                   percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
+
+    def count_redrives(self, steps: int) -> None:
+        self.r.hincrby(self.keys.status, "redrives", steps)
+
+    def history(self) -> list[str]:
+        return self.r.lrange(self.keys.history, 0, -1)
+
+    def subscribe(self):
+        """A pub/sub connection listening to the job's events (close it when done)."""
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.events)
+        return pubsub

@@ -1,0 +1,89 @@
+"""Generation rounds of a job's frames: each variation's record, a round's scoring result, when
+each image was stored (the straggler cut counts them), and the count of rounds enqueued that a
+held slot waits on (coordination/slot_hold.py).
+
+A round is named by its frame, revision and prompt source (``round_id``): a redelivered or
+re-driven step finds its round's records and returns them instead of paying again, and a later
+revision's round never meets an earlier one's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from framefleet.tasks.job.records import VariationRecord
+
+if TYPE_CHECKING:
+    from framefleet.tasks.job.model import Job
+
+WAKE_TTL_S = 60  # a round's wake-up list: holds last seconds at most; later ones read the count
+
+
+def round_id(frame: str, revision: int, source: str) -> str:
+    return f"{frame}/{revision}/{source}"
+
+
+class Rounds:
+    def __init__(self, job: "Job"):
+        self.job, self.r, self.keys = job, job.r, job.keys
+
+    def variation(self, frame: str, revision: int, source: str, index: int) -> VariationRecord | None:
+        raw = self.r.hget(self.keys.variations, f"{round_id(frame, revision, source)}/{index}")
+        return VariationRecord.model_validate_json(raw) if raw else None
+
+    def save_variation(self, frame: str, revision: int, source: str, record: VariationRecord) -> None:
+        name = round_id(frame, revision, source)
+        commands = [("HSET", self.keys.variations, f"{name}/{record.index}", record.model_dump_json()),
+                    ("EXPIRE", self.keys.variations, self.job.ttl)]
+        if record.key:  # the straggler cut counts stored images
+            commands += [("ZADD", self.keys.stored(name), time.time(), str(record.index)),
+                         ("EXPIRE", self.keys.stored(name), self.job.ttl)]
+        self.job.write_if_alive(*commands)
+
+    def stored_times(self, frame: str, revision: int, source: str) -> list[float]:
+        """When each stored variation of the round was stored, earliest first."""
+        pairs = self.r.zrange(self.keys.stored(round_id(frame, revision, source)), 0, -1, withscores=True)
+        return [when for _, when in pairs]
+
+    def scored(self, frame: str, revision: int, source: str) -> dict | None:
+        raw = self.r.hget(self.keys.scored, round_id(frame, revision, source))
+        return json.loads(raw) if raw else None
+
+    def save_scored(self, frame: str, revision: int, source: str, result: dict) -> None:
+        self.job.write_if_alive(("HSET", self.keys.scored, round_id(frame, revision, source), json.dumps(result)),
+                                ("EXPIRE", self.keys.scored, self.job.ttl))
+
+    # the round counter slot holding waits on -------------------------------------------------
+    def count_round(self, wake: int) -> None:
+        """One more generation round of the job was enqueued: count it and wake up to ``wake``
+        variations holding their slots for it."""
+        pipe = self.r.pipeline()
+        pipe.incr(self.keys.rounds)
+        pipe.expire(self.keys.rounds, self.job.ttl)
+        rounds = pipe.execute()[0]
+        pipe.rpush(self.keys.round_wake(rounds), *["1"] * wake)
+        pipe.expire(self.keys.round_wake(rounds), WAKE_TTL_S)
+        pipe.execute()
+
+    def enqueued(self) -> int:
+        return int(self.r.get(self.keys.rounds) or 0)
+
+    def wait_for_round(self, rounds: int, timeout_s: float) -> bool:
+        """Block until round ``rounds`` is enqueued (woken by count_round) or the timeout passed."""
+        return bool(self.r.blpop([self.keys.round_wake(rounds)], timeout=timeout_s))
+
+    def hold_view(self, frame: str, revision: int, source: str, count: int) -> tuple[int, int, int, bool]:
+        """What a slot hold polls, in one round trip: rounds enqueued, how many of the round's
+        ``count`` variations are recorded (stored or failed), how many are neither recorded nor
+        running (no lease: waiting for a slot, or for a retry), and whether the job is closed."""
+        steps = [f"{round_id(frame, revision, source)}/{i}" for i in range(1, count + 1)]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.rounds)
+        pipe.hmget(self.keys.variations, steps)
+        pipe.hmget(self.keys.running, [f"generate:{step}" for step in steps])
+        pipe.exists(self.keys.cancelled, self.keys.finalized)
+        rounds, recorded, running, closed = pipe.execute()
+        unstarted = sum(r is None and g is None for r, g in zip(recorded, running))
+        return int(rounds or 0), sum(r is not None for r in recorded), unstarted, bool(closed)

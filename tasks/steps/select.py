@@ -1,0 +1,102 @@
+"""Select a frame's candidate from one scored round (control queue; the chord body's last link).
+
+Rank 1 of the scored candidates is copied to the frame's own key (a copy inside the store) and
+recorded; the seeds' fallbacks when scoring or ranking failed (the first generated, the first
+scored image); below the quality threshold a warning, the image kept. A round with no image at
+all sends the frame to one image with the original prompt (RETRY), or, when that was the round,
+fails the frame. The transition checks this is still the frame's round: a late copy writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from framefleet.config.settings import get_settings
+from framefleet.scoring import Ranked, rank_images_by_quality
+from framefleet.tasks.artifacts.keys import GENERATION_TRACE, frame_key, trace_key
+from framefleet.tasks.artifacts.store import fleet_store
+from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.records import FrameRecord, Selection, VariationRecord
+from framefleet.tasks.job.states import FrameState, Note, NoteKind, PromptSource
+
+log = logging.getLogger(__name__)
+
+
+def in_round(record: FrameRecord, revision: int, source: str) -> bool:
+    """Whether the frame still waits for this round's outcome (else it is stored, or moved on)."""
+    return record.state is FrameState.GENERATING and record.round == source and record.revision == revision
+
+
+def select_round(job: Job, frame: str, source: str, revision: int, scored: dict) -> FrameRecord:
+    """Store the frame's selection (or failure) for this round; StaleWrite if it is settled."""
+    spec, store = job.spec, fleet_store()
+    threshold = spec.frame_config(job.frames.get(frame)).quality_threshold
+    variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
+    notes = [Note(kind=NoteKind.VARIATION_FAILED, text=f"variation {v.index} failed: {v.error}")
+             for v in variations if v.error]
+    chosen = best_variation(variations, scored["error"], notes) if any(v.key for v in variations) else None
+    selected_key = frame_key(job.id, frame, revision)
+    if chosen is not None:
+        store.copy(chosen.key, selected_key, "image/png")
+    outcome = (FrameState.SUCCEEDED if chosen is not None
+               else FrameState.RETRY if source == PromptSource.ENHANCED else FrameState.FAILED)
+
+    def store_selection(record: FrameRecord) -> None:
+        record.variations = [v for v in record.variations if v.prompt_source != source] + variations
+        record.timings.variations += [v.timing for v in variations if v.timing]
+        record.timings.score = tuple(scored["timing"]) if scored.get("timing") else None
+        record.scorer = scored["scorer"] or record.scorer
+        for text in scored.get("notes", []):
+            record.add_note(NoteKind.METRIC_FAILED, text)
+        for note in notes:
+            record.add_note(note.kind, note.text)
+        if outcome is FrameState.RETRY:
+            record.add_note(NoteKind.RETRY_ORIGINAL, "generation failed: one image with the original prompt")
+        elif outcome is FrameState.FAILED:
+            record.add_note(NoteKind.GENERATION_FAILED, "generation failed: frame failed")
+        else:
+            overall = chosen.scores.overall if chosen.scores else None
+            record.selected = Selection(index=chosen.index, key=chosen.key, frame_key=selected_key, overall=overall)
+            if overall is not None and overall < threshold:
+                record.add_note(NoteKind.QUALITY_LOW, f"quality {overall:.1f} is below the threshold {threshold:.1f}")
+
+    record = job.frames.transition(frame, outcome, store_selection,
+                                   expect=lambda current: in_round(current, revision, source))
+    if record.state is FrameState.FAILED:
+        log.error("frame %s/%s failed: no image could be generated", job.id, frame)
+    elif record.selected is not None:
+        if record.has_note(NoteKind.QUALITY_LOW):
+            log.warning("%s/%s: quality %s is below the threshold %s; keeping the image", job.id, frame,
+                        record.selected.overall, threshold)
+        log.info("%s/%s selected v%s (overall %s)", job.id, frame, record.selected.index, record.selected.overall)
+    for note in notes:
+        log.warning("%s/%s: %s", job.id, frame, note.text)
+    if not job.closed():
+        store.put(trace_key(job.id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
+                  "application/json")
+    return record
+
+
+def best_variation(variations: list[VariationRecord], scoring_error: str | None, notes: list[Note]) -> VariationRecord:
+    """Rank 1 of the scored variations; the seeds' fallbacks when scoring or ranking failed."""
+    generated = [v for v in variations if v.key]
+    if scoring_error is not None:
+        notes.append(Note(kind=NoteKind.SCORING_FAILED, text="scoring failed: first generated image, unranked"))
+        return generated[0]
+    scored = [v for v in generated if v.scores is not None and v.scores.overall is not None]
+    try:
+        if "ranking" in get_settings().inject_faults:
+            raise RuntimeError("injected fault: ranking")
+        ranked = rank_images_by_quality(
+            [Ranked(index=v.index, overall=v.scores.overall, pickscore=v.scores.pickscore) for v in scored])
+    except Exception as error:
+        log.warning("ranking failed: %s", error)
+        notes.append(Note(kind=NoteKind.RANKING_FAILED, text="ranking failed: first scored image"))
+        return (scored or generated)[0]
+    if not ranked:
+        notes.append(Note(kind=NoteKind.RANKING_FAILED, text="ranking failed: no overall score, first generated image"))
+        return generated[0]
+    by_index = {v.index: v for v in scored}
+    for rank, candidate in enumerate(ranked, start=1):
+        by_index[candidate.index].rank = rank
+    return by_index[ranked[0].index]
