@@ -24,6 +24,7 @@ SELECT_VARIATION = "framefleet.frames.select"
 ENHANCE_PROMPT = "framefleet.prompts.enhance"
 GENERATE_VARIATION = "framefleet.images.generate_variation"
 SCORE_VARIATIONS = "framefleet.scoring.score_variations"
+JUDGE_CANDIDATES = "framefleet.frames.judge"
 CREATE_TASKS = {"storyboard": CREATE_STORYBOARD, "references": CREATE_REFERENCES}
 
 # Task → queue. Creates run on `intake`: validating a request and fetching its reference URL (up
@@ -42,6 +43,8 @@ TASK_QUEUES = {
     REGENERATE_FRAME: "control",
     SELECT_VARIATION: "control",
     ENHANCE_PROMPT: "llm",
+    # Between scoring and selection: an API call, so on llm, never holding a GPU while it waits.
+    JUDGE_CANDIDATES: "llm",
     GENERATE_VARIATION: "images",
     SCORE_VARIATIONS: "gpu",
 }
@@ -82,6 +85,9 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     generation = settings.replicate_prediction_timeout_s + 300
     limits[GENERATE_VARIATION] = {"soft_time_limit": generation, "time_limit": generation + 60}
     limits[SCORE_VARIATIONS] = {"soft_time_limit": 600, "time_limit": 660}
+    # Both orders at once: the budget wait, then a request and its retries.
+    judge = settings.judge_max_wait_s + settings.judge_timeout_s * (settings.openai_max_retries + 1) + 60
+    limits[JUDGE_CANDIDATES] = {"soft_time_limit": judge, "time_limit": judge + 60}
     return limits
 
 

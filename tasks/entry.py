@@ -7,6 +7,7 @@ A job, in the order its steps run (the steps are tasks/steps/, one module each):
   frame k, once its enhancement is stored and frame k-1 is settled (coordination/dispatch.py):
     chord(generate × n [images])        steps/generate.py   one paid image each
       → score [gpu]                     steps/score.py      the round's candidates in one batch
+      → judge [llm] (judge: vlm only)   steps/judge.py      a vision model settles a close call
       → select [control]                steps/select.py     rank 1 kept, chained into frame k+1
   finalize [control]                    steps/finalize.py   manifest, contact sheet, done, callback
   choose / regenerate [control]         steps/iterate.py    a revision of a finished job
@@ -31,6 +32,7 @@ from framefleet.config.celery import (
     FINALIZE_JOB,
     GENERATE_VARIATION,
     JOB_STATUS,
+    JUDGE_CANDIDATES,
     LIST_JOBS,
     NOTIFY_MAIN_APP,
     REGENERATE_FRAME,
@@ -52,7 +54,7 @@ from framefleet.tasks.job.jobs import job_summaries
 from framefleet.tasks.job.model import Job, frames_settled
 from framefleet.tasks.job.records import MAX_LIST_LIMIT, ResumeResult, VariationRecord
 from framefleet.tasks.job.states import PromptSource
-from framefleet.tasks.steps import create, enhance, finalize, generate, iterate, score, select
+from framefleet.tasks.steps import create, enhance, finalize, generate, iterate, judge, score, select
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,17 @@ def score_variations(results: list[dict], job_id: str, frame: str, revision: int
     return run_step(job, f"score:{frame}/{revision}/{source}",
                     stored=lambda: job.rounds.scored(frame, revision, source),
                     work=lambda: score.score_round(job, frame, revision, source, variations))
+
+
+@app.task(name=JUDGE_CANDIDATES)
+def judge_candidates(scored: dict, job_id: str, frame: str, stage: str, revision: int = 0) -> dict:
+    """The scoring result, with the vision judge's verdict on a close call added."""
+    job = Job(job_id)
+    if job.cancelled():
+        return scored
+    return run_step(job, f"judge:{frame}/{revision}/{stage}",
+                    stored=lambda: judge.judged(job, frame, revision, stage),
+                    work=lambda: judge.judge_round(job, frame, revision, stage, scored))
 
 
 @app.task(name=SELECT_VARIATION)

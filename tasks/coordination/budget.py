@@ -8,10 +8,13 @@ this order:
   2. no enhancement rounds beyond the first (a second round must leave one image per frame
      still to generate affordable),
   3. the frame is skipped with "budget" in its fallbacks.
+A judged frame reserves both of its judge calls at once (one answer alone cannot cancel position
+bias); when they do not fit, the frame keeps its score order (a JUDGE_BUDGET note).
 Prices are the cost settings: Replicate per prediction of the job's model; OpenAI per call from
 the text the call carries (about 4 characters a token: the frame's prompt, and the rewrite the
 Prompt Engineer reviews) plus ``llm_call_estimate_tokens`` (the instructions and critique around
-it, and the least a reply takes), so a long prompt reserves what it will cost. The offline
+it, and the least a reply takes), so a long prompt reserves what it will cost; a judge call at the
+judge's prices, its images at OpenAI's low-detail count. The offline
 providers cost ``offline_usd_per_image`` and ``offline_usd_per_llm_call`` (0 by default), so the
 guard can be exercised without keys.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.providers.judges import LOW_DETAIL_IMAGE_TOKENS
 
 
 def image_price(spec: JobSpec, model: str, settings: Settings) -> float:
@@ -59,6 +63,15 @@ def llm_round_price(spec: JobSpec, settings: Settings, prompt: str, iteration: i
     director = _openai_price(settings, around + sent + (rewrite if iteration > 1 else 0), rewrite)
     engineer = _openai_price(settings, around + rewrite, reply)
     return director + engineer
+
+
+def judge_call_price(spec: JobSpec, settings: Settings, prompt: str, images: int) -> float:
+    """One judge call: the frame's prompt and ``images`` images, with instructions, and a reply."""
+    if spec.providers.get("judge") != "openai":
+        return settings.offline_usd_per_llm_call
+    around, reply = settings.llm_call_estimate_tokens
+    sent = around + prompt_tokens(prompt) + images * LOW_DETAIL_IMAGE_TOKENS
+    return (sent * settings.judge_usd_per_1m_prompt_tokens + reply * settings.judge_usd_per_1m_completion_tokens) / 1e6
 
 
 class BudgetGuard:
@@ -112,6 +125,13 @@ class BudgetGuard:
         if self.reserve(price, keep_free):
             return True
         self.degrade(frame, f"enhancement stopped before round {iteration}")
+        return False
+
+    def judge_calls(self, frame: str, calls: int, prompt: str, images: int) -> bool:
+        """Reserve ``calls`` judge calls of the frame together, or none."""
+        if self.reserve(calls * judge_call_price(self.spec, self.settings, prompt, images)):
+            return True
+        self.degrade(frame, "no vision judge (score order kept)")
         return False
 
     def degrade(self, frame: str, what: str) -> None:

@@ -21,10 +21,11 @@ import logging
 import time
 
 import redis
-from celery import chord
+from celery import chain, chord
 from framefleet.config.celery import (
     FINALIZE_JOB,
     GENERATE_VARIATION,
+    JUDGE_CANDIDATES,
     PRIORITY_STEPS,
     SCORE_VARIATIONS,
     SELECT_VARIATION,
@@ -128,9 +129,12 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
         header = [signature(GENERATE_VARIATION, (job.id, frame, source.value, index), priority,
                             revision=record.revision, round_size=count)
                   for index in range(1, count + 1)]
-        body = (signature(SCORE_VARIATIONS, (job.id, frame), priority, revision=record.revision)
-                | signature(SELECT_VARIATION, (job.id, frame, source.value), priority, revision=record.revision))
-        send_chord(job, header, body)
+        staged = (job.id, frame, source.value)
+        links = [signature(SCORE_VARIATIONS, (job.id, frame), priority, revision=record.revision)]
+        if config.judge == "vlm" and count > 1:  # a job without the judge has no extra hop
+            links.append(signature(JUDGE_CANDIDATES, staged, priority, revision=record.revision))
+        links.append(signature(SELECT_VARIATION, staged, priority, revision=record.revision))
+        send_chord(job, header, chain(*links))
     except BaseException:
         if record.state is not FrameState.GENERATING:  # not sent: the step's re-drive must send it
             job.frames.transition(frame, record.state, expect=lambda r: r.state is FrameState.GENERATING)

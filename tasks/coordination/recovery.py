@@ -18,6 +18,7 @@ from framefleet.config.celery import (
     ENHANCE_PROMPT,
     FINALIZE_JOB,
     GENERATE_VARIATION,
+    JUDGE_CANDIDATES,
     SCORE_VARIATIONS,
     SELECT_VARIATION,
 )
@@ -30,7 +31,7 @@ from framefleet.tasks.job.states import FrameState
 
 log = logging.getLogger(__name__)
 
-FRAME_TASKS = {GENERATE_VARIATION, SCORE_VARIATIONS, SELECT_VARIATION, FINALIZE_JOB}
+FRAME_TASKS = {GENERATE_VARIATION, SCORE_VARIATIONS, JUDGE_CANDIDATES, SELECT_VARIATION, FINALIZE_JOB}
 
 
 def resume(job: Job) -> str:
@@ -121,8 +122,8 @@ def redrive_dead_steps(job: Job) -> list[str]:
         elif kind == "notify":
             continue  # its message is still unacknowledged: Celery redelivers it (sent-marker dedups)
         elif not frame_redriven:
-            # A generation, scoring or selection step: re-send the frame's round. Its stored
-            # variations and scores are returned without new work; the dead step runs again.
+            # A generation, scoring, judge or selection step: re-send the frame's round. Its stored
+            # variations, scores and verdict are returned without new work; the dead step runs again.
             frame_redriven = True
             dispatch_ready(job, force=True)
     log.warning("job %s: re-drove %s (their workers stopped renewing their leases)", job.id, sorted(dead))

@@ -26,7 +26,9 @@ class JobKeys:
       history      list of "stage: message" lines, in order
       variations   hash "{frame}/{revision}/{source}/{index}" → JSON VariationRecord
       scored       hash "{frame}/{revision}/{source}" → JSON scoring result
-      llm          hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply
+      judged       hash "{frame}/{revision}/{source}" → JSON scoring result with the judge's verdict
+      llm          hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply (the judge's
+                   replies too: agent "judge", the digest of the round and the pair, iteration = the order)
       cost         hash "{frame}:{counter}" and "total:{counter}" → int
       predictions  hash "{variation key}#{attempt}" → Replicate prediction id
       offline_calls  list of the offline image provider's calls (its stand-in for a bill)
@@ -42,7 +44,7 @@ class JobKeys:
     budget:round:{frame}/{round} (the images reserved for a round), callback-sent:{revision}.
     """
 
-    LASTING = ("spec", "frames", "status", "history", "variations", "scored", "llm", "cost", "predictions",
+    LASTING = ("spec", "frames", "status", "history", "variations", "scored", "judged", "llm", "cost", "predictions",
                "offline_calls", "budget", "degradations", "rounds", "running", "redrives")
 
     def __init__(self, job_id: str):

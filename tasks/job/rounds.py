@@ -1,5 +1,5 @@
-"""Generation rounds of a job's frames: each variation's record, a round's scoring result, when
-each image was stored (the straggler cut counts them), and the count of rounds enqueued that a
+"""Generation rounds of a job's frames: each variation's record, a round's scoring result and its
+judged result, when each image was stored (the straggler cut counts them), and the count of rounds enqueued that a
 held slot waits on (coordination/slot_hold.py).
 
 A round is named by its frame, revision and prompt source (``round_id``): a redelivered or
@@ -54,6 +54,14 @@ class Rounds:
     def save_scored(self, frame: str, revision: int, source: str, result: dict) -> None:
         self.job.write_if_alive(("HSET", self.keys.scored, round_id(frame, revision, source), json.dumps(result)),
                                 ("EXPIRE", self.keys.scored, self.job.ttl))
+
+    def judged(self, frame: str, revision: int, source: str) -> dict | None:
+        raw = self.r.hget(self.keys.judged, round_id(frame, revision, source))
+        return json.loads(raw) if raw else None
+
+    def save_judged(self, frame: str, revision: int, source: str, result: dict) -> None:
+        self.job.write_if_alive(("HSET", self.keys.judged, round_id(frame, revision, source), json.dumps(result)),
+                                ("EXPIRE", self.keys.judged, self.job.ttl))
 
     # the round counter slot holding waits on -------------------------------------------------
     def count_round(self, wake: int) -> None:

@@ -94,6 +94,8 @@ class NoteKind(StrEnum):
     BUDGET_SKIPPED = "budget_skipped"
     QUALITY_LOW = "quality_low"  # warning: below the quality threshold (the image is kept)
     METRIC_FAILED = "metric_failed"  # warning: one scoring metric failed, the others re-weighted
+    JUDGE_FAILED = "judge_failed"  # the vision judge failed or timed out: the score order stands
+    JUDGE_BUDGET = "judge_budget"  # the spending cap could not pay the judge: the score order stands
 
 
 WARNINGS = frozenset({NoteKind.QUALITY_LOW, NoteKind.METRIC_FAILED})

@@ -17,6 +17,7 @@ from framefleet.config.celery import (
     CREATE_TASKS,
     ENHANCE_PROMPT,
     GENERATE_VARIATION,
+    JUDGE_CANDIDATES,
     SCORE_VARIATIONS,
     SELECT_VARIATION,
 )
@@ -24,7 +25,7 @@ from framefleet.config.logging import setup_logging as configure_logging
 from framefleet.config.logging import task_context
 from framefleet.config.settings import get_settings
 from framefleet.scoring import Scorer, create_scorer
-from framefleet.scoring.weights import check_sources
+from framefleet.scoring.weights import check_sources, missing_models
 
 log = logging.getLogger(__name__)
 _consumed_queues: set[str] = set()
@@ -38,7 +39,7 @@ def scorer_name() -> str:
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("open_clip") is None:
         log.warning("scorer auto: torch/open_clip not installed (the `scoring` extra)")
         return "heuristic"
-    missing = {k: v for k, v in check_sources(settings.model_sources()).items() if v.startswith("missing")}
+    missing = missing_models(check_sources(settings.model_sources()), with_hps=settings.score_weights.hps > 0)
     for model, why in missing.items():
         log.warning("scorer auto: %s %s", model, why)
     return "heuristic" if missing else "models"
@@ -57,8 +58,9 @@ def _load_scorer() -> Scorer:
     name = scorer_name()
     if name == "heuristic":
         log.warning("scoring with the HEURISTIC scorer (image statistics, not PickScore/CLIP/aesthetic models)")
-    if name == "models":
-        return create_scorer(name, sources=get_settings().model_sources())
+    if name == "models":  # HPS is loaded only when the fleet's weights use it
+        settings = get_settings()
+        return create_scorer(name, sources=settings.model_sources(), with_hps=settings.score_weights.hps > 0)
     return create_scorer(name)
 
 
@@ -71,6 +73,7 @@ def _setup_logging(**_) -> None:
 TASK_ARGUMENTS = {
     GENERATE_VARIATION: ("job_id", "frame", "stage", "variation"),
     SCORE_VARIATIONS: (None, "job_id", "frame"),
+    JUDGE_CANDIDATES: (None, "job_id", "frame", "stage"),
     SELECT_VARIATION: (None, "job_id", "frame", "stage"),
     ENHANCE_PROMPT: ("job_id", "frame"),
 }

@@ -1,7 +1,8 @@
 """Select a frame's candidate from one scored round (control queue; the chord body's last link).
 
 Rank 1 of the scored candidates is copied to the frame's own key (a copy inside the store) and
-recorded; the seeds' fallbacks when scoring or ranking failed (the first generated, the first
+recorded; where the vision judge settled a close call (steps/judge.py), its winner takes rank 1;
+the seeds' fallbacks when scoring or ranking failed (the first generated, the first
 scored image); below the quality threshold a warning, the image kept. A round with no image at
 all sends the frame to one image with the original prompt (RETRY), or, when that was the round,
 fails the frame. The transition checks this is still the frame's round: a late copy writes nothing.
@@ -16,7 +17,7 @@ from framefleet.scoring import Ranked, rank_images_by_quality
 from framefleet.tasks.artifacts.keys import GENERATION_TRACE, frame_key, trace_key
 from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.job.model import Job
-from framefleet.tasks.job.records import FrameRecord, Selection, VariationRecord
+from framefleet.tasks.job.records import FrameRecord, JudgeRecord, Selection, VariationRecord
 from framefleet.tasks.job.states import FrameState, Note, NoteKind, PromptSource
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
     notes = [Note(kind=NoteKind.VARIATION_FAILED, text=f"variation {v.index} failed: {v.error}")
              for v in variations if v.error]
     chosen = best_variation(variations, scored["error"], notes) if any(v.key for v in variations) else None
+    judge = JudgeRecord.model_validate(scored["judge"]) if scored.get("judge") else None
+    if judge is not None and chosen is not None:
+        chosen = follow_judge(variations, chosen, judge)
+    if scored.get("judge_note"):
+        notes.append(Note.model_validate(scored["judge_note"]))
     selected_key = frame_key(job.id, frame, revision)
     if chosen is not None:
         store.copy(chosen.key, selected_key, "image/png")
@@ -46,6 +52,7 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
         record.timings.variations += [v.timing for v in variations if v.timing]
         record.timings.score = tuple(scored["timing"]) if scored.get("timing") else None
         record.scorer = scored["scorer"] or record.scorer
+        record.judge = judge
         for text in scored.get("notes", []):
             record.add_note(NoteKind.METRIC_FAILED, text)
         for note in notes:
@@ -75,6 +82,20 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
         store.put(trace_key(job.id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
                   "application/json")
     return record
+
+
+def follow_judge(variations: list[VariationRecord], chosen: VariationRecord, judge: JudgeRecord) -> VariationRecord:
+    """The judge's selection, when it judged the candidates the score order put first and second:
+    it takes rank 1 (the manifest's rank 1 is the selected candidate), the score's first rank 2. A
+    round whose ranking failed (no ranks) keeps its fallback."""
+    if chosen.rank != 1 or chosen.index != judge.candidates[0] or judge.selected == chosen.index:
+        return chosen
+    winner = next(v for v in variations if v.index == judge.selected)
+    winner.rank, chosen.rank = chosen.rank, winner.rank
+    log.info("judge chose v%s over v%s (overall %s against %s): %s", winner.index, chosen.index,
+             winner.scores.overall if winner.scores else None, chosen.scores.overall if chosen.scores else None,
+             judge.reason)
+    return winner
 
 
 def best_variation(variations: list[VariationRecord], scoring_error: str | None, notes: list[Note]) -> VariationRecord:
