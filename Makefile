@@ -61,7 +61,7 @@ $(VENV)/.installed-eval: pyproject.toml $(VENV)/.installed
 
 # Every arm on the shipped storyboards; the report lands in output/eval/report.html.
 eval: $(VENV)/.installed-eval
-	$(BIN)/framefleet eval --arms baseline,enhanced,enhance-only,best-of-4 --out output/eval $(ARGS)
+	$(BIN)/framefleet eval --arms baseline,enhanced,enhance-only,best-of-4,scores-only,continuity,judge --out output/eval $(ARGS)
 
 # Many jobs at once (FIFO beside priority); ARGS=--realistic, --heavy-tail or --scaling for the other modes.
 bench-load: $(VENV)/.installed

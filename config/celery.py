@@ -85,8 +85,8 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     generation = settings.replicate_prediction_timeout_s + 300
     limits[GENERATE_VARIATION] = {"soft_time_limit": generation, "time_limit": generation + 60}
     limits[SCORE_VARIATIONS] = {"soft_time_limit": 600, "time_limit": 660}
-    # Both orders at once: the budget wait, then a request and its retries.
-    judge = settings.judge_max_wait_s + settings.judge_timeout_s * (settings.openai_max_retries + 1) + 60
+    # Both orders at once: the budget wait, then a request, its retries, and one more for a bad reply.
+    judge = settings.judge_max_wait_s + 2 * settings.judge_timeout_s * (settings.openai_max_retries + 1) + 60
     limits[JUDGE_CANDIDATES] = {"soft_time_limit": judge, "time_limit": judge + 60}
     return limits
 

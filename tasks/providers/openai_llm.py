@@ -235,6 +235,10 @@ class OpenAIPromptAgents:
     def usage(self) -> dict[str, int]:
         return self.chat.usage
 
+    @property
+    def limiter(self) -> FleetRateLimiter:
+        return self.chat.limiter
+
     def _ask(self, system: str, user: str, reply_model: type[BaseModel]) -> BaseModel:
         return self.chat.ask([{"role": "system", "content": system}, {"role": "user", "content": user}], reply_model)
 
