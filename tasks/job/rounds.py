@@ -47,21 +47,27 @@ class Rounds:
         pairs = self.r.zrange(self.keys.stored(round_id(frame, revision, source)), 0, -1, withscores=True)
         return [when for _, when in pairs]
 
-    def scored(self, frame: str, revision: int, source: str) -> dict | None:
-        raw = self.r.hget(self.keys.scored, round_id(frame, revision, source))
+    # a round's outcome per step: "scored" (scoring), "judged" (the judge: scoring + verdict) ---
+    def outcome(self, step: str, frame: str, revision: int, source: str) -> dict | None:
+        raw = self.r.hget(getattr(self.keys, step), round_id(frame, revision, source))
         return json.loads(raw) if raw else None
+
+    def save_outcome(self, step: str, frame: str, revision: int, source: str, result: dict) -> None:
+        key = getattr(self.keys, step)
+        self.job.write_if_alive(("HSET", key, round_id(frame, revision, source), json.dumps(result)),
+                                ("EXPIRE", key, self.job.ttl))
+
+    def scored(self, frame: str, revision: int, source: str) -> dict | None:
+        return self.outcome("scored", frame, revision, source)
 
     def save_scored(self, frame: str, revision: int, source: str, result: dict) -> None:
-        self.job.write_if_alive(("HSET", self.keys.scored, round_id(frame, revision, source), json.dumps(result)),
-                                ("EXPIRE", self.keys.scored, self.job.ttl))
+        self.save_outcome("scored", frame, revision, source, result)
 
     def judged(self, frame: str, revision: int, source: str) -> dict | None:
-        raw = self.r.hget(self.keys.judged, round_id(frame, revision, source))
-        return json.loads(raw) if raw else None
+        return self.outcome("judged", frame, revision, source)
 
     def save_judged(self, frame: str, revision: int, source: str, result: dict) -> None:
-        self.job.write_if_alive(("HSET", self.keys.judged, round_id(frame, revision, source), json.dumps(result)),
-                                ("EXPIRE", self.keys.judged, self.job.ttl))
+        self.save_outcome("judged", frame, revision, source, result)
 
     # the round counter slot holding waits on -------------------------------------------------
     def count_round(self, wake: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from framefleet.config.settings import get_settings
+from framefleet.tasks.artifacts.images import decode_image, downsized_jpeg
 from framefleet.tasks.artifacts.store import open_store
 from framefleet.tasks.coordination.budget import judge_call_price, llm_round_price
 from framefleet.tasks.job.model import Job
@@ -31,6 +32,11 @@ def services(tmp_path_factory, start_fleet):
 
 def luma(image: Image.Image) -> float:
     return float(np.asarray(image.convert("L"), dtype=np.float32).mean())
+
+
+def sent_to_judge(store, key: str) -> Image.Image:
+    """A candidate as the judge step sends it (the same bytes the stand-in judged)."""
+    return decode_image(downsized_jpeg(decode_image(store.get(key)), 512))
 
 
 def judge_requests(api: FakeOpenAI, prompt: str) -> list[dict]:
@@ -63,7 +69,8 @@ def test_selection_follows_the_judge_where_both_orders_agree(celery_app, service
         first, second = judge["candidates"]
         scores = {v["index"]: v["scores"]["overall"] for v in frame["variations"]}
         assert scores[first] == max(scores.values()) and judge["gap"] == pytest.approx(scores[first] - scores[second])
-        a, b = (image for _, image in asked[0]["images"][-2:])
+        a, b = (sent_to_judge(store, v["key"]) for index in (first, second)
+                for v in frame["variations"] if v["index"] == index)
         darker = first if luma(a) < luma(b) else second
         assert [v["preferred"] for v in judge["verdicts"]] == [darker, darker]
         assert judge["winner"] == judge["selected"] == frame["selected"]["index"] == darker

@@ -82,23 +82,31 @@ def test_a_close_call_is_judged_in_both_orders_with_the_frames_images(judge_api)
     first, second, gap = close_call(scored, 100)
     asked = judged_frames(server)[-2:]
     assert len(server.requests) - before == 2
-    expected = {"Input, the reference image:": store.get(f"jobs/{job_id}/inputs/reference.png"),
-                "Input, the previous frame:": store.get(f"jobs/{job_id}/frames/{START}.png"),
-                "Candidate A:": store.get(first.key), "Candidate B:": store.get(second.key)}
-    for order, request in enumerate(asked):
-        assert request["body"]["model"] == "gpt-4.1" and "temperature" not in request["body"]
-        assert [label for label, _ in request["images"]] == list(expected)
-        for label, received in request["images"]:
-            assert max(received.size) <= 512  # small copies, not full-size PNGs
-            sent = decode_image(downsized_jpeg(decode_image(expected[label]), 512))
-            if order == 1 and label.startswith("Candidate"):  # the second order swaps the candidates
-                other = "Candidate B:" if label == "Candidate A:" else "Candidate A:"
-                sent = decode_image(downsized_jpeg(decode_image(expected[other]), 512))
-            assert received.size == sent.size
-            assert np.abs(np.asarray(received, float) - np.asarray(sent, float)).mean() < 2  # JPEG, once more
+    sent = {name: decode_image(downsized_jpeg(decode_image(store.get(key)), 512)) for name, key in (
+        ("reference", f"jobs/{job_id}/inputs/reference.png"), ("previous", f"jobs/{job_id}/frames/{START}.png"),
+        (first.index, first.key), (second.index, second.key))}
 
+    def which(received: Image.Image) -> str | int:
+        """The image the judge step sent that the stand-in received (a JPEG decoded once more)."""
+        close = [name for name, image in sent.items() if image.size == received.size
+                 and np.abs(np.asarray(received, float) - np.asarray(image, float)).mean() < 2]
+        assert len(close) == 1
+        return close[0]
+
+    shown = []
+    for request in asked:  # the two orders are asked at once: either may arrive first
+        assert request["body"]["model"] == "gpt-4.1" and "temperature" not in request["body"]
+        assert [label for label, _ in request["images"]] == ["Input, the reference image:",
+                                                             "Input, the previous frame:", "Candidate A:",
+                                                             "Candidate B:"]
+        assert all(max(image.size) <= 512 for _, image in request["images"])  # small copies, not full-size PNGs
+        names = [which(image) for _, image in request["images"]]
+        assert names[:2] == ["reference", "previous"]
+        shown.append(names[2:])
+    assert sorted(shown) == sorted([[first.index, second.index], [second.index, first.index]])  # both orders
+
+    darkest = first.index if luma(sent[first.index]) < luma(sent[second.index]) else second.index
     verdict = judged["judge"]
-    darkest = first.index if luma(asked[0]["images"][2][1]) < luma(asked[0]["images"][3][1]) else second.index
     assert verdict["candidates"] == [first.index, second.index] and verdict["gap"] == gap
     assert [v["shown"] for v in verdict["verdicts"]] == [[first.index, second.index], [second.index, first.index]]
     assert verdict["winner"] == verdict["selected"] == darkest
@@ -219,8 +227,10 @@ def test_the_stand_in_refuses_an_image_part_that_is_not_an_image(judge_api):
 
     _, server = judge_api
     client = openai.OpenAI(api_key="sk-judge", base_url=server.base_url, max_retries=0)
+    not_an_image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl",
+                                                       "detail": "low"}}
+    schema = {"type": "json_schema", "json_schema": {"name": "JudgeReply", "schema": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError, match="Invalid image") as refused:
-        client.chat.completions.create(model="m", response_format={"type": "json_schema", "json_schema": {
-            "name": "JudgeReply", "schema": {"type": "object"}}}, messages=[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl", "detail": "low"}}]}])
+        client.chat.completions.create(model="m", response_format=schema,
+                                       messages=[{"role": "user", "content": [not_an_image]}])
     assert refused.value.code == "invalid_image_url" and not server.requests  # refused: nothing answered
