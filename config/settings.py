@@ -159,6 +159,13 @@ class Providers(BaseModel):
     # instructions and critique; the least a reply takes).
     llm_call_estimate_tokens: tuple[int, int] = (800, 300)
 
+    def tokens_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.openai_usd_per_1m_prompt_tokens
+                + completion_tokens * self.openai_usd_per_1m_completion_tokens) / 1e6
+
+    def prediction_usd(self, model: str) -> float:
+        return self.replicate_usd_per_prediction.get(model, 0.0)
+
 
 class ScoringModels(BaseModel):
     """Where the scoring models' weights come from: hub id / open_clip name or tag / local path."""

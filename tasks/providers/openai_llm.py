@@ -32,6 +32,8 @@ from framefleet.tasks.providers.ratelimit import (
     FleetRateLimiter,
     RateLimitDeadline,
     account_key,
+    count_request,
+    outcome,
     requested_pause,
     retry_after_seconds,
 )
@@ -124,7 +126,9 @@ class OpenAIPromptAgents:
         self.settings = settings
         # base_url comes from OPENAI_BASE_URL when set (the client reads it).
         self.client = openai.OpenAI(api_key=settings.openai_api_key.get_secret_value(),
-                                    timeout=settings.openai_timeout_s, max_retries=0)
+                                    timeout=settings.openai_timeout_s, max_retries=0,
+                                    http_client=openai.DefaultHttpxClient(event_hooks={"response": [
+                                        lambda response: count_request("openai", outcome(response.status_code))]}))
         self.limiter = fleet_limiter(settings)
         self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                       "rate_limit_waits": 0, "rate_limit_wait_ms": 0}
@@ -161,7 +165,9 @@ class OpenAIPromptAgents:
                     raise
                 delay = self.limiter.pause(retry_delay(error.response.headers))
                 log.info("OpenAI 429 (%s): the fleet waits %.1fs", error.code, delay)
-            except (openai.APIConnectionError, openai.InternalServerError):
+            except (openai.APIConnectionError, openai.InternalServerError) as error:
+                if isinstance(error, openai.APIConnectionError):  # no answer: the response hook saw nothing
+                    count_request("openai", "error")
                 server_errors += 1
                 if server_errors > self.settings.openai_max_retries:
                     raise

@@ -12,6 +12,8 @@ import logging
 import threading
 from functools import lru_cache
 
+import redis
+
 from celery.signals import setup_logging, task_postrun, task_prerun, task_received, worker_init, worker_process_init
 from framefleet.config.celery import (
     CREATE_TASKS,
@@ -25,6 +27,8 @@ from framefleet.config.logging import task_context
 from framefleet.config.settings import get_settings
 from framefleet.scoring import Scorer, create_scorer
 from framefleet.scoring.weights import check_sources
+from framefleet.tasks.job import metrics
+from framefleet.tasks.job.redis import state_client
 
 log = logging.getLogger(__name__)
 _consumed_queues: set[str] = set()
@@ -109,6 +113,10 @@ def _hide_request_text(request, **_) -> None:
 @task_postrun.connect
 def _leave_task_context(**_) -> None:
     task_context.set(None)
+    try:  # the task's counts for the fleet's metrics that no job write of it took along
+        metrics.flush(state_client())
+    except (redis.RedisError, RuntimeError) as error:  # kept for the next write
+        log.warning("fleet metrics not written yet: %s", error)
 
 
 @worker_init.connect
