@@ -198,13 +198,15 @@ class OfflineProviders(BaseModel):
 
 
 class Operations(BaseModel):
-    """Logging and Flower."""
+    """Logging, Flower and the metrics exporter."""
 
     log_level: str = "INFO"
     log_json: bool = False
     # Flower: "user:password" (several: comma-separated); required unless --local-only.
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
+    # The job latency the alert rules hold the fleet to: p95 of submitted → finished (framefleet exporter).
+    job_p95_alert_s: float = Field(1800.0, gt=0)
 
 
 class Settings(Infrastructure, Pipeline, Scheduling, Limits, Providers, ScoringModels, OfflineProviders, Operations,

@@ -66,6 +66,7 @@ class FleetCollector(Collector):
         self.state = _client(settings.state_url)
         self.broker = self.state if settings.broker_url == settings.state_url else _client(settings.broker_url)
         self.app = app
+        self.job_p95_alert_s = settings.job_p95_alert_s
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("framefleet_redis_up", "Whether the last scrape could read the fleet's Redis")
@@ -87,6 +88,8 @@ class FleetCollector(Collector):
         yield jobs
         yield GaugeMetricFamily("framefleet_parked_jobs", "Jobs the watchdog parked (framefleet jobs says why)",
                                 value=parked)
+        yield GaugeMetricFamily("framefleet_job_p95_alert_seconds", "The job p95 the alert rules hold the fleet to "
+                                "(FRAMEFLEET_JOB_P95_ALERT_S)", value=self.job_p95_alert_s)
         queue_length = GaugeMetricFamily("framefleet_queue_length", "Messages waiting in a queue's priority list "
                                          "(0 is served first: running jobs; 9: new jobs' first frames)",
                                          labels=["queue", "priority"])

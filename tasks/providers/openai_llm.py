@@ -37,6 +37,7 @@ from framefleet.tasks.providers.ratelimit import (
     requested_pause,
     retry_after_seconds,
 )
+from framefleet.tasks.runtime.tracing import provider_call
 from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,10 @@ class OpenAIPromptAgents:
         while True:
             self._take_slot(tokens)
             try:
-                return self.client.chat.completions.parse(
-                    model=self.settings.openai_model, temperature=self.settings.openai_temperature,
-                    messages=messages, response_format=reply_model)
+                with provider_call("openai chat.completions", **{"gen_ai.request.model": self.settings.openai_model}):
+                    return self.client.chat.completions.parse(
+                        model=self.settings.openai_model, temperature=self.settings.openai_temperature,
+                        messages=messages, response_format=reply_model)
             except openai.RateLimitError as error:
                 if error.code == "insufficient_quota":  # out of credit: waiting will not help
                     raise

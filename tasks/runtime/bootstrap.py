@@ -1,4 +1,5 @@
-"""Worker bootstrap: logging, and the scorer loaded once per process on gpu workers.
+"""Worker bootstrap: logging, traces (runtime/tracing.py), and the scorer loaded once per process
+on gpu workers.
 
 The scorer is built in the process that runs the tasks (``worker_process_init``: each prefork
 child, or the solo pool's one process), so CUDA is never initialised in a parent that forks
@@ -14,7 +15,16 @@ from functools import lru_cache
 
 import redis
 
-from celery.signals import setup_logging, task_postrun, task_prerun, task_received, worker_init, worker_process_init
+from celery.concurrency import get_implementation
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    task_received,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from framefleet.config.celery import (
     CREATE_TASKS,
     ENHANCE_PROMPT,
@@ -29,6 +39,7 @@ from framefleet.scoring import Scorer, create_scorer
 from framefleet.scoring.weights import check_sources
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.redis import state_client
+from framefleet.tasks.runtime import tracing
 
 log = logging.getLogger(__name__)
 _consumed_queues: set[str] = set()
@@ -123,6 +134,10 @@ def _leave_task_context(**_) -> None:
 def _remember_queues(sender, **_) -> None:
     # Sent after -Q is applied and before the pool exists.
     _consumed_queues.update(sender.app.amqp.queues.consume_from)
+    # A pool that does not fork runs tasks in this process; the threads pool sends no
+    # worker_process_init. A prefork parent is left alone: its children trace.
+    if get_implementation(sender.pool_cls).__module__ != "celery.concurrency.prefork" and tracing.configured():
+        tracing.instrument()
 
 
 def consumed_queues() -> frozenset[str]:
@@ -131,6 +146,13 @@ def consumed_queues() -> frozenset[str]:
 
 
 @worker_process_init.connect
-def _warm_scorer(**_) -> None:
+def _start_process(**_) -> None:
+    if tracing.configured():
+        tracing.instrument()
     if "gpu" in _consumed_queues:
         process_scorer()
+
+
+@worker_process_shutdown.connect
+def _flush_traces(**_) -> None:
+    tracing.flush()

@@ -27,6 +27,7 @@ from framefleet.tasks.job.requests import REFERENCE_FIELDS, JobConfig, parse_req
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.providers import image_provider_name, llm_provider_name
 from framefleet.tasks.providers.adapters import image_model_registry
+from framefleet.tasks.runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def create_job(kind: str, payload) -> CreateResult:
         job_id=request.job_id, kind=kind, aspect_ratio=request.aspect_ratio,
         config=JobConfig.resolve(settings, request.overrides), plan=plan,
         providers={"llm": llm_provider_name(settings), "images": image_provider_name(settings)},
-        submitted=time.time(), callback=request.callback,
+        submitted=time.time(), callback=request.callback, trace=tracing.job_carrier(),
     )
     job.create(spec)  # claims the id: from here on a failure must give it back
     try:
