@@ -11,29 +11,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.fakes.http import JsonHandler, LocalServer
+from tests.fakes.http import JsonHandler, StandIn
 
 
 def _value(any_value) -> object:
     return getattr(any_value, any_value.WhichOneof("value")) if any_value.WhichOneof("value") else None
 
 
-class FakeCollector:
+class FakeCollector(StandIn):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.spans: list[dict] = []
-        self.server = LocalServer(self)
+        super().__init__()
 
     @property
     def endpoint(self) -> str:
         return self.server.url
-
-    def __enter__(self):
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.__exit__(*exc)
 
     def handle(self, handler: JsonHandler, method: str) -> None:
         if method != "POST" or handler.path != "/v1/traces":

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
-from tests.helpers import put_reference, run_job, storyboard_request, unique_id, wait_until
+from tests.helpers import put_reference, run_job, stand_in_env, storyboard_request, unique_id, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,10 +76,8 @@ def fleet_and_stand_ins(tmp_path_factory, start_fleet):
     root = tmp_path_factory.mktemp("artifacts-metrics")
     with FakeOpenAI() as openai_api, FakeReplicate() as replicate_api:
         fleet = start_fleet({
-            "FRAMEFLEET_STORE_URL": f"file://{root}",
-            "OPENAI_API_KEY": "sk-metrics", "OPENAI_BASE_URL": openai_api.base_url,
-            "REPLICATE_API_TOKEN": "r8-metrics", "REPLICATE_BASE_URL": replicate_api.base_url,
-            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "0.2", "FRAMEFLEET_REPLICATE_DATA_URL_MAX_BYTES": "0",
+            "FRAMEFLEET_STORE_URL": f"file://{root}", **stand_in_env(openai_api, replicate_api),
+            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "0.2",
         })
         yield open_store(f"file://{root}"), openai_api, replicate_api, fleet
         fleet.stop()

@@ -13,7 +13,7 @@ from framefleet.tasks.artifacts.store import open_store
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.otlp_collector import FakeCollector
 from tests.fakes.replicate_api import FakeReplicate
-from tests.helpers import run_job, storyboard_request, unique_id, wait_until
+from tests.helpers import run_job, stand_in_env, storyboard_request, unique_id, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +31,7 @@ def traced_fleet(tmp_path_factory, start_fleet):
         fleet = start_fleet({
             "FRAMEFLEET_STORE_URL": f"file://{root}",
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "OPENAI_API_KEY": "sk-traces", "OPENAI_BASE_URL": openai_api.base_url,
-            "REPLICATE_API_TOKEN": "r8-traces", "REPLICATE_BASE_URL": replicate_api.base_url,
-            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "0.2",
+            **stand_in_env(openai_api, replicate_api), "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "0.2",
         })
         yield open_store(f"file://{root}"), collector, replicate_api
         fleet.stop()  # while the collector still answers: the workers flush their last spans
@@ -61,7 +59,8 @@ def test_one_job_is_one_trace_with_every_step(celery_app, traced_fleet):
     assert root["name"] == CREATE and root["resource"]["service.name"] == "framefleet"
     assert all(s["parent_span_id"] in by_id for s in spans if s is not root)  # one tree
     # Every step of every frame, labelled with the job and its frame.
-    steps = Counter((s["name"], s["attributes"].get("framefleet.frame")) for s in spans if s["name"].startswith("run/"))
+    steps = Counter((s["name"], s["attributes"].get("framefleet.frame")) for s in spans
+                    if s["name"].startswith("run/"))
     for frame in (f["name"] for f in manifest["frames"]):
         assert steps[(ENHANCE, frame)] == 1 and steps[(GENERATE, frame)] == 4, frame
         assert steps[(SCORE, frame)] == 1 and steps[(SELECT, frame)] == 1, frame

@@ -39,8 +39,8 @@ def test_the_exporter_serves_what_the_issue_lists(served):
 
 
 def test_alert_rules_cover_the_runbook_and_name_served_metrics(served):
-    rules = {rule["alert"]: rule for group in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
-             for rule in group["rules"]}
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
     assert {"FramefleetNoWorkers", "FramefleetBacklogGrowing", "FramefleetProviderRateLimited",
             "FramefleetJobLatencyHigh"} <= set(rules)
     for name, rule in rules.items():
