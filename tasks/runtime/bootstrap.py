@@ -14,7 +14,6 @@ import threading
 from functools import lru_cache
 
 import redis
-
 from celery.concurrency import get_implementation
 from celery.signals import (
     setup_logging,
