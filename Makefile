@@ -38,7 +38,12 @@ install-scoring: $(VENV)/.installed-scoring
 demo: $(VENV)/.installed
 	$(BIN)/framefleet demo
 
-test: $(VENV)/.installed-scoring $(VENV)/.installed-eval $(MAINAPP_VENV)/.installed
+# The traces' OpenTelemetry packages (the `otel` extra), which the trace tests run.
+$(VENV)/.installed-otel: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),otel]"
+	touch $@
+
+test: $(VENV)/.installed-scoring $(VENV)/.installed-eval $(VENV)/.installed-otel $(MAINAPP_VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

@@ -176,6 +176,17 @@ class Providers(BaseModel):
     # instructions and critique; the least a reply takes).
     llm_call_estimate_tokens: tuple[int, int] = (800, 300)
 
+    def tokens_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.openai_usd_per_1m_prompt_tokens
+                + completion_tokens * self.openai_usd_per_1m_completion_tokens) / 1e6
+
+    def judge_tokens_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.judge_usd_per_1m_prompt_tokens
+                + completion_tokens * self.judge_usd_per_1m_completion_tokens) / 1e6
+
+    def prediction_usd(self, model: str) -> float:
+        return self.replicate_usd_per_prediction.get(model, 0.0)
+
 
 class ScoringModels(BaseModel):
     """Where the scoring models' weights come from: hub id / open_clip name or tag / local path."""
@@ -210,13 +221,15 @@ class OfflineProviders(BaseModel):
 
 
 class Operations(BaseModel):
-    """Logging and Flower."""
+    """Logging, Flower and the metrics exporter."""
 
     log_level: str = "INFO"
     log_json: bool = False
     # Flower: "user:password" (several: comma-separated); required unless --local-only.
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
+    # The job latency the alert rules hold the fleet to: p95 of submitted → finished (framefleet exporter).
+    job_p95_alert_s: float = Field(1800.0, gt=0)
 
 
 class Settings(Infrastructure, Pipeline, Scheduling, Limits, Providers, ScoringModels, OfflineProviders, Operations,

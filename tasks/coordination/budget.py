@@ -29,7 +29,7 @@ from framefleet.tasks.providers.judges import LOW_DETAIL_IMAGE_TOKENS
 
 def image_price(spec: JobSpec, model: str, settings: Settings) -> float:
     if spec.providers.get("images") == "replicate":
-        return settings.replicate_usd_per_prediction.get(model, 0.0)
+        return settings.prediction_usd(model)
     return settings.offline_usd_per_image
 
 
@@ -38,16 +38,11 @@ def prompt_tokens(text: str) -> int:
     return -(-len(text) // 4)
 
 
-def _openai_price(settings: Settings, sent_tokens: int, reply_tokens: int) -> float:
-    return (sent_tokens * settings.openai_usd_per_1m_prompt_tokens
-            + reply_tokens * settings.openai_usd_per_1m_completion_tokens) / 1e6
-
-
 def llm_call_price(spec: JobSpec, settings: Settings, prompt: str) -> float:
     """One LLM call that sends ``prompt`` (with its instructions) and gets the estimated reply."""
     if spec.providers.get("llm") == "openai":
         around, reply = settings.llm_call_estimate_tokens
-        return _openai_price(settings, around + prompt_tokens(prompt), reply)
+        return settings.tokens_usd(around + prompt_tokens(prompt), reply)
     return settings.offline_usd_per_llm_call
 
 
@@ -60,8 +55,8 @@ def llm_round_price(spec: JobSpec, settings: Settings, prompt: str, iteration: i
     around, reply = settings.llm_call_estimate_tokens
     sent = prompt_tokens(prompt)
     rewrite = max(sent, reply)
-    director = _openai_price(settings, around + sent + (rewrite if iteration > 1 else 0), rewrite)
-    engineer = _openai_price(settings, around + rewrite, reply)
+    director = settings.tokens_usd(around + sent + (rewrite if iteration > 1 else 0), rewrite)
+    engineer = settings.tokens_usd(around + rewrite, reply)
     return director + engineer
 
 

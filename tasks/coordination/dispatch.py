@@ -40,6 +40,7 @@ from framefleet.tasks.job.records import FrameRecord
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, FrameState, NoteKind, PromptSource
 from framefleet.tasks.providers.base import StopCheck
+from framefleet.tasks.runtime.tracing import in_job_trace
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def send(job: Job, task: str, args: tuple, priority: int = CONTINUATION, **kwarg
     """Enqueue one task of the job by name, remembering its id so a cancel can revoke it."""
     message = signature(task, args, priority, **kwargs)
     job.ledger.add_task_ids([message.freeze().id])
-    message.apply_async()
+    with in_job_trace(lambda: job.spec.trace):
+        message.apply_async()
 
 
 def send_chord(job: Job, header: list, body) -> None:
@@ -73,7 +75,8 @@ def send_chord(job: Job, header: list, body) -> None:
         ids.append(result.id)
         result = result.parent
     job.ledger.add_task_ids(ids)
-    chord(header, body).apply_async()
+    with in_job_trace(lambda: job.spec.trace):
+        chord(header, body).apply_async()
 
 
 def next_source(record: FrameRecord) -> PromptSource:

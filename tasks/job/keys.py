@@ -3,7 +3,8 @@
 A job's keys live under ``framefleet:job:{id}:`` and expire after ``job_ttl_s`` (a revision
 renews the lasting ones); the fleet-wide lists under ``framefleet:jobs:``; provider budgets and the
 Replicate prediction watcher under ``framefleet:ratelimit:`` and ``framefleet:replicate:``. The
-broker's own keys (queues, ``unacked``, bindings) are kombu's (config/celery.py ``broker_lists``).
+broker's own keys (queues, ``unacked``, bindings) are kombu's (config/celery.py ``broker_lists``);
+the fleet-wide metrics are ``framefleet:metrics`` and ``framefleet:jobs:states``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ ACTIVE_JOBS = "framefleet:jobs:active"  # set: jobs not finished (the watchdog's
 RECENT_JOBS = "framefleet:jobs:recent"  # zset job id → submitted; trimmed to job_ttl_s
 PARKED_JOBS = "framefleet:jobs:parked"  # hash job id → why the watchdog parked it; trimmed with recent
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # counter: watchdog rounds run
+# Fleet-wide metrics (job/metrics.py; workers/exporter.py reads them). Never expire: counters.
+FLEET_METRICS = "framefleet:metrics"  # hash "name" or "name|label=value,..." → float counter
+JOB_STATE_COUNTS = "framefleet:jobs:states"  # hash job state → jobs in it (queued, running), moved on transitions
 
 
 class JobKeys:

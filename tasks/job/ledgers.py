@@ -11,8 +11,15 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+from framefleet.tasks.job import metrics
+
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
+
+
+# Cost counters the fleet's metrics also count (as ``{counter}_total``).
+FLEET_COSTS = ("predictions_created", "images_stored", "straggler_cuts", "llm_calls", "prompt_tokens",
+               "completion_tokens")
 
 
 def llm_field(frame: str, prompt: str, iteration: int, agent: str) -> str:
@@ -25,12 +32,16 @@ class Ledger:
         self.job, self.r, self.keys = job, job.r, job.keys
 
     # cost counters --------------------------------------------------------------------------
-    def add_costs(self, frame: str, **counts: int) -> None:
+    def add_costs(self, frame: str, usd: float = 0.0, **counts: int) -> None:
+        """Count what the frame paid for (and ``usd``, its price) in the job's ledger and, in the
+        same write, in the fleet's metrics (job/metrics.py)."""
         commands = []
         for counter, value in counts.items():
             commands += [("HINCRBY", self.keys.cost, f"{frame}:{counter}", value),
                          ("HINCRBY", self.keys.cost, f"total:{counter}", value)]
-        self.job.write_if_alive(*commands, ("EXPIRE", self.keys.cost, self.job.ttl))
+        fleet = {f"{counter}_total": value for counter, value in counts.items() if counter in FLEET_COSTS}
+        self.job.write_if_alive(*commands, ("EXPIRE", self.keys.cost, self.job.ttl),
+                                *metrics.commands({**fleet, "cost_usd_total": usd}))
 
     def costs(self) -> dict[str, dict[str, int]]:
         """{frame or "total": {counter: value}}."""

@@ -65,6 +65,8 @@ class JobState(StrEnum):
     DONE = "done"
 
 
+UNFINISHED = frozenset({JobState.QUEUED, JobState.RUNNING})  # counted by state (job/metrics.py)
+
 # What each job state may become. DONE → RUNNING only by starting a revision (a transaction of its
 # own, job/model.py); a step's progress report never turns a finished job back to running.
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {

@@ -34,9 +34,12 @@ from framefleet.tasks.providers.ratelimit import (
     FleetRateLimiter,
     RateLimitDeadline,
     account_key,
+    count_request,
+    outcome,
     requested_pause,
     retry_after_seconds,
 )
+from framefleet.tasks.runtime.tracing import provider_call
 from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
@@ -151,7 +154,9 @@ class OpenAIChat:
         self.failure, self.image_tokens = failure, image_tokens
         # base_url comes from OPENAI_BASE_URL when set (the client reads it).
         self.client = openai.OpenAI(api_key=settings.openai_api_key.get_secret_value(), timeout=timeout_s,
-                                    max_retries=0)
+                                    max_retries=0,
+                                    http_client=openai.DefaultHttpxClient(event_hooks={"response": [
+                                        lambda response: count_request("openai", outcome(response.status_code))]}))
         self.limiter = fleet_limiter(settings)
         self.calls, self.prompt_tokens, self.completion_tokens, self.waits, self.wait_ms = counters
         self.usage = dict.fromkeys(counters, 0)
@@ -185,14 +190,17 @@ class OpenAIChat:
         while True:
             self._take_slot(tokens)
             try:
-                return self.client.chat.completions.parse(model=self.model, messages=messages,
-                                                          response_format=reply_model, **options)
+                with provider_call("openai chat.completions", **{"gen_ai.request.model": self.model}):
+                    return self.client.chat.completions.parse(model=self.model, messages=messages,
+                                                              response_format=reply_model, **options)
             except openai.RateLimitError as error:
                 if error.code == "insufficient_quota":  # out of credit: waiting will not help
                     raise
                 delay = self.limiter.pause(retry_delay(error.response.headers))
                 log.info("OpenAI 429 (%s): the fleet waits %.1fs", error.code, delay)
-            except (openai.APIConnectionError, openai.InternalServerError):
+            except (openai.APIConnectionError, openai.InternalServerError) as error:
+                if isinstance(error, openai.APIConnectionError):  # no answer: the response hook saw nothing
+                    count_request("openai", "error")
                 server_errors += 1
                 if server_errors > self.settings.openai_max_retries:
                     raise

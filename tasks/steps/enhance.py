@@ -28,6 +28,7 @@ from framefleet.tasks.artifacts.keys import (
 )
 from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.budget import BudgetGuard
+from framefleet.tasks.job import metrics
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import Enhancement, FrameRecord
 from framefleet.tasks.job.states import FrameState, Note, NoteKind
@@ -231,8 +232,9 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             log.warning("enhancement failed for %s/%s: %s; using the original prompt", job.id, frame, error)
             enhanced, enhancement = fallback(NoteKind.ENHANCEMENT_FAILED,
                                              "enhancement failed: original prompt, single image", error)
-    if getattr(agents, "usage", None):
-        job.ledger.add_costs(frame, **agents.usage)
+    if usage := getattr(agents, "usage", None):
+        usd = settings.tokens_usd(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        job.ledger.add_costs(frame, usd if spec.providers.get("llm") == "openai" else 0.0, **usage)
 
     def store_enhancement(current: FrameRecord) -> None:
         current.enhanced_prompt, current.enhancement = enhanced, enhancement
@@ -241,8 +243,10 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             current.add_note(enhancement.note.kind, enhancement.note.text)
 
     # A late copy, or one that a regenerate overtook with a new prompt, is refused here.
+    seconds = {} if enhancement.skipped else metrics.observation("frame_stage_seconds", time.time() - started,
+                                                                 stage="enhance")
     job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
         current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
-                                                                       record.revision))
+                                                                       record.revision), measured=seconds)
     job.progress.prompt_enhanced(spec.kind, len(spec.plan.frames))
     return enhancement

@@ -96,7 +96,11 @@ def settle(job: Job, frame: str, revision: int, source: str, scored: dict) -> tu
                                                               f"kept ({str(error)[:200]})")
     finally:
         if spent := {counter: value for counter, value in judge.usage.items() if value}:
-            job.ledger.add_costs(frame, **spent)
+            usd = 0.0
+            if job.spec.providers.get("judge") == "openai":
+                usd = get_settings().judge_tokens_usd(spent.get("judge_prompt_tokens", 0),
+                                                      spent.get("judge_completion_tokens", 0))
+            job.ledger.add_costs(frame, usd, **spent)
     return combine(verdict, replies, (first.index, second.index)), None
 
 

@@ -11,11 +11,13 @@ fails the frame. The transition checks this is still the frame's round: a late c
 from __future__ import annotations
 
 import logging
+import time
 
 from framefleet.config.settings import get_settings
 from framefleet.scoring import Ranked, rank_images_by_quality
 from framefleet.tasks.artifacts.keys import GENERATION_TRACE, frame_key, trace_key
 from framefleet.tasks.artifacts.store import fleet_store
+from framefleet.tasks.job import metrics
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import FrameRecord, JudgeRecord, Selection, VariationRecord
 from framefleet.tasks.job.states import FrameState, Note, NoteKind, PromptSource
@@ -30,8 +32,9 @@ def in_round(record: FrameRecord, revision: int, source: str) -> bool:
 
 def select_round(job: Job, frame: str, source: str, revision: int, scored: dict) -> FrameRecord:
     """Store the frame's selection (or failure) for this round; StaleWrite if it is settled."""
-    spec, store = job.spec, fleet_store()
-    threshold = spec.frame_config(job.frames.get(frame)).quality_threshold
+    spec, store, started = job.spec, fleet_store(), time.time()
+    before = job.frames.get(frame)
+    threshold = spec.frame_config(before).quality_threshold
     variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
     notes = [Note(kind=NoteKind.VARIATION_FAILED, text=f"variation {v.index} failed: {v.error}")
              for v in variations if v.error]
@@ -68,7 +71,8 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
                 record.add_note(NoteKind.QUALITY_LOW, f"quality {overall:.1f} is below the threshold {threshold:.1f}")
 
     record = job.frames.transition(frame, outcome, store_selection,
-                                   expect=lambda current: in_round(current, revision, source))
+                                   expect=lambda current: in_round(current, revision, source),
+                                   measured=stage_seconds(before, variations, scored, started))
     if record.state is FrameState.FAILED:
         log.error("frame %s/%s failed: no image could be generated", job.id, frame)
     elif record.selected is not None:
@@ -96,6 +100,21 @@ def follow_judge(variations: list[VariationRecord], chosen: VariationRecord, jud
              winner.scores.overall if winner.scores else None, chosen.scores.overall if chosen.scores else None,
              judge.reason)
     return winner
+
+
+def stage_seconds(record: FrameRecord, variations: list[VariationRecord], scored: dict,
+                  started: float) -> metrics.Increments:
+    """The round's stage seconds for the fleet's metrics: generate (enqueued until its last
+    variation ended, queue wait included), score, and this selection."""
+    parts = [metrics.observation("frame_stage_seconds", time.time() - started, stage="select")]
+    ended = [v.timing[1] for v in variations if v.timing]
+    if ended and record.timings.enqueued:
+        parts.append(metrics.observation("frame_stage_seconds", max(ended) - record.timings.enqueued,
+                                         stage="generate"))
+    if scored.get("timing"):
+        parts.append(metrics.observation("frame_stage_seconds", scored["timing"][1] - scored["timing"][0],
+                                         stage="score"))
+    return metrics.merged(*parts)
 
 
 def best_variation(variations: list[VariationRecord], scoring_error: str | None, notes: list[Note]) -> VariationRecord:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from tests.fakes.http import JsonHandler, LocalServer
+from tests.fakes.http import JsonHandler, StandIn
 
 DIMENSIONS = ("completeness", "specificity", "professionalism", "cinematography", "brand_alignment")
 IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765}
@@ -61,7 +61,7 @@ def text_only(messages: list[dict]) -> list[dict]:
             else m for m in messages]
 
 
-class FakeOpenAI:
+class FakeOpenAI(StandIn):
     """Scripted replies: ``script`` is consumed first (one entry per request), then the defaults.
 
     Entries: ("429", retry_after) | ("429", {header: value}) | ("500",) | ("garbage",) | ("reply", dict).
@@ -91,18 +91,11 @@ class FakeOpenAI:
         self.limits = {"requests": requests_limit, "tokens": tokens_limit}
         self.window_s = window_s
         self.spent: dict[str, deque] = {"requests": deque(), "tokens": deque()}  # (time, amount)
-        self.server = LocalServer(self)
+        super().__init__()
 
     @property
     def base_url(self) -> str:
         return self.server.url + "/v1"
-
-    def __enter__(self):
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.__exit__(*exc)
 
     def handle(self, handler: JsonHandler, method: str) -> None:
         if method != "POST" or not handler.path.endswith("/chat/completions"):
