@@ -13,7 +13,8 @@ A job, in the order its steps run (the steps are tasks/steps/, one module each):
 
 Every step runs in ``run_step`` (coordination/leases.py): one copy at a time, a second copy waits
 for the first copy's stored outcome, and a step whose worker died is re-driven by the watchdog.
-No task waits on another task's result.
+No task waits on another task's result; the fleet's own steps store none (``ignore_result``: the
+next step gets its input as an argument), except the chord headers, whose results the chord counts.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
 
 
 # A frame's steps (llm, images, gpu, control) -----------------------------------------------------
-@app.task(name=ENHANCE_PROMPT)
+@app.task(name=ENHANCE_PROMPT, ignore_result=True)
 def enhance_prompt(job_id: str, frame: str) -> dict:
     job = Job(job_id)
     enhancement = run_step(job, f"enhance:{frame}", stored=lambda: enhance.stored_enhancement(job, frame),
@@ -135,7 +136,7 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
     return record.model_dump(mode="json")
 
 
-@app.task(name=SCORE_VARIATIONS)
+@app.task(name=SCORE_VARIATIONS, ignore_result=True)
 def score_variations(results: list[dict], job_id: str, frame: str, revision: int = 0) -> dict:
     job = Job(job_id)
     variations = [VariationRecord.model_validate(r) for r in results]
@@ -147,7 +148,7 @@ def score_variations(results: list[dict], job_id: str, frame: str, revision: int
                     work=lambda: score.score_round(job, frame, revision, source, variations))
 
 
-@app.task(name=SELECT_VARIATION)
+@app.task(name=SELECT_VARIATION, ignore_result=True)
 def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision: int = 0) -> None:
     job = Job(job_id)
     if job.cancelled():  # the cancel finalizes the job; keep only what was finished before
@@ -168,7 +169,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
 
 
 # The end of a revision (control) ----------------------------------------------------------------
-@app.task(name=FINALIZE_JOB)
+@app.task(name=FINALIZE_JOB, ignore_result=True)
 def finalize_job(job_id: str, revision: int | None = None) -> dict:
     job = Job(job_id)
     current = job.revision()
@@ -178,7 +179,7 @@ def finalize_job(job_id: str, revision: int | None = None) -> dict:
                     work=lambda: finalize.finalize(job, current))
 
 
-@app.task(bind=True, name=NOTIFY_MAIN_APP, max_retries=30)
+@app.task(bind=True, name=NOTIFY_MAIN_APP, max_retries=30, ignore_result=True)
 def notify_main_app(self: Task, job_id: str, revision: int, outcome: str, failed_clips: list[int]) -> dict:
     """The main app's completion callback, sent once per revision; a failure to send is logged
     and retried with backoff, never fatal to the job."""
@@ -218,7 +219,7 @@ def cancel_job(job_id: str) -> dict:
     return cancel.cancel(Job(job_id)).model_dump(mode="json")
 
 
-@app.task(name=WATCHDOG)
+@app.task(name=WATCHDOG, ignore_result=True)
 def watchdog() -> dict:
     """Re-drive steps whose worker died (their lease expired); see coordination/recovery.py."""
     return recovery.watchdog_round()

@@ -97,20 +97,17 @@ _keeper = LeaseKeeper()
 
 
 def wait_for(done: Callable[[], T | None], lease: Lease, poll_s: float = 0.2) -> tuple[T | None, Lease | None]:
-    """The second copy of a step: wait until ``done()`` returns a value (the first copy's result),
-    or until the first copy's lease is gone (it died) and this copy takes the lease over.
+    """Take the step's lease, or, while another copy holds it, wait until ``done()`` returns a value
+    (that copy's result), or until that copy's lease is gone (it died) and this copy takes it over.
 
-    Returns (result, None) when the first copy finished, or (None, lease) when this copy now holds
+    Returns (result, None) when the step's outcome exists, or (None, lease) when this copy now holds
     the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
     the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
     """
     while True:
-        result = done()
-        if result is not None:
-            return result, None
         if lease.acquire():
             try:
-                result = done()  # finished between the check and the acquire
+                result = done()  # a copy that finished before this one took the lease
             except BaseException:
                 lease.release(finished=False)
                 raise
@@ -118,6 +115,9 @@ def wait_for(done: Callable[[], T | None], lease: Lease, poll_s: float = 0.2) ->
                 lease.release(finished=True)
                 return result, None
             return None, lease
+        result = done()
+        if result is not None:
+            return result, None
         time.sleep(poll_s)
 
 

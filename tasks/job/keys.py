@@ -11,6 +11,8 @@ from __future__ import annotations
 ACTIVE_JOBS = "framefleet:jobs:active"  # set: jobs not finished (the watchdog's list)
 RECENT_JOBS = "framefleet:jobs:recent"  # zset job id → submitted; trimmed to job_ttl_s
 PARKED_JOBS = "framefleet:jobs:parked"  # hash job id → why the watchdog parked it; trimmed with recent
+CREATING_JOBS = "framefleet:jobs:creating"  # zset job id → when its create began, until it finishes
+LEASES = "framefleet:leases"  # zset lease key → when it runs out (epoch ms): the watchdog's index
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # counter: watchdog rounds run
 
 
@@ -32,18 +34,18 @@ class JobKeys:
       offline_calls  list of the offline image provider's calls (its stand-in for a bill)
       budget       committed estimated spend (float); degradations: list of notes
       rounds       generation rounds enqueued (counter; slot holding waits for the next)
-      running      hash step → 1: steps started and not finished (by a lease holder)
       redrives     hash step → how often the watchdog re-drove it
     Of the running revision:
       cancelled    the revision that was cancelled; finalized: set when its finalize starts
       tasks        set of its enqueued task ids (revoked on cancel)
-    Of one step: lease:{step} (owner token, PX lease_ttl_s), once:{step} (a once-only claim),
+    Of one step: lease:{step} (owner token, PX lease_ttl_s; indexed in LEASES while the step
+    runs), once:{step} (a once-only claim),
     stored:{round} (zset index → when its image was stored), round-wake:{n} (list, 60 s),
     budget:round:{frame}/{round} (the images reserved for a round), callback-sent:{revision}.
     """
 
     LASTING = ("spec", "frames", "status", "history", "variations", "scored", "llm", "cost", "predictions",
-               "offline_calls", "budget", "degradations", "rounds", "running", "redrives")
+               "offline_calls", "budget", "degradations", "rounds", "redrives")
 
     def __init__(self, job_id: str):
         self.job_id = job_id
@@ -60,6 +62,12 @@ class JobKeys:
     @property
     def lease_prefix(self) -> str:
         return f"{self.prefix}lease:"
+
+    @staticmethod
+    def of_lease(lease: str) -> tuple[str, str]:
+        """(job id, step) of a lease key."""
+        job_id, _, step = lease.removeprefix("framefleet:job:").partition(":lease:")
+        return job_id, step
 
     def claim(self, step: str) -> str:
         return f"{self.prefix}once:{step}"

@@ -21,7 +21,7 @@ from framefleet.config.settings import get_settings
 from framefleet.tasks.job.budget import BudgetStore
 from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
 from framefleet.tasks.job.frames import Frames
-from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, JobKeys
+from framefleet.tasks.job.keys import ACTIVE_JOBS, CREATING_JOBS, PARKED_JOBS, RECENT_JOBS, JobKeys
 from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
@@ -80,6 +80,7 @@ class Job:
         for key in (self.keys.frames, self.keys.status):
             pipe.expire(key, self.ttl)
         pipe.sadd(ACTIVE_JOBS, self.id)
+        pipe.zadd(CREATING_JOBS, {self.id: spec.submitted})
         pipe.zadd(RECENT_JOBS, {self.id: spec.submitted})
         pipe.zremrangebyscore(RECENT_JOBS, "-inf", spec.submitted - self.ttl)  # their state has expired
         pipe.expire(RECENT_JOBS, self.ttl)
@@ -87,6 +88,7 @@ class Job:
 
     def created(self) -> None:
         self.progress.write(JobState.QUEUED, stage="queued")
+        self.r.zrem(CREATING_JOBS, self.id)
 
     def discard(self) -> None:
         """Delete every key of the job (a create that failed half-way): the id is free again."""
@@ -96,6 +98,7 @@ class Job:
             pipe.delete(*keys)
         pipe.srem(ACTIVE_JOBS, self.id)
         pipe.zrem(RECENT_JOBS, self.id)
+        pipe.zrem(CREATING_JOBS, self.id)
         pipe.execute()
 
     def park(self, why: str) -> None:

@@ -82,7 +82,7 @@ class Rounds:
         pipe = self.r.pipeline(transaction=False)
         pipe.get(self.keys.rounds)
         pipe.hmget(self.keys.variations, steps)
-        pipe.hmget(self.keys.running, [f"generate:{step}" for step in steps])
+        pipe.mget([self.keys.lease(f"generate:{step}") for step in steps])
         pipe.exists(self.keys.cancelled, self.keys.finalized)
         rounds, recorded, running, closed = pipe.execute()
         unstarted = sum(r is None and g is None for r, g in zip(recorded, running))

@@ -8,7 +8,6 @@ import time
 import pytest
 from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.artifacts.store import open_store
-from framefleet.tasks.job.keys import JobKeys
 from framefleet.tasks.job.model import Job
 from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
 
@@ -102,9 +101,8 @@ def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_tes
         # Killed mid-frame, once all four of the next round hold their leases: a message the worker
         # had taken off the queue but not yet written to kombu's unacked set would be lost, and
         # only the stall path (FRAMEFLEET_STALL_AFTER_S) recovers that (docs/delivery-guarantees.md).
-        client = Job(job_id).r
-        wait_until(lambda: sum(step.startswith("generate:clip_002_start/")
-                               for step in client.hkeys(JobKeys(job_id).running)) == 4)
+        job = Job(job_id)
+        wait_until(lambda: sum(step.startswith("generate:clip_002_start/") for step in job.leases.running_steps()) == 4)
     fleet.kill(queue)
     fleet.start_worker(queue, suffix="b")
     fleet.wait_ready([fleet.node_name(queue, "b")])
