@@ -14,6 +14,9 @@ PARKED_JOBS = "framefleet:jobs:parked"  # hash job id → why the watchdog parke
 CREATING_JOBS = "framefleet:jobs:creating"  # zset job id → when its create began, until it finishes
 LEASES = "framefleet:leases"  # zset lease key → when it runs out (epoch ms): the watchdog's index
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # counter: watchdog rounds run
+# The field the job's per-step hashes are created with (``JobKeys.ANCHORED``): they exist, with the
+# job's TTL, from its create on, so the steps' writes never set an expiry. Readers skip it.
+ANCHOR = "."
 
 
 class JobKeys:
@@ -30,6 +33,7 @@ class JobKeys:
       scored       hash "{frame}/{revision}/{source}" → JSON scoring result
       llm          hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply
       cost         hash "{frame}:{counter}" and "total:{counter}" → int
+      (these four are created at create with the ANCHOR field, and keep the job's TTL)
       predictions  hash "{variation key}#{attempt}" → Replicate prediction id
       offline_calls  list of the offline image provider's calls (its stand-in for a bill)
       budget       committed estimated spend (float); degradations: list of notes
@@ -39,8 +43,7 @@ class JobKeys:
       cancelled    the revision that was cancelled; finalized: set when its finalize starts
       tasks        set of its enqueued task ids (revoked on cancel)
     Of one step: lease:{step} (owner token, PX lease_ttl_s; indexed in LEASES while the step
-    runs), once:{step} (a once-only claim),
-    stored:{round} (zset index → when its image was stored), round-wake:{n} (list, 60 s),
+    runs), once:{step} (a once-only claim), round-wake:{n} (list, 60 s),
     budget:round:{frame}/{round} (the images reserved for a round), callback-sent:{revision}.
     """
 
@@ -53,8 +56,13 @@ class JobKeys:
         for part in (*self.LASTING, "cancelled", "finalized", "tasks", "events"):
             setattr(self, part, self.prefix + part)
 
+    ANCHORED = ("variations", "scored", "llm", "cost")
+
     def lasting(self) -> list[str]:
         return [self.prefix + part for part in self.LASTING]
+
+    def anchored(self) -> list[str]:
+        return [self.prefix + part for part in self.ANCHORED]
 
     def lease(self, step: str) -> str:
         return f"{self.prefix}lease:{step}"
@@ -72,11 +80,12 @@ class JobKeys:
     def claim(self, step: str) -> str:
         return f"{self.prefix}once:{step}"
 
-    def stored(self, round_id: str) -> str:
-        return f"{self.prefix}stored:{round_id}"
-
     def round_wake(self, rounds: int) -> str:
-        return f"{self.prefix}round-wake:{rounds}"
+        return f"{self.round_wake_prefix}{rounds}"
+
+    @property
+    def round_wake_prefix(self) -> str:
+        return f"{self.prefix}round-wake:"
 
     def budget_round(self, round_id: str) -> str:
         return f"{self.prefix}budget:round:{round_id}"

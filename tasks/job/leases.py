@@ -29,10 +29,12 @@ class Leases:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
 
-    def acquire(self, step: str, owner: str, ttl_ms: int) -> bool:
-        """True when ``owner`` now holds the step's lease."""
-        return bool(script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES],
-                                                    args=[owner, ttl_ms, now_ms() + ttl_ms]))
+    def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False) -> int:
+        """1 when ``owner`` now holds the step's lease, 0 when another copy does; with
+        ``while_open``, -1 (and no lease) when the job is closed (cancelled or finalizing)."""
+        closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
+        return script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES, *closing],
+                                               args=[owner, ttl_ms, now_ms() + ttl_ms])
 
     def renew(self, step: str, owner: str, ttl_ms: int) -> bool:
         return bool(script(self.r, "renew_lease")(keys=[self.keys.lease(step), LEASES],

@@ -21,7 +21,7 @@ from framefleet.config.settings import get_settings
 from framefleet.tasks.job.budget import BudgetStore
 from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
 from framefleet.tasks.job.frames import Frames
-from framefleet.tasks.job.keys import ACTIVE_JOBS, CREATING_JOBS, PARKED_JOBS, RECENT_JOBS, JobKeys
+from framefleet.tasks.job.keys import ACTIVE_JOBS, ANCHOR, CREATING_JOBS, PARKED_JOBS, RECENT_JOBS, JobKeys
 from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
@@ -46,6 +46,7 @@ class Job:
         self.budget = BudgetStore(self)
         self._spec: JobSpec | None = None
         self.finished_outcome: str | None = None  # the outcome of the revision before the one started here
+        self._closed, self._closed_read_at = False, float("-inf")
 
     # the spec: written once at create, read once per Job ---------------------------------------
     @property
@@ -77,7 +78,9 @@ class Job:
         pipe = self.r.pipeline()
         pipe.hset(self.keys.frames, mapping=frames)
         pipe.hset(self.keys.status, mapping=flatten(status.model_dump()))
-        for key in (self.keys.frames, self.keys.status):
+        for key in self.keys.anchored():  # written per step: created now, so no write sets an expiry
+            pipe.hset(key, ANCHOR, "")
+        for key in (self.keys.frames, self.keys.status, *self.keys.anchored()):
             pipe.expire(key, self.ttl)
         pipe.sadd(ACTIVE_JOBS, self.id)
         pipe.zadd(CREATING_JOBS, {self.id: spec.submitted})
@@ -186,14 +189,20 @@ class Job:
     def mark_finalized(self) -> None:
         self.r.set(self.keys.finalized, "1", ex=self.ttl)
 
-    def closed(self) -> bool:
-        """Cancelled or finalizing: no more traces or paid work for this job."""
-        return bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
+    def closed(self, max_age_s: float = 0.0) -> bool:
+        """Cancelled or finalizing: no more traces or paid work for this job. ``max_age_s``: an
+        answer this Job read at most that long ago will do (before writing a trace file; a paid
+        call asks Redis)."""
+        if self._closed or time.monotonic() - self._closed_read_at > max_age_s:
+            self._closed_read_at = time.monotonic()
+            self._closed = bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
+        return self._closed
 
     def write_if_alive(self, *commands: tuple) -> bool:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
-        (expired, discarded, or Redis wiped under it) recreates none of its keys."""
-        args: list = []
+        (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
+        set an expiry: the job's hashes have it from create, and a list a command creates gets it."""
+        args: list = [self.ttl]
         for command in commands:
             args += [len(command), *command]
         return bool(script(self.r, "write_if_alive")(keys=[self.keys.spec], args=args))

@@ -27,10 +27,11 @@ def in_round(record: FrameRecord, revision: int, source: str) -> bool:
     return record.state is FrameState.GENERATING and record.round == source and record.revision == revision
 
 
-def select_round(job: Job, frame: str, source: str, revision: int, scored: dict) -> FrameRecord:
-    """Store the frame's selection (or failure) for this round; StaleWrite if it is settled."""
+def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, record: FrameRecord) -> FrameRecord:
+    """Store the frame's selection (or failure) for this round (``record``: the frame's record as
+    read); StaleWrite if it is settled."""
     spec, store = job.spec, fleet_store()
-    threshold = spec.frame_config(job.frames.get(frame)).quality_threshold
+    threshold = spec.frame_config(record).quality_threshold
     variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
     notes = [Note(kind=NoteKind.VARIATION_FAILED, text=f"variation {v.index} failed: {v.error}")
              for v in variations if v.error]
@@ -71,7 +72,7 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
         log.info("%s/%s selected v%s (overall %s)", job.id, frame, record.selected.index, record.selected.overall)
     for note in notes:
         log.warning("%s/%s: %s", job.id, frame, note.text)
-    if not job.closed():
+    if not job.closed(max_age_s=0.5):
         store.put(trace_key(job.id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
                   "application/json")
     return record

@@ -24,7 +24,7 @@ app = Celery("floor")
 settings = Settings(broker_url=os.environ.get("FLOOR_BROKER_URL", "redis://127.0.0.1:6379/0"))
 config = celery_config(settings)
 config["task_routes"] = {"floor.variation": {"queue": "images"}, "floor.score": {"queue": "gpu"},
-                         "floor.select": {"queue": "control"}}
+                         "floor.select": {"queue": "control"}, "floor.start": {"queue": "control"}}
 config.pop("beat_schedule")
 config.pop("task_annotations")
 app.conf.update(config)
@@ -34,6 +34,12 @@ counter = redis.Redis.from_url(settings.broker_url)
 def send_frame(job: str, frame: int, frames: int) -> None:
     header = [variation.s(job, frame, index) for index in range(1, VARIATIONS + 1)]
     chord(header, score.s(job, frame) | select.s(job, frame, frames)).apply_async()
+
+
+@app.task(name="floor.start")
+def start(job: str, frames: int) -> None:
+    """A job's first frame, sent from a worker as framefleet's create sends its first steps."""
+    send_frame(job, 0, frames)
 
 
 @app.task(name="floor.variation")

@@ -44,6 +44,7 @@ class Measure:
     frames: int
     wall_s: float
     commands: dict[str, int]
+    command_usec: dict[str, int]
     redis_cpu_s: float
     worker_cpu_s: dict[str, float]
 
@@ -51,8 +52,10 @@ class Measure:
         return value / self.frames
 
 
-def command_counts(client: redis.Redis) -> dict[str, int]:
-    return {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in client.info("commandstats").items()}
+def command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Each command's (calls, microseconds); a script's time includes the commands it calls."""
+    return {name.removeprefix("cmdstat_"): (stats["calls"], stats["usec"])
+            for name, stats in client.info("commandstats").items()}
 
 
 def redis_cpu(client: redis.Redis) -> float:
@@ -68,16 +71,18 @@ def process_cpu(pid: int) -> float:
 
 def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: int, start, done) -> Measure:
     """Run ``start()``, wait until ``done()``, and measure what it cost."""
-    commands, cpu = command_counts(client), redis_cpu(client)
+    before, cpu = command_stats(client), redis_cpu(client)
     worker_cpu = {queue: process_cpu(pid) for queue, pid in workers.items()}
     began = time.monotonic()
     start()
     while not done():
         time.sleep(0.2)
     wall = time.monotonic() - began
-    after = command_counts(client)
-    return Measure(label, frames, wall, {name: after[name] - commands.get(name, 0) for name in after
-                                         if after[name] > commands.get(name, 0)},
+    after = command_stats(client)
+    spent = {name: (calls - before.get(name, (0, 0))[0], usec - before.get(name, (0, 0))[1])
+             for name, (calls, usec) in after.items() if calls > before.get(name, (0, 0))[0]}
+    return Measure(label, frames, wall, {name: calls for name, (calls, _) in spent.items()},
+                   {name: usec for name, (_, usec) in spent.items()},
                    redis_cpu(client) - cpu, {queue: process_cpu(pid) - worker_cpu[queue]
                                              for queue, pid in workers.items()})
 
@@ -105,7 +110,7 @@ def run_floor(jobs: int, frames_per_job: int) -> Measure:
 
             def start() -> None:
                 for job in range(jobs):
-                    floor_app.send_frame(f"job{job}", 0, frames_per_job)
+                    floor_app.app.send_task("floor.start", args=[f"job{job}", frames_per_job])
 
             return measured("Celery floor", client, {q: p.pid for q, p in processes.items()}, total, start,
                             lambda: int(client.get(floor_app.FRAMES_DONE) or 0) >= total)
@@ -164,6 +169,9 @@ def report(floor: Measure, fleet: Measure, top: int) -> None:
         ranked = sorted(measure.commands.items(), key=lambda item: -item[1])[:top]
         console.print(f"{measure.label}, top commands per frame: "
                       + ", ".join(f"{name} {count / measure.frames:.1f}" for name, count in ranked))
+        ranked = sorted(measure.command_usec.items(), key=lambda item: -item[1])[:top]
+        console.print(f"{measure.label}, top commands by Redis time per frame (a script's includes what it calls): "
+                      + ", ".join(f"{name} {usec / measure.frames:.0f} µs" for name, usec in ranked))
 
 
 def main() -> None:

@@ -87,6 +87,25 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
     assert state.leases.running_steps() == []  # every step finished
 
 
+def test_a_closed_job_starts_no_step_and_takes_no_lease(local_steps):
+    from framefleet.tasks import entry
+    from framefleet.tasks.job.keys import LEASES
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("closed"), 1))
+    state = Job(job_id)
+    frame = "clip_001_start"
+    entry.enhance_prompt(job_id, frame)
+    assert state.frames.get(frame).state is FrameState.GENERATING  # its round was enqueued
+    state.cancel(0)
+    assert entry.generate_variation(job_id, frame, ENHANCED, 1)["error"] == "cancelled"
+    assert state.ledger.offline_calls() == []  # nothing paid
+    scored = entry.score_variations([{"index": 1, "prompt_source": ENHANCED, "error": "cancelled"}], job_id, frame)
+    assert scored["scorer"] is None and state.rounds.scored(frame, 0, ENHANCED) is None
+    entry.select_variation(scored, job_id, frame, ENHANCED)
+    assert state.frames.get(frame).state is FrameState.GENERATING  # nothing selected
+    assert not state.r.zrangebyscore(LEASES, "-inf", "+inf")  # no lease was taken, so none is left
+
+
 def test_a_stale_record_is_never_written_back(local_steps):
     from framefleet.tasks import entry
 
