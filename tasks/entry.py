@@ -8,7 +8,7 @@ A job, in the order its steps run (the steps are tasks/steps/, one module each):
     chord(generate × n [images])        steps/generate.py   one paid image each
       → score [gpu]                     steps/score.py      the round's candidates in one batch
       → select [control]                steps/select.py     rank 1 kept, chained into frame k+1
-  finalize [control]                    steps/finalize.py   manifest, contact sheet, done, callback
+  finalize [intake]                     steps/finalize.py   manifest, contact sheet, done, callback
   choose / regenerate [control]         steps/iterate.py    a revision of a finished job
 
 Every step runs in ``run_step`` (coordination/leases.py): one copy at a time, a second copy waits
