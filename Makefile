@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load bench-request-memory
+.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load bench-request-memory bench-overhead
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,3 +80,8 @@ bench-request-memory: $(VENV)/.installed
 # account's budgets, in compressed time (ARGS: --jobs, --scale, --rpm, ...; see the file).
 bench-providers: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.providers_bench $(ARGS)
+
+# framefleet's coordination cost per frame (Redis commands, Redis CPU, control CPU) beside a bare
+# Celery app with the same frame shape (docs/benchmarks.md).
+bench-overhead: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.overhead_bench $(ARGS)

@@ -27,16 +27,17 @@ SCORE_VARIATIONS = "framefleet.scoring.score_variations"
 JUDGE_CANDIDATES = "framefleet.frames.judge"
 CREATE_TASKS = {"storyboard": CREATE_STORYBOARD, "references": CREATE_REFERENCES}
 
-# Task → queue. Creates run on `intake`: validating a request and fetching its reference URL (up
-# to the fetch deadline) never holds a thread that selects frames, finalizes jobs or runs the watchdog.
+# Task → queue. A job's two ends run on `intake`, its creates and finalizes: validating a request,
+# fetching its reference URL (up to the fetch deadline), drawing its contact sheet never hold a
+# `control` thread, which selects frames and dispatches the next ones for every job.
 TASK_QUEUES = {
     CREATE_STORYBOARD: "intake",
     CREATE_REFERENCES: "intake",
+    FINALIZE_JOB: "intake",
     JOB_STATUS: "control",
     RESUME_JOB: "control",
     CANCEL_JOB: "control",
     WATCHDOG: "control",
-    FINALIZE_JOB: "control",
     NOTIFY_MAIN_APP: "control",
     LIST_JOBS: "control",
     CHOOSE_CANDIDATE: "control",

@@ -221,7 +221,7 @@ def straggler_check(job: Job, frame: str, revision: int, source: str, count: int
         if job.cancelled():
             answer = "cancelled"
         elif cut_enabled:
-            stored = job.rounds.stored_times(frame, revision, source)
+            stored = job.rounds.stored_times(frame, revision, source, count)
             if len(stored) >= needed and time.time() - stored[needed - 1] >= settings.straggler_grace_s:
                 answer = f"straggler cut after {time.time() - started:.0f} s"
         return answer

@@ -22,7 +22,16 @@ from framefleet.tasks.job import metrics
 from framefleet.tasks.job.budget import BudgetStore
 from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
 from framefleet.tasks.job.frames import Frames
-from framefleet.tasks.job.keys import ACTIVE_JOBS, FLEET_METRICS, JOB_STATE_COUNTS, PARKED_JOBS, RECENT_JOBS, JobKeys
+from framefleet.tasks.job.keys import (
+    ACTIVE_JOBS,
+    ANCHOR,
+    CREATING_JOBS,
+    FLEET_METRICS,
+    JOB_STATE_COUNTS,
+    PARKED_JOBS,
+    RECENT_JOBS,
+    JobKeys,
+)
 from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
@@ -47,6 +56,7 @@ class Job:
         self.budget = BudgetStore(self)
         self._spec: JobSpec | None = None
         self.finished_outcome: str | None = None  # the outcome of the revision before the one started here
+        self._closed, self._closed_read_at = False, float("-inf")
 
     # the spec: written once at create, read once per Job ---------------------------------------
     @property
@@ -78,10 +88,13 @@ class Job:
         pipe = self.r.pipeline()
         pipe.hset(self.keys.frames, mapping=frames)
         pipe.hset(self.keys.status, mapping=flatten(status.model_dump()))
-        for key in (self.keys.frames, self.keys.status):
+        for key in self.keys.anchored():  # written per step: created now, so no write sets an expiry
+            pipe.hset(key, ANCHOR, "")
+        for key in (self.keys.frames, self.keys.status, *self.keys.anchored()):
             pipe.expire(key, self.ttl)
         pipe.sadd(ACTIVE_JOBS, self.id)
         pipe.hincrby(JOB_STATE_COUNTS, status.state, 1)
+        pipe.zadd(CREATING_JOBS, {self.id: spec.submitted})
         pipe.zadd(RECENT_JOBS, {self.id: spec.submitted})
         pipe.zremrangebyscore(RECENT_JOBS, "-inf", spec.submitted - self.ttl)  # their state has expired
         pipe.expire(RECENT_JOBS, self.ttl)
@@ -89,6 +102,7 @@ class Job:
 
     def created(self) -> None:
         self.progress.write(JobState.QUEUED, stage="queued")
+        self.r.zrem(CREATING_JOBS, self.id)
 
     def discard(self) -> None:
         """Delete every key of the job (a create that failed half-way): the id is free again."""
@@ -101,6 +115,7 @@ class Job:
             pipe.delete(*keys)
         pipe.srem(ACTIVE_JOBS, self.id)
         pipe.zrem(RECENT_JOBS, self.id)
+        pipe.zrem(CREATING_JOBS, self.id)
         pipe.execute()
 
     def park(self, why: str) -> None:
@@ -201,16 +216,23 @@ class Job:
     def mark_finalized(self) -> None:
         self.r.set(self.keys.finalized, "1", ex=self.ttl)
 
-    def closed(self) -> bool:
-        """Cancelled or finalizing: no more traces or paid work for this job."""
-        return bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
+    def closed(self, max_age_s: float = 0.0) -> bool:
+        """Cancelled or finalizing: no more traces or paid work for this job. ``max_age_s``: an
+        answer this Job read at most that long ago will do (before writing a trace file; a paid
+        call asks Redis)."""
+        if self._closed or time.monotonic() - self._closed_read_at > max_age_s:
+            self._closed_read_at = time.monotonic()
+            self._closed = bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
+        return self._closed
 
     def write_if_alive(self, *commands: tuple) -> bool:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
-        (expired, discarded, or Redis wiped under it) recreates none of its keys. What this process
-        counted for the fleet's metrics since its last write goes with it (job/metrics.py)."""
+        (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
+        set an expiry: the job's hashes have it from create, and a list a command creates gets it.
+        What this process counted for the fleet's metrics since its last write goes with it
+        (job/metrics.py)."""
         counted = metrics.pending.drain()
-        args: list = []
+        args: list = [self.ttl]
         for command in (*commands, *metrics.commands(counted)):
             args += [len(command), *command]
         written = False

@@ -57,14 +57,17 @@ class Progress:
         return JobStatus.model_validate(typed(raw))
 
     def write(self, to: JobState | None = None, *, progress: bool = False, active: bool | None = None,
-              on_entering: metrics.Increments | None = None, **fields) -> bool:
+              count: tuple[str, float, int] | None = None, on_entering: metrics.Increments | None = None,
+              **fields) -> bool:
         """Write status fields (``to``: the job state they move it to), append the message to the
         history and publish the change. ``progress``: a step's report, whose ``percent`` never
         lowers the stored one. ``active``: put the job on (True) or take it off (False) the
         watchdog's active list in the same transaction, so nobody sees a finished job still active
-        or a running one inactive. ``on_entering``: fleet metrics counted only if this write changes
-        the job's state (job/metrics.py). False when nothing was written (the job is gone, or the table
-        refuses the move)."""
+        or a running one inactive. ``count``: (a counter field, its share of the progress bar, its
+        total): adds one to the counter and sets ``percent`` from it, in the same write.
+        ``on_entering``: fleet metrics counted only if this write changes the job's state
+        (job/metrics.py). False when nothing was written (the job is gone, or the table refuses the
+        move)."""
         if to is not None:
             fields["state"] = to.value
         fields["updated_at"] = time.time()
@@ -73,7 +76,7 @@ class Progress:
         current = script(self.r, "write_status")(
             keys=[self.keys.status, self.keys.history, ACTIVE_JOBS, JOB_STATE_COUNTS, FLEET_METRICS],
             args=[allowed, "1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active],
-                  self.job.id, self.job.ttl, *metrics.script_args(on_entering or {}),
+                  self.job.id, self.job.ttl, *(count or ("", 0, 0)), *metrics.script_args(on_entering or {}),
                   *[part for item in flatten(fields).items() for part in item]])
         if not current:
             return False
@@ -84,16 +87,8 @@ class Progress:
         return True
 
     def prompt_enhanced(self, kind: str, frames_total: int) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        script(self.r, "write_if_alive")(keys=[self.keys.spec], args=[4, "HINCRBY", self.keys.status,
-                                                                      "prompts_enhanced", 1], client=pipe)
-        pipe.hget(self.keys.status, "prompts_enhanced")
-        alive, enhanced = pipe.execute()
-        if not alive:
-            return
-        enhanced = int(enhanced)
         self.write(JobState.RUNNING, progress=True, stage="enhance", message=STAGE_MESSAGES[kind]["enhance"],
-                   percent=round(ENHANCE_SHARE * min(enhanced, frames_total) / frames_total, 1))
+                   count=("prompts_enhanced", ENHANCE_SHARE, frames_total))
 
     def frame_reached(self, kind: str, stage: str, frame: str, frames_done: int, frames_total: int) -> None:
         """A frame's round was enqueued (stage "generate") or is being selected ("score")."""

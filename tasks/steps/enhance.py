@@ -109,8 +109,7 @@ def enhance_prompt_iterative(
     ledger: RoundLedger = NoLedger(),
     may_start_round: Callable[[int], bool] = lambda iteration: True,
 ) -> EnhancementResult:
-    check_cancelled()  # nothing, not even the first trace file, after a cancel
-    trace(ORIGINAL_PROMPT_TRACE, prompt)
+    trace(ORIGINAL_PROMPT_TRACE, prompt)  # the trace writer writes nothing once the job is closed
     rounds: list[Round] = []
     best: Round | None = None
     current, critique = prompt, None
@@ -165,16 +164,20 @@ class JobCancelled(Exception):
 
 
 class JobRoundLedger:
-    """The round ledger of one frame's enhancement, in the job's ledger."""
+    """The round ledger of one frame's enhancement, in the job's ledger: what an earlier run paid
+    for is read once, as the step starts (one copy of a step runs at a time)."""
 
-    def __init__(self, job: Job, frame: str, prompt: str):
+    def __init__(self, job: Job, frame: str, prompt: str, iterations: int):
         self.job, self.frame, self.prompt = job, frame, prompt
+        self.replies = job.ledger.llm_replies(frame, prompt, iterations, ("agent1", "agent2"))
 
     def get(self, iteration: int, agent: str) -> str | None:
-        return self.job.ledger.llm_reply(self.frame, self.prompt, iteration, agent)
+        return self.replies.get((iteration, agent))
 
     def put(self, iteration: int, agent: str, reply: str) -> None:
         self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply)
+        self.replies[(iteration, agent)] = reply
+
 
 
 def stored_enhancement(job: Job, frame: str) -> Enhancement | None:
@@ -192,7 +195,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     agents = None
 
     def check_cancelled() -> None:
-        if job.cancelled():
+        if job.closed():
             raise JobCancelled(job.id)
 
     def fallback(kind: NoteKind, text: str, error: Exception) -> tuple[str, Enhancement]:
@@ -209,11 +212,11 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                 record.original_prompt, agents,
                 max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,
                 convergence_epsilon=config.convergence_epsilon,
-                trace=lambda name, text: None if job.closed() else store.put(
+                trace=lambda name, text: None if job.closed(max_age_s=0.5) else store.put(
                     trace_key(job.id, frame, name), text.encode(), "text/plain"),
                 check_cancelled=check_cancelled,
-                ledger=JobRoundLedger(job, frame, record.original_prompt),
-                may_start_round=lambda iteration: guard.llm_round(
+                ledger=JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations),
+                may_start_round=lambda iteration: not guard.active or guard.llm_round(
                     frame, iteration, sum(f.status == "pending" for f in job.frames.all().values()),
                     record.original_prompt),
             )

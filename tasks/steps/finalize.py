@@ -1,4 +1,4 @@
-"""The end of a revision (control queue): the manifest, the contact sheet, the traces cleared, the
+"""The end of a revision (intake queue): the manifest, the contact sheet, the traces cleared, the
 job done, and the main app's completion callback sent once.
 
 A revision after the first that was cancelled ends without its changes: its draft is dropped, so

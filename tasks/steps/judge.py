@@ -108,7 +108,8 @@ def ask_both_orders(job: Job, frame: str, pair: str, judge: FrameJudge, prompt: 
                     candidates: tuple[VariationRecord, VariationRecord]) -> list[JudgeReply]:
     """The judge's answers for (first, second) and (second, first), asked at once; an answer in the
     ledger is not asked again, and those still to ask are reserved together first."""
-    stored = [job.ledger.llm_reply(frame, pair, order, "judge") for order in (1, 2)]
+    paid = job.ledger.llm_replies(frame, pair, 2, ("judge",))
+    stored = [paid.get((order, "judge")) for order in (1, 2)]
     missing = [order for order, reply in zip((1, 2), stored) if reply is None]
     if not missing:
         return [JudgeReply.model_validate_json(reply) for reply in stored]

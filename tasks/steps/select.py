@@ -30,10 +30,10 @@ def in_round(record: FrameRecord, revision: int, source: str) -> bool:
     return record.state is FrameState.GENERATING and record.round == source and record.revision == revision
 
 
-def select_round(job: Job, frame: str, source: str, revision: int, scored: dict) -> FrameRecord:
-    """Store the frame's selection (or failure) for this round; StaleWrite if it is settled."""
+def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, before: FrameRecord) -> FrameRecord:
+    """Store the frame's selection (or failure) for this round (``before``: the frame's record as
+    read); StaleWrite if it is settled."""
     spec, store, started = job.spec, fleet_store(), time.time()
-    before = job.frames.get(frame)
     threshold = spec.frame_config(before).quality_threshold
     variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
     notes = [Note(kind=NoteKind.VARIATION_FAILED, text=f"variation {v.index} failed: {v.error}")
@@ -82,7 +82,7 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
         log.info("%s/%s selected v%s (overall %s)", job.id, frame, record.selected.index, record.selected.overall)
     for note in notes:
         log.warning("%s/%s: %s", job.id, frame, note.text)
-    if not job.closed():
+    if not job.closed(max_age_s=0.5):
         store.put(trace_key(job.id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
                   "application/json")
     return record
