@@ -212,7 +212,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                 record.original_prompt, agents,
                 max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,
                 convergence_epsilon=config.convergence_epsilon,
-                trace=lambda name, text: None if job.closed(max_age_s=0.5) else store.put(
+                trace=lambda name, text: None if job.closed() else store.put(
                     trace_key(job.id, frame, name), text.encode(), "text/plain"),
                 check_cancelled=check_cancelled,
                 ledger=JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations),
