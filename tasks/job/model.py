@@ -56,7 +56,6 @@ class Job:
         self.budget = BudgetStore(self)
         self._spec: JobSpec | None = None
         self.finished_outcome: str | None = None  # the outcome of the revision before the one started here
-        self._closed, self._closed_read_at = False, float("-inf")
 
     # the spec: written once at create, read once per Job ---------------------------------------
     @property
@@ -216,14 +215,9 @@ class Job:
     def mark_finalized(self) -> None:
         self.r.set(self.keys.finalized, "1", ex=self.ttl)
 
-    def closed(self, max_age_s: float = 0.0) -> bool:
-        """Cancelled or finalizing: no more traces or paid work for this job. ``max_age_s``: an
-        answer this Job read at most that long ago will do (before writing a trace file; a paid
-        call asks Redis)."""
-        if self._closed or time.monotonic() - self._closed_read_at > max_age_s:
-            self._closed_read_at = time.monotonic()
-            self._closed = bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
-        return self._closed
+    def closed(self) -> bool:
+        """Cancelled or finalizing: no more traces or paid work for this job."""
+        return bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
 
     def write_if_alive(self, *commands: tuple) -> bool:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
