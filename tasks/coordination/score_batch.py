@@ -39,7 +39,6 @@ from framefleet.tasks.job.states import PromptSource
 log = logging.getLogger(__name__)
 
 QUEUE = TASK_QUEUES[SCORE_VARIATIONS]
-POLL_S = 0.001  # how often the queue is read again while the leader waits for more rounds
 
 
 class WaitingRound(NamedTuple):
@@ -73,8 +72,8 @@ def score_arguments(results: list[dict], job_id: str, frame: str, revision: int 
 def waiting_rounds(job_id: str, frame: str, revision: int, source: str, limit: int,
                    wait_s: float) -> Iterator[list[WaitingRound]]:
     """Up to ``limit`` rounds waiting on the gpu queue besides the leader's own (``job_id``'s
-    ``frame``), their leases taken; the queue is read again until ``wait_s`` has passed or
-    ``limit`` rounds are taken. The caller releases each lease once the round's outcome is stored;
+    ``frame``), their leases taken; the queue is read again once after ``wait_s`` unless
+    ``limit`` rounds were taken at once. The caller releases each lease once the round's outcome is stored;
     if the block raises, the leases it still holds are left for the watchdog."""
     taken: list[WaitingRound] = []
     try:
@@ -93,8 +92,9 @@ def waiting_rounds(job_id: str, frame: str, revision: int, source: str, limit: i
 
 
 def take_waiting(taken: list[WaitingRound], seen: set[tuple[str, str]], limit: int, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while True:
+    """Read the queue; when it held fewer than ``limit`` rounds to take, wait ``wait_s`` once and
+    read it again: two reads at most, so a lone frame costs the broker two round trips."""
+    for attempt in (1, 2):
         try:
             queued = waiting_tasks(QUEUE, SCORE_VARIATIONS, window=2 * limit)
         except (redis.RedisError, OSError, kombu.exceptions.KombuError) as error:
@@ -106,10 +106,9 @@ def take_waiting(taken: list[WaitingRound], seen: set[tuple[str, str]], limit: i
                 return
             if (waiting := take(task, seen)) is not None:
                 taken.append(waiting)
-        remaining = deadline - time.monotonic()
-        if len(taken) == limit or remaining <= 0:
+        if len(taken) == limit or wait_s <= 0 or attempt == 2:
             return
-        time.sleep(min(POLL_S, remaining))
+        time.sleep(wait_s)
 
 
 def take(task: QueuedTask, seen: set[tuple[str, str]]) -> WaitingRound | None:

@@ -201,7 +201,7 @@ def test_a_round_queued_during_the_wait_joins_the_pass_and_the_wait_is_bounded(r
     started = time.monotonic()  # alone, the leader waits no longer than the setting
     with waiting_rounds(first, FRAME, 0, ENHANCED, limit=15, wait_s=0.2) as taken:
         assert taken == []
-    assert 0.2 <= time.monotonic() - started < 1.0
+    assert 0.2 <= time.monotonic() - started < 2.0
 
 
 def test_a_fleet_scores_frames_queued_together_in_fewer_passes(celery_app, fleet_for_test, tmp_path):
