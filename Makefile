@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load bench-request-memory
+.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load bench-request-memory bench-overhead
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ install-scoring: $(VENV)/.installed-scoring
 demo: $(VENV)/.installed
 	$(BIN)/framefleet demo
 
-test: $(VENV)/.installed-scoring $(VENV)/.installed-eval $(MAINAPP_VENV)/.installed
+# The traces' OpenTelemetry packages (the `otel` extra), which the trace tests run.
+$(VENV)/.installed-otel: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),otel]"
+	touch $@
+
+test: $(VENV)/.installed-scoring $(VENV)/.installed-eval $(VENV)/.installed-otel $(MAINAPP_VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
@@ -61,7 +66,7 @@ $(VENV)/.installed-eval: pyproject.toml $(VENV)/.installed
 
 # Every arm on the shipped storyboards; the report lands in output/eval/report.html.
 eval: $(VENV)/.installed-eval
-	$(BIN)/framefleet eval --arms baseline,enhanced,enhance-only,best-of-4 --out output/eval $(ARGS)
+	$(BIN)/framefleet eval --arms baseline,enhanced,enhance-only,best-of-4,scores-only,continuity,judge --out output/eval $(ARGS)
 
 # Many jobs at once (FIFO beside priority); ARGS=--realistic, --heavy-tail or --scaling for the other modes.
 bench-load: $(VENV)/.installed
@@ -75,3 +80,8 @@ bench-request-memory: $(VENV)/.installed
 # account's budgets, in compressed time (ARGS: --jobs, --scale, --rpm, ...; see the file).
 bench-providers: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.providers_bench $(ARGS)
+
+# framefleet's coordination cost per frame (Redis commands, Redis CPU, control CPU) beside a bare
+# Celery app with the same frame shape (docs/benchmarks.md).
+bench-overhead: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.overhead_bench $(ARGS)

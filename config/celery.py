@@ -24,24 +24,28 @@ SELECT_VARIATION = "framefleet.frames.select"
 ENHANCE_PROMPT = "framefleet.prompts.enhance"
 GENERATE_VARIATION = "framefleet.images.generate_variation"
 SCORE_VARIATIONS = "framefleet.scoring.score_variations"
+JUDGE_CANDIDATES = "framefleet.frames.judge"
 CREATE_TASKS = {"storyboard": CREATE_STORYBOARD, "references": CREATE_REFERENCES}
 
-# Task → queue. Creates run on `intake`: validating a request and fetching its reference URL (up
-# to the fetch deadline) never holds a thread that selects frames, finalizes jobs or runs the watchdog.
+# Task → queue. A job's two ends run on `intake`, its creates and finalizes: validating a request,
+# fetching its reference URL (up to the fetch deadline), drawing its contact sheet never hold a
+# `control` thread, which selects frames and dispatches the next ones for every job.
 TASK_QUEUES = {
     CREATE_STORYBOARD: "intake",
     CREATE_REFERENCES: "intake",
+    FINALIZE_JOB: "intake",
     JOB_STATUS: "control",
     RESUME_JOB: "control",
     CANCEL_JOB: "control",
     WATCHDOG: "control",
-    FINALIZE_JOB: "control",
     NOTIFY_MAIN_APP: "control",
     LIST_JOBS: "control",
     CHOOSE_CANDIDATE: "control",
     REGENERATE_FRAME: "control",
     SELECT_VARIATION: "control",
     ENHANCE_PROMPT: "llm",
+    # Between scoring and selection: an API call, so on llm, never holding a GPU while it waits.
+    JUDGE_CANDIDATES: "llm",
     GENERATE_VARIATION: "images",
     SCORE_VARIATIONS: "gpu",
 }
@@ -82,6 +86,9 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     generation = settings.replicate_prediction_timeout_s + 300
     limits[GENERATE_VARIATION] = {"soft_time_limit": generation, "time_limit": generation + 60}
     limits[SCORE_VARIATIONS] = {"soft_time_limit": 600, "time_limit": 660}
+    # Both orders at once: the budget wait, then a request, its retries, and one more for a bad reply.
+    judge = settings.judge_max_wait_s + 2 * settings.judge_timeout_s * (settings.openai_max_retries + 1) + 60
+    limits[JUDGE_CANDIDATES] = {"soft_time_limit": judge, "time_limit": judge + 60}
     return limits
 
 

@@ -22,7 +22,10 @@ def is_sentinel_url(url: str | None) -> bool:
 
 
 class ScoreWeights(BaseModel):
-    """Weights of the overall score. PickScore leads: it predicts human preference best."""
+    """Weights of the overall score. PickScore leads the seeds' three metrics: it predicts human
+    preference best of them. Consistency with the frame's input images (reference, previous frame)
+    counts by default: a third of the overall, so a candidate far less consistent than its siblings
+    cannot win on looks alone (docs/scoring.md, "Continuity"). HPSv2.1 is off unless weighted."""
 
     # Infinity/NaN would be stored as null and make the job unreadable: refuse them here.
     model_config = {"extra": "forbid", "allow_inf_nan": False}
@@ -31,12 +34,15 @@ class ScoreWeights(BaseModel):
     clip_score: float = Field(0.25, ge=0)
     aesthetic: float = Field(0.25, ge=0)
     # Similarity to the frame's input images; 0 = recorded in the manifest only.
-    consistency: float = Field(0.0, ge=0)
+    consistency: float = Field(0.5, ge=0)
+    # > 0 in the fleet's settings: gpu workers load HPSv2.1 (scoring/models.py).
+    hps: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> "ScoreWeights":
-        if self.pickscore + self.clip_score + self.aesthetic + self.consistency <= 0:
-            raise ValueError("at least one score weight must be positive")
+        if self.pickscore + self.clip_score + self.aesthetic + self.hps <= 0:
+            # Consistency alone cannot rank a frame without input images (the first one).
+            raise ValueError("at least one of pickscore, clip_score, aesthetic and hps must have a positive weight")
         return self
 
 
@@ -93,6 +99,10 @@ class Pipeline(BaseModel):
     score_weights: ScoreWeights = ScoreWeights()
     keep_traces: bool = False
     enhance: bool = True  # false: no LLM rounds, frames are generated from the original prompt
+    # The vision judge (tasks/steps/judge.py): "vlm" compares the top two candidates when their
+    # overall scores are within judge_margin points; its provider is the LLM provider's.
+    judge: Literal["off", "vlm"] = "off"
+    judge_margin: float = Field(5.0, ge=0, le=100)
     # Providers per stage; `auto` picks the real one when its key or weights exist.
     llm_provider: Literal["auto", "offline", "openai"] = "auto"
     image_provider: Literal["auto", "offline", "replicate"] = "auto"
@@ -156,6 +166,11 @@ class Providers(BaseModel):
     openai_rate_window_s: float = Field(60.0, gt=0)
     openai_completion_tokens_estimate: int = Field(400, ge=0)  # counted against the token budget per request
     openai_rate_limit_max_wait_s: float = Field(600.0, ge=0)  # total wait per enhancement before the fallback
+    # The judge: any OpenAI-compatible model that takes images and structured output. It sits on
+    # the frame's critical path, so its waits are shorter than an enhancement's.
+    judge_model: str = "gpt-4.1"
+    judge_timeout_s: float = Field(30.0, gt=0)  # one request
+    judge_max_wait_s: float = Field(60.0, ge=0)  # for the OpenAI budget, per judged frame
     # Replicate (REPLICATE_BASE_URL, read by the official client, points it at a proxy).
     replicate_model: str = "google/nano-banana"
     # A deployment of replicate_model ("owner/name", with warm instances): its predictions are created
@@ -180,6 +195,8 @@ class Providers(BaseModel):
     # Prices for the cost estimate in the manifest and the budget guard.
     openai_usd_per_1m_prompt_tokens: float = 0.15
     openai_usd_per_1m_completion_tokens: float = 0.60
+    judge_usd_per_1m_prompt_tokens: float = 2.00  # gpt-4.1
+    judge_usd_per_1m_completion_tokens: float = 8.00
     replicate_usd_per_prediction: dict[str, float] = {
         "google/nano-banana": 0.039, "bytedance/seedream-4": 0.03,
         "black-forest-labs/flux-kontext-pro": 0.04, "black-forest-labs/flux-schnell": 0.003,
@@ -187,6 +204,17 @@ class Providers(BaseModel):
     # Budget guard (overrides.max_usd): tokens of one LLM call beyond the prompt it carries (the
     # instructions and critique; the least a reply takes).
     llm_call_estimate_tokens: tuple[int, int] = (800, 300)
+
+    def tokens_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.openai_usd_per_1m_prompt_tokens
+                + completion_tokens * self.openai_usd_per_1m_completion_tokens) / 1e6
+
+    def judge_tokens_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.judge_usd_per_1m_prompt_tokens
+                + completion_tokens * self.judge_usd_per_1m_completion_tokens) / 1e6
+
+    def prediction_usd(self, model: str) -> float:
+        return self.replicate_usd_per_prediction.get(model, 0.0)
 
 
 class ScoringModels(BaseModel):
@@ -198,6 +226,8 @@ class ScoringModels(BaseModel):
     clip_pretrained: str = DEFAULT_SOURCES["clip_pretrained"]
     clip_quick_gelu: bool = False
     aesthetic_weights: str = DEFAULT_SOURCES["aesthetic_weights"]
+    hps_model: str = DEFAULT_SOURCES["hps_model"]
+    hps_weights: str = DEFAULT_SOURCES["hps_weights"]
     models_cache_dir: str | None = None
 
 
@@ -220,13 +250,15 @@ class OfflineProviders(BaseModel):
 
 
 class Operations(BaseModel):
-    """Logging and Flower."""
+    """Logging, Flower and the metrics exporter."""
 
     log_level: str = "INFO"
     log_json: bool = False
     # Flower: "user:password" (several: comma-separated); required unless --local-only.
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
+    # The job latency the alert rules hold the fleet to: p95 of submitted → finished (framefleet exporter).
+    job_p95_alert_s: float = Field(1800.0, gt=0)
 
 
 class Settings(Infrastructure, Pipeline, Scheduling, Limits, Providers, ScoringModels, OfflineProviders, Operations,
@@ -241,7 +273,7 @@ class Settings(Infrastructure, Pipeline, Scheduling, Limits, Providers, ScoringM
         return ModelSources(pickscore_model=self.pickscore_model, pickscore_processor=self.pickscore_processor,
                             clip_model=self.clip_model, clip_pretrained=self.clip_pretrained,
                             clip_quick_gelu=self.clip_quick_gelu, aesthetic_weights=self.aesthetic_weights,
-                            cache_dir=self.models_cache_dir)
+                            hps_model=self.hps_model, hps_weights=self.hps_weights, cache_dir=self.models_cache_dir)
 
     @property
     def backend_url(self) -> str | None:

@@ -1,8 +1,8 @@
 """Scoring library: scorers, normalisation and ranking. Imports no Celery, Redis or S3."""
 
-from framefleet.scoring.ranking import Ranked, overall_score, rank_images_by_quality
+from framefleet.scoring.ranking import Ranked, contributions, overall_score, rank_images_by_quality
 from framefleet.scoring.registry import SCORERS, create_scorer
 from framefleet.scoring.types import METRICS, MetricScores, Scorer
 
-__all__ = ["METRICS", "SCORERS", "MetricScores", "Ranked", "Scorer", "create_scorer", "overall_score",
-           "rank_images_by_quality"]
+__all__ = ["METRICS", "SCORERS", "MetricScores", "Ranked", "Scorer", "contributions", "create_scorer",
+           "overall_score", "rank_images_by_quality"]

@@ -7,11 +7,14 @@ does not read the prompt; the numbers are proxies, not the models' scores:
 - aesthetic  ← mean(exposure, contrast, colourfulness)
 with sharpness = RMS of the Laplacian (0.15 → 100), exposure = 100·(1 − 2·|mean luma − 0.5|),
 contrast = luma std (0.25 → 100), colourfulness = Hasler & Süsstrunk M (100 → 100).
+Consistency with the input images is the cosine of the labelled colour-layout stand-in
+(scoring/similarity.py), so offline jobs weigh continuity as model-scored ones do.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from framefleet.scoring.similarity import colour_layout_embeddings
 from framefleet.scoring.types import MetricScores
 from PIL import Image
 
@@ -37,19 +40,24 @@ def _mean(*values: float) -> float:
 
 class HeuristicScorer:
     name = "heuristic"
-    scores_consistency = False
+    scores_consistency = True
 
     def setup(self) -> None:
         """Nothing to load."""
 
     def score(self, prompt: str, images: list[Image.Image],
               input_images: list[Image.Image] | None = None) -> list[MetricScores]:
+        consistency = None
+        if input_images:
+            layouts = colour_layout_embeddings(list(images) + list(input_images))
+            consistency = np.clip(layouts[:len(images)] @ layouts[len(images):].T, -1.0, 1.0)
         results = []
-        for image in images:
+        for i, image in enumerate(images):
             s = image_statistics(image)
             results.append(MetricScores(
                 pickscore=_mean(s["sharpness"], s["contrast"], s["colourfulness"]),
                 clip_score=_mean(s["exposure"], s["colourfulness"]),
                 aesthetic=_mean(s["exposure"], s["contrast"], s["colourfulness"]),
+                consistency=None if consistency is None else [round(float(c), 6) for c in consistency[i]],
             ))
         return results

@@ -1,4 +1,5 @@
-"""The model scorer: PickScore, CLIP-Score, LAION aesthetic and input-image consistency.
+"""The model scorer: PickScore, CLIP-Score, LAION aesthetic, input-image consistency and, when
+asked for, HPSv2.1.
 
 Mappings to 0-100 (README, "Scoring"):
 - PickScore: raw = logit_scale · cos(text, image) (typically 18-24), mapped by an absolute
@@ -8,6 +9,10 @@ Mappings to 0-100 (README, "Scoring"):
 - Aesthetic: the LAION improved aesthetic MLP on the same L2-normalised image embedding as
   CLIP-Score; its 1-10 output is mapped linearly to 0-100 and clamped.
 - Consistency: cos(candidate embedding, input image embedding) per input image.
+- HPSv2.1: cos(image, text) of its fine-tuned open_clip ViT-H-14 (no logit scale, as its authors
+  score; their benchmark reports 100 · cos: 25.4 for SD 1.4 up to 31.3 for SDXL), mapped by the
+  logistic 100 / (1 + exp(-(100 · cos - 30) / 2)): 26 → 12, 30 → 50, 34 → 88. Its own towers:
+  HPS fine-tuned the last 20 image layers, so PickScore's image embedding cannot stand in.
 Models run in half precision on a GPU; normalisation and dot products are done in float32.
 """
 
@@ -18,7 +23,14 @@ import math
 
 import torch
 from framefleet.scoring.types import MetricScores
-from framefleet.scoring.weights import ModelSources, clip_model_name, resolve_file, resolve_hf, resolve_open_clip
+from framefleet.scoring.weights import (
+    ModelSources,
+    clip_model_name,
+    resolve_file,
+    resolve_hf,
+    resolve_hps,
+    resolve_open_clip,
+)
 from PIL import Image
 from torch import nn
 
@@ -26,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT_LENGTH = 77
 PICKSCORE_MIDPOINT, PICKSCORE_SCALE = 21.0, 1.5
+HPS_MIDPOINT, HPS_SCALE = 30.0, 2.0  # on 100 · cos, the scale of the HPS v2.1 benchmark
 
 
 def pickscore_to_100(raw: float) -> float:
@@ -34,6 +47,10 @@ def pickscore_to_100(raw: float) -> float:
 
 def clip_score_to_100(cosine: float) -> float:
     return 100.0 * min(1.0, 2.5 * max(cosine, 0.0))
+
+
+def hps_to_100(cosine: float) -> float:
+    return 100.0 / (1.0 + math.exp(-(100.0 * cosine - HPS_MIDPOINT) / HPS_SCALE))
 
 
 def aesthetic_to_100(rating: float) -> float:
@@ -64,6 +81,18 @@ def load_aesthetic_head(path: str, device: str) -> AestheticHead:
     return head.to(device).eval()
 
 
+def load_hps(sources: ModelSources, device: str, precision: str):
+    """HPSv2.1: (model, preprocess, tokenizer). open_clip reads HPS's checkpoint (its weights under
+    "state_dict"); preprocessing is HPS's own (the longest side to the input size, zero padding:
+    open_clip's "longest" resize mode), not CLIP's centre crop."""
+    import open_clip
+
+    name, weights = resolve_hps(sources)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device,
+                                                                 precision=precision, image_resize_mode="longest")
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
 def projected(features) -> torch.Tensor:
     """transformers 5 returns an output object whose pooler_output is the projected embedding."""
     return features if isinstance(features, torch.Tensor) else features.pooler_output
@@ -78,10 +107,12 @@ class ModelScorer:
     name = "models"
     scores_consistency = True
 
-    def __init__(self, sources: ModelSources | None = None, device: str | None = None):
+    def __init__(self, sources: ModelSources | None = None, device: str | None = None, with_hps: bool = False):
         self.sources = sources or ModelSources()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.with_hps = with_hps
+        self.hps_model = None  # loaded by setup() when with_hps
 
     @classmethod
     def from_loaded(cls, *, pick_model, pick_processor, clip_model, clip_preprocess, clip_tokenizer, aesthetic,
@@ -94,7 +125,7 @@ class ModelScorer:
         return scorer
 
     def setup(self) -> None:
-        """Load all three models once; raises WeightsMissing when any is not on this machine."""
+        """Load the models once (HPS only ``with_hps``); raises WeightsMissing when one is not here."""
         import open_clip
         from transformers import AutoProcessor, CLIPModel
 
@@ -105,12 +136,14 @@ class ModelScorer:
                                                             local_files_only=True)
         name = clip_model_name(s.clip_model)
         weights, quick_gelu = resolve_open_clip(name, s.clip_pretrained, s.clip_quick_gelu)
+        precision = "fp16" if self.dtype == torch.float16 else "fp32"
         self.clip_model, _, self.clip_preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=self.device, force_quick_gelu=quick_gelu,
-            precision="fp16" if self.dtype == torch.float16 else "fp32")
+            name, pretrained=weights, device=self.device, force_quick_gelu=quick_gelu, precision=precision)
         self.clip_model.eval()
         self.clip_tokenizer = open_clip.get_tokenizer(name)
         self.aesthetic = load_aesthetic_head(resolve_file(s.aesthetic_weights, s, "aesthetic_weights"), self.device)
+        if self.with_hps:
+            self.hps_model, self.hps_preprocess, self.hps_tokenizer = load_hps(s, self.device, precision)
 
     @torch.inference_mode()
     def pickscore_raw(self, prompt: str, images: list[Image.Image]) -> list[float]:
@@ -132,6 +165,13 @@ class ModelScorer:
     def clip_text_embedding(self, prompt: str) -> torch.Tensor:
         tokens = self.clip_tokenizer([prompt]).to(self.device)  # open_clip truncates to 77 tokens
         return normalised(self.clip_model.encode_text(tokens))
+
+    @torch.inference_mode()
+    def hps_raw(self, prompt: str, images: list[Image.Image]) -> list[float]:
+        batch = torch.stack([self.hps_preprocess(image) for image in images]).to(self.device, self.dtype)
+        image_embeds = normalised(self.hps_model.encode_image(batch))
+        text_embeds = normalised(self.hps_model.encode_text(self.hps_tokenizer([prompt]).to(self.device)))
+        return (image_embeds @ text_embeds.T).squeeze(-1).tolist()
 
     @torch.inference_mode()
     def score(self, prompt: str, images: list[Image.Image],
@@ -158,4 +198,12 @@ class ModelScorer:
             log.warning("CLIP-Score/aesthetic failed: %s", error)
             for result in results:
                 result.errors["clip_score"] = result.errors["aesthetic"] = str(error)
+        if self.hps_model is not None:
+            try:
+                for result, raw in zip(results, self.hps_raw(prompt, images), strict=True):
+                    result.hps, result.hps_raw = round(hps_to_100(raw), 4), raw
+            except Exception as error:
+                log.warning("HPS failed: %s", error)
+                for result in results:
+                    result.errors["hps"] = str(error)
         return results

@@ -16,13 +16,22 @@ def metric_values(scores: MetricScores) -> dict[str, float]:
     return values
 
 
-def overall_score(scores: MetricScores, weights: Mapping[str, float]) -> float | None:
-    """Weighted mean of the metrics that exist; a failed metric's weight goes to the others."""
+def _shares(scores: MetricScores, weights: Mapping[str, float]) -> dict[str, float]:
     present = {m: v for m, v in metric_values(scores).items() if weights.get(m, 0) > 0}
     total = sum(weights[m] for m in present)
-    if not present or total <= 0:
-        return None
-    return round(sum(weights[m] * value for m, value in present.items()) / total, 3)
+    return {m: weights[m] * value / total for m, value in present.items()} if total > 0 else {}
+
+
+def contributions(scores: MetricScores, weights: Mapping[str, float]) -> dict[str, float]:
+    """What each metric adds to the overall score: its share of the weights times its value (they
+    add up to the overall). A failed metric adds nothing: its weight went to the others."""
+    return {m: round(part, 3) for m, part in _shares(scores, weights).items()}
+
+
+def overall_score(scores: MetricScores, weights: Mapping[str, float]) -> float | None:
+    """Weighted mean of the metrics that exist; a failed metric's weight goes to the others."""
+    parts = _shares(scores, weights)
+    return round(sum(parts.values()), 3) if parts else None
 
 
 class Ranked(BaseModel):

@@ -7,16 +7,20 @@ from typing import Protocol
 from PIL import Image
 from pydantic import BaseModel
 
-METRICS = ("pickscore", "clip_score", "aesthetic")
+# The 0-100 metrics a scorer may fill (consistency is kept as cosines and counted apart). HPS is
+# computed only where the model scorer was asked to load it (scoring/models.py).
+METRICS = ("pickscore", "clip_score", "aesthetic", "hps")
 
 
 class MetricScores(BaseModel):
     pickscore: float | None = None
     clip_score: float | None = None
     aesthetic: float | None = None
+    hps: float | None = None
     # Cosine similarity to each of the frame's input images (reference, previous frame).
     consistency: list[float] | None = None
     pickscore_raw: float | None = None
+    hps_raw: float | None = None
     errors: dict[str, str] = {}
 
 

@@ -20,7 +20,14 @@ DEFAULT_SOURCES = {
     "clip_pretrained": "openai",
     "aesthetic_weights": "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
                          "sac+logos+ava1-l14-linearMSE.pth",
+    # HPSv2.1 (tgxs002/HPSv2): an open_clip ViT-H-14 fine-tuned on HPD v2; its checkpoint holds the
+    # whole model's state dict under "state_dict".
+    "hps_model": "ViT-H-14",
+    "hps_weights": "https://huggingface.co/xswu/HPSv2/resolve/main/HPS_v2.1_compressed.pt",
 }
+# Loaded only when the score weights use it (FRAMEFLEET_SCORE_WEIGHTS "hps" > 0): its absence is
+# then no reason to fall back to the heuristic scorer.
+OPTIONAL_MODELS = ("hps_weights",)
 
 
 class WeightsMissing(RuntimeError):
@@ -33,6 +40,8 @@ class ModelSources(BaseModel):
     clip_model: str = DEFAULT_SOURCES["clip_model"]
     clip_pretrained: str = DEFAULT_SOURCES["clip_pretrained"]
     aesthetic_weights: str = DEFAULT_SOURCES["aesthetic_weights"]
+    hps_model: str = DEFAULT_SOURCES["hps_model"]
+    hps_weights: str = DEFAULT_SOURCES["hps_weights"]
     # Only read when clip_pretrained is a file: OpenAI's CLIP weights were trained with QuickGELU.
     clip_quick_gelu: bool = False
     cache_dir: str | None = None  # where URL weights are kept (default ~/.cache/framefleet)
@@ -101,6 +110,11 @@ def resolve_file(source: str, sources: ModelSources, field: str) -> str:
     raise WeightsMissing(f"{field}: no file at {source}")
 
 
+def resolve_hps(sources: ModelSources) -> tuple[str, str]:
+    """(open_clip model name, checkpoint file) of the HPS model."""
+    return clip_model_name(sources.hps_model), resolve_file(sources.hps_weights, sources, "hps_weights")
+
+
 def check_sources(sources: ModelSources) -> dict[str, str]:
     """Each model → where its weights are, or 'missing: why'."""
     report = {}
@@ -109,6 +123,7 @@ def check_sources(sources: ModelSources) -> dict[str, str]:
         "pickscore_processor": lambda: resolve_hf(sources.pickscore_processor, "pickscore_processor"),
         "clip": lambda: resolve_open_clip(clip_model_name(sources.clip_model), sources.clip_pretrained)[0],
         "aesthetic_weights": lambda: resolve_file(sources.aesthetic_weights, sources, "aesthetic_weights"),
+        "hps_weights": lambda: resolve_hps(sources)[1],
     }
     for name, check in checks.items():
         try:
@@ -116,6 +131,12 @@ def check_sources(sources: ModelSources) -> dict[str, str]:
         except WeightsMissing as error:
             report[name] = f"missing: {error}"
     return report
+
+
+def missing_models(report: dict[str, str], with_hps: bool) -> dict[str, str]:
+    """The models a scorer that loads HPS only ``with_hps`` cannot do without."""
+    return {name: where for name, where in report.items() if where.startswith("missing")
+            and (with_hps or name not in OPTIONAL_MODELS)}
 
 
 def download_all(sources: ModelSources, target: Path) -> dict[str, str]:
@@ -132,11 +153,14 @@ def download_all(sources: ModelSources, target: Path) -> dict[str, str]:
     name = clip_model_name(sources.clip_model)
     clip_file = open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, sources.clip_pretrained),
                                               cache_dir=str(target / "open_clip"))
-    aesthetic = target / Path(urlparse(sources.aesthetic_weights).path).name
-    if not aesthetic.exists():
-        urllib.request.urlretrieve(sources.aesthetic_weights, aesthetic)  # noqa: S310 (a configured https URL)
+    aesthetic, hps = (target / Path(urlparse(url).path).name for url in (sources.aesthetic_weights,
+                                                                         sources.hps_weights))
+    for url, path in ((sources.aesthetic_weights, aesthetic), (sources.hps_weights, hps)):
+        if not path.exists():
+            urllib.request.urlretrieve(url, path)  # noqa: S310 (a configured https URL)
     quick_gelu = open_clip.get_pretrained_cfg(name, sources.clip_pretrained).get("quick_gelu", False)
     return {"FRAMEFLEET_PICKSCORE_MODEL": pickscore, "FRAMEFLEET_PICKSCORE_PROCESSOR": processor,
             "FRAMEFLEET_CLIP_MODEL": sources.clip_model, "FRAMEFLEET_CLIP_PRETRAINED": clip_file,
             "FRAMEFLEET_CLIP_QUICK_GELU": str(bool(quick_gelu)).lower(),
-            "FRAMEFLEET_AESTHETIC_WEIGHTS": str(aesthetic)}
+            "FRAMEFLEET_AESTHETIC_WEIGHTS": str(aesthetic), "FRAMEFLEET_HPS_MODEL": sources.hps_model,
+            "FRAMEFLEET_HPS_WEIGHTS": str(hps)}

@@ -7,13 +7,16 @@ A job, in the order its steps run (the steps are tasks/steps/, one module each):
   frame k, once its enhancement is stored and frame k-1 is settled (coordination/dispatch.py):
     chord(generate × n [images])        steps/generate.py   one paid image each
       → score [gpu]                     steps/score.py      the round's candidates in one batch
+      → judge [llm] (judge: vlm only)   steps/judge.py      a vision model settles a close call
       → select [control]                steps/select.py     rank 1 kept, chained into frame k+1
-  finalize [control]                    steps/finalize.py   manifest, contact sheet, done, callback
+  finalize [intake]                     steps/finalize.py   manifest, contact sheet, done, callback
   choose / regenerate [control]         steps/iterate.py    a revision of a finished job
 
 Every step runs in ``run_step`` (coordination/leases.py): one copy at a time, a second copy waits
 for the first copy's stored outcome, and a step whose worker died is re-driven by the watchdog.
-No task waits on another task's result.
+No task waits on another task's result, and the fleet's own steps store none (``ignore_result``:
+the next step gets its input as an argument; a chord counts its headers' results without their
+being stored). Only the tasks a main app calls and reads store results.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from framefleet.config.celery import (
     FINALIZE_JOB,
     GENERATE_VARIATION,
     JOB_STATUS,
+    JUDGE_CANDIDATES,
     LIST_JOBS,
     NOTIFY_MAIN_APP,
     REGENERATE_FRAME,
@@ -44,7 +48,7 @@ from framefleet.tasks.app import app
 from framefleet.tasks.coordination import cancel, recovery
 from framefleet.tasks.coordination.broker import admit_siblings
 from framefleet.tasks.coordination.dispatch import dispatch_ready, planned_round_size
-from framefleet.tasks.coordination.leases import run_step
+from framefleet.tasks.coordination.leases import JobClosed, run_step
 from framefleet.tasks.coordination.slot_hold import HoldsSlot, slot_hold_due
 from framefleet.tasks.job.errors import RequestError
 from framefleet.tasks.job.frames import StaleWrite
@@ -52,7 +56,7 @@ from framefleet.tasks.job.jobs import job_summaries
 from framefleet.tasks.job.model import Job, frames_settled
 from framefleet.tasks.job.records import MAX_LIST_LIMIT, ResumeResult, VariationRecord
 from framefleet.tasks.job.states import PromptSource
-from framefleet.tasks.steps import create, enhance, finalize, generate, iterate, score, select
+from framefleet.tasks.steps import create, enhance, finalize, generate, iterate, judge, score, select
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
 
 
 # A frame's steps (llm, images, gpu, control) -----------------------------------------------------
-@app.task(name=ENHANCE_PROMPT)
+@app.task(name=ENHANCE_PROMPT, ignore_result=True)
 def enhance_prompt(job_id: str, frame: str) -> dict:
     job = Job(job_id)
     enhancement = run_step(job, f"enhance:{frame}", stored=lambda: enhance.stored_enhancement(job, frame),
@@ -107,15 +111,15 @@ def enhance_prompt(job_id: str, frame: str) -> dict:
     return {"frame": frame, "fallback": enhancement.fallback}
 
 
-@app.task(bind=True, base=HoldsSlot, name=GENERATE_VARIATION, max_retries=1)
+# The chord counts its headers' results without their being stored (the Redis backend's
+# on_chord_part_return), and nothing reads a variation's task state.
+@app.task(bind=True, base=HoldsSlot, name=GENERATE_VARIATION, max_retries=1, ignore_result=True)
 def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: int, revision: int = 0,
                        round_size: int | None = None) -> dict:
     """A chord header: never raises for a provider failure (a failure record stands in)."""
     source = PromptSource(stage)
     admit_siblings(TASK_QUEUES[self.name], self.request, job_id, frame)
     job = Job(job_id)
-    if job.cancelled():  # checked before any paid call
-        return VariationRecord(index=index, prompt_source=source, error="cancelled").model_dump(mode="json")
     count = round_size or planned_round_size(source, job.spec.frame_config(job.frames.get(frame)))
 
     def work() -> VariationRecord:
@@ -126,8 +130,11 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
         except generate.RetryGeneration as error:  # a new attempt, as a new message
             raise self.retry(exc=error.__cause__, countdown=GENERATION_RETRY_DELAY_S) from error
 
-    record = run_step(job, f"generate:{frame}/{revision}/{source}/{index}",
-                      stored=lambda: generate.stored_variation(job, frame, revision, source, index), work=work)
+    try:  # checked before any paid call
+        record = run_step(job, f"generate:{frame}/{revision}/{source}/{index}", while_open=True,
+                          stored=lambda: generate.stored_variation(job, frame, revision, source, index), work=work)
+    except JobClosed:
+        return VariationRecord(index=index, prompt_source=source, error="cancelled").model_dump(mode="json")
     try:  # the hold itself runs after the record is returned and counted (HoldsSlot.after_return)
         self.request.slot_hold = slot_hold_due(job, job.spec, frame, revision, source, count)
     except Exception as error:  # noqa: BLE001 — an optimisation: a chord header never raises for it
@@ -135,40 +142,54 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
     return record.model_dump(mode="json")
 
 
-@app.task(name=SCORE_VARIATIONS)
+@app.task(name=SCORE_VARIATIONS, ignore_result=True)
 def score_variations(results: list[dict], job_id: str, frame: str, revision: int = 0) -> dict:
     job = Job(job_id)
     variations = [VariationRecord.model_validate(r) for r in results]
     source = variations[0].prompt_source if variations else PromptSource.ENHANCED
-    if job.cancelled():
+    try:
+        return run_step(job, f"score:{frame}/{revision}/{source}", while_open=True,
+                        stored=lambda: job.rounds.scored(frame, revision, source),
+                        work=lambda: score.score_round(job, frame, revision, source, variations))
+    except JobClosed:
         return {"variations": results, "scorer": None, "error": None, "notes": [], "timing": None}
-    return run_step(job, f"score:{frame}/{revision}/{source}",
-                    stored=lambda: job.rounds.scored(frame, revision, source),
-                    work=lambda: score.score_round(job, frame, revision, source, variations))
 
 
-@app.task(name=SELECT_VARIATION)
+@app.task(name=JUDGE_CANDIDATES, ignore_result=True)
+def judge_candidates(scored: dict, job_id: str, frame: str, stage: str, revision: int = 0) -> dict:
+    """The scoring result, with the vision judge's verdict on a close call added."""
+    job = Job(job_id)
+    try:
+        return run_step(job, f"judge:{frame}/{revision}/{stage}", while_open=True,
+                        stored=lambda: judge.judged(job, frame, revision, stage),
+                        work=lambda: judge.judge_round(job, frame, revision, stage, scored))
+    except JobClosed:
+        return scored
+
+
+@app.task(name=SELECT_VARIATION, ignore_result=True)
 def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision: int = 0) -> None:
     job = Job(job_id)
-    if job.cancelled():  # the cancel finalizes the job; keep only what was finished before
-        return
 
     def work() -> bool:
         frames = job.frames.all()
         job.progress.frame_reached(job.spec.kind, "score", frame, frames_settled(frames), len(frames))
         try:
-            select.select_round(job, frame, stage, revision, scored)
+            select.select_round(job, frame, stage, revision, scored, frames[frame])
         except StaleWrite:
             pass  # another copy stored this round's outcome first
         return True
 
-    run_step(job, f"select:{frame}/{revision}/{stage}",
-             stored=lambda: None if select.in_round(job.frames.get(frame), revision, stage) else True,
-             work=work, after=lambda: dispatch_ready(job))
+    try:  # a cancel finalizes the job: it keeps only what was finished before
+        run_step(job, f"select:{frame}/{revision}/{stage}", while_open=True,
+                 stored=lambda: None if select.in_round(job.frames.get(frame), revision, stage) else True,
+                 work=work, after=lambda: dispatch_ready(job))
+    except JobClosed:
+        return
 
 
 # The end of a revision (control) ----------------------------------------------------------------
-@app.task(name=FINALIZE_JOB)
+@app.task(name=FINALIZE_JOB, ignore_result=True)
 def finalize_job(job_id: str, revision: int | None = None) -> dict:
     job = Job(job_id)
     current = job.revision()
@@ -178,7 +199,7 @@ def finalize_job(job_id: str, revision: int | None = None) -> dict:
                     work=lambda: finalize.finalize(job, current))
 
 
-@app.task(bind=True, name=NOTIFY_MAIN_APP, max_retries=30)
+@app.task(bind=True, name=NOTIFY_MAIN_APP, max_retries=30, ignore_result=True)
 def notify_main_app(self: Task, job_id: str, revision: int, outcome: str, failed_clips: list[int]) -> dict:
     """The main app's completion callback, sent once per revision; a failure to send is logged
     and retried with backoff, never fatal to the job."""
@@ -218,7 +239,7 @@ def cancel_job(job_id: str) -> dict:
     return cancel.cancel(Job(job_id)).model_dump(mode="json")
 
 
-@app.task(name=WATCHDOG)
+@app.task(name=WATCHDOG, ignore_result=True)
 def watchdog() -> dict:
     """Re-drive steps whose worker died (their lease expired); see coordination/recovery.py."""
     return recovery.watchdog_round()

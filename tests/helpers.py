@@ -59,6 +59,14 @@ def references_request(job_id: str, scenes: int = 3, **extra) -> dict:
     }
 
 
+def stand_in_env(openai_api, replicate_api, openai_key: str = "sk-test", replicate_token: str = "r8-test") -> dict:
+    """A fleet's environment for the official OpenAI and Replicate clients against the stand-ins
+    (every input image through the files API, as in production)."""
+    return {"OPENAI_API_KEY": openai_key, "OPENAI_BASE_URL": openai_api.base_url,
+            "REPLICATE_API_TOKEN": replicate_token, "REPLICATE_BASE_URL": replicate_api.base_url,
+            "FRAMEFLEET_REPLICATE_DATA_URL_MAX_BYTES": "0"}
+
+
 def wait_until(predicate, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

@@ -4,6 +4,7 @@
   tokenizer, saved with save_pretrained (a local directory, like a hub snapshot).
 - CLIP: an open_clip model-config JSON (registered under its file stem) and a state-dict file.
 - Aesthetic: an MLP state dict with the LAION key names (layers.0/2/4/6/7).
+- HPS: another open_clip model config and a checkpoint in HPS's format (``{"state_dict": ...}``).
 """
 
 from __future__ import annotations
@@ -77,13 +78,27 @@ def build_aesthetic(path: Path) -> Path:
     return path
 
 
+def build_hps(directory: Path) -> tuple[Path, Path]:
+    import open_clip
+
+    config = directory / "framefleet-tiny-hps.json"
+    config.write_text(json.dumps(OPEN_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(3)
+    checkpoint = directory / "tiny-hps.pt"
+    torch.save({"state_dict": open_clip.create_model("framefleet-tiny-hps").state_dict()}, checkpoint)
+    return config, checkpoint
+
+
 def build_tiny_models(root: Path) -> ModelSources:
     root.mkdir(parents=True, exist_ok=True)
     pickscore = build_pickscore(root / "pickscore")
     config, weights = build_open_clip(root)
     aesthetic = build_aesthetic(root / "aesthetic.pth")
+    hps_config, hps_weights = build_hps(root)
     return ModelSources(pickscore_model=str(pickscore), pickscore_processor=str(pickscore),
-                        clip_model=str(config), clip_pretrained=str(weights), aesthetic_weights=str(aesthetic))
+                        clip_model=str(config), clip_pretrained=str(weights), aesthetic_weights=str(aesthetic),
+                        hps_model=str(hps_config), hps_weights=str(hps_weights))
 
 
 def sources_env(sources: ModelSources) -> dict[str, str]:
@@ -91,4 +106,5 @@ def sources_env(sources: ModelSources) -> dict[str, str]:
     return {"FRAMEFLEET_SCORER": "models", "FRAMEFLEET_PICKSCORE_MODEL": sources.pickscore_model,
             "FRAMEFLEET_PICKSCORE_PROCESSOR": sources.pickscore_processor,
             "FRAMEFLEET_CLIP_MODEL": sources.clip_model, "FRAMEFLEET_CLIP_PRETRAINED": sources.clip_pretrained,
-            "FRAMEFLEET_AESTHETIC_WEIGHTS": sources.aesthetic_weights}
+            "FRAMEFLEET_AESTHETIC_WEIGHTS": sources.aesthetic_weights, "FRAMEFLEET_HPS_MODEL": sources.hps_model,
+            "FRAMEFLEET_HPS_WEIGHTS": sources.hps_weights}

@@ -1,4 +1,5 @@
-"""Images as the fleet handles them: decoded once, and the candidates' contact-sheet thumbnails."""
+"""Images as the fleet handles them: decoded once, the candidates' contact-sheet thumbnails, and the
+small copies a vision model is sent."""
 
 from __future__ import annotations
 
@@ -30,3 +31,13 @@ def fitted(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     pass from the full size, and no worse to look at."""
     factor = max(1, min(image.width // size[0], image.height // size[1]))
     return ImageOps.fit(image.reduce(factor) if factor > 1 else image, size, method=Image.Resampling.BILINEAR)
+
+
+def downsized_jpeg(image: Image.Image, long_side: int) -> bytes:
+    """The image with its longer side at most ``long_side``, as JPEG (a vision model's input: a
+    few tens of KB instead of a full-size PNG)."""
+    small = image.copy()
+    small.thumbnail((long_side, long_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=85)
+    return out.getvalue()

@@ -16,11 +16,11 @@ def estimate_cost(spec: JobSpec, counters: dict[str, dict[str, int]], settings) 
     total = counters.get("total", {})
     usd = 0.0
     if spec.providers.get("llm") == "openai":
-        usd += total.get("prompt_tokens", 0) * settings.openai_usd_per_1m_prompt_tokens / 1e6
-        usd += total.get("completion_tokens", 0) * settings.openai_usd_per_1m_completion_tokens / 1e6
+        usd += settings.tokens_usd(total.get("prompt_tokens", 0), total.get("completion_tokens", 0))
+    if spec.providers.get("judge") == "openai":
+        usd += settings.judge_tokens_usd(total.get("judge_prompt_tokens", 0), total.get("judge_completion_tokens", 0))
     if spec.providers.get("images") == "replicate":
-        price = settings.replicate_usd_per_prediction.get(spec.config.image_model, 0.0)
-        usd += total.get("predictions_created", 0) * price
+        usd += total.get("predictions_created", 0) * settings.prediction_usd(spec.config.image_model)
     return Cost(frames={k: v for k, v in counters.items() if k != "total"}, total=total,
                 estimated_usd=round(usd, 6))
 

@@ -9,8 +9,10 @@ send until its task returns: in one of the queue's priority lists while it waits
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
+import time
 from typing import NamedTuple
 
 import kombu.exceptions
@@ -26,7 +28,13 @@ BROKER_TIMEOUT_S = 5  # waiting for a pooled broker connection
 # How far from the served end of a priority list the siblings of a round are looked for: a
 # round's messages are sent one after another, so they sit next to the one just taken.
 SIBLING_WINDOW = 64
+# A round's siblings are admitted once per worker process (the first of them to start here; the
+# rest find nothing left to move), and whether new jobs wait is read at most this often.
+ADMITTED_MEMORY = 256
+WAITING_MAX_AGE_S = 0.5
 
+_admitted: collections.deque[str] = collections.deque(maxlen=ADMITTED_MEMORY)
+_waiting: dict[str, tuple[float, bool]] = {}
 
 
 class QueuedTask(NamedTuple):
@@ -90,6 +98,9 @@ def admit_siblings(queue: str, request, job_id: str, frame: str) -> None:
     is logged and the variation goes on."""
     if not request.group or (request.delivery_info or {}).get("priority") != PRIORITY_STEPS[-1]:
         return
+    if request.group in _admitted:
+        return
+    _admitted.append(request.group)
     try:
         if moved := admit_round(queue, request.group):
             log.info("job %s: admitted %d more variations of %s", job_id, moved, frame)
@@ -98,10 +109,16 @@ def admit_siblings(queue: str, request, job_id: str, frame: str) -> None:
 
 
 def jobs_waiting_for(queue: str) -> bool:
-    """Whether any message waits in ``queue``'s lower priority lists (new jobs' first frames)."""
+    """Whether any message waits in ``queue``'s lower priority lists (new jobs' first frames), as
+    read at most WAITING_MAX_AGE_S ago in this process."""
+    read_at, answer = _waiting.get(queue, (float("-inf"), False))
+    if time.monotonic() - read_at <= WAITING_MAX_AGE_S:
+        return answer
     _, *waiting = broker_lists(queue)
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
         with connection.default_channel.client.pipeline(transaction=False) as pipe:
             for name in waiting:
                 pipe.llen(name)
-            return any(pipe.execute())
+            answer = any(pipe.execute())
+    _waiting[queue] = (time.monotonic(), answer)
+    return answer

@@ -8,10 +8,13 @@ this order:
   2. no enhancement rounds beyond the first (a second round must leave one image per frame
      still to generate affordable),
   3. the frame is skipped with "budget" in its fallbacks.
+A judged frame reserves both of its judge calls at once (one answer alone cannot cancel position
+bias); when they do not fit, the frame keeps its score order (a JUDGE_BUDGET note).
 Prices are the cost settings: Replicate per prediction of the job's model; OpenAI per call from
 the text the call carries (about 4 characters a token: the frame's prompt, and the rewrite the
 Prompt Engineer reviews) plus ``llm_call_estimate_tokens`` (the instructions and critique around
-it, and the least a reply takes), so a long prompt reserves what it will cost. The offline
+it, and the least a reply takes), so a long prompt reserves what it will cost; a judge call at the
+judge's prices, its images at OpenAI's low-detail count. The offline
 providers cost ``offline_usd_per_image`` and ``offline_usd_per_llm_call`` (0 by default), so the
 guard can be exercised without keys.
 """
@@ -21,11 +24,12 @@ from __future__ import annotations
 from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.providers.judges import LOW_DETAIL_IMAGE_TOKENS
 
 
 def image_price(spec: JobSpec, model: str, settings: Settings) -> float:
     if spec.providers.get("images") == "replicate":
-        return settings.replicate_usd_per_prediction.get(model, 0.0)
+        return settings.prediction_usd(model)
     return settings.offline_usd_per_image
 
 
@@ -34,16 +38,11 @@ def prompt_tokens(text: str) -> int:
     return -(-len(text) // 4)
 
 
-def _openai_price(settings: Settings, sent_tokens: int, reply_tokens: int) -> float:
-    return (sent_tokens * settings.openai_usd_per_1m_prompt_tokens
-            + reply_tokens * settings.openai_usd_per_1m_completion_tokens) / 1e6
-
-
 def llm_call_price(spec: JobSpec, settings: Settings, prompt: str) -> float:
     """One LLM call that sends ``prompt`` (with its instructions) and gets the estimated reply."""
     if spec.providers.get("llm") == "openai":
         around, reply = settings.llm_call_estimate_tokens
-        return _openai_price(settings, around + prompt_tokens(prompt), reply)
+        return settings.tokens_usd(around + prompt_tokens(prompt), reply)
     return settings.offline_usd_per_llm_call
 
 
@@ -56,9 +55,18 @@ def llm_round_price(spec: JobSpec, settings: Settings, prompt: str, iteration: i
     around, reply = settings.llm_call_estimate_tokens
     sent = prompt_tokens(prompt)
     rewrite = max(sent, reply)
-    director = _openai_price(settings, around + sent + (rewrite if iteration > 1 else 0), rewrite)
-    engineer = _openai_price(settings, around + rewrite, reply)
+    director = settings.tokens_usd(around + sent + (rewrite if iteration > 1 else 0), rewrite)
+    engineer = settings.tokens_usd(around + rewrite, reply)
     return director + engineer
+
+
+def judge_call_price(spec: JobSpec, settings: Settings, prompt: str, images: int) -> float:
+    """One judge call: the frame's prompt and ``images`` images, with instructions, and a reply."""
+    if spec.providers.get("judge") != "openai":
+        return settings.offline_usd_per_llm_call
+    around, reply = settings.llm_call_estimate_tokens
+    sent = around + prompt_tokens(prompt) + images * LOW_DETAIL_IMAGE_TOKENS
+    return (sent * settings.judge_usd_per_1m_prompt_tokens + reply * settings.judge_usd_per_1m_completion_tokens) / 1e6
 
 
 class BudgetGuard:
@@ -112,6 +120,13 @@ class BudgetGuard:
         if self.reserve(price, keep_free):
             return True
         self.degrade(frame, f"enhancement stopped before round {iteration}")
+        return False
+
+    def judge_calls(self, frame: str, calls: int, prompt: str, images: int) -> bool:
+        """Reserve ``calls`` judge calls of the frame together, or none."""
+        if self.reserve(calls * judge_call_price(self.spec, self.settings, prompt, images)):
+            return True
+        self.degrade(frame, "no vision judge (score order kept)")
         return False
 
     def degrade(self, frame: str, what: str) -> None:

@@ -21,10 +21,11 @@ import logging
 import time
 
 import redis
-from celery import chord
+from celery import chain, chord
 from framefleet.config.celery import (
     FINALIZE_JOB,
     GENERATE_VARIATION,
+    JUDGE_CANDIDATES,
     PRIORITY_STEPS,
     SCORE_VARIATIONS,
     SELECT_VARIATION,
@@ -39,6 +40,7 @@ from framefleet.tasks.job.records import FrameRecord
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, FrameState, NoteKind, PromptSource
 from framefleet.tasks.providers.base import StopCheck
+from framefleet.tasks.runtime.tracing import in_job_trace
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ def send(job: Job, task: str, args: tuple, priority: int = CONTINUATION, **kwarg
     """Enqueue one task of the job by name, remembering its id so a cancel can revoke it."""
     message = signature(task, args, priority, **kwargs)
     job.ledger.add_task_ids([message.freeze().id])
-    message.apply_async()
+    with in_job_trace(lambda: job.spec.trace):
+        message.apply_async()
 
 
 def send_chord(job: Job, header: list, body) -> None:
@@ -72,7 +75,8 @@ def send_chord(job: Job, header: list, body) -> None:
         ids.append(result.id)
         result = result.parent
     job.ledger.add_task_ids(ids)
-    chord(header, body).apply_async()
+    with in_job_trace(lambda: job.spec.trace):
+        chord(header, body).apply_async()
 
 
 def next_source(record: FrameRecord) -> PromptSource:
@@ -128,9 +132,12 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
         header = [signature(GENERATE_VARIATION, (job.id, frame, source.value, index), priority,
                             revision=record.revision, round_size=count)
                   for index in range(1, count + 1)]
-        body = (signature(SCORE_VARIATIONS, (job.id, frame), priority, revision=record.revision)
-                | signature(SELECT_VARIATION, (job.id, frame, source.value), priority, revision=record.revision))
-        send_chord(job, header, body)
+        staged = (job.id, frame, source.value)
+        links = [signature(SCORE_VARIATIONS, (job.id, frame), priority, revision=record.revision)]
+        if config.judge == "vlm" and count > 1:  # a job without the judge has no extra hop
+            links.append(signature(JUDGE_CANDIDATES, staged, priority, revision=record.revision))
+        links.append(signature(SELECT_VARIATION, staged, priority, revision=record.revision))
+        send_chord(job, header, chain(*links))
     except BaseException:
         if record.state is not FrameState.GENERATING:  # not sent: the step's re-drive must send it
             job.frames.transition(frame, record.state, expect=lambda r: r.state is FrameState.GENERATING)
@@ -214,7 +221,7 @@ def straggler_check(job: Job, frame: str, revision: int, source: str, count: int
         if job.cancelled():
             answer = "cancelled"
         elif cut_enabled:
-            stored = job.rounds.stored_times(frame, revision, source)
+            stored = job.rounds.stored_times(frame, revision, source, count)
             if len(stored) >= needed and time.time() - stored[needed - 1] >= settings.straggler_grace_s:
                 answer = f"straggler cut after {time.time() - started:.0f} s"
         return answer

@@ -28,25 +28,35 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class JobClosed(Exception):
+    """The job was cancelled or is finalizing: a step run ``while_open`` does not start."""
+
+
 class Lease:
     """One step's lease, held by this copy once ``acquire()`` said so."""
 
-    def __init__(self, job: "Job", step: str):
-        self.job, self.step = job, step
+    def __init__(self, job: "Job", step: str, while_open: bool = False):
+        self.job, self.step, self.while_open = job, step, while_open
         self.ttl_ms = int(get_settings().lease_ttl_s * 1000)
         self.owner = uuid.uuid4().hex
+        self.renewed = time.monotonic()  # when it was last taken or renewed
 
     @property
     def key(self) -> str:
         return self.job.keys.lease(self.step)
 
     def acquire(self) -> bool:
-        if not self.job.leases.acquire(self.step, self.owner, self.ttl_ms):
+        taken = self.job.leases.acquire(self.step, self.owner, self.ttl_ms, self.while_open)
+        if taken < 0:
+            raise JobClosed(self.job.id)
+        if not taken:
             return False
+        self.renewed = time.monotonic()
         _keeper.add(self)
         return True
 
     def renew(self) -> bool:
+        self.renewed = time.monotonic()
         return self.job.leases.renew(self.step, self.owner, self.ttl_ms)
 
     def release(self, finished: bool) -> None:
@@ -55,7 +65,8 @@ class Lease:
 
 
 class LeaseKeeper:
-    """One thread per process that renews every lease this process holds."""
+    """One thread per process that renews every lease this process holds, once a third of its
+    TTL has passed since it was taken or last renewed (a short step is never renewed)."""
 
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
@@ -82,8 +93,11 @@ class LeaseKeeper:
         while True:
             with self._lock:
                 leases = list(self._leases.values())
-            interval = min((lease.ttl_ms / 1000 for lease in leases), default=3.0) / 3
+            # Ticks at a sixth of the TTL: a lease is renewed at a third to a half of it.
+            interval = min((lease.ttl_ms / 1000 for lease in leases), default=3.0) / 6
             for lease in leases:
+                if time.monotonic() - lease.renewed < lease.ttl_ms / 3000:
+                    continue
                 try:
                     if not lease.renew():
                         log.warning("lease %s was lost (expired and taken over)", lease.key)
@@ -97,20 +111,17 @@ _keeper = LeaseKeeper()
 
 
 def wait_for(done: Callable[[], T | None], lease: Lease, poll_s: float = 0.2) -> tuple[T | None, Lease | None]:
-    """The second copy of a step: wait until ``done()`` returns a value (the first copy's result),
-    or until the first copy's lease is gone (it died) and this copy takes the lease over.
+    """Take the step's lease, or, while another copy holds it, wait until ``done()`` returns a value
+    (that copy's result), or until that copy's lease is gone (it died) and this copy takes it over.
 
-    Returns (result, None) when the first copy finished, or (None, lease) when this copy now holds
+    Returns (result, None) when the step's outcome exists, or (None, lease) when this copy now holds
     the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
     the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
     """
     while True:
-        result = done()
-        if result is not None:
-            return result, None
         if lease.acquire():
             try:
-                result = done()  # finished between the check and the acquire
+                result = done()  # a copy that finished before this one took the lease
             except BaseException:
                 lease.release(finished=False)
                 raise
@@ -118,11 +129,14 @@ def wait_for(done: Callable[[], T | None], lease: Lease, poll_s: float = 0.2) ->
                 lease.release(finished=True)
                 return result, None
             return None, lease
+        result = done()
+        if result is not None:
+            return result, None
         time.sleep(poll_s)
 
 
 def run_step(job: "Job", step: str, stored: Callable[[], T | None], work: Callable[[], T],
-             after: Callable[[], object] | None = None) -> T | None:
+             after: Callable[[], object] | None = None, while_open: bool = False) -> T | None:
     """Run ``work`` as step ``step`` of the job, at most one copy at a time.
 
     ``stored`` returns the step's outcome once it exists (None before). A second copy returns that
@@ -130,9 +144,10 @@ def run_step(job: "Job", step: str, stored: Callable[[], T | None], work: Callab
     ``after`` runs once the outcome exists, in either copy: in the working copy while it still
     holds the lease, so that if it fails the step is re-driven. A Celery retry of the work is a
     new message, so the lease is released as finished; any other error leaves the step for the
-    watchdog.
+    watchdog. ``while_open``: the lease is refused once the job is closed (cancelled or
+    finalizing), and JobClosed raised, checked in the same round trip as taking the lease.
     """
-    result, lease = wait_for(stored, Lease(job, step))
+    result, lease = wait_for(stored, Lease(job, step, while_open))
     if lease is None:
         if after is not None:
             after()

@@ -1,8 +1,8 @@
 """Resume and the watchdog: re-send exactly the steps that are neither finished nor running.
 
-A running step holds a lease that its worker renews (leases.py). A step listed as running
-whose lease has expired died with its worker: the watchdog re-drives that step (and only that
-one) within ``lease_ttl_s + watchdog_interval_s``. A step that keeps dying (``max_redrives``) parks
+A running step holds a lease that its worker renews (leases.py). A step whose lease ran out died
+with its worker: the watchdog re-drives that step (and only that one) within
+``lease_ttl_s + watchdog_interval_s``. A step that keeps dying (``max_redrives``) parks
 its job. Queued steps have no lease and are never re-driven: a busy fleet is not a stalled one.
 A job whose messages were lost (the broker was wiped) has nothing running and nothing queued:
 `framefleet status` shows it stalled after ``stall_after_s`` and `framefleet resume` continues it.
@@ -18,19 +18,21 @@ from framefleet.config.celery import (
     ENHANCE_PROMPT,
     FINALIZE_JOB,
     GENERATE_VARIATION,
+    JUDGE_CANDIDATES,
     SCORE_VARIATIONS,
     SELECT_VARIATION,
 )
 from framefleet.config.settings import get_settings
 from framefleet.tasks.coordination.broker import queued_tasks
 from framefleet.tasks.coordination.dispatch import dispatch_ready, send
-from framefleet.tasks.job.jobs import active_jobs, count_watchdog_round
+from framefleet.tasks.job.jobs import count_watchdog_round, stale_creates
+from framefleet.tasks.job.leases import take_dead_leases
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.states import FrameState
 
 log = logging.getLogger(__name__)
 
-FRAME_TASKS = {GENERATE_VARIATION, SCORE_VARIATIONS, SELECT_VARIATION, FINALIZE_JOB}
+FRAME_TASKS = {GENERATE_VARIATION, SCORE_VARIATIONS, JUDGE_CANDIDATES, SELECT_VARIATION, FINALIZE_JOB}
 
 
 def resume(job: Job) -> str:
@@ -88,12 +90,10 @@ def _frame_in_flight(job: Job, queued: list, enhancing_now: set[str], frames: di
             or any(task.name in FRAME_TASKS for task in queued_tasks(job.id)))
 
 
-def redrive_dead_steps(job: Job) -> list[str]:
-    """Re-send the job's steps whose lease expired. Returns the steps re-driven."""
-    dead = job.leases.take_dead()
-    if not dead:
-        return []
-    for step, count in dead.items():
+def redrive_dead_steps(job: Job, dead: list[str]) -> list[str]:
+    """Re-send the job's steps whose lease ran out (``dead``). Returns the steps re-driven."""
+    counts = job.leases.count_redrives(dead)
+    for step, count in counts.items():
         if count > get_settings().max_redrives:
             job.park(f"step {step} died {count} times")
             log.error("job %s parked: step %s died %s times", job.id, step, count)
@@ -121,41 +121,27 @@ def redrive_dead_steps(job: Job) -> list[str]:
         elif kind == "notify":
             continue  # its message is still unacknowledged: Celery redelivers it (sent-marker dedups)
         elif not frame_redriven:
-            # A generation, scoring or selection step: re-send the frame's round. Its stored
-            # variations and scores are returned without new work; the dead step runs again.
+            # A generation, scoring, judge or selection step: re-send the frame's round. Its stored
+            # variations, scores and verdict are returned without new work; the dead step runs again.
             frame_redriven = True
             dispatch_ready(job, force=True)
     log.warning("job %s: re-drove %s (their workers stopped renewing their leases)", job.id, sorted(dead))
     return sorted(dead)
 
 
-def watch_job(job: Job, now: float) -> str | None:
-    """One job's watchdog round. Returns what was done, or None."""
-    settings = get_settings()
-    status = job.progress.read()
-    if status.state == "done":
-        job.set_active(False)
-        return None
-    if status.stage == "creating":
-        if now - status.updated_at > settings.create_timeout_s:
-            log.warning("job %s: its create never finished; discarding it (the id is free again)", job.id)
-            job.discard()
-            return "discarded"
-        return None
-    if redriven := redrive_dead_steps(job):
-        return "re-drove " + ", ".join(redriven)
-    return None
-
-
 def watchdog_round() -> dict:
-    """Watch every active job. One broken job never stops the round: it is logged, counted and
-    parked (its state cannot be read), and the round goes on with the next job."""
-    now, acted, failed, errors = time.time(), {}, {}, {}
+    """Re-drive the steps whose lease ran out and discard creates that never finished: both read
+    from indexes of what is due, so a round's work is bounded by what it finds, not by the jobs in
+    Redis. One broken job never stops the round: it is logged, counted and parked (its state cannot
+    be read), and the round goes on with the next job."""
+    acted, failed, errors = {}, {}, {}
     count_watchdog_round()
-    for job_id in sorted(active_jobs()):
+    work = [(job_id, steps) for job_id, steps in take_dead_leases().items()]
+    work += [(job_id, None) for job_id in stale_creates(time.time() - get_settings().create_timeout_s)]
+    for job_id, dead in work:
         job = Job(job_id)
         try:
-            if (done := watch_job(job, now)) is not None:
+            if (done := watch_job(job, dead)) is not None:
                 acted[job_id] = done
         except redis.RedisError as error:  # Redis restarting: not the job's fault, next round retries
             log.warning("watchdog: job %s skipped this round: %s", job_id, error)
@@ -168,3 +154,18 @@ def watchdog_round() -> dict:
             except Exception:  # noqa: BLE001 — Redis itself failing: the next round tries again
                 log.exception("watchdog: could not park job %s", job_id)
     return {"acted": acted, "parked": failed, "errors": errors}
+
+
+def watch_job(job: Job, dead: list[str] | None) -> str | None:
+    """One job's part of a watchdog round: its dead steps, or (``dead`` None) its stale create."""
+    if dead is None:
+        if job.progress.read().stage == "creating":
+            log.warning("job %s: its create never finished; discarding it (the id is free again)", job.id)
+            job.discard()
+            return "discarded"
+        return None
+    if not job.exists() or job.progress.read().state == "done":
+        return None  # gone, or finished (a late step's lease ran out after the job ended)
+    if redriven := redrive_dead_steps(job, dead):
+        return "re-drove " + ", ".join(redriven)
+    return None

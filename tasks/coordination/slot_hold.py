@@ -38,7 +38,10 @@ from framefleet.tasks.runtime.bootstrap import consumed_queues
 
 log = logging.getLogger(__name__)
 
-CHECK_S = 0.05  # how often a hold re-reads its round and job while it waits
+# A hold re-reads its round and job CHECK_S after it starts, then twice as long after each read,
+# up to MAX_CHECK_S: a sibling left waiting for a slot shows at the first read (the next round
+# wakes the hold at once, whatever the interval).
+CHECK_S, MAX_CHECK_S = 0.05, 0.4
 
 
 class SlotHold(NamedTuple):
@@ -72,7 +75,7 @@ def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int, r
     started = time.monotonic()
     if consumed_queues() - {"images"}:  # one pool with other queues: a hold could block their steps
         return {"job_id": job_id, "frame": frame, "held_s": 0.0, "ended": "worker serves other queues"}
-    complete_since = None
+    complete_since, check_s = None, CHECK_S
     while True:
         rounds, recorded, unstarted, closed = job.rounds.hold_view(frame, revision, source, count)
         now = time.monotonic()
@@ -94,10 +97,11 @@ def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int, r
             ended = "no next round in time"
         if left <= 0:
             break
-        # Woken the moment the next round is enqueued; every CHECK_S the round and job are re-read.
-        if job.rounds.wait_for_round(rounds_seen + 1, timeout_s=min(left, CHECK_S)):
+        # Woken the moment the next round is enqueued; else the round and job are read again.
+        if job.rounds.wait_for_round(rounds_seen + 1, timeout_s=min(left, check_s)):
             ended = "next round enqueued"
             break
+        check_s = min(2 * check_s, MAX_CHECK_S)
     return {"job_id": job_id, "frame": frame, "held_s": round(time.monotonic() - started, 3), "ended": ended}
 
 

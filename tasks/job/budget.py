@@ -33,8 +33,7 @@ class BudgetStore:
         self.r.set(self.keys.budget_round(round_id), count, ex=self.job.ttl)
 
     def add_degradation(self, note: str) -> None:
-        self.job.write_if_alive(("RPUSH", self.keys.degradations, note),
-                                ("EXPIRE", self.keys.degradations, self.job.ttl))
+        self.job.write_if_alive(("RPUSH", self.keys.degradations, note))
 
     def degradations(self) -> list[str]:
         return self.r.lrange(self.keys.degradations, 0, -1)

@@ -14,9 +14,12 @@ only if the record read is still there, retried on a conflict) that checks the s
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
+from framefleet.tasks.job import metrics
 from framefleet.tasks.job.errors import JobNotFound
+from framefleet.tasks.job.keys import FLEET_METRICS
 from framefleet.tasks.job.records import FrameRecord
 from framefleet.tasks.job.redis import script
 from framefleet.tasks.job.states import FRAME_TRANSITIONS, FrameState
@@ -59,7 +62,7 @@ class Frames:
         return (DRAFT + name, draft) if draft is not None else (name, finished)
 
     def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
-                   revision: int | None = None) -> FrameRecord:
+                   revision: int | None = None, measured: metrics.Increments | None = None) -> FrameRecord:
         """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
         (read, check, write only if the record read is still there; else read again).
 
@@ -67,6 +70,8 @@ class Frames:
         left the frame in, its revision, its round. A record it refuses, or a transition
         FRAME_TRANSITIONS does not allow, raises StaleWrite and nothing is written. ``revision``:
         a revision after the first takes the frame into its draft (choose, regenerate, re-chaining).
+        The fallbacks the change adds, and ``measured`` (the step's stage seconds), are counted in
+        the fleet's metrics with the write, so once (job/metrics.py).
         """
         swap = script(self.r, "swap_frame")
         while True:
@@ -76,11 +81,17 @@ class Frames:
                 raise StaleWrite(f"{name} has moved on ({record.state}, revision {record.revision})")
             if to not in FRAME_TRANSITIONS[record.state]:
                 raise StaleWrite(f"{name}: {record.state} cannot become {to}")
+            notes_before = Counter((note.kind, note.text) for note in record.notes)
             if change is not None:
                 change(record)
             record.enter(to)
             target = DRAFT + name if revision else field
-            if swap(keys=[self.keys.frames], args=[field, raw, target, record.model_dump_json()]):
+            # New fallbacks only: a revision clears a frame's notes and keeps its enhancement's.
+            added = Counter((note.kind, note.text) for note in record.notes if note.is_fallback) - notes_before
+            fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
+            counted = metrics.script_args(metrics.merged(measured or {}, *fallbacks))
+            if swap(keys=[self.keys.frames, FLEET_METRICS], args=[field, raw, target, record.model_dump_json(),
+                                                                  *counted]):
                 return record
 
     def draft_names(self) -> list[str]:

@@ -4,7 +4,7 @@ parked; and a page of job summaries read in one round trip."""
 from __future__ import annotations
 
 import redis
-from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, WATCHDOG_ROUNDS, JobKeys
+from framefleet.tasks.job.keys import ACTIVE_JOBS, CREATING_JOBS, PARKED_JOBS, RECENT_JOBS, WATCHDOG_ROUNDS, JobKeys
 from framefleet.tasks.job.progress import typed
 from framefleet.tasks.job.records import JobStatus, JobSummary
 from framefleet.tasks.job.redis import state_client
@@ -66,3 +66,8 @@ def job_summaries(active_only: bool, limit: int) -> list[JobSummary]:
 
 def count_watchdog_round() -> None:
     state_client().incr(WATCHDOG_ROUNDS)
+
+
+def stale_creates(started_before: float, limit: int = 1000) -> list[str]:
+    """Jobs whose create began before ``started_before`` and never finished (its worker died)."""
+    return state_client().zrangebyscore(CREATING_JOBS, "-inf", started_before, start=0, num=limit)

@@ -3,7 +3,8 @@
 A job's keys live under ``framefleet:job:{id}:`` and expire after ``job_ttl_s`` (a revision
 renews the lasting ones); the fleet-wide lists under ``framefleet:jobs:``; provider budgets and the
 Replicate prediction watcher under ``framefleet:ratelimit:`` and ``framefleet:replicate:``. The
-broker's own keys (queues, ``unacked``, bindings) are kombu's (config/celery.py ``broker_lists``).
+broker's own keys (queues, ``unacked``, bindings) are kombu's (config/celery.py ``broker_lists``);
+the fleet-wide metrics are ``framefleet:metrics`` and ``framefleet:jobs:states``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ from __future__ import annotations
 ACTIVE_JOBS = "framefleet:jobs:active"  # set: jobs not finished (the watchdog's list)
 RECENT_JOBS = "framefleet:jobs:recent"  # zset job id → submitted; trimmed to job_ttl_s
 PARKED_JOBS = "framefleet:jobs:parked"  # hash job id → why the watchdog parked it; trimmed with recent
+CREATING_JOBS = "framefleet:jobs:creating"  # zset job id → when its create began, until it finishes
+LEASES = "framefleet:leases"  # zset lease key → when it runs out (epoch ms): the watchdog's index
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # counter: watchdog rounds run
+# Fleet-wide metrics (job/metrics.py; workers/exporter.py reads them). Never expire: counters.
+FLEET_METRICS = "framefleet:metrics"  # hash "name" or "name|label=value,..." → float counter
+JOB_STATE_COUNTS = "framefleet:jobs:states"  # hash job state → jobs in it (queued, running), moved on transitions
+# The field the job's per-step hashes are created with (``JobKeys.ANCHORED``): they exist, with the
+# job's TTL, from its create on, so the steps' writes never set an expiry. Readers skip it.
+ANCHOR = "."
 
 
 class JobKeys:
@@ -26,24 +35,26 @@ class JobKeys:
       history      list of "stage: message" lines, in order
       variations   hash "{frame}/{revision}/{source}/{index}" → JSON VariationRecord
       scored       hash "{frame}/{revision}/{source}" → JSON scoring result
-      llm          hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply
+      judged       hash "{frame}/{revision}/{source}" → JSON scoring result with the judge's verdict
+      llm          hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply (the judge's
+                   replies too: agent "judge", the digest of the round and the pair, iteration = the order)
       cost         hash "{frame}:{counter}" and "total:{counter}" → int
+      (these five are created at create with the ANCHOR field, and keep the job's TTL)
       predictions  hash "{variation key}#{attempt}" → Replicate prediction id
       offline_calls  list of the offline image provider's calls (its stand-in for a bill)
       budget       committed estimated spend (float); degradations: list of notes
       rounds       generation rounds enqueued (counter; slot holding waits for the next)
-      running      hash step → 1: steps started and not finished (by a lease holder)
       redrives     hash step → how often the watchdog re-drove it
     Of the running revision:
       cancelled    the revision that was cancelled; finalized: set when its finalize starts
       tasks        set of its enqueued task ids (revoked on cancel)
-    Of one step: lease:{step} (owner token, PX lease_ttl_s), once:{step} (a once-only claim),
-    stored:{round} (zset index → when its image was stored), round-wake:{n} (list, 60 s),
+    Of one step: lease:{step} (owner token, PX lease_ttl_s; indexed in LEASES while the step
+    runs), once:{step} (a once-only claim), round-wake:{n} (list, 60 s),
     budget:round:{frame}/{round} (the images reserved for a round), callback-sent:{revision}.
     """
 
-    LASTING = ("spec", "frames", "status", "history", "variations", "scored", "llm", "cost", "predictions",
-               "offline_calls", "budget", "degradations", "rounds", "running", "redrives")
+    LASTING = ("spec", "frames", "status", "history", "variations", "scored", "judged", "llm", "cost", "predictions",
+               "offline_calls", "budget", "degradations", "rounds", "redrives")
 
     def __init__(self, job_id: str):
         self.job_id = job_id
@@ -51,8 +62,13 @@ class JobKeys:
         for part in (*self.LASTING, "cancelled", "finalized", "tasks", "events"):
             setattr(self, part, self.prefix + part)
 
+    ANCHORED = ("variations", "scored", "judged", "llm", "cost")
+
     def lasting(self) -> list[str]:
         return [self.prefix + part for part in self.LASTING]
+
+    def anchored(self) -> list[str]:
+        return [self.prefix + part for part in self.ANCHORED]
 
     def lease(self, step: str) -> str:
         return f"{self.prefix}lease:{step}"
@@ -61,14 +77,21 @@ class JobKeys:
     def lease_prefix(self) -> str:
         return f"{self.prefix}lease:"
 
+    @staticmethod
+    def of_lease(lease: str) -> tuple[str, str]:
+        """(job id, step) of a lease key."""
+        job_id, _, step = lease.removeprefix("framefleet:job:").partition(":lease:")
+        return job_id, step
+
     def claim(self, step: str) -> str:
         return f"{self.prefix}once:{step}"
 
-    def stored(self, round_id: str) -> str:
-        return f"{self.prefix}stored:{round_id}"
-
     def round_wake(self, rounds: int) -> str:
-        return f"{self.prefix}round-wake:{rounds}"
+        return f"{self.round_wake_prefix}{rounds}"
+
+    @property
+    def round_wake_prefix(self) -> str:
+        return f"{self.prefix}round-wake:"
 
     def budget_round(self, round_id: str) -> str:
         return f"{self.prefix}budget:round:{round_id}"

@@ -1,56 +1,71 @@
 """Step leases and once-only claims, as Redis holds them (the keeper thread and the step wrapper
 that use them are coordination/leases.py).
 
-A step takes its lease (a key with an owner token and an expiry) before it works and lists itself
-as running; a lease that expires while listed means its worker died, and the watchdog re-drives
-that step. A claim (SET NX) makes "enqueue this once" happen once.
+A step takes its lease (a key with an owner token and an expiry) before it works, and the lease is
+indexed fleet-wide by when it runs out (keys.LEASES). A lease that runs out means its worker died;
+the watchdog reads only the index's due entries (``take_dead_leases``), so its work is bounded by
+the steps that died, not by the jobs in Redis. A claim (SET NX) makes "enqueue this once" happen once.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from framefleet.tasks.job.errors import JobNotFound
-from framefleet.tasks.job.redis import script
+import redis
+
+from framefleet.tasks.job.keys import LEASES, JobKeys
+from framefleet.tasks.job.redis import script, state_client
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class Leases:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
 
-    def acquire(self, step: str, owner: str, ttl_ms: int) -> bool:
-        """True when ``owner`` now holds the step's lease; JobNotFound when the job is gone."""
-        taken = script(self.r, "acquire_lease")(keys=[self.keys.lease(step), self.keys.running, self.keys.spec],
-                                                args=[owner, step, ttl_ms, self.job.ttl])
-        if taken == -1:
-            raise JobNotFound(f"job_id: no job {self.job.id!r} (it expired or was removed while its step waited)")
-        return bool(taken)
+    def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False) -> int:
+        """1 when ``owner`` now holds the step's lease, 0 when another copy does; with
+        ``while_open``, -1 (and no lease) when the job is closed (cancelled or finalizing)."""
+        closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
+        return script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES, *closing],
+                                               args=[owner, ttl_ms, now_ms() + ttl_ms])
 
     def renew(self, step: str, owner: str, ttl_ms: int) -> bool:
-        return bool(script(self.r, "renew_if_owner")(keys=[self.keys.lease(step)], args=[owner, ttl_ms]))
+        return bool(script(self.r, "renew_lease")(keys=[self.keys.lease(step), LEASES],
+                                                  args=[owner, ttl_ms, now_ms() + ttl_ms]))
 
     def release(self, step: str, owner: str, finished: bool) -> None:
         """``finished``: the step's outcome is stored, so the watchdog has nothing to re-drive.
-        Otherwise the step stays listed as running with no live lease, and the watchdog re-drives it."""
-        script(self.r, "release_lease")(keys=[self.keys.lease(step), self.keys.running, self.keys.redrives],
-                                        args=[owner, step, "1" if finished else "0"])
+        Otherwise (the step raised) the watchdog re-drives it at its next round."""
+        script(self.r, "release_lease")(keys=[self.keys.lease(step), LEASES], args=[owner, "1" if finished else "0",
+                                                                                    now_ms()])
 
     def alive(self, step: str) -> bool:
         return bool(self.r.exists(self.keys.lease(step)))
 
-    def running_steps(self) -> list[str]:
-        """Steps started and not finished."""
-        return self.r.hkeys(self.keys.running)
+    def holders(self, steps: list[str]) -> list[str | None]:
+        """Each step's lease owner, None where nobody holds it (one round trip)."""
+        return self.r.mget([self.keys.lease(step) for step in steps]) if steps else []
 
-    def take_dead(self) -> dict[str, int]:
-        """Running steps whose lease expired (their worker died) → how often each was re-driven now."""
-        reply = script(self.r, "take_dead_steps")(keys=[self.keys.running, self.keys.redrives],
-                                                  args=[self.keys.lease_prefix])
-        self.r.expire(self.keys.redrives, self.job.ttl)
-        return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
+    def running_steps(self) -> list[str]:
+        """The job's steps that hold a lease or died holding one (read from the fleet's index:
+        bounded by the steps in flight, for resume and the watchdog only)."""
+        prefix = self.keys.lease_prefix
+        return [lease.removeprefix(prefix) for lease, _ in self.r.zscan_iter(LEASES, match=f"{prefix}*", count=500)]
+
+    def count_redrives(self, steps: list[str]) -> dict[str, int]:
+        """Count one more re-drive of each step; how often each has been re-driven."""
+        pipe = self.r.pipeline(transaction=False)
+        for step in steps:
+            pipe.hincrby(self.keys.redrives, step, 1)
+        pipe.expire(self.keys.redrives, self.job.ttl)
+        return dict(zip(steps, pipe.execute()[:-1]))
 
     def claim(self, step: str) -> bool:
         """True for the first caller only: a redelivered task must not enqueue a step twice."""
@@ -59,3 +74,12 @@ class Leases:
     def unclaim(self, step: str) -> None:
         """Give a claim back when what it guarded could not be done (e.g. the send failed)."""
         self.r.delete(self.keys.claim(step))
+
+
+def take_dead_leases(limit: int = 1000, client: redis.Redis | None = None) -> dict[str, list[str]]:
+    """The steps whose lease ran out, taken off the index: job id → steps (at most ``limit``)."""
+    dead: dict[str, list[str]] = {}
+    for lease in script(client or state_client(), "take_dead_leases")(keys=[LEASES], args=[now_ms(), limit]):
+        job_id, step = JobKeys.of_lease(lease)
+        dead.setdefault(job_id, []).append(step)
+    return dead

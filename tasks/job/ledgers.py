@@ -11,8 +11,16 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+from framefleet.tasks.job import metrics
+from framefleet.tasks.job.keys import ANCHOR
+
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
+
+
+# Cost counters the fleet's metrics also count (as ``{counter}_total``).
+FLEET_COSTS = ("predictions_created", "images_stored", "straggler_cuts", "llm_calls", "prompt_tokens",
+               "completion_tokens")
 
 
 def llm_field(frame: str, prompt: str, iteration: int, agent: str) -> str:
@@ -25,28 +33,40 @@ class Ledger:
         self.job, self.r, self.keys = job, job.r, job.keys
 
     # cost counters --------------------------------------------------------------------------
-    def add_costs(self, frame: str, **counts: int) -> None:
+    def add_costs(self, frame: str, usd: float = 0.0, **counts: int) -> None:
+        """Count what the frame paid for (and ``usd``, its price) in the job's ledger and, in the
+        same write, in the fleet's metrics (job/metrics.py)."""
+        self.job.write_if_alive(*self.cost_commands(frame, usd, **counts))
+
+    def cost_commands(self, frame: str, usd: float = 0.0, **counts: int) -> list[tuple]:
+        """``add_costs`` as commands, for a write that records something else with them."""
         commands = []
         for counter, value in counts.items():
             commands += [("HINCRBY", self.keys.cost, f"{frame}:{counter}", value),
                          ("HINCRBY", self.keys.cost, f"total:{counter}", value)]
-        self.job.write_if_alive(*commands, ("EXPIRE", self.keys.cost, self.job.ttl))
+        fleet = {f"{counter}_total": value for counter, value in counts.items() if counter in FLEET_COSTS}
+        return commands + metrics.commands({**fleet, "cost_usd_total": usd})
 
     def costs(self) -> dict[str, dict[str, int]]:
         """{frame or "total": {counter: value}}."""
         out: dict[str, dict[str, int]] = {}
         for field, value in self.r.hgetall(self.keys.cost).items():
+            if field == ANCHOR:
+                continue
             owner, counter = field.rsplit(":", 1)
             out.setdefault(owner, {})[counter] = int(value)
         return out
 
     # LLM replies ----------------------------------------------------------------------------
-    def llm_reply(self, frame: str, prompt: str, iteration: int, agent: str) -> str | None:
-        return self.r.hget(self.keys.llm, llm_field(frame, prompt, iteration, agent))
+    def llm_replies(self, frame: str, prompt: str, iterations: int, agents: tuple[str, ...]) -> dict:
+        """The replies paid for in the first ``iterations`` rounds of the frame's conversation about
+        ``prompt``, in one read: {(iteration, agent): reply}."""
+        wanted = [(iteration, agent) for iteration in range(1, iterations + 1) for agent in agents]
+        replies = self.r.hmget(self.keys.llm, [llm_field(frame, prompt, i, agent) for i, agent in wanted])
+        return {key: reply for key, reply in zip(wanted, replies) if reply is not None}
 
     def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> None:
-        self.job.write_if_alive(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply),
-                                ("EXPIRE", self.keys.llm, self.job.ttl))
+        self.job.write_if_alive(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply))
 
     # paid predictions -----------------------------------------------------------------------
     def prediction_id(self, ledger_key: str) -> str | None:
@@ -65,8 +85,7 @@ class Ledger:
     # the offline provider's bill --------------------------------------------------------------
     def log_offline_call(self, ledger_key: str | None) -> None:
         self.job.write_if_alive(("RPUSH", self.keys.offline_calls,
-                                 json.dumps({"ledger_key": ledger_key, "time": time.time()})),
-                                ("EXPIRE", self.keys.offline_calls, self.job.ttl))
+                                 json.dumps({"ledger_key": ledger_key, "time": time.time()})))
 
     def offline_calls(self) -> list[dict]:
         return [json.loads(line) for line in self.r.lrange(self.keys.offline_calls, 0, -1)]

@@ -18,10 +18,20 @@ import time
 
 import redis
 from framefleet.config.settings import get_settings
+from framefleet.tasks.job import metrics
 from framefleet.tasks.job.budget import BudgetStore
 from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
 from framefleet.tasks.job.frames import Frames
-from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS, JobKeys
+from framefleet.tasks.job.keys import (
+    ACTIVE_JOBS,
+    ANCHOR,
+    CREATING_JOBS,
+    FLEET_METRICS,
+    JOB_STATE_COUNTS,
+    PARKED_JOBS,
+    RECENT_JOBS,
+    JobKeys,
+)
 from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
@@ -29,7 +39,7 @@ from framefleet.tasks.job.records import FrameRecord, JobStatus
 from framefleet.tasks.job.redis import script, state_client
 from framefleet.tasks.job.rounds import Rounds
 from framefleet.tasks.job.spec import JobSpec
-from framefleet.tasks.job.states import SETTLED, JobState
+from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState
 
 
 class Job:
@@ -77,9 +87,13 @@ class Job:
         pipe = self.r.pipeline()
         pipe.hset(self.keys.frames, mapping=frames)
         pipe.hset(self.keys.status, mapping=flatten(status.model_dump()))
-        for key in (self.keys.frames, self.keys.status):
+        for key in self.keys.anchored():  # written per step: created now, so no write sets an expiry
+            pipe.hset(key, ANCHOR, "")
+        for key in (self.keys.frames, self.keys.status, *self.keys.anchored()):
             pipe.expire(key, self.ttl)
         pipe.sadd(ACTIVE_JOBS, self.id)
+        pipe.hincrby(JOB_STATE_COUNTS, status.state, 1)
+        pipe.zadd(CREATING_JOBS, {self.id: spec.submitted})
         pipe.zadd(RECENT_JOBS, {self.id: spec.submitted})
         pipe.zremrangebyscore(RECENT_JOBS, "-inf", spec.submitted - self.ttl)  # their state has expired
         pipe.expire(RECENT_JOBS, self.ttl)
@@ -87,15 +101,20 @@ class Job:
 
     def created(self) -> None:
         self.progress.write(JobState.QUEUED, stage="queued")
+        self.r.zrem(CREATING_JOBS, self.id)
 
     def discard(self) -> None:
         """Delete every key of the job (a create that failed half-way): the id is free again."""
         keys = [key for pattern in self.keys.patterns() for key in self.r.scan_iter(match=pattern, count=500)]
+        state = self.r.hget(self.keys.status, "state")
         pipe = self.r.pipeline()
+        if state in UNFINISHED:
+            pipe.hincrby(JOB_STATE_COUNTS, state, -1)
         if keys:
             pipe.delete(*keys)
         pipe.srem(ACTIVE_JOBS, self.id)
         pipe.zrem(RECENT_JOBS, self.id)
+        pipe.zrem(CREATING_JOBS, self.id)
         pipe.execute()
 
     def park(self, why: str) -> None:
@@ -103,15 +122,22 @@ class Job:
         parked = self.r.hkeys(PARKED_JOBS)
         known = self.r.zmscore(RECENT_JOBS, parked) if parked else []
         gone = [job for job, submitted in zip(parked, known) if submitted is None]
-        pipe = self.r.pipeline()
-        if gone:  # jobs whose state has expired: nothing left to report
-            pipe.hdel(PARKED_JOBS, *gone)
-        pipe.hset(PARKED_JOBS, self.id, why)
-        pipe.expire(PARKED_JOBS, self.ttl)
-        pipe.srem(ACTIVE_JOBS, self.id)
-        pipe.hset(self.keys.status, mapping=flatten({"state": "done", "stage": "parked", "outcome": "failed",
-                                                     "message": f"Parked: {why}", "updated_at": time.time()}))
-        pipe.execute()
+
+        def transaction(pipe: redis.client.Pipeline) -> None:
+            state = pipe.hget(self.keys.status, "state")  # its count by state moves with it, once
+            pipe.multi()
+            if gone:  # jobs whose state has expired: nothing left to report
+                pipe.hdel(PARKED_JOBS, *gone)
+            pipe.hset(PARKED_JOBS, self.id, why)
+            pipe.expire(PARKED_JOBS, self.ttl)
+            pipe.srem(ACTIVE_JOBS, self.id)
+            pipe.hset(self.keys.status, mapping=flatten({"state": "done", "stage": "parked", "outcome": "failed",
+                                                         "message": f"Parked: {why}", "updated_at": time.time()}))
+            if state in UNFINISHED:
+                pipe.hincrby(JOB_STATE_COUNTS, state, -1)
+                pipe.hincrbyfloat(FLEET_METRICS, metrics.field("jobs_finished_total", status="parked"), 1)
+
+        self.r.transaction(transaction, self.keys.status)
 
     def set_active(self, active: bool = True) -> None:
         (self.r.sadd if active else self.r.srem)(ACTIVE_JOBS, self.id)
@@ -147,6 +173,7 @@ class Job:
                                                          "revision": revision, "percent": 0.0}))
             pipe.delete(self.keys.finalized, self.keys.cancelled, self.keys.tasks)
             pipe.sadd(ACTIVE_JOBS, self.id)
+            pipe.hincrby(JOB_STATE_COUNTS, JobState.RUNNING, 1)
             for key in self.keys.lasting():  # keys written at the first run must outlive this revision too
                 pipe.expire(key, self.ttl)
             return revision
@@ -164,12 +191,17 @@ class Job:
                             message=message)
         return changed
 
-    def finish(self, outcome: str, frames_done: int, manifest_key: str) -> None:
-        """The running revision is finished: its frames become the job's and the job is done."""
+    def finish(self, outcome: str, frames_done: int, manifest_key: str, revision: int) -> None:
+        """The running revision is finished: its frames become the job's and the job is done.
+        The first run counts as a finished job (metrics), once, as the job enters ``done``."""
         self.frames.commit()
         self.ledger.forget_task_ids()  # a cancel of the next revision revokes only that one's tasks
+        finished = {} if revision else metrics.merged(
+            {metrics.field("jobs_finished_total", status=outcome): 1},
+            metrics.observation("job_duration_seconds", time.time() - self.spec.submitted))
         self.progress.write(JobState.DONE, stage="done", outcome=outcome, percent=100.0, frames_done=frames_done,
-                            manifest_key=manifest_key, message=f"Finished: {outcome}", active=False)
+                            manifest_key=manifest_key, message=f"Finished: {outcome}", active=False,
+                            on_entering=finished)
 
     # cancel and the end of a revision ---------------------------------------------------------
     def cancel(self, revision: int) -> None:
@@ -189,11 +221,21 @@ class Job:
 
     def write_if_alive(self, *commands: tuple) -> bool:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
-        (expired, discarded, or Redis wiped under it) recreates none of its keys."""
-        args: list = []
-        for command in commands:
+        (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
+        set an expiry: the job's hashes have it from create, and a list a command creates gets it.
+        What this process counted for the fleet's metrics since its last write goes with it
+        (job/metrics.py)."""
+        counted = metrics.pending.drain()
+        args: list = [self.ttl]
+        for command in (*commands, *metrics.commands(counted)):
             args += [len(command), *command]
-        return bool(script(self.r, "write_if_alive")(keys=[self.keys.spec], args=args))
+        written = False
+        try:
+            written = bool(script(self.r, "write_if_alive")(keys=[self.keys.spec], args=args))
+        finally:
+            if not written:
+                metrics.pending.add(counted)
+        return written
 
 
 def frames_settled(records: dict[str, FrameRecord]) -> int:

@@ -13,7 +13,8 @@ import time
 from typing import TYPE_CHECKING
 
 from framefleet.tasks.job.errors import JobNotFound
-from framefleet.tasks.job.keys import ACTIVE_JOBS
+from framefleet.tasks.job import metrics
+from framefleet.tasks.job.keys import ACTIVE_JOBS, FLEET_METRICS, JOB_STATE_COUNTS
 from framefleet.tasks.job.records import JobEvent, JobStatus
 from framefleet.tasks.job.redis import script
 from framefleet.tasks.job.states import JobState, allowed_from
@@ -56,22 +57,27 @@ class Progress:
         return JobStatus.model_validate(typed(raw))
 
     def write(self, to: JobState | None = None, *, progress: bool = False, active: bool | None = None,
+              count: tuple[str, float, int] | None = None, on_entering: metrics.Increments | None = None,
               **fields) -> bool:
         """Write status fields (``to``: the job state they move it to), append the message to the
         history and publish the change. ``progress``: a step's report, whose ``percent`` never
         lowers the stored one. ``active``: put the job on (True) or take it off (False) the
         watchdog's active list in the same transaction, so nobody sees a finished job still active
-        or a running one inactive. False when nothing was written (the job is gone, or the table
-        refuses the move)."""
+        or a running one inactive. ``count``: (a counter field, its share of the progress bar, its
+        total): adds one to the counter and sets ``percent`` from it, in the same write.
+        ``on_entering``: fleet metrics counted only if this write changes the job's state
+        (job/metrics.py). False when nothing was written (the job is gone, or the table refuses the
+        move)."""
         if to is not None:
             fields["state"] = to.value
         fields["updated_at"] = time.time()
         history = f"{fields.get('stage', '')}: {fields['message']}" if "message" in fields else ""
         allowed = ",".join(allowed_from(to)) if to is not None else ""
         current = script(self.r, "write_status")(
-            keys=[self.keys.status, self.keys.history, ACTIVE_JOBS],
+            keys=[self.keys.status, self.keys.history, ACTIVE_JOBS, JOB_STATE_COUNTS, FLEET_METRICS],
             args=[allowed, "1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active],
-                  self.job.id, self.job.ttl, *[part for item in flatten(fields).items() for part in item]])
+                  self.job.id, self.job.ttl, *(count or ("", 0, 0)), *metrics.script_args(on_entering or {}),
+                  *[part for item in flatten(fields).items() for part in item]])
         if not current:
             return False
         state, stage, message, percent, frame, revision = current
@@ -81,16 +87,8 @@ class Progress:
         return True
 
     def prompt_enhanced(self, kind: str, frames_total: int) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        script(self.r, "write_if_alive")(keys=[self.keys.spec], args=[4, "HINCRBY", self.keys.status,
-                                                                      "prompts_enhanced", 1], client=pipe)
-        pipe.hget(self.keys.status, "prompts_enhanced")
-        alive, enhanced = pipe.execute()
-        if not alive:
-            return
-        enhanced = int(enhanced)
         self.write(JobState.RUNNING, progress=True, stage="enhance", message=STAGE_MESSAGES[kind]["enhance"],
-                   percent=round(ENHANCE_SHARE * min(enhanced, frames_total) / frames_total, 1))
+                   count=("prompts_enhanced", ENHANCE_SHARE, frames_total))
 
     def frame_reached(self, kind: str, stage: str, frame: str, frames_done: int, frames_total: int) -> None:
         """A frame's round was enqueued (stage "generate") or is being selected ("score")."""
@@ -99,7 +97,10 @@ class Progress:
                    percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
 
     def count_redrives(self, steps: int) -> None:
-        self.r.hincrby(self.keys.status, "redrives", steps)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hincrby(self.keys.status, "redrives", steps)
+        pipe.hincrbyfloat(FLEET_METRICS, "step_redrives_total", steps)
+        pipe.execute()
 
     def history(self) -> list[str]:
         return self.r.lrange(self.keys.history, 0, -1)

@@ -20,6 +20,9 @@ class Scores(BaseModel):
     aesthetic: float | None = None
     overall: float | None = None
     consistency: list[float] | None = None  # cosine to each input image, in `inputs` order
+    hps: float | None = None  # HPSv2.1, where the score weights use it
+    # What each metric added to `overall` (its share of the weights times its value; they add up).
+    contributions: dict[str, float] | None = None
 
 
 class VariationRecord(BaseModel):
@@ -52,6 +55,33 @@ class Selection(BaseModel):
     overall: float | None = None
 
 
+class JudgeVerdict(BaseModel):
+    """One answer of the vision judge, for the two candidates in the order it was shown them.
+    Each verdict names a variation index, or None for a tie."""
+
+    shown: list[int]  # variation indices: the first was "A", the second "B"
+    preferred: int | None = None
+    continuity: int | None = None  # same characters, objects and setting as the inputs
+    prompt_adherence: int | None = None
+    defects: int | None = None  # the one with fewer visible defects
+    reason: str = ""
+
+
+class JudgeRecord(BaseModel):
+    """The vision judge's comparison of a frame's two best-scored candidates (tasks/steps/judge.py)."""
+
+    provider: str  # "openai" | "offline"
+    model: str
+    candidates: list[int]  # the variations compared, in score order (rank 1 first)
+    gap: float  # their overall scores' difference (within the job's judge_margin)
+    verdicts: list[JudgeVerdict] = []  # one per order asked (both orders cancel position bias)
+    winner: int | None = None  # the variation both orders preferred; None: they disagreed or tied
+    agreed_with_scores: bool | None = None  # whether the winner is the score order's first (None: no winner)
+    selected: int  # the variation selection took: the winner, else the score order's first
+    reason: str
+    error: str | None = None  # the judge failed (JUDGE_FAILED / JUDGE_BUDGET note): the score order stands
+
+
 class FrameTimings(BaseModel):
     enqueued: float | None = None  # when the frame's generations were enqueued (epoch seconds)
     enhance: Span | None = None
@@ -71,6 +101,7 @@ class FrameRevision(BaseModel):
     selected: Selection | None = None
     warnings: list[str] = []
     fallbacks: list[str] = []
+    judge: JudgeRecord | None = None
     replaced_by: str  # why it was replaced, e.g. "revision 2: chose v3"
 
 
@@ -94,6 +125,7 @@ class FrameRecord(BaseModel):
     overrides: dict = {}  # per-frame overrides of a regenerate (num_variations, image_model, ...)
     history: list[FrameRevision] = []  # earlier revisions of this frame, oldest first
     notes: list[Note] = []  # the fallbacks and warnings, typed (their text is in those lists too)
+    judge: JudgeRecord | None = None  # the vision judge's comparison, when it judged this frame
 
     def enter(self, state: FrameState) -> None:
         """Called by Frames.transition only, once the transition table allowed it."""
@@ -115,7 +147,7 @@ class FrameRecord(BaseModel):
         return FrameRevision(revision=self.revision, status=self.status, original_prompt=self.original_prompt,
                              enhanced_prompt=self.enhanced_prompt, variations=self.variations,
                              selected=self.selected, warnings=self.warnings, fallbacks=self.fallbacks,
-                             replaced_by=replaced_by)
+                             judge=self.judge, replaced_by=replaced_by)
 
 
 class JobTimings(BaseModel):

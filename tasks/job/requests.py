@@ -100,6 +100,8 @@ class JobOverrides(BaseModel):
     # Bounded: a refusal names the model it was given.
     image_model: str | None = Field(None, max_length=200, description="Replicate model; must have an adapter")
     max_usd: float | None = Field(None, gt=0, description="spending cap; the job degrades rather than exceed it")
+    judge: Literal["off", "vlm"] | None = Field(None, description="vlm: a vision model settles close calls")
+    judge_margin: float | None = Field(None, ge=0, le=100, description="overall points within which the judge runs")
 
     @field_validator("image_model")
     @classmethod
@@ -125,6 +127,8 @@ class JobConfig(BaseModel):
     image_model: str
     enhance: bool = True
     max_usd: float | None = None
+    judge: Literal["off", "vlm"] = "off"
+    judge_margin: float = 5.0
 
     @classmethod
     def resolve(cls, settings: Settings, overrides: JobOverrides) -> "JobConfig":

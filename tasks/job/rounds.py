@@ -1,6 +1,6 @@
-"""Generation rounds of a job's frames: each variation's record, a round's scoring result, when
-each image was stored (the straggler cut counts them), and the count of rounds enqueued that a
-held slot waits on (coordination/slot_hold.py).
+"""Generation rounds of a job's frames: each variation's record (the straggler cut counts the
+stored ones), a round's scoring result and its judged result, and the count of rounds enqueued
+that a held slot waits on (coordination/slot_hold.py).
 
 A round is named by its frame, revision and prompt source (``round_id``): a redelivered or
 re-driven step finds its round's records and returns them instead of paying again, and a later
@@ -10,10 +10,10 @@ revision's round never meets an earlier one's.
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 
 from framefleet.tasks.job.records import VariationRecord
+from framefleet.tasks.job.redis import script
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
@@ -33,39 +33,48 @@ class Rounds:
         raw = self.r.hget(self.keys.variations, f"{round_id(frame, revision, source)}/{index}")
         return VariationRecord.model_validate_json(raw) if raw else None
 
-    def save_variation(self, frame: str, revision: int, source: str, record: VariationRecord) -> None:
-        name = round_id(frame, revision, source)
-        commands = [("HSET", self.keys.variations, f"{name}/{record.index}", record.model_dump_json()),
-                    ("EXPIRE", self.keys.variations, self.job.ttl)]
-        if record.key:  # the straggler cut counts stored images
-            commands += [("ZADD", self.keys.stored(name), time.time(), str(record.index)),
-                         ("EXPIRE", self.keys.stored(name), self.job.ttl)]
-        self.job.write_if_alive(*commands)
+    def save_variation(self, frame: str, revision: int, source: str, record: VariationRecord,
+                       costs: dict[str, int]) -> None:
+        """Record the variation and what it cost (the job's cost counters), in one write."""
+        self.job.write_if_alive(
+            ("HSET", self.keys.variations, f"{round_id(frame, revision, source)}/{record.index}",
+             record.model_dump_json()),
+            *self.job.ledger.cost_commands(frame, **costs))
 
-    def stored_times(self, frame: str, revision: int, source: str) -> list[float]:
-        """When each stored variation of the round was stored, earliest first."""
-        pairs = self.r.zrange(self.keys.stored(round_id(frame, revision, source)), 0, -1, withscores=True)
-        return [when for _, when in pairs]
+    def stored_times(self, frame: str, revision: int, source: str, count: int) -> list[float]:
+        """When each stored variation of the round (of ``count``) was stored, earliest first."""
+        fields = [f"{round_id(frame, revision, source)}/{index}" for index in range(1, count + 1)]
+        records = [VariationRecord.model_validate_json(raw) for raw in self.r.hmget(self.keys.variations, fields)
+                   if raw is not None]
+        return sorted(record.timing[1] for record in records if record.key and record.timing)
 
-    def scored(self, frame: str, revision: int, source: str) -> dict | None:
-        raw = self.r.hget(self.keys.scored, round_id(frame, revision, source))
+    # a round's outcome per step: "scored" (scoring), "judged" (the judge: scoring + verdict) ---
+    def outcome(self, step: str, frame: str, revision: int, source: str) -> dict | None:
+        raw = self.r.hget(getattr(self.keys, step), round_id(frame, revision, source))
         return json.loads(raw) if raw else None
 
+    def save_outcome(self, step: str, frame: str, revision: int, source: str, result: dict) -> None:
+        self.job.write_if_alive(("HSET", getattr(self.keys, step), round_id(frame, revision, source),
+                                 json.dumps(result)))
+
+    def scored(self, frame: str, revision: int, source: str) -> dict | None:
+        return self.outcome("scored", frame, revision, source)
+
     def save_scored(self, frame: str, revision: int, source: str, result: dict) -> None:
-        self.job.write_if_alive(("HSET", self.keys.scored, round_id(frame, revision, source), json.dumps(result)),
-                                ("EXPIRE", self.keys.scored, self.job.ttl))
+        self.save_outcome("scored", frame, revision, source, result)
+
+    def judged(self, frame: str, revision: int, source: str) -> dict | None:
+        return self.outcome("judged", frame, revision, source)
+
+    def save_judged(self, frame: str, revision: int, source: str, result: dict) -> None:
+        self.save_outcome("judged", frame, revision, source, result)
 
     # the round counter slot holding waits on -------------------------------------------------
     def count_round(self, wake: int) -> None:
         """One more generation round of the job was enqueued: count it and wake up to ``wake``
         variations holding their slots for it."""
-        pipe = self.r.pipeline()
-        pipe.incr(self.keys.rounds)
-        pipe.expire(self.keys.rounds, self.job.ttl)
-        rounds = pipe.execute()[0]
-        pipe.rpush(self.keys.round_wake(rounds), *["1"] * wake)
-        pipe.expire(self.keys.round_wake(rounds), WAKE_TTL_S)
-        pipe.execute()
+        script(self.r, "count_round")(keys=[self.keys.rounds, self.keys.round_wake_prefix],
+                                      args=[self.job.ttl, wake, WAKE_TTL_S])
 
     def enqueued(self) -> int:
         return int(self.r.get(self.keys.rounds) or 0)
@@ -82,7 +91,7 @@ class Rounds:
         pipe = self.r.pipeline(transaction=False)
         pipe.get(self.keys.rounds)
         pipe.hmget(self.keys.variations, steps)
-        pipe.hmget(self.keys.running, [f"generate:{step}" for step in steps])
+        pipe.mget([self.keys.lease(f"generate:{step}") for step in steps])
         pipe.exists(self.keys.cancelled, self.keys.finalized)
         rounds, recorded, running, closed = pipe.execute()
         unstarted = sum(r is None and g is None for r, g in zip(recorded, running))

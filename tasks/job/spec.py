@@ -17,6 +17,7 @@ class JobSpec(BaseModel):
     providers: dict[str, str]
     submitted: float
     callback: Callback | None = None
+    trace: dict[str, str] = {}  # the create's trace context (W3C headers) when workers trace: the job's trace
 
     def frame_config(self, record: FrameRecord) -> JobConfig:
         """The job's config with the frame's own overrides (from a regenerate) applied."""

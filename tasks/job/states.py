@@ -65,6 +65,8 @@ class JobState(StrEnum):
     DONE = "done"
 
 
+UNFINISHED = frozenset({JobState.QUEUED, JobState.RUNNING})  # counted by state (job/metrics.py)
+
 # What each job state may become. DONE → RUNNING only by starting a revision (a transaction of its
 # own, job/model.py); a step's progress report never turns a finished job back to running.
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
@@ -94,6 +96,8 @@ class NoteKind(StrEnum):
     BUDGET_SKIPPED = "budget_skipped"
     QUALITY_LOW = "quality_low"  # warning: below the quality threshold (the image is kept)
     METRIC_FAILED = "metric_failed"  # warning: one scoring metric failed, the others re-weighted
+    JUDGE_FAILED = "judge_failed"  # the vision judge failed or timed out: the score order stands
+    JUDGE_BUDGET = "judge_budget"  # the spending cap could not pay the judge: the score order stands
 
 
 WARNINGS = frozenset({NoteKind.QUALITY_LOW, NoteKind.METRIC_FAILED})

@@ -1,7 +1,7 @@
-"""Provider registry: which LLM and image provider run, chosen by name from settings.
+"""Provider registry: which LLM, vision judge and image provider run, chosen by name from settings.
 
 ``auto`` picks the real provider when its key is set and that provider is registered here,
-the offline one otherwise.
+the offline one otherwise. The vision judge runs on the LLM provider (one OpenAI account).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.providers.agents import PromptAgents
 from framefleet.tasks.providers.base import ImageGenerator
+from framefleet.tasks.providers.judges import FrameJudge, OfflineFrameJudge
 from framefleet.tasks.providers.offline_images import OfflineImageGenerator
 from framefleet.tasks.providers.offline_latency import LatencyProfile
 from framefleet.tasks.providers.offline_llm import OfflinePromptAgents
@@ -22,6 +23,12 @@ def _openai(settings: Settings) -> PromptAgents:
     from framefleet.tasks.providers.openai_llm import OpenAIPromptAgents
 
     return OpenAIPromptAgents(settings)
+
+
+def _openai_judge(settings: Settings) -> FrameJudge:
+    from framefleet.tasks.providers.openai_judge import OpenAIFrameJudge
+
+    return OpenAIFrameJudge(settings)
 
 
 def _replicate(settings: Settings) -> ImageGenerator:
@@ -45,6 +52,10 @@ def offline_image_latency(s: Settings) -> LatencyProfile:
 PROMPT_AGENTS: dict[str, Callable[[Settings, str], PromptAgents]] = {
     "offline": lambda s, context: OfflinePromptAgents(offline_llm_latency(s), context),
     "openai": lambda s, context: _openai(s),
+}
+FRAME_JUDGES: dict[str, Callable[[Settings, str], FrameJudge]] = {
+    "offline": lambda s, context: OfflineFrameJudge(offline_llm_latency(s), context),
+    "openai": lambda s, context: _openai_judge(s),
 }
 IMAGE_GENERATORS: dict[str, Callable[[Settings], ImageGenerator]] = {
     "offline": lambda s: OfflineImageGenerator(offline_image_latency(s),
@@ -76,6 +87,12 @@ def prompt_agents(settings: Settings, context: str = "") -> PromptAgents:
     """New agents per enhancement: they count the tokens of that one frame. ``context`` names
     the frame ("job/frame") so the offline agents' latency draws replay exactly."""
     return _lookup(PROMPT_AGENTS, llm_provider_name(settings), "llm_provider")(settings, context)
+
+
+def frame_judge(settings: Settings, provider: str, context: str = "") -> FrameJudge:
+    """A new judge per judged frame (it counts that frame's calls); ``provider`` is the one the job
+    was created with (its spec's ``providers["judge"]``)."""
+    return _lookup(FRAME_JUDGES, provider, "judge")(settings, context)
 
 
 @lru_cache(maxsize=1)

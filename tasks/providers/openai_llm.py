@@ -1,4 +1,5 @@
-"""The two agents on OpenAI (or any OpenAI-compatible server via OPENAI_BASE_URL).
+"""The two agents on OpenAI (or any OpenAI-compatible server via OPENAI_BASE_URL), through the
+fleet's one way of asking OpenAI (``OpenAIChat``, which the vision judge shares).
 
 Structured output is parsed into pydantic models by the official client. A reply that does not
 parse is asked again once; a second bad reply raises EnhancementError, and the enhancement
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 
 import httpx
@@ -32,9 +34,12 @@ from framefleet.tasks.providers.ratelimit import (
     FleetRateLimiter,
     RateLimitDeadline,
     account_key,
+    count_request,
+    outcome,
     requested_pause,
     retry_after_seconds,
 )
+from framefleet.tasks.runtime.tracing import provider_call
 from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
@@ -117,58 +122,92 @@ def fleet_limiter(settings: Settings) -> FleetRateLimiter:
                             max_pause_s=settings.provider_max_pause_s)
 
 
-class OpenAIPromptAgents:
-    name = "openai"
+# The cost ledger's counters of one kind of call: (calls, prompt tokens, completion tokens, waits, wait ms).
+ENHANCEMENT_COUNTERS = ("llm_calls", "prompt_tokens", "completion_tokens", "rate_limit_waits", "rate_limit_wait_ms")
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+
+def estimated_tokens(messages: list[dict], per_image: int) -> int:
+    """The prompt's tokens as the limiter counts them: text at about 4 characters a token, each
+    image part at ``per_image`` (its data URL is bytes the model never reads as text)."""
+    images = 0
+    text_only = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            images += sum(part.get("type") == "image_url" for part in content)
+            content = [part for part in content if part.get("type") != "image_url"]
+        text_only.append({**message, "content": content})
+    return len(json.dumps(text_only)) // 4 + images * per_image
+
+
+class OpenAIChat:
+    """Structured-output completions of one model within the fleet's OpenAI budget: every request
+    takes its slot from the fleet-wide limiter, 429s pause the fleet and queue again, 5xx and
+    network errors are retried, and an unparsable reply is asked again once. Thread-safe: its
+    counters (``usage``, named by ``counters``) are shared by the threads that use it."""
+
+    def __init__(self, settings: Settings, *, model: str, timeout_s: float, max_wait: tuple[str, float],
+                 temperature: float | None = None, counters: tuple[str, ...] = ENHANCEMENT_COUNTERS,
+                 failure: type[Exception] = RuntimeError, image_tokens: int = 0):
+        self.settings, self.model, self.temperature = settings, model, temperature
+        self.max_wait_setting, self.max_wait_s = max_wait  # (the setting's name, its value)
+        self.failure, self.image_tokens = failure, image_tokens
         # base_url comes from OPENAI_BASE_URL when set (the client reads it).
-        self.client = openai.OpenAI(api_key=settings.openai_api_key.get_secret_value(),
-                                    timeout=settings.openai_timeout_s, max_retries=0)
+        self.client = openai.OpenAI(api_key=settings.openai_api_key.get_secret_value(), timeout=timeout_s,
+                                    max_retries=0,
+                                    http_client=openai.DefaultHttpxClient(event_hooks={"response": [
+                                        lambda response: count_request("openai", outcome(response.status_code))]}))
         self.limiter = fleet_limiter(settings)
-        self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                      "rate_limit_waits": 0, "rate_limit_wait_ms": 0}
+        self.calls, self.prompt_tokens, self.completion_tokens, self.waits, self.wait_ms = counters
+        self.usage = dict.fromkeys(counters, 0)
         self.waited_s = 0.0
+        self._lock = threading.Lock()
+
+    def _count(self, **amounts: int) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                self.usage[getattr(self, name)] += amount
 
     def _take_slot(self, tokens: int) -> None:
-        """Queue for the fleet's budget; the enhancement's total wait is capped."""
-        left = self.settings.openai_rate_limit_max_wait_s - self.waited_s
+        """Queue for the fleet's budget; the total wait of this chat is capped at ``max_wait_s``."""
+        left = self.max_wait_s - self.waited_s
         try:
             waited = self.limiter.acquire(tokens=tokens, timeout_s=max(0.0, left))
         except RateLimitDeadline as error:
             raise RateLimitDeadline(f"rate limited: OpenAI budget still full after waiting {self.waited_s:.0f}s "
-                                    f"(openai_rate_limit_max_wait_s {self.settings.openai_rate_limit_max_wait_s:g})"
-                                    ) from error
+                                    f"({self.max_wait_setting} {self.max_wait_s:g})") from error
         if waited > 0:
-            self.waited_s += waited
-            self.usage["rate_limit_waits"] += 1
-            self.usage["rate_limit_wait_ms"] += round(waited * 1000)
+            with self._lock:
+                self.waited_s += waited
+            self._count(waits=1, wait_ms=round(waited * 1000))
 
     def _complete(self, messages: list[dict], reply_model: type[BaseModel]):
         """One completion within the fleet's budget: 429s queue again, 5xx are retried."""
-        # Tokens as the provider counts them before answering: the prompt (about 4 characters a
-        # token) plus the completion it may write.
-        tokens = len(json.dumps(messages)) // 4 + self.settings.openai_completion_tokens_estimate
+        # Tokens as the provider counts them before answering: the prompt plus the completion it may write.
+        tokens = estimated_tokens(messages, self.image_tokens) + self.settings.openai_completion_tokens_estimate
+        options = {} if self.temperature is None else {"temperature": self.temperature}
         server_errors = 0
         while True:
             self._take_slot(tokens)
             try:
-                return self.client.chat.completions.parse(
-                    model=self.settings.openai_model, temperature=self.settings.openai_temperature,
-                    messages=messages, response_format=reply_model)
+                with provider_call("openai chat.completions", **{"gen_ai.request.model": self.model}):
+                    return self.client.chat.completions.parse(model=self.model, messages=messages,
+                                                              response_format=reply_model, **options)
             except openai.RateLimitError as error:
                 if error.code == "insufficient_quota":  # out of credit: waiting will not help
                     raise
                 delay = self.limiter.pause(retry_delay(error.response.headers))
                 log.info("OpenAI 429 (%s): the fleet waits %.1fs", error.code, delay)
-            except (openai.APIConnectionError, openai.InternalServerError):
+            except (openai.APIConnectionError, openai.InternalServerError) as error:
+                if isinstance(error, openai.APIConnectionError):  # no answer: the response hook saw nothing
+                    count_request("openai", "error")
                 server_errors += 1
                 if server_errors > self.settings.openai_max_retries:
                     raise
                 time.sleep(min(30.0, 0.5 * 2 ** server_errors))
 
-    def _ask(self, system: str, user: str, reply_model: type[BaseModel]) -> BaseModel:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    def ask(self, messages: list[dict], reply_model: type[BaseModel]) -> BaseModel:
+        """The parsed reply; ``failure`` when none parses after two attempts or the API fails."""
         for attempt in (1, 2):
             started = time.monotonic()
             try:
@@ -176,20 +215,40 @@ class OpenAIPromptAgents:
             except (ValidationError, openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError,
                     ValueError) as error:
                 log.warning("unparsable %s reply (attempt %s): %s", reply_model.__name__, attempt, error)
-                self.usage["llm_calls"] += 1
+                self._count(calls=1)
                 continue
             except openai.OpenAIError as error:
-                raise EnhancementError(f"{reply_model.__name__}: {error}") from error
-            self.usage["llm_calls"] += 1
+                raise self.failure(f"{reply_model.__name__}: {error}") from error
+            self._count(calls=1)
             if completion.usage:
-                self.usage["prompt_tokens"] += completion.usage.prompt_tokens
-                self.usage["completion_tokens"] += completion.usage.completion_tokens
+                self._count(prompt_tokens=completion.usage.prompt_tokens,
+                            completion_tokens=completion.usage.completion_tokens)
             parsed = completion.choices[0].message.parsed
             log.debug("%s answered in %.2fs", reply_model.__name__, time.monotonic() - started)
             if parsed is not None:
                 return parsed
             log.warning("%s reply without parsed content (attempt %s)", reply_model.__name__, attempt)
-        raise EnhancementError(f"{reply_model.__name__}: no parsable reply after 2 attempts")
+        raise self.failure(f"{reply_model.__name__}: no parsable reply after 2 attempts")
+
+
+class OpenAIPromptAgents:
+    name = "openai"
+
+    def __init__(self, settings: Settings):
+        self.chat = OpenAIChat(settings, model=settings.openai_model, timeout_s=settings.openai_timeout_s,
+                               max_wait=("openai_rate_limit_max_wait_s", settings.openai_rate_limit_max_wait_s),
+                               temperature=settings.openai_temperature, failure=EnhancementError)
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return self.chat.usage
+
+    @property
+    def limiter(self) -> FleetRateLimiter:
+        return self.chat.limiter
+
+    def _ask(self, system: str, user: str, reply_model: type[BaseModel]) -> BaseModel:
+        return self.chat.ask([{"role": "system", "content": system}, {"role": "user", "content": user}], reply_model)
 
     def creative_director(self, original: str, current: str, critique: Critique | None) -> str:
         user = f"Original prompt:\n{original}\n"

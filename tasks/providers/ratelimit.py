@@ -23,6 +23,7 @@ import uuid
 from typing import Callable
 
 import redis
+from framefleet.tasks.job import metrics
 from framefleet.tasks.job.keys import RateLimitKeys
 from framefleet.tasks.job.redis import script
 
@@ -82,6 +83,16 @@ def retry_after_seconds(value: str) -> float:
         return max(0.0, when.timestamp() - time.time())
 
 
+def outcome(status_code: int) -> str:
+    """An API call's outcome as the fleet's metrics label it."""
+    return "rate_limited" if status_code == 429 else "ok" if status_code < 400 else "error"
+
+
+def count_request(provider: str, result: str) -> None:
+    """One API call's outcome (``ok``, ``rate_limited``, ``error``: no answer, or 4xx/5xx)."""
+    metrics.count("provider_requests_total", provider=provider, outcome=result)
+
+
 def requested_pause(raw: str | None, source: str, parse: Callable[[str], float] = retry_after_seconds
                     ) -> float | None:
     """The seconds a provider asks to wait in ``raw`` (a header or a part of a body), parsed by
@@ -116,6 +127,7 @@ class FleetRateLimiter:
             raise ValueError(f"max_pause_s must be a finite number of seconds > 0, not {max_pause_s!r}")
         self.client, self.limit, self.window_s, self.token_limit = client, limit, window_s, token_limit
         self.max_pause_s = max_pause_s
+        self.provider = name.split(":", 1)[0]  # "openai", "replicate": the metrics' label
         keys = RateLimitKeys(name)
         self.key, self.pause_key, self.tokens_key = keys.requests, keys.paused, keys.tokens
         self._take = script(client, "take_rate_slots")
@@ -155,7 +167,11 @@ class FleetRateLimiter:
                                         f"{max(0.0, until - started):.1f}s (next in {wait:.1f}s)")
             self._sleep(min(wait, 1.0) + 0.01, should_stop)
             waited = True
-        return time.monotonic() - started if waited else 0.0
+        if not waited:
+            return 0.0
+        seconds = time.monotonic() - started
+        metrics.count("provider_wait_seconds_total", seconds, provider=self.provider)
+        return seconds
 
     @staticmethod
     def _sleep(seconds: float, should_stop: Callable[[], str | None] | None) -> None:

@@ -42,6 +42,8 @@ from framefleet.tasks.providers.ratelimit import (
     FleetRateLimiter,
     RateLimitDeadline,
     WaitStopped,
+    count_request,
+    outcome,
     requested_pause,
 )
 from framefleet.tasks.providers.replicate_watcher import (
@@ -85,7 +87,12 @@ class _RaiseOn429(httpx.BaseTransport):
         self.inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
+        try:
+            response = self.inner.handle_request(request)
+        except httpx.TransportError:
+            count_request("replicate", "error")
+            raise
+        count_request("replicate", outcome(response.status_code))  # every API call goes through here
         if response.status_code == 429:
             try:
                 response.read()
@@ -288,7 +295,7 @@ class ReplicateImageGenerator:
             self.board.track(created.id, created.created_at)
             prediction_id = created.id
             if job:
-                job.ledger.add_costs(frame, predictions_created=1)
+                job.ledger.add_costs(frame, self.settings.prediction_usd(model), predictions_created=1)
                 if request.ledger_key:
                     prediction_id = job.ledger.record_prediction(request.ledger_key, created.id)
                 if prediction_id != created.id:  # another delivery recorded first: keep one, cancel ours

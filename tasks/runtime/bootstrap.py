@@ -1,4 +1,5 @@
-"""Worker bootstrap: logging, and the scorer loaded once per process on gpu workers.
+"""Worker bootstrap: logging, traces (runtime/tracing.py), and the scorer loaded once per process
+on gpu workers.
 
 The scorer is built in the process that runs the tasks (``worker_process_init``: each prefork
 child, or the solo pool's one process), so CUDA is never initialised in a parent that forks
@@ -12,11 +13,22 @@ import logging
 import threading
 from functools import lru_cache
 
-from celery.signals import setup_logging, task_postrun, task_prerun, task_received, worker_init, worker_process_init
+import redis
+from celery.concurrency import get_implementation
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    task_received,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from framefleet.config.celery import (
     CREATE_TASKS,
     ENHANCE_PROMPT,
     GENERATE_VARIATION,
+    JUDGE_CANDIDATES,
     SCORE_VARIATIONS,
     SELECT_VARIATION,
 )
@@ -24,7 +36,10 @@ from framefleet.config.logging import setup_logging as configure_logging
 from framefleet.config.logging import task_context
 from framefleet.config.settings import get_settings
 from framefleet.scoring import Scorer, create_scorer
-from framefleet.scoring.weights import check_sources
+from framefleet.scoring.weights import check_sources, missing_models
+from framefleet.tasks.job import metrics
+from framefleet.tasks.job.redis import state_client
+from framefleet.tasks.runtime import tracing
 
 log = logging.getLogger(__name__)
 _consumed_queues: set[str] = set()
@@ -38,7 +53,7 @@ def scorer_name() -> str:
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("open_clip") is None:
         log.warning("scorer auto: torch/open_clip not installed (the `scoring` extra)")
         return "heuristic"
-    missing = {k: v for k, v in check_sources(settings.model_sources()).items() if v.startswith("missing")}
+    missing = missing_models(check_sources(settings.model_sources()), with_hps=settings.score_weights.hps > 0)
     for model, why in missing.items():
         log.warning("scorer auto: %s %s", model, why)
     return "heuristic" if missing else "models"
@@ -57,8 +72,9 @@ def _load_scorer() -> Scorer:
     name = scorer_name()
     if name == "heuristic":
         log.warning("scoring with the HEURISTIC scorer (image statistics, not PickScore/CLIP/aesthetic models)")
-    if name == "models":
-        return create_scorer(name, sources=get_settings().model_sources())
+    if name == "models":  # HPS is loaded only when the fleet's weights use it
+        settings = get_settings()
+        return create_scorer(name, sources=settings.model_sources(), with_hps=settings.score_weights.hps > 0)
     return create_scorer(name)
 
 
@@ -71,6 +87,7 @@ def _setup_logging(**_) -> None:
 TASK_ARGUMENTS = {
     GENERATE_VARIATION: ("job_id", "frame", "stage", "variation"),
     SCORE_VARIATIONS: (None, "job_id", "frame"),
+    JUDGE_CANDIDATES: (None, "job_id", "frame", "stage"),
     SELECT_VARIATION: (None, "job_id", "frame", "stage"),
     ENHANCE_PROMPT: ("job_id", "frame"),
 }
@@ -109,12 +126,20 @@ def _hide_request_text(request, **_) -> None:
 @task_postrun.connect
 def _leave_task_context(**_) -> None:
     task_context.set(None)
+    try:  # the task's counts for the fleet's metrics that no job write of it took along
+        metrics.flush(state_client())
+    except (redis.RedisError, RuntimeError) as error:  # kept for the next write
+        log.warning("fleet metrics not written yet: %s", error)
 
 
 @worker_init.connect
 def _remember_queues(sender, **_) -> None:
     # Sent after -Q is applied and before the pool exists.
     _consumed_queues.update(sender.app.amqp.queues.consume_from)
+    # A pool that does not fork runs tasks in this process; the threads pool sends no
+    # worker_process_init. A prefork parent is left alone: its children trace.
+    if get_implementation(sender.pool_cls).__module__ != "celery.concurrency.prefork" and tracing.configured():
+        tracing.instrument()
 
 
 def consumed_queues() -> frozenset[str]:
@@ -123,6 +148,13 @@ def consumed_queues() -> frozenset[str]:
 
 
 @worker_process_init.connect
-def _warm_scorer(**_) -> None:
+def _start_process(**_) -> None:
+    if tracing.configured():
+        tracing.instrument()
     if "gpu" in _consumed_queues:
         process_scorer()
+
+
+@worker_process_shutdown.connect
+def _flush_traces(**_) -> None:
+    tracing.flush()

@@ -27,6 +27,7 @@ from framefleet.tasks.job.requests import REFERENCE_FIELDS, JobConfig, parse_req
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.providers import image_provider_name, llm_provider_name
 from framefleet.tasks.providers.adapters import image_model_registry
+from framefleet.tasks.runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,13 @@ def create_job(kind: str, payload) -> CreateResult:
     if reference_png is not None:
         request = request.model_copy(update={field: reference_key(request.job_id)})
     plan = build_frame_plan(request)
-    spec = JobSpec(
-        job_id=request.job_id, kind=kind, aspect_ratio=request.aspect_ratio,
-        config=JobConfig.resolve(settings, request.overrides), plan=plan,
-        providers={"llm": llm_provider_name(settings), "images": image_provider_name(settings)},
-        submitted=time.time(), callback=request.callback,
-    )
+    config = JobConfig.resolve(settings, request.overrides)
+    providers = {"llm": llm_provider_name(settings), "images": image_provider_name(settings)}
+    if config.judge == "vlm":  # the judge asks the LLM provider's account
+        providers["judge"] = providers["llm"]
+    spec = JobSpec(job_id=request.job_id, kind=kind, aspect_ratio=request.aspect_ratio, config=config, plan=plan,
+                   providers=providers, submitted=time.time(), callback=request.callback,
+                   trace=tracing.job_carrier())
     job.create(spec)  # claims the id: from here on a failure must give it back
     try:
         if reference_png is not None:

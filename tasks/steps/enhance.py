@@ -28,6 +28,7 @@ from framefleet.tasks.artifacts.keys import (
 )
 from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.budget import BudgetGuard
+from framefleet.tasks.job import metrics
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import Enhancement, FrameRecord
 from framefleet.tasks.job.states import FrameState, Note, NoteKind
@@ -108,8 +109,7 @@ def enhance_prompt_iterative(
     ledger: RoundLedger = NoLedger(),
     may_start_round: Callable[[int], bool] = lambda iteration: True,
 ) -> EnhancementResult:
-    check_cancelled()  # nothing, not even the first trace file, after a cancel
-    trace(ORIGINAL_PROMPT_TRACE, prompt)
+    trace(ORIGINAL_PROMPT_TRACE, prompt)  # the trace writer writes nothing once the job is closed
     rounds: list[Round] = []
     best: Round | None = None
     current, critique = prompt, None
@@ -164,16 +164,20 @@ class JobCancelled(Exception):
 
 
 class JobRoundLedger:
-    """The round ledger of one frame's enhancement, in the job's ledger."""
+    """The round ledger of one frame's enhancement, in the job's ledger: what an earlier run paid
+    for is read once, as the step starts (one copy of a step runs at a time)."""
 
-    def __init__(self, job: Job, frame: str, prompt: str):
+    def __init__(self, job: Job, frame: str, prompt: str, iterations: int):
         self.job, self.frame, self.prompt = job, frame, prompt
+        self.replies = job.ledger.llm_replies(frame, prompt, iterations, ("agent1", "agent2"))
 
     def get(self, iteration: int, agent: str) -> str | None:
-        return self.job.ledger.llm_reply(self.frame, self.prompt, iteration, agent)
+        return self.replies.get((iteration, agent))
 
     def put(self, iteration: int, agent: str, reply: str) -> None:
         self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply)
+        self.replies[(iteration, agent)] = reply
+
 
 
 def stored_enhancement(job: Job, frame: str) -> Enhancement | None:
@@ -191,7 +195,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     agents = None
 
     def check_cancelled() -> None:
-        if job.cancelled():
+        if job.closed():
             raise JobCancelled(job.id)
 
     def fallback(kind: NoteKind, text: str, error: Exception) -> tuple[str, Enhancement]:
@@ -211,8 +215,8 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                 trace=lambda name, text: None if job.closed() else store.put(
                     trace_key(job.id, frame, name), text.encode(), "text/plain"),
                 check_cancelled=check_cancelled,
-                ledger=JobRoundLedger(job, frame, record.original_prompt),
-                may_start_round=lambda iteration: guard.llm_round(
+                ledger=JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations),
+                may_start_round=lambda iteration: not guard.active or guard.llm_round(
                     frame, iteration, sum(f.status == "pending" for f in job.frames.all().values()),
                     record.original_prompt),
             )
@@ -231,8 +235,9 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             log.warning("enhancement failed for %s/%s: %s; using the original prompt", job.id, frame, error)
             enhanced, enhancement = fallback(NoteKind.ENHANCEMENT_FAILED,
                                              "enhancement failed: original prompt, single image", error)
-    if getattr(agents, "usage", None):
-        job.ledger.add_costs(frame, **agents.usage)
+    if usage := getattr(agents, "usage", None):
+        usd = settings.tokens_usd(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        job.ledger.add_costs(frame, usd if spec.providers.get("llm") == "openai" else 0.0, **usage)
 
     def store_enhancement(current: FrameRecord) -> None:
         current.enhanced_prompt, current.enhancement = enhanced, enhancement
@@ -241,8 +246,10 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             current.add_note(enhancement.note.kind, enhancement.note.text)
 
     # A late copy, or one that a regenerate overtook with a new prompt, is refused here.
+    seconds = {} if enhancement.skipped else metrics.observation("frame_stage_seconds", time.time() - started,
+                                                                 stage="enhance")
     job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
         current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
-                                                                       record.revision))
+                                                                       record.revision), measured=seconds)
     job.progress.prompt_enhanced(spec.kind, len(spec.plan.frames))
     return enhancement

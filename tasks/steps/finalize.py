@@ -1,4 +1,4 @@
-"""The end of a revision (control queue): the manifest, the contact sheet, the traces cleared, the
+"""The end of a revision (intake queue): the manifest, the contact sheet, the traces cleared, the
 job done, and the main app's completion callback sent once.
 
 A revision after the first that was cancelled ends without its changes: its draft is dropped, so
@@ -53,7 +53,7 @@ def finalize(job: Job, revision: int) -> dict:
         log.info("%s/%s quality: %s", job.id, frame.name, frame.selected.overall if frame.selected else "no image")
     if spec.callback is not None:  # before "done": a finalize that dies here is re-driven, notify dedups
         send(job, NOTIFY_MAIN_APP, (job.id, revision, manifest.status, manifest.failed_clips))
-    job.finish(manifest.status, frames_settled(frames), manifest_key(job.id))
+    job.finish(manifest.status, frames_settled(frames), manifest_key(job.id), revision)
     return {"job_id": job.id, "status": manifest.status, "manifest": manifest_key(job.id), "revision": revision}
 
 

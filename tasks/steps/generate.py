@@ -48,14 +48,15 @@ def stored_variation(job: Job, frame: str, revision: int, source: str, index: in
 def generate_variation(job: Job, frame: str, source: str, index: int, revision: int, count: int,
                        attempt: int, retries_left: int) -> VariationRecord:
     """One paid image (of a round of ``count``): stored and recorded, or a failure record."""
-    record = generate(job, frame, source, index, revision, count, attempt, retries_left)
+    record, costs = generate(job, frame, source, index, revision, count, attempt, retries_left)
     if record.error != "cancelled":
-        job.rounds.save_variation(frame, revision, source, record)
+        job.rounds.save_variation(frame, revision, source, record, costs)
     return record
 
 
 def generate(job: Job, frame: str, source: str, index: int, revision: int, count: int, attempt: int,
-             retries_left: int) -> VariationRecord:
+             retries_left: int) -> tuple[VariationRecord, dict[str, int]]:
+    """The variation's record, and the cost counters it adds."""
     store, record, spec = fleet_store(), job.frames.get(frame), job.spec
     config = spec.frame_config(record)
     key = variation_key(job.id, frame, source, index, revision)
@@ -74,19 +75,18 @@ def generate(job: Job, frame: str, source: str, index: int, revision: int, count
             input_images=[store.get(k) for k in record.inputs],
         ), should_stop=straggler_check(job, frame, revision, source, count, started))
         store.put(key, png, "image/png")
-        job.ledger.add_costs(frame, images_stored=1)
     except GenerationStopped as stop:  # a straggler cut or a cancel: not retried
         reason = str(stop)
-        if reason != "cancelled":
-            log.warning("variation %s of %s/%s: %s", index, job.id, frame, reason)
-            job.ledger.add_costs(frame, straggler_cuts=1)
-        return failure(reason)
+        if reason == "cancelled":
+            return failure(reason), {}
+        log.warning("variation %s of %s/%s: %s", index, job.id, frame, reason)
+        return failure(reason), {"straggler_cuts": 1}
     except Exception as error:  # provider or store failure: retry once, then a failure record
         if retries_left > 0 and BudgetGuard(job, spec).another_image(frame, config.image_model,
                                                                      f"retry of variation {index}"):
             log.warning("variation %s of %s/%s failed (%s); retrying once", index, job.id, frame, error)
             raise RetryGeneration(str(error)) from error
         log.warning("variation %s of %s/%s failed after a retry: %s", index, job.id, frame, error)
-        return failure(str(error))
+        return failure(str(error)), {}
     return VariationRecord(index=index, key=key, prompt_source=source, timing=(started, time.time()),
-                           queue_wait=queue_wait)
+                           queue_wait=queue_wait), {"images_stored": 1}

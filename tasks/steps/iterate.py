@@ -70,6 +70,7 @@ def choose(job: Job, frame: str, variation_index: int) -> RevisionResult:
                 v.rank = None
             overall = candidate.scores.overall if candidate.scores else None
             current.selected = Selection(index=variation_index, key=candidate.key, frame_key=new_key, overall=overall)
+            current.judge = None  # a person chose: the judge's verdict stays in the history
             current.clear_notes()
 
         job.frames.transition(frame, FrameState.SUCCEEDED, select_candidate, expect=settled, revision=revision)
@@ -165,6 +166,7 @@ def _reopen(record: FrameRecord, revision: int, why: str, keep_enhancement: bool
     record.history.append(record.snapshot(why))
     record.revision = revision
     record.selected = None
+    record.judge = None
     record.variations = []
     record.inputs = []
     record.round = None

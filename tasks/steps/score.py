@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, wait
 
 from framefleet.config.settings import get_settings
-from framefleet.scoring import MetricScores, overall_score
+from framefleet.scoring import METRICS, MetricScores, contributions, overall_score
 from framefleet.tasks.artifacts.images import candidate_thumbnail, decode_image
 from framefleet.tasks.artifacts.keys import thumbnail_key
 from framefleet.tasks.artifacts.store import fleet_store, in_background, read_in_parallel
@@ -74,9 +74,13 @@ def score_frame(prompt: str, variations: list[VariationRecord], input_keys: list
         record_thumbnails(generated, thumbnails)
     notes: dict[str, str] = {}
     for variation, m in zip(generated, metrics, strict=True):
-        variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic,
-                                  overall=overall_score(m, weights), consistency=m.consistency)
+        variation.scores = Scores(pickscore=m.pickscore, clip_score=m.clip_score, aesthetic=m.aesthetic, hps=m.hps,
+                                  overall=overall_score(m, weights), consistency=m.consistency,
+                                  contributions=contributions(m, weights))
         notes.update(m.errors)
+    for metric in METRICS:  # weighted, but this worker's scorer does not compute it (e.g. HPS not loaded)
+        if weights.get(metric, 0) > 0 and metric not in notes and all(getattr(m, metric) is None for m in metrics):
+            notes[metric] = f"not computed by the {scorer.name} scorer on this worker"
     return scorer.name, [f"{metric} failed ({why}); overall re-weighted over the other metrics"
                          for metric, why in sorted(notes.items())]
 

@@ -1,7 +1,8 @@
 """Select a frame's candidate from one scored round (control queue; the chord body's last link).
 
 Rank 1 of the scored candidates is copied to the frame's own key (a copy inside the store) and
-recorded; the seeds' fallbacks when scoring or ranking failed (the first generated, the first
+recorded; where the vision judge settled a close call (steps/judge.py), its winner takes rank 1;
+the seeds' fallbacks when scoring or ranking failed (the first generated, the first
 scored image); below the quality threshold a warning, the image kept. A round with no image at
 all sends the frame to one image with the original prompt (RETRY), or, when that was the round,
 fails the frame. The transition checks this is still the frame's round: a late copy writes nothing.
@@ -10,13 +11,15 @@ fails the frame. The transition checks this is still the frame's round: a late c
 from __future__ import annotations
 
 import logging
+import time
 
 from framefleet.config.settings import get_settings
 from framefleet.scoring import Ranked, rank_images_by_quality
 from framefleet.tasks.artifacts.keys import GENERATION_TRACE, frame_key, trace_key
 from framefleet.tasks.artifacts.store import fleet_store
+from framefleet.tasks.job import metrics
 from framefleet.tasks.job.model import Job
-from framefleet.tasks.job.records import FrameRecord, Selection, VariationRecord
+from framefleet.tasks.job.records import FrameRecord, JudgeRecord, Selection, VariationRecord
 from framefleet.tasks.job.states import FrameState, Note, NoteKind, PromptSource
 
 log = logging.getLogger(__name__)
@@ -27,14 +30,20 @@ def in_round(record: FrameRecord, revision: int, source: str) -> bool:
     return record.state is FrameState.GENERATING and record.round == source and record.revision == revision
 
 
-def select_round(job: Job, frame: str, source: str, revision: int, scored: dict) -> FrameRecord:
-    """Store the frame's selection (or failure) for this round; StaleWrite if it is settled."""
-    spec, store = job.spec, fleet_store()
-    threshold = spec.frame_config(job.frames.get(frame)).quality_threshold
+def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, before: FrameRecord) -> FrameRecord:
+    """Store the frame's selection (or failure) for this round (``before``: the frame's record as
+    read); StaleWrite if it is settled."""
+    spec, store, started = job.spec, fleet_store(), time.time()
+    threshold = spec.frame_config(before).quality_threshold
     variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
     notes = [Note(kind=NoteKind.VARIATION_FAILED, text=f"variation {v.index} failed: {v.error}")
              for v in variations if v.error]
     chosen = best_variation(variations, scored["error"], notes) if any(v.key for v in variations) else None
+    judge = JudgeRecord.model_validate(scored["judge"]) if scored.get("judge") else None
+    if judge is not None and chosen is not None:
+        chosen = follow_judge(variations, chosen, judge)
+    if scored.get("judge_note"):
+        notes.append(Note.model_validate(scored["judge_note"]))
     selected_key = frame_key(job.id, frame, revision)
     if chosen is not None:
         store.copy(chosen.key, selected_key, "image/png")
@@ -46,6 +55,7 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
         record.timings.variations += [v.timing for v in variations if v.timing]
         record.timings.score = tuple(scored["timing"]) if scored.get("timing") else None
         record.scorer = scored["scorer"] or record.scorer
+        record.judge = judge
         for text in scored.get("notes", []):
             record.add_note(NoteKind.METRIC_FAILED, text)
         for note in notes:
@@ -61,7 +71,8 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
                 record.add_note(NoteKind.QUALITY_LOW, f"quality {overall:.1f} is below the threshold {threshold:.1f}")
 
     record = job.frames.transition(frame, outcome, store_selection,
-                                   expect=lambda current: in_round(current, revision, source))
+                                   expect=lambda current: in_round(current, revision, source),
+                                   measured=stage_seconds(before, variations, scored, started))
     if record.state is FrameState.FAILED:
         log.error("frame %s/%s failed: no image could be generated", job.id, frame)
     elif record.selected is not None:
@@ -75,6 +86,35 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict)
         store.put(trace_key(job.id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
                   "application/json")
     return record
+
+
+def follow_judge(variations: list[VariationRecord], chosen: VariationRecord, judge: JudgeRecord) -> VariationRecord:
+    """The judge's selection, when it judged the candidates the score order put first and second:
+    it takes rank 1 (the manifest's rank 1 is the selected candidate), the score's first rank 2. A
+    round whose ranking failed (no ranks) keeps its fallback."""
+    if chosen.rank != 1 or chosen.index != judge.candidates[0] or judge.selected == chosen.index:
+        return chosen
+    winner = next(v for v in variations if v.index == judge.selected)
+    winner.rank, chosen.rank = chosen.rank, winner.rank
+    log.info("judge chose v%s over v%s (overall %s against %s): %s", winner.index, chosen.index,
+             winner.scores.overall if winner.scores else None, chosen.scores.overall if chosen.scores else None,
+             judge.reason)
+    return winner
+
+
+def stage_seconds(record: FrameRecord, variations: list[VariationRecord], scored: dict,
+                  started: float) -> metrics.Increments:
+    """The round's stage seconds for the fleet's metrics: generate (enqueued until its last
+    variation ended, queue wait included), score, and this selection."""
+    parts = [metrics.observation("frame_stage_seconds", time.time() - started, stage="select")]
+    ended = [v.timing[1] for v in variations if v.timing]
+    if ended and record.timings.enqueued:
+        parts.append(metrics.observation("frame_stage_seconds", max(ended) - record.timings.enqueued,
+                                         stage="generate"))
+    if scored.get("timing"):
+        parts.append(metrics.observation("frame_stage_seconds", scored["timing"][1] - scored["timing"][0],
+                                         stage="score"))
+    return metrics.merged(*parts)
 
 
 def best_variation(variations: list[VariationRecord], scoring_error: str | None, notes: list[Note]) -> VariationRecord:

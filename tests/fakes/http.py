@@ -34,6 +34,20 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.server.app.handle(self, "POST")
 
 
+class StandIn:
+    """A local service: its ``handle(handler, method)`` answers on a free loopback port inside ``with``."""
+
+    def __init__(self) -> None:
+        self.server = LocalServer(self)
+
+    def __enter__(self):
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.__exit__(*exc)
+
+
 class LocalServer(ThreadingHTTPServer):
     daemon_threads = True
 

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from tests.fakes.http import JsonHandler, LocalServer
+from tests.fakes.http import JsonHandler, StandIn
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -59,7 +59,7 @@ class SlidingWindow:
         return 0.0
 
 
-class FakeReplicate:
+class FakeReplicate(StandIn):
     """``create_script`` is consumed per creation request: ("429", retry_after) | ("429", retry_after,
     resets_in) | ("500",). ``throttle(endpoint, ...)`` makes the next call to any endpoint a 429.
     A scripted 429 has Replicate's body ("... resets in ~{resets_in}s.", ``resets_in`` defaulting to
@@ -88,7 +88,7 @@ class FakeReplicate:
         self.throttled: Counter = Counter()  # endpoint → 429s
         self.scripted_errors: dict[str, list[tuple]] = {}  # endpoint → (retry_after, resets_in, status) still to send
         self.ids = itertools.count(1)
-        self.server = LocalServer(self)
+        super().__init__()
 
     @classmethod
     def scaled(cls, scale: float, **kwargs) -> "FakeReplicate":
@@ -99,13 +99,6 @@ class FakeReplicate:
     @property
     def base_url(self) -> str:
         return self.server.url
-
-    def __enter__(self):
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.__exit__(*exc)
 
     def throttle(self, endpoint: str, retry_after, resets_in=..., times: int = 1, status: int = 429) -> None:
         """The next ``times`` calls to ``endpoint`` ("create", "list", "get", "cancel", "files") get

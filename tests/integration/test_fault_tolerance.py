@@ -8,7 +8,6 @@ import time
 import pytest
 from framefleet.config.celery import QUEUES, broker_lists
 from framefleet.tasks.artifacts.store import open_store
-from framefleet.tasks.job.keys import JobKeys
 from framefleet.tasks.job.model import Job
 from framefleet.workers.client import cancel_job, job_status, resume_job, submit_job, wait_for_job
 
@@ -102,9 +101,8 @@ def test_kill_9_of_a_worker_mid_job_with_a_replacement(celery_app, fleet_for_tes
         # Killed mid-frame, once all four of the next round hold their leases: a message the worker
         # had taken off the queue but not yet written to kombu's unacked set would be lost, and
         # only the stall path (FRAMEFLEET_STALL_AFTER_S) recovers that (docs/delivery-guarantees.md).
-        client = Job(job_id).r
-        wait_until(lambda: sum(step.startswith("generate:clip_002_start/")
-                               for step in client.hkeys(JobKeys(job_id).running)) == 4)
+        job = Job(job_id)
+        wait_until(lambda: sum(step.startswith("generate:clip_002_start/") for step in job.leases.running_steps()) == 4)
     fleet.kill(queue)
     fleet.start_worker(queue, suffix="b")
     fleet.wait_ready([fleet.node_name(queue, "b")])
@@ -135,21 +133,21 @@ def test_cancel_mid_job(celery_app, fleet_for_test, store):
 
 def test_a_cancel_that_revokes_a_queued_finalize_still_finishes_the_job(celery_app, fleet_for_test, store):
     """A cancel revokes every queued task of the job, a finalize the last selection queued too:
-    the job must still reach done. The control worker stops taking tasks while the finalize is
-    sent and the job cancelled (as if both came before it got to the finalize)."""
+    the job must still reach done. The intake worker (finalize's) stops taking tasks while the
+    finalize is sent and the job cancelled (as if both came before it got to the finalize)."""
     from framefleet.tasks.coordination.dispatch import send
     from framefleet.tasks.entry import cancel_job as cancel_here
 
-    fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3"}, beat=False)
-    assert celery_app.control.cancel_consumer("control", reply=True)
+    fleet_for_test({**store_env(store), "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "2"}, beat=False)
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("cancel-finalize"), 1))
+    assert celery_app.control.cancel_consumer("intake", reply=True)
     try:
-        job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("cancel-finalize"), 1))
         state = Job(job_id)
         assert state.leases.claim("finalize:0")  # the last selection's dispatch: claim and send
         send(state, "framefleet.jobs.finalize", (job_id, 0))
-        assert cancel_here(job_id)["cancelled"] is True  # revokes that finalize (the control worker hears it)
+        assert cancel_here(job_id)["cancelled"] is True  # revokes that finalize (the intake worker hears it)
     finally:
-        assert celery_app.control.add_consumer("control", reply=True)
+        assert celery_app.control.add_consumer("intake", reply=True)
     status = wait_for_job(job_id, timeout_s=60)
     assert status.outcome == "cancelled"
     assert json.loads(store.get(f"jobs/{job_id}/manifest.json"))["status"] == "cancelled"

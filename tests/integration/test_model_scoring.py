@@ -17,11 +17,11 @@ def store(tmp_path_factory, start_fleet):
     root = tmp_path_factory.mktemp("artifacts-models")
     start_fleet({"FRAMEFLEET_STORE_URL": f"file://{root}", **sources_env(sources),
                  "FRAMEFLEET_SCORE_WEIGHTS": '{"pickscore": 0.4, "clip_score": 0.2, "aesthetic": 0.2, '
-                                             '"consistency": 0.2}'})
+                                             '"consistency": 0.2, "hps": 0.2}'})
     return open_store(f"file://{root}")
 
 
-def test_storyboard_scored_by_the_models_with_consistency(celery_app, store):
+def test_storyboard_scored_by_the_models_with_consistency_and_hps(celery_app, store):
     job_id = unique_id("models")
     reference = put_reference(store, job_id)
     status, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 1, reference_image=reference),
@@ -34,11 +34,13 @@ def test_storyboard_scored_by_the_models_with_consistency(celery_app, store):
         assert all("below the threshold" in w for w in frame["warnings"])  # no metric failed
         for variation in frame["variations"]:
             scores = variation["scores"]
-            assert all(scores[m] is not None for m in ("pickscore", "clip_score", "aesthetic", "overall"))
+            assert all(scores[m] is not None for m in ("pickscore", "clip_score", "aesthetic", "hps", "overall"))
             assert len(scores["consistency"]) == len(frame["inputs"])
             assert all(-1.0 <= c <= 1.0 for c in scores["consistency"])
             consistency = 100 * sum(max(c, 0) for c in scores["consistency"]) / len(scores["consistency"])
-            expected = (0.4 * scores["pickscore"] + 0.2 * scores["clip_score"] + 0.2 * scores["aesthetic"]
-                        + 0.2 * consistency)
-            assert scores["overall"] == pytest.approx(expected, abs=1e-2)
+            parts = {"pickscore": 0.4 * scores["pickscore"], "clip_score": 0.2 * scores["clip_score"],
+                     "aesthetic": 0.2 * scores["aesthetic"], "consistency": 0.2 * consistency,
+                     "hps": 0.2 * scores["hps"]}  # the gpu worker loaded HPS: the weights use it
+            assert scores["overall"] == pytest.approx(sum(parts.values()) / 1.2, abs=1e-2)
+            assert scores["contributions"] == pytest.approx({m: v / 1.2 for m, v in parts.items()}, abs=1e-2)
         assert frame["selected"]["overall"] == max(v["scores"]["overall"] for v in frame["variations"])

@@ -84,7 +84,26 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
     assert finished[0] == finished[1] and finished[0]["status"] == "partial"
     assert state.progress.read().state == "done"
     assert json.loads(local_steps.get(f"jobs/{job_id}/manifest.json"))["status"] == "partial"
-    assert state.r.hlen(f"framefleet:job:{job_id}:running") == 0  # every step finished
+    assert state.leases.running_steps() == []  # every step finished
+
+
+def test_a_closed_job_starts_no_step_and_takes_no_lease(local_steps):
+    from framefleet.tasks import entry
+    from framefleet.tasks.job.keys import LEASES
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("closed"), 1))
+    state = Job(job_id)
+    frame = "clip_001_start"
+    entry.enhance_prompt(job_id, frame)
+    assert state.frames.get(frame).state is FrameState.GENERATING  # its round was enqueued
+    state.cancel(0)
+    assert entry.generate_variation(job_id, frame, ENHANCED, 1)["error"] == "cancelled"
+    assert state.ledger.offline_calls() == []  # nothing paid
+    scored = entry.score_variations([{"index": 1, "prompt_source": ENHANCED, "error": "cancelled"}], job_id, frame)
+    assert scored["scorer"] is None and state.rounds.scored(frame, 0, ENHANCED) is None
+    entry.select_variation(scored, job_id, frame, ENHANCED)
+    assert state.frames.get(frame).state is FrameState.GENERATING  # nothing selected
+    assert not state.r.zrangebyscore(LEASES, "-inf", "+inf")  # no lease was taken, so none is left
 
 
 def test_a_stale_record_is_never_written_back(local_steps):
@@ -202,6 +221,7 @@ def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps
     from framefleet.tasks.coordination.broker import queued_tasks
     from framefleet.tasks.coordination.dispatch import dispatch_ready
     from framefleet.tasks.coordination.recovery import redrive_dead_steps
+    from framefleet.tasks.job.leases import take_dead_leases
     from framefleet.tasks.steps.enhance import enhance_frame
 
     monkeypatch.setenv("FRAMEFLEET_MAX_REDRIVES", "10")  # the same step dies here three times
@@ -225,19 +245,19 @@ def test_the_watchdog_sends_the_frame_an_enhancement_died_enqueueing(local_steps
     enhance_frame(state, frame)  # the prompt is stored: the frame is ready
     one_round = [[job_id, frame, ENHANCED, index] for index in range(1, 5)]
     enhancement_dies(took_the_frame=True)  # after taking the frame, before sending its round
-    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
+    assert redrive_dead_steps(state, take_dead_leases()[job_id]) == [f"enhance:{frame}"]
     assert queued("framefleet.images.generate_variation") == one_round
     assert queued("framefleet.prompts.enhance") == []
 
     purge_queues(celery_app)
     state.frames.transition(frame, FrameState.READY, expect=lambda r: r.state is FrameState.GENERATING)
     enhancement_dies(took_the_frame=False)  # before taking it: the re-drive takes it, nobody sends twice
-    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
+    assert redrive_dead_steps(state, take_dead_leases()[job_id]) == [f"enhance:{frame}"]
     assert dispatch_ready(state) is None
     assert queued("framefleet.images.generate_variation") == one_round
 
     enhancement_dies(took_the_frame=False)  # now with the frame's round waiting in the broker
-    assert redrive_dead_steps(state) == [f"enhance:{frame}"]
+    assert redrive_dead_steps(state, take_dead_leases()[job_id]) == [f"enhance:{frame}"]
     assert queued("framefleet.prompts.enhance") == [[job_id, frame]]
     entry.enhance_prompt(job_id, frame)
     assert queued("framefleet.images.generate_variation") == one_round

@@ -12,7 +12,7 @@ from framefleet.tasks.artifacts.store import open_store
 
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.replicate_api import FakeReplicate
-from tests.helpers import put_reference, run_job, storyboard_request, unique_id
+from tests.helpers import put_reference, run_job, stand_in_env, storyboard_request, unique_id
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +27,12 @@ def services(tmp_path_factory, start_fleet):
     with FakeOpenAI() as openai_api, FakeReplicate() as replicate_api:
         replicate_api.deployments[DEPLOYMENT] = "google/nano-banana"
         fleet = start_fleet({
-            "FRAMEFLEET_STORE_URL": f"file://{root}",
-            "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": openai_api.base_url,
-            "REPLICATE_API_TOKEN": REPLICATE_TOKEN, "REPLICATE_BASE_URL": replicate_api.base_url,
+            "FRAMEFLEET_STORE_URL": f"file://{root}", **stand_in_env(openai_api, replicate_api, OPENAI_KEY,
+                                                                      REPLICATE_TOKEN),
             "FRAMEFLEET_REPLICATE_DEPLOYMENT": DEPLOYMENT,
-            # One listing a second, as in production; every input image goes through the files API.
-            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "1.0", "FRAMEFLEET_REPLICATE_DATA_URL_MAX_BYTES": "0",
-            "FRAMEFLEET_SCORER": "heuristic", "FRAMEFLEET_LOG_LEVEL": "DEBUG",
+            # One listing a second, as in production.
+            "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "1.0", "FRAMEFLEET_SCORER": "heuristic",
+            "FRAMEFLEET_LOG_LEVEL": "DEBUG",
         })
         yield open_store(f"file://{root}"), openai_api, replicate_api, fleet, root
         fleet.stop()  # while the stand-ins still answer: a cancelled variation's last call reaches them

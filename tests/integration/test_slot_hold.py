@@ -46,7 +46,11 @@ def enqueued_job(local_steps, monkeypatch):
     return job_id, settings
 
 
-def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame_is_to_run(enqueued_job, broker_url):
+def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame_is_to_run(enqueued_job, broker_url,
+                                                                                             monkeypatch):
+    from framefleet.tasks.coordination import broker
+
+    monkeypatch.setattr(broker, "WAITING_MAX_AGE_S", 0.0)  # read the broker at every call
     job_id, settings = enqueued_job
     state = Job(job_id)
     spec = state.spec

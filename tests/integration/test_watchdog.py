@@ -8,7 +8,7 @@ import time
 import pytest
 from framefleet.tasks.coordination.recovery import watchdog_round
 from framefleet.tasks.job.jobs import active_jobs
-from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS
+from framefleet.tasks.job.keys import ACTIVE_JOBS, CREATING_JOBS, LEASES, PARKED_JOBS
 from framefleet.tasks.job.model import Job
 
 from tests.helpers import create_here, storyboard_request, unique_id
@@ -23,8 +23,10 @@ def new_job(prefix: str) -> Job:
 def test_a_broken_job_is_parked_and_the_jobs_after_it_are_still_redriven(local_steps):
     broken, dead, healthy = new_job("wd-a-broken"), new_job("wd-b-dead"), new_job("wd-c-healthy")
     broken.r.hset(broken.keys.status, "percent", "NaN-and-then-some")  # unreadable
-    dead.r.hset(dead.keys.running, "enhance:clip_001_start", 0)  # started, and its lease is gone
-    healthy.r.hset(healthy.keys.running, "enhance:clip_001_start", 0)
+    # Started, then its worker died: the lease ran out (indexed, its key gone).
+    for job in (broken, dead):
+        job.r.zadd(LEASES, {job.keys.lease("enhance:clip_001_start"): 0})
+    healthy.r.zadd(LEASES, {healthy.keys.lease("enhance:clip_001_start"): 0})  # due, but still held
     healthy.r.set(healthy.keys.lease("enhance:clip_001_start"), "alive", px=60_000)
     tasks_before = len(dead.ledger.task_ids())
 
@@ -41,7 +43,7 @@ def test_a_broken_job_is_parked_and_the_jobs_after_it_are_still_redriven(local_s
 def test_a_step_that_keeps_dying_parks_its_job(local_steps, monkeypatch):
     state = new_job("wd-dies")
     step = "generate:clip_001_start/0/enhanced/1"
-    state.r.hset(state.keys.running, step, 1)
+    state.r.zadd(LEASES, {state.keys.lease(step): 0})
     state.r.hset(state.keys.redrives, step, 3)  # re-driven 3 times already, and dead again
     watchdog_round()
     assert "died 4 times" in state.r.hget(PARKED_JOBS, state.id)
@@ -52,6 +54,7 @@ def test_a_step_that_keeps_dying_parks_its_job(local_steps, monkeypatch):
 def test_a_create_that_died_half_way_is_discarded_and_its_id_is_free(local_steps, monkeypatch):
     state = new_job("wd-creating")
     state.progress.write(stage="creating")
-    state.r.hset(state.keys.status, "updated_at", time.time() - 3600)
+    state.r.zadd(CREATING_JOBS, {state.id: time.time() - 3600})
     assert watchdog_round()["acted"][state.id] == "discarded"
     assert not state.exists() and not state.r.sismember(ACTIVE_JOBS, state.id)
+    assert state.r.zscore(CREATING_JOBS, state.id) is None

@@ -51,3 +51,16 @@ def test_bootstrap_interval_contains_the_mean_and_skips_missing_values():
     assert stat["n"] == 4 and stat["mean"] == 3.75
     assert stat["ci95"][0] <= stat["mean"] <= stat["ci95"][1] and stat["ci95"][0] < stat["ci95"][1]
     assert mean_ci([None]) == {"n": 0, "mean": None, "ci95": None}
+
+
+def test_the_selection_arms_change_one_thing_at_a_time():
+    from framefleet.tasks.job.requests import parse_request
+    from framefleet.workers.evaluation import ARMS
+
+    scores_only, continuity, judge = ARMS["scores-only"], ARMS["continuity"], ARMS["judge"]
+    assert scores_only["score_weights"] == {**continuity["score_weights"], "consistency": 0}  # + continuity
+    assert continuity["score_weights"]["consistency"] > 0 and scores_only["judge"] == continuity["judge"] == "off"
+    assert judge == {**continuity, "judge": "vlm"}  # + the judge
+    for overrides in (scores_only, continuity, judge):  # each a valid request's overrides
+        load = {"clips": [{"start_prompt": "a", "end_prompt": "b"}], "overrides": overrides}
+        assert parse_request("storyboard", load).overrides.judge == overrides["judge"]

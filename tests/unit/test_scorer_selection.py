@@ -67,3 +67,14 @@ def test_models_check_reports_each_model(env, tiny_env, tmp_path, capsys):
     env({"FRAMEFLEET_AESTHETIC_WEIGHTS": str(tmp_path / "absent.pth")})
     assert main(["models", "check"]) == 1
     assert "aesthetic_weights    missing" in capsys.readouterr().out
+
+
+def test_models_check_needs_the_hps_weights_only_when_the_score_weights_use_them(env, tiny_env, tmp_path, capsys):
+    env({**tiny_env, "FRAMEFLEET_HPS_WEIGHTS": str(tmp_path / "absent.pt")})
+    assert main(["models", "check"]) == 0
+    assert "not used: FRAMEFLEET_SCORE_WEIGHTS gives hps 0" in capsys.readouterr().out
+    env({"FRAMEFLEET_SCORE_WEIGHTS": '{"pickscore": 0.5, "hps": 0.5}', "FRAMEFLEET_SCORER": "auto"})
+    assert main(["models", "check"]) == 1
+    assert bootstrap.scorer_name() == "heuristic"  # auto: a weighted model that is missing
+    env({"FRAMEFLEET_HPS_WEIGHTS": tiny_env["FRAMEFLEET_HPS_WEIGHTS"]})
+    assert bootstrap.scorer_name() == "models" and bootstrap.process_scorer().hps_model is not None

@@ -16,7 +16,8 @@ MANIFEST_KEYS = {"job_id", "kind", "status", "scorer", "providers", "config", "f
                  "frames"}
 FRAME_KEYS = {"name", "clip", "status", "revision", "inputs", "original_prompt", "enhanced_prompt", "enhancement", "variations",
               "selected", "scorer", "warnings", "fallbacks", "timings", "overrides", "history",
-              "state", "round", "notes"}  # the job model: its state machine and typed notes
+              "state", "round", "notes",  # the job model: its state machine and typed notes
+              "judge"}  # the vision judge's verdict on a close call
 
 
 def variation(index, overall=None, pickscore=None, key=True):

@@ -1,5 +1,5 @@
 """The ``framefleet`` command: demo, worker, submit, status, resume, cancel, choose, regenerate, jobs,
-flower, score, models, schema, eval (one module per group of commands).
+flower, exporter, score, models, schema, eval (one module per group of commands).
 
 An ordinary mistake (a bad request, an unreachable broker, an unknown job id, ...) is one line on
 stderr and exit status 2; ``framefleet --debug ...`` shows the traceback instead.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from framefleet.workers.cli import fleet, jobs, models, schema
+from framefleet.workers.cli import exporter, fleet, jobs, models, schema
 from framefleet.workers.cli.common import ORDINARY_ERRORS, errors, load_settings
 from framefleet.workers.cli.fleet import demo_request
 from framefleet.workers.cli.jobs import prepare_request, read_request
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="framefleet", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (fleet, jobs, models, schema):
+    for group in (fleet, exporter, jobs, models, schema):
         group.register(sub)
     from framefleet.workers.evaluation.command import add_eval_command
 

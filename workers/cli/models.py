@@ -33,23 +33,27 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
+            hps = f"  hps {row['hps']}" if row["hps"] is not None else ""
             console.print(f"{row['image']}: overall {row['overall']}  pickscore {row['pickscore']}  "
-                          f"clip {row['clip_score']}  aesthetic {row['aesthetic']}  ({row['scorer']})")
+                          f"clip {row['clip_score']}  aesthetic {row['aesthetic']}{hps}  ({row['scorer']})")
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from framefleet.scoring.weights import check_sources, download_all
+    from framefleet.scoring.weights import OPTIONAL_MODELS, check_sources, download_all, missing_models
 
-    sources = get_settings().model_sources()
+    settings = get_settings()
+    sources = settings.model_sources()
     if args.action == "download":
         for name, value in download_all(sources, Path(args.dir)).items():
             print(f"{name}={value}")
         return 0
     report = check_sources(sources)
+    with_hps = settings.score_weights.hps > 0
     for model, where in report.items():
-        console.print(f"{model:<20} {where}")
-    return 1 if any(v.startswith("missing") for v in report.values()) else 0
+        unused = model in OPTIONAL_MODELS and not with_hps
+        console.print(f"{model:<20} {where}" + ("  (not used: FRAMEFLEET_SCORE_WEIGHTS gives hps 0)" if unused else ""))
+    return 1 if missing_models(report, with_hps) else 0
 
 
 def register(sub) -> None:

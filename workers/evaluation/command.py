@@ -85,6 +85,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         win = summary["by_arm"][arm]["win_rate_vs_baseline"]
         line = f"  {arm:<13} overall {_mean(stat)}"
         console.print(line + (f"  win rate vs baseline {_mean(win, 2)}" if win else ""))
+        if (judge := summary["by_arm"][arm]["judge"])["frames_judged"]:
+            console.print(f"    judged {judge['frames_judged']} of {judge['of']} frames; agreed with the scores "
+                          f"{_mean(judge['agreement_with_scores'], 2)}; no verdict {judge['no_verdict']}")
         for error in summary["by_arm"][arm]["job_errors"]:
             console.print(f"    [yellow]{error}[/yellow]")
     console.print(f"Summary: {out / 'summary.json'}\nReport:  {page}")

@@ -60,6 +60,21 @@ def job_latency(run: JobRun) -> dict[str, float | None]:
     }
 
 
+def judge_summary(rows: list[dict]) -> dict:
+    """What the vision judge did in an arm: frames it judged (a close call), those without a verdict
+    (its two orders disagreed, or it saw no difference), and how often a verdict was the score
+    order's first (its agreement with the scores)."""
+    judged = [r["judge"] for r in rows if r["judge"] is not None]
+    answered = [j for j in judged if j["error"] is None]
+    decided = [j for j in answered if j["winner"] is not None]
+    return {
+        "frames_judged": len(judged), "of": len(rows), "failed": len(judged) - len(answered),
+        "no_verdict": len(answered) - len(decided),
+        "overturned": sum(not j["agreed_with_scores"] for j in decided),
+        "agreement_with_scores": mean_ci(1.0 if j["agreed_with_scores"] else 0.0 for j in decided),
+    }
+
+
 def arm_summary(arm: str, runs: list[JobRun], all_rows: list[dict], overrides: dict) -> dict:
     runs = [r for r in runs if r.arm == arm]
     rows = [r for r in all_rows if r["arm"] == arm]
@@ -85,6 +100,7 @@ def arm_summary(arm: str, runs: list[JobRun], all_rows: list[dict], overrides: d
             "losses": outcomes.count(0.0)},
         "consistency": {kind: mean_ci(r["consistency"][kind] for r in produced)
                         for kind in ("previous", "reference")},
+        "judge": judge_summary(rows),
         "below_threshold": {"rescored": len(below), "at_selection": len(selected_below),
                             "at_selection_warned": sum(r["threshold_warned"] for r in selected_below),
                             "of": len(produced)},
@@ -97,6 +113,8 @@ def arm_summary(arm: str, runs: list[JobRun], all_rows: list[dict], overrides: d
             "usd_per_frame": sum(usd) / len(rows) if rows else None,
             "images_per_frame": float(np.mean([r["images"] for r in rows])) if rows else None,
             "llm_tokens_per_frame": float(np.mean([r["llm_tokens"] for r in rows])) if rows else None,
+            "judge_calls_per_frame": float(np.mean([r["judge_calls"] for r in rows])) if rows else None,
+            "judge_tokens_per_frame": float(np.mean([r["judge_tokens"] for r in rows])) if rows else None,
         },
     }
 

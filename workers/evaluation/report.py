@@ -20,8 +20,8 @@ HEURISTIC_CAVEAT = ("These scores come from the HEURISTIC scorer: image statisti
                     "whether enhancement helps. Install the scoring extra and the model weights for PickScore, "
                     "CLIP-Score and the aesthetic model.")
 OFFLINE_CAVEAT = ("Offline stand-ins ran the {stages} stage of these jobs (llm: a rule-based prompt enhancer; images: "
-                  "a procedural generator). This run tests the harness and the pipeline's mechanics, not the real "
-                  "models.")
+                  "a procedural generator; judge: colour-layout similarity to the inputs). This run tests the harness "
+                  "and the pipeline's mechanics, not the real models.")
 THUMB_WIDTH = 240
 
 
@@ -178,7 +178,8 @@ def _fmt(stat: dict, digits: int = 1) -> str:
 def caveats(summary: dict) -> list[str]:
     """What the numbers are not, said at the top of the page (and in summary.json)."""
     found = [HEURISTIC_CAVEAT] if summary["scorer"]["name"] == "heuristic" else []
-    stages = " and ".join(summary["offline"])
+    offline = summary["offline"]
+    stages = " and ".join([", ".join(offline[:-1]), offline[-1]] if len(offline) > 1 else offline)
     return found + ([OFFLINE_CAVEAT.format(stages=stages)] if stages else [])
 
 
@@ -204,6 +205,12 @@ def render_html(summary: dict, samples: list[dict]) -> str:
             if d["win_rate_vs_baseline"] else "–"),
         row("consistency: previous frame", lambda d: _fmt(d["consistency"]["previous"], 3)),
         row("consistency: reference", lambda d: _fmt(d["consistency"]["reference"], 3)),
+        row("frames judged (failed)", lambda d: f"{d['judge']['frames_judged']} / {d['judge']['of']} "
+            f"({d['judge']['failed']})"),
+        row("judge agreed with the scores (of frames with a verdict)",
+            lambda d: _fmt(d["judge"]["agreement_with_scores"], 2)),
+        row("judge: no verdict (orders disagreed or tied) / overturned the scores",
+            lambda d: f"{d['judge']['no_verdict']} / {d['judge']['overturned']}"),
         row("below quality threshold (re-scored)",
             lambda d: f"{d['below_threshold']['rescored']} / {d['below_threshold']['of']}"),
         row("below threshold at selection (warned)", lambda d: f"{d['below_threshold']['at_selection']} "
@@ -215,7 +222,9 @@ def render_html(summary: dict, samples: list[dict]) -> str:
               row("USD per frame / per job", lambda d: f"{money(d['cost']['usd_per_frame'])} / "
                   f"{money(d['cost']['usd_per_job'])}"),
               row("images per frame", lambda d: money(d["cost"]["images_per_frame"], 2)),
-              row("LLM tokens per frame", lambda d: money(d["cost"]["llm_tokens_per_frame"], 0))]
+              row("LLM tokens per frame", lambda d: money(d["cost"]["llm_tokens_per_frame"], 0)),
+              row("judge calls / tokens per frame", lambda d: f"{money(d['cost']['judge_calls_per_frame'], 2)} / "
+                  f"{money(d['cost']['judge_tokens_per_frame'], 0)}")]
     errors = "".join(f"<li>{e(arm)}: {e(error)}</li>" for arm in arms for error in summary["by_arm"][arm]["job_errors"])
     errors = f"<h3>Jobs that did not finish</h3><ul>{errors}</ul>" if errors else ""
     plots = "".join(f'<h3>{e(title)}</h3><img src="plots/{name}" alt="{e(title)}">'

@@ -113,6 +113,9 @@ def frame_rows(run: JobRun) -> list[dict]:
             },
             "images": counters.get("images_stored", 0),
             "llm_tokens": counters.get("prompt_tokens", 0) + counters.get("completion_tokens", 0),
+            "judge": frame.get("judge"),
+            "judge_calls": counters.get("judge_calls", 0),
+            "judge_tokens": counters.get("judge_prompt_tokens", 0) + counters.get("judge_completion_tokens", 0),
         })
     return rows
 

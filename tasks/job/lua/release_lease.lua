@@ -1,8 +1,12 @@
--- KEYS lease, running, redrives; ARGV owner, step, finished. Only the owner releases: a former
--- holder whose lease expired and was taken over must not clear the new holder's entry.
+-- KEYS a step's lease, the fleet's lease index; ARGV owner, finished ('1'/'0'), now (epoch ms).
+-- Only the owner releases (a former holder whose lease was taken over must not clear the new
+-- holder's). A finished step leaves the index; one that raised stays in it, due now, so the
+-- watchdog re-drives it at its next round.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] == '1' then
-  redis.call('HDEL', KEYS[2], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('DEL', KEYS[1])
+if ARGV[2] == '1' then
+  redis.call('ZREM', KEYS[2], KEYS[1])
+else
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[3], KEYS[1])
 end
-return redis.call('DEL', KEYS[1])
+return 1

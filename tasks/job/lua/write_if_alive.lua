@@ -1,10 +1,12 @@
--- KEYS the job's spec; ARGV a list of commands, each as its length followed by its words. Runs
--- them only while the job exists.
+-- KEYS the job's spec; ARGV the job's TTL, then a list of commands, each as its length followed
+-- by its words. Runs them only while the job exists. The job's hashes exist from its create with
+-- its TTL (job/model.py); a list that an RPUSH here creates gets the TTL now.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local i = 1
+local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
+  local result = redis.call(unpack(ARGV, i + 1, i + n))
+  if ARGV[i + 1] == 'RPUSH' and result == n - 2 then redis.call('EXPIRE', ARGV[i + 2], ARGV[1]) end
   i = i + n + 1
 end
 return 1

@@ -1,26 +1,48 @@
--- KEYS status, history, active set. ARGV: the job states this write may start from (a comma
--- list, '' for any: job/states.py JOB_TRANSITIONS), progress ('1': a step's report), the history
--- line, the active list ('add', 'rem' or ''), job id, ttl, then the fields as name/value pairs.
+-- KEYS status, history, active set, the counts of jobs by state, the fleet metrics. ARGV: the job
+-- states this write may start from (a comma list, '' for any: job/states.py JOB_TRANSITIONS),
+-- progress ('1': a step's report), the history line, the active list ('add', 'rem' or ''), job
+-- id, ttl, a counter field to add one to ('' for none) with the share of the progress bar that
+-- counter fills and its total, the number N of metric increments applied when the job enters a
+-- new state, N field/amount pairs, then the status fields as name/value pairs.
 -- Nothing is written for a job that is gone, or in a state the write may not start from. A
--- progress report's percent never lowers the stored one (enhancements of later frames report
--- after the first frame's generation started). Returns the event's fields, false when nothing
--- was written.
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if ARGV[1] ~= '' then
-  local state = redis.call('HGET', KEYS[1], 'state') or ''
-  if not string.find(',' .. ARGV[1] .. ',', ',' .. state .. ',', 1, true) then return false end
+-- counter's share sets the percent (count / total of it). A progress report's percent never
+-- lowers the stored one (enhancements of later frames report after the first frame's generation
+-- started). A change of state moves the job between the counts by state (queued and running are
+-- counted) and applies the increments, so each happens once however often the write is
+-- repeated. Returns the event's fields, false when nothing was written.
+local INCREMENTS = 10
+local current = redis.call('HMGET', KEYS[1], 'state', 'percent')
+local before = current[1]
+if not before then return false end
+if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. before .. ',', 1, true) then
+  return false
+end
+local first_field = INCREMENTS + 1 + 2 * tonumber(ARGV[INCREMENTS])
+local fields = {unpack(ARGV, first_field)}
+local after = before
+for i = 1, #fields, 2 do
+  if fields[i] == 'state' then after = fields[i + 1] end
+end
+if ARGV[7] ~= '' then
+  local count = redis.call('HINCRBY', KEYS[1], ARGV[7], 1)
+  local total = tonumber(ARGV[9])
+  local percent = tonumber(ARGV[8]) * math.min(count, total) / total
+  fields[#fields + 1] = 'percent'
+  fields[#fields + 1] = tostring(math.floor(percent * 10 + 0.5) / 10)
 end
 if ARGV[2] == '1' then
-  for i = 7, #ARGV, 2 do
-    if ARGV[i] == 'percent' then
-      local stored = tonumber(redis.call('HGET', KEYS[1], 'percent') or '0') or 0
-      if tonumber(ARGV[i + 1]) < stored then ARGV[i + 1] = tostring(stored) end
-    end
+  local stored = tonumber(current[2] or '0') or 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 'percent' and tonumber(fields[i + 1]) < stored then fields[i + 1] = tostring(stored) end
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-if ARGV[3] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], unpack(fields))
+if after ~= before then
+  if before == 'queued' or before == 'running' then redis.call('HINCRBY', KEYS[4], before, -1) end
+  if after == 'queued' or after == 'running' then redis.call('HINCRBY', KEYS[4], after, 1) end
+  for i = INCREMENTS + 1, first_field - 1, 2 do redis.call('HINCRBYFLOAT', KEYS[5], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[3] ~= '' and redis.call('RPUSH', KEYS[2], ARGV[3]) == 1 then
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
 if ARGV[4] == 'add' then redis.call('SADD', KEYS[3], ARGV[5]) end

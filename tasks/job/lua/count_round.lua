@@ -1,0 +1,14 @@
+-- KEYS the job's round counter, the prefix of its wake-up lists. ARGV the job's TTL, how many
+-- variations to wake, the wake-up list's TTL. Counts one more round enqueued and pushes a token
+-- per held slot onto that round's wake-up list.
+local rounds = redis.call('INCR', KEYS[1])
+if rounds == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local wake = tonumber(ARGV[2])
+if wake > 0 then
+  local list = KEYS[2] .. rounds
+  local tokens = {}
+  for i = 1, wake do tokens[i] = '1' end
+  redis.call('RPUSH', list, unpack(tokens))
+  redis.call('EXPIRE', list, ARGV[3])
+end
+return rounds

@@ -1,0 +1,189 @@
+"""`make bench-overhead`: what framefleet's coordination costs per frame, beside Celery's floor.
+
+Both run on this machine, one after the other, each with a fresh Redis and its own worker
+processes (images 1 × 8 threads, gpu solo, control threads 4; framefleet also intake and llm),
+with the fleet's Celery settings. The floor (tests/bench/floor_app.py) is a bare Celery app with
+the same frame shape: a chord of 4 no-op tasks on `images` → a no-op on `gpu` → a task on
+`control` that sends the next frame's chord. framefleet runs the same storyboards (default 16 × 2
+clips = 64 frames) with the offline providers at zero latency and the heuristic scorer, so what is
+left is coordination (plus the offline image rendering and scoring).
+
+Per frame: Redis commands (INFO commandstats) and Redis CPU (INFO cpu), each worker's CPU
+(/proc, children included), the top Redis commands; and frames/s. Both sides are submitted all at
+once and followed with one cheap poll every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from framefleet.config.celery import CREATE_STORYBOARD
+from framefleet.tasks.job.keys import ACTIVE_JOBS, RECENT_JOBS
+from framefleet.workers.cli import demo_request
+from framefleet.workers.fleet import Fleet, worker_argv
+from framefleet.workers.local_redis import LocalRedis
+
+SHAPES = {"intake": ("threads", 8), "control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8),
+          "gpu": ("solo", 1)}
+CLOCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Measure:
+    label: str
+    frames: int
+    wall_s: float
+    commands: dict[str, int]
+    command_usec: dict[str, int]
+    redis_cpu_s: float
+    worker_cpu_s: dict[str, float]
+
+    def per_frame(self, value: float) -> float:
+        return value / self.frames
+
+
+def command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Each command's (calls, microseconds); a script's time includes the commands it calls."""
+    return {name.removeprefix("cmdstat_"): (stats["calls"], stats["usec"])
+            for name, stats in client.info("commandstats").items()}
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return cpu["used_cpu_sys"] + cpu["used_cpu_user"]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process and its reaped children."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK
+
+
+def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: int, start, done) -> Measure:
+    """Run ``start()``, wait until ``done()``, and measure what it cost."""
+    before, cpu = command_stats(client), redis_cpu(client)
+    worker_cpu = {queue: process_cpu(pid) for queue, pid in workers.items()}
+    began = time.monotonic()
+    start()
+    while not done():
+        time.sleep(0.2)
+    wall = time.monotonic() - began
+    after = command_stats(client)
+    spent = {name: (calls - before.get(name, (0, 0))[0], usec - before.get(name, (0, 0))[1])
+             for name, (calls, usec) in after.items() if calls > before.get(name, (0, 0))[0]}
+    return Measure(label, frames, wall, {name: calls for name, (calls, _) in spent.items()},
+                   {name: usec for name, (_, usec) in spent.items()},
+                   redis_cpu(client) - cpu, {queue: process_cpu(pid) - worker_cpu[queue]
+                                             for queue, pid in workers.items()})
+
+
+def run_floor(jobs: int, frames_per_job: int) -> Measure:
+    from tests.bench import floor_app
+
+    with tempfile.TemporaryDirectory() as logs, LocalRedis() as server:
+        env = {**os.environ, "FLOOR_BROKER_URL": server.url}
+        processes = {}
+        try:
+            for queue in ("images", "gpu", "control"):
+                pool, concurrency = SHAPES[queue]
+                argv = [sys.executable, "-m", "celery", "-A", "tests.bench.floor_app",
+                        *worker_argv([queue], pool, concurrency, f"floor-{queue}@%h", "WARNING")]
+                processes[queue] = subprocess.Popen(argv, env=env, stdout=open(f"{logs}/{queue}.log", "wb"),
+                                                    stderr=subprocess.STDOUT, start_new_session=True)
+            floor_app.app.conf.update(broker_url=server.url, result_backend=server.url)
+            floor_app.counter = redis.Redis.from_url(server.url)
+            client = redis.Redis.from_url(server.url)
+            deadline = time.monotonic() + 60
+            while len(floor_app.app.control.ping(timeout=0.5) or []) < 3:
+                assert time.monotonic() < deadline, "floor workers did not start"
+            total = jobs * frames_per_job
+
+            def start() -> None:
+                for job in range(jobs):
+                    floor_app.app.send_task("floor.start", args=[f"job{job}", frames_per_job])
+
+            return measured("Celery floor", client, {q: p.pid for q, p in processes.items()}, total, start,
+                            lambda: int(client.get(floor_app.FRAMES_DONE) or 0) >= total)
+        finally:
+            for process in processes.values():
+                os.killpg(process.pid, 15)
+            for process in processes.values():
+                process.wait(30)
+
+
+def run_fleet(jobs: int, clips: int) -> Measure:
+    from framefleet.workers.app import app, configure
+
+    with tempfile.TemporaryDirectory() as out, LocalRedis() as server:
+        env = {"FRAMEFLEET_BROKER_URL": server.url, "FRAMEFLEET_STORE_URL": f"file://{out}/store",
+               "FRAMEFLEET_LLM_PROVIDER": "offline", "FRAMEFLEET_IMAGE_PROVIDER": "offline",
+               "FRAMEFLEET_SCORER": "heuristic", "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0",
+               "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0", "FRAMEFLEET_LOG_LEVEL": "WARNING"}
+        os.environ.update(env)
+        from framefleet.config.settings import get_settings
+
+        get_settings.cache_clear()
+        configure()
+        client = redis.Redis.from_url(server.url)
+        with Fleet(env, log_dir=f"{out}/logs", shapes=SHAPES) as fleet:
+            requests = [{**demo_request(clips), "overrides": {}} for _ in range(jobs)]
+
+            def start() -> None:
+                for request in requests:
+                    app.send_task(CREATE_STORYBOARD, args=[request])
+
+            def done() -> bool:
+                return client.zcard(RECENT_JOBS) >= jobs and client.scard(ACTIVE_JOBS) == 0
+
+            return measured("framefleet", client, {q: p.pid for q, p in fleet.processes.items()}, jobs * 2 * clips,
+                            start, done)
+
+
+def report(floor: Measure, fleet: Measure, top: int) -> None:
+    console = Console()
+    table = Table(title=f"per frame: {fleet.frames} frames each, submitted at once")
+    for column in ("measure", floor.label, fleet.label, "ratio"):
+        table.add_column(column, justify="right" if column != "measure" else "left")
+
+    def row(name: str, a: float, b: float, unit: str = "", digits: int = 1) -> None:
+        table.add_row(name, f"{a:.{digits}f}{unit}", f"{b:.{digits}f}{unit}", f"{b / a:.2f}×" if a else "-")
+
+    row("Redis commands", floor.per_frame(sum(floor.commands.values())), fleet.per_frame(sum(fleet.commands.values())))
+    row("Redis CPU", 1000 * floor.per_frame(floor.redis_cpu_s), 1000 * fleet.per_frame(fleet.redis_cpu_s), " ms", 2)
+    for queue in ("control", "images", "gpu", "llm", "intake"):
+        row(f"{queue} worker CPU", 1000 * floor.per_frame(floor.worker_cpu_s.get(queue, 0.0)),
+            1000 * fleet.per_frame(fleet.worker_cpu_s.get(queue, 0.0)), " ms")
+    row("frames/s", floor.frames / floor.wall_s, fleet.frames / fleet.wall_s, "", 1)
+    console.print(table)
+    for measure in (floor, fleet):
+        ranked = sorted(measure.commands.items(), key=lambda item: -item[1])[:top]
+        console.print(f"{measure.label}, top commands per frame: "
+                      + ", ".join(f"{name} {count / measure.frames:.1f}" for name, count in ranked))
+        ranked = sorted(measure.command_usec.items(), key=lambda item: -item[1])[:top]
+        console.print(f"{measure.label}, top commands by Redis time per frame (a script's includes what it calls): "
+                      + ", ".join(f"{name} {usec / measure.frames:.0f} µs" for name, usec in ranked))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--clips", type=int, default=2)
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+    floor = run_floor(args.jobs, 2 * args.clips)
+    fleet = run_fleet(args.jobs, args.clips)
+    report(floor, fleet, args.top)
+
+
+if __name__ == "__main__":
+    main()
