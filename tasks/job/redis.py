@@ -11,9 +11,24 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import Script
 from redis.connection import parse_url
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SENTINEL_PORT = 26379
+
+
+class MasterFollowingConnection(SentinelManagedConnection):
+    """A connection to the master the sentinels name, also when a command reconnects.
+
+    redis-py asks the sentinels in ``connect()``, which the pool calls when it hands a connection
+    out; but a command's own retries reconnect through ``send_packed_command``, which reuses the
+    address the connection last had, so every retry of a call that met a failover would go to the
+    dead master and the call would fail however long its retries last.
+    """
+
+    def send_packed_command(self, command, check_health=True):
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
 
 
 def sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], dict]:
@@ -35,10 +50,11 @@ def connect(url: str, settings: Settings, **options) -> redis.Redis:
     """A client of the Redis at ``url`` (``options``: redis-py's connection options).
 
     For a sentinel:// URL, a client of the master the sentinels monitor as
-    ``redis_sentinel_master``: each new connection asks them where the master is now, and a
-    connection that meets a demoted master is dropped, so the client follows a failover. The
-    sentinels are asked once per connection attempt (no retries of their own: the client's retry
-    covers the whole attempt), with ``redis_sentinel_password`` if they require one.
+    ``redis_sentinel_master``: each connection attempt, a command's retries included, asks them
+    where the master is now, and a connection that meets a demoted master is dropped, so the
+    client follows a failover. The sentinels are asked once per attempt (no retries of their own:
+    the client's retry covers the whole attempt), with ``redis_sentinel_password`` if they
+    require one.
     """
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
@@ -48,7 +64,7 @@ def connect(url: str, settings: Settings, **options) -> redis.Redis:
     if settings.redis_sentinel_password is not None:
         asking["password"] = settings.redis_sentinel_password.get_secret_value()
     sentinels = Sentinel(nodes, sentinel_kwargs=asking, **credentials, **options)
-    return sentinels.master_for(settings.redis_sentinel_master)
+    return sentinels.master_for(settings.redis_sentinel_master, connection_class=MasterFollowingConnection)
 
 
 @lru_cache(maxsize=4)

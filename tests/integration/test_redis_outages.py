@@ -4,7 +4,6 @@ writes to it outside a task's own retries: publishing a task, counting a chord's
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
