@@ -54,7 +54,7 @@ flower: $(VENV)/.installed
 	$(BIN)/framefleet flower $(ARGS)
 
 bench-scoring: $(VENV)/.installed-scoring
-	$(BIN)/python -m tests.bench.scoring_bench
+	$(BIN)/python -m tests.bench.scoring_bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(MAINAPP_VENV) output .pytest_cache

@@ -126,6 +126,11 @@ class Scheduling(BaseModel):
     # and up to slot_hold_siblings_s while the rest of its round runs. 0 turns holding off.
     slot_hold_s: float = Field(1.0, ge=0, le=60)
     slot_hold_siblings_s: float = Field(0.25, ge=0, le=60)
+    # Scoring batched across frames (coordination/score_batch.py): a score task scores up to
+    # score_batch_frames rounds waiting on the gpu queue in one pass, waiting at most
+    # score_batch_wait_ms for more to arrive. 1 scores every round alone.
+    score_batch_frames: int = Field(16, ge=1, le=64)
+    score_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
 
 
 class Limits(BaseModel):

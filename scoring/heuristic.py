@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from framefleet.scoring.similarity import colour_layout_embeddings
-from framefleet.scoring.types import MetricScores
+from framefleet.scoring.types import MetricScores, ScoreGroup
 from PIL import Image
 
 
@@ -61,3 +61,7 @@ class HeuristicScorer:
                 consistency=None if consistency is None else [round(float(c), 6) for c in consistency[i]],
             ))
         return results
+
+    def score_groups(self, groups: list[ScoreGroup]) -> list[list[MetricScores]]:
+        """Image statistics have no batch to share: each frame's group is scored as it is alone."""
+        return [self.score(*group) for group in groups]

@@ -22,7 +22,7 @@ import logging
 import math
 
 import torch
-from framefleet.scoring.types import MetricScores
+from framefleet.scoring.types import MetricScores, ScoreGroup
 from framefleet.scoring.weights import (
     ModelSources,
     clip_model_name,
@@ -146,15 +146,16 @@ class ModelScorer:
             self.hps_model, self.hps_preprocess, self.hps_tokenizer = load_hps(s, self.device, precision)
 
     @torch.inference_mode()
-    def pickscore_raw(self, prompt: str, images: list[Image.Image]) -> list[float]:
-        image_inputs = self.pick_processor(images=images, return_tensors="pt").to(self.device)
-        text_inputs = self.pick_processor(text=[prompt], padding=True, truncation=True, max_length=CONTEXT_LENGTH,
+    def pickscore_raw(self, batch: Batch) -> list[float]:
+        image_inputs = self.pick_processor(images=batch.candidates, return_tensors="pt").to(self.device)
+        # Padded to the longest prompt of the pass: the causal text tower reads each prompt's end token
+        # before any padding, so padding changes its embedding only by rounding (docs/scoring.md).
+        text_inputs = self.pick_processor(text=batch.prompts, padding=True, truncation=True, max_length=CONTEXT_LENGTH,
                                           return_tensors="pt").to(self.device)
         image_embeds = normalised(projected(self.pick_model.get_image_features(
             pixel_values=image_inputs["pixel_values"].to(self.dtype))))
         text_embeds = normalised(projected(self.pick_model.get_text_features(**text_inputs)))
-        scale = self.pick_model.logit_scale.float().exp()
-        return (scale * image_embeds @ text_embeds.T).squeeze(-1).tolist()
+        return batch.per_candidate(self.pick_model.logit_scale.float().exp() * image_embeds, text_embeds)
 
     @torch.inference_mode()
     def clip_embeddings(self, images: list[Image.Image]) -> torch.Tensor:
@@ -162,23 +163,32 @@ class ModelScorer:
         return normalised(self.clip_model.encode_image(batch))
 
     @torch.inference_mode()
-    def clip_text_embedding(self, prompt: str) -> torch.Tensor:
-        tokens = self.clip_tokenizer([prompt]).to(self.device)  # open_clip truncates to 77 tokens
+    def clip_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.clip_tokenizer(prompts).to(self.device)  # open_clip truncates (and pads) to 77 tokens
         return normalised(self.clip_model.encode_text(tokens))
 
     @torch.inference_mode()
-    def hps_raw(self, prompt: str, images: list[Image.Image]) -> list[float]:
-        batch = torch.stack([self.hps_preprocess(image) for image in images]).to(self.device, self.dtype)
-        image_embeds = normalised(self.hps_model.encode_image(batch))
-        text_embeds = normalised(self.hps_model.encode_text(self.hps_tokenizer([prompt]).to(self.device)))
-        return (image_embeds @ text_embeds.T).squeeze(-1).tolist()
+    def hps_raw(self, batch: Batch) -> list[float]:
+        images = torch.stack([self.hps_preprocess(image) for image in batch.candidates]).to(self.device, self.dtype)
+        image_embeds = normalised(self.hps_model.encode_image(images))
+        text_embeds = normalised(self.hps_model.encode_text(self.hps_tokenizer(batch.prompts).to(self.device)))
+        return batch.per_candidate(image_embeds, text_embeds)
 
-    @torch.inference_mode()
     def score(self, prompt: str, images: list[Image.Image],
               input_images: list[Image.Image] | None = None) -> list[MetricScores]:
-        results = [MetricScores() for _ in images]
+        return self.score_groups([ScoreGroup(prompt, images, input_images)])[0]
+
+    @torch.inference_mode()
+    def score_groups(self, groups: list[ScoreGroup]) -> list[list[MetricScores]]:
+        """Several frames' candidates in one forward pass per model: the image towers over every
+        frame's candidates (and, for consistency, input images), the text towers over the distinct
+        prompts. Only the per-frame products are taken frame by frame, in the shapes a frame alone
+        has, so each frame gets what ``score`` gives it alone, up to the rounding a matmul's batch
+        shape brings (docs/scoring.md, "Batched across frames")."""
+        batch = Batch(groups)
+        results = [MetricScores() for _ in batch.candidates]
         try:
-            for result, raw in zip(results, self.pickscore_raw(prompt, images), strict=True):
+            for result, raw in zip(results, self.pickscore_raw(batch), strict=True):
                 result.pickscore = round(pickscore_to_100(raw), 4)
                 result.pickscore_raw = raw
         except Exception as error:  # one metric failing must not lose the others
@@ -186,24 +196,55 @@ class ModelScorer:
             for result in results:
                 result.errors["pickscore"] = str(error)
         try:
-            embeddings = self.clip_embeddings(images)
-            cosines = (embeddings @ self.clip_text_embedding(prompt).T).squeeze(-1).tolist()
-            ratings = self.aesthetic(embeddings).squeeze(-1).tolist()  # float32 head on float32 embeddings
-            consistency = (embeddings @ self.clip_embeddings(input_images).T).tolist() if input_images else None
+            embeddings = self.clip_embeddings(batch.candidates + batch.inputs)  # one pass for both
+            candidates, inputs = embeddings[:len(batch.candidates)], embeddings[len(batch.candidates):]
+            cosines = batch.per_candidate(candidates, self.clip_text_embeddings(batch.prompts))
+            ratings = self.aesthetic(candidates).squeeze(-1).tolist()  # float32 head on float32 embeddings
+            consistency = batch.consistency(candidates, inputs)
             for i, result in enumerate(results):
                 result.clip_score = round(clip_score_to_100(cosines[i]), 4)
                 result.aesthetic = round(aesthetic_to_100(ratings[i]), 4)
-                result.consistency = [round(c, 6) for c in consistency[i]] if consistency else None
+                result.consistency = [round(c, 6) for c in consistency[i]] if consistency[i] else None
         except Exception as error:
             log.warning("CLIP-Score/aesthetic failed: %s", error)
             for result in results:
                 result.errors["clip_score"] = result.errors["aesthetic"] = str(error)
         if self.hps_model is not None:
             try:
-                for result, raw in zip(results, self.hps_raw(prompt, images), strict=True):
+                for result, raw in zip(results, self.hps_raw(batch), strict=True):
                     result.hps, result.hps_raw = round(hps_to_100(raw), 4), raw
             except Exception as error:
                 log.warning("HPS failed: %s", error)
                 for result in results:
                     result.errors["hps"] = str(error)
-        return results
+        return batch.split(results)
+
+
+class Batch:
+    """Where each frame's candidates, input images and prompt sit in a pass over several frames."""
+
+    def __init__(self, groups: list[ScoreGroup]):
+        self.prompts = list(dict.fromkeys(group.prompt for group in groups))
+        self.candidates = [image for group in groups for image in group.images]
+        self.inputs = [image for group in groups for image in group.input_images or []]
+        self.frames: list[tuple[slice, slice, int]] = []  # candidates, inputs, prompt row
+        candidate, given = 0, 0
+        for group in groups:
+            inputs = len(group.input_images or [])
+            self.frames.append((slice(candidate, candidate + len(group.images)), slice(given, given + inputs),
+                                self.prompts.index(group.prompt)))
+            candidate, given = candidate + len(group.images), given + inputs
+
+    def per_candidate(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> list[float]:
+        """Each candidate's product with its own frame's prompt."""
+        return [value for candidates, _, prompt in self.frames
+                for value in (image_embeds[candidates] @ text_embeds[prompt:prompt + 1].T).squeeze(-1).tolist()]
+
+    def consistency(self, candidates: torch.Tensor, inputs: torch.Tensor) -> list[list[float] | None]:
+        """Each candidate's cosine to each input image of its own frame (None: the frame has none)."""
+        return [row for own, given, _ in self.frames
+                for row in ((candidates[own] @ inputs[given].T).tolist() if given.stop > given.start
+                            else [None] * (own.stop - own.start))]
+
+    def split(self, results: list[MetricScores]) -> list[list[MetricScores]]:
+        return [results[candidates] for candidates, _, _ in self.frames]

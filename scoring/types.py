@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from PIL import Image
 from pydantic import BaseModel
@@ -24,8 +24,18 @@ class MetricScores(BaseModel):
     errors: dict[str, str] = {}
 
 
+class ScoreGroup(NamedTuple):
+    """One frame's round for ``Scorer.score_groups``: its prompt, candidates and input images."""
+
+    prompt: str
+    images: list[Image.Image]
+    input_images: list[Image.Image] | None = None
+
+
 class Scorer(Protocol):
-    """Load once (``setup``), then score a frame's images in one call (``score``)."""
+    """Load once (``setup``), then score a frame's images in one call (``score``), or several
+    frames' in one pass (``score_groups``: each group gets what ``score`` gives it alone; the
+    models up to the rounding a matmul's batch shape brings)."""
 
     name: str
     # Whether ``score`` compares the images with the frame's input images (consistency): the
@@ -36,3 +46,5 @@ class Scorer(Protocol):
 
     def score(self, prompt: str, images: list[Image.Image],
               input_images: list[Image.Image] | None = None) -> list[MetricScores]: ...
+
+    def score_groups(self, groups: list[ScoreGroup]) -> list[list[MetricScores]]: ...

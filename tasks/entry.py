@@ -49,6 +49,7 @@ from framefleet.tasks.coordination import cancel, recovery
 from framefleet.tasks.coordination.broker import admit_siblings
 from framefleet.tasks.coordination.dispatch import dispatch_ready, planned_round_size
 from framefleet.tasks.coordination.leases import JobClosed, run_step
+from framefleet.tasks.coordination.score_batch import round_of, score_step
 from framefleet.tasks.coordination.slot_hold import HoldsSlot, slot_hold_due
 from framefleet.tasks.job.errors import RequestError
 from framefleet.tasks.job.frames import StaleWrite
@@ -144,13 +145,13 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
 
 @app.task(name=SCORE_VARIATIONS, ignore_result=True)
 def score_variations(results: list[dict], job_id: str, frame: str, revision: int = 0) -> dict:
+    """The round's scores; rounds waiting behind it are scored in the same pass (score_batch.py)."""
     job = Job(job_id)
-    variations = [VariationRecord.model_validate(r) for r in results]
-    source = variations[0].prompt_source if variations else PromptSource.ENHANCED
+    variations, source = round_of(results)
     try:
-        return run_step(job, f"score:{frame}/{revision}/{source}", while_open=True,
+        return run_step(job, score_step(frame, revision, source), while_open=True,
                         stored=lambda: job.rounds.scored(frame, revision, source),
-                        work=lambda: score.score_round(job, frame, revision, source, variations))
+                        work=lambda: score.score_with_waiting(job, frame, revision, source, variations))
     except JobClosed:
         return {"variations": results, "scorer": None, "error": None, "notes": [], "timing": None}
 

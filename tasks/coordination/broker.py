@@ -40,10 +40,11 @@ _waiting: dict[str, tuple[float, bool]] = {}
 class QueuedTask(NamedTuple):
     name: str
     args: list
+    kwargs: dict
 
 
 def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
-    """A kombu message (Celery protocol 2) → its task name and args; None for anything else.
+    """A kombu message (Celery protocol 2) → its task name, args and kwargs; None for anything else.
 
     Unacknowledged entries are ``[message, exchange, routing key]``.
     """
@@ -54,8 +55,8 @@ def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        return QueuedTask(message["headers"]["task"], list(args))
+        args, kwargs = json.loads(body)[:2]
+        return QueuedTask(message["headers"]["task"], list(args), dict(kwargs))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None  # not a Celery message (kombu discards such entries itself)
 
@@ -76,6 +77,18 @@ def queued_tasks(job_id: str) -> list[QueuedTask]:
     # The job id is the first argument, or the second where Celery puts the previous step's
     # result first (a chord body, the next link of a chain: scoring, selection).
     return [task for task in tasks if task is not None and job_id in task.args[:2]]
+
+
+def waiting_tasks(queue: str, name: str, window: int) -> list[QueuedTask]:
+    """The ``name`` tasks waiting in ``queue``, in the order workers will take them, read without
+    taking them: up to ``window`` messages from the served end of each priority list."""
+    with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
+        with connection.default_channel.client.pipeline(transaction=False) as pipe:
+            for served_next in broker_lists(queue):
+                pipe.lrange(served_next, -window, -1)
+            lists = pipe.execute()
+    tasks = (decode_message(raw, unacked=False) for entries in lists for raw in reversed(entries))
+    return [task for task in tasks if task is not None and task.name == name]
 
 
 def admit_round(queue: str, group_id: str) -> int:

@@ -109,7 +109,7 @@ def enhance_prompt_iterative(
     ledger: RoundLedger = NoLedger(),
     may_start_round: Callable[[int], bool] = lambda iteration: True,
 ) -> EnhancementResult:
-    trace(ORIGINAL_PROMPT_TRACE, prompt)  # the trace writer writes nothing once the job is closed
+    trace(ORIGINAL_PROMPT_TRACE, prompt)
     rounds: list[Round] = []
     best: Round | None = None
     current, critique = prompt, None
@@ -193,6 +193,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     guard = BudgetGuard(job, spec)
     started = time.time()
     agents = None
+    traces: dict[str, str] = {}
 
     def check_cancelled() -> None:
         if job.closed():
@@ -212,8 +213,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                 record.original_prompt, agents,
                 max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,
                 convergence_epsilon=config.convergence_epsilon,
-                trace=lambda name, text: None if job.closed() else store.put(
-                    trace_key(job.id, frame, name), text.encode(), "text/plain"),
+                trace=traces.__setitem__,
                 check_cancelled=check_cancelled,
                 ledger=JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations),
                 may_start_round=lambda iteration: not guard.active or guard.llm_round(
@@ -235,6 +235,14 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             log.warning("enhancement failed for %s/%s: %s; using the original prompt", job.id, frame, error)
             enhanced, enhancement = fallback(NoteKind.ENHANCEMENT_FAILED,
                                              "enhancement failed: original prompt, single image", error)
+    # Traces go to the store in one go. A closed job gets none; one closed while they were being
+    # written loses them again, since its cleanup (finalize) may have run before they landed.
+    if traces and not job.closed():
+        for name, text in traces.items():
+            store.put(trace_key(job.id, frame, name), text.encode(), "text/plain")
+        if job.closed():
+            for name in traces:
+                store.delete_prefix(trace_key(job.id, frame, name))
     if usage := getattr(agents, "usage", None):
         usd = settings.tokens_usd(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         job.ledger.add_costs(frame, usd if spec.providers.get("llm") == "openai" else 0.0, **usage)

@@ -77,7 +77,7 @@ def test_a_cancel_during_enhancement_leaves_no_trace_files_behind(celery_app, fl
     job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("cancel-enh"), 3,
                                                                       overrides={"keep_traces": False}))
     deadline = time.monotonic() + 30
-    while not store.list(f"traces/{job_id}"):  # enhancement has started writing its rounds
+    while not store.list(f"traces/{job_id}"):  # a frame's enhancement has written its traces
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert cancel_job(celery_app, job_id)["cancelled"]
