@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from framefleet.config.settings import Settings
+from framefleet.config.settings import Settings, is_sentinel_url
 from kombu.transport import redis as kombu_redis
 
 QUEUES = ("intake", "control", "llm", "images", "gpu")
@@ -92,9 +92,25 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     return limits
 
 
+# A step that sends the next one rides out a Redis restart or a Sentinel failover (about 15 s of
+# retries, like the job-state client's) instead of failing and waiting for the watchdog. Celery's
+# default gives up after 0.6 s.
+PUBLISH_RETRY_POLICY = {"max_retries": 10, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+
+
+def transport_options(settings: Settings, url: str | None) -> dict:
+    """Nothing but the visibility timeout, and with a sentinel:// URL how to find the master: a
+    transport option a main app does not share breaks its traffic (above). ``master_name`` and the
+    sentinels' password only say where the master is, so a main app on the same sentinels names them too."""
+    options: dict = {"visibility_timeout": settings.visibility_timeout_s}
+    if is_sentinel_url(url):
+        options["master_name"] = settings.redis_sentinel_master
+        if settings.redis_sentinel_password is not None:
+            options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password.get_secret_value()}
+    return options
+
+
 def celery_config(settings: Settings) -> dict:
-    # Nothing else: a transport option a main app does not share breaks its traffic (above).
-    transport_options = {"visibility_timeout": settings.visibility_timeout_s}
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,
@@ -105,9 +121,10 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": transport_options,
-        "result_backend_transport_options": transport_options,
+        "broker_transport_options": transport_options(settings, settings.broker_url),
+        "result_backend_transport_options": transport_options(settings, settings.backend_url),
         "broker_connection_retry_on_startup": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         "task_default_queue": "control",
         "task_annotations": task_time_limits(settings),

@@ -6,10 +6,19 @@ from functools import lru_cache
 from typing import Literal
 
 from framefleet.scoring.weights import DEFAULT_SOURCES, ModelSources
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_VARIATIONS = 8  # per frame round, in settings and in a request's overrides
+
+
+# A Replicate model or deployment name, "owner/name".
+REPLICATE_NAME = r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$"
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    """A ``sentinel://HOST:PORT;sentinel://HOST:PORT;...`` URL (kombu's and Celery's form)."""
+    return bool(url) and url.lower().startswith("sentinel://")
 
 
 class ScoreWeights(BaseModel):
@@ -44,6 +53,12 @@ class Infrastructure(BaseModel):
     broker_url: str | None = None
     result_backend: str | None = None
     state_redis_url: str | None = None
+    # Redis Sentinel: a URL `sentinel://HOST:PORT;sentinel://HOST:PORT;...` (any of the three above)
+    # reaches the master these sentinels monitor under this name, and follows it through a failover.
+    # The master's password goes in the URL (`sentinel://:PASSWORD@HOST:PORT`); the sentinels' own,
+    # if they require one, here. Declared after the URLs, which its check reads.
+    redis_sentinel_master: str | None = Field(None, validate_default=True)
+    redis_sentinel_password: SecretStr | None = None
     store_url: str = "file://./output"
     s3_endpoint_url: str | None = None
     s3_server_side_encryption: Literal["AES256", "aws:kms"] | None = None
@@ -60,6 +75,17 @@ class Infrastructure(BaseModel):
     stall_after_s: float = Field(900.0, gt=0)
     # A create that died half-way (stage "creating") is discarded after this long.
     create_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _master_named_for_sentinel_urls(cls, master: str | None, info: ValidationInfo) -> str | None:
+        sentinel_urls = [name for name in ("broker_url", "result_backend", "state_redis_url")
+                         if is_sentinel_url(info.data.get(name))]
+        if sentinel_urls and not master:
+            names = ", ".join(f"FRAMEFLEET_{name.upper()}" for name in sentinel_urls)
+            raise ValueError(f"{names} names Redis Sentinel (sentinel://); set the name of the master "
+                             "the sentinels monitor")
+        return master
 
 
 class Pipeline(BaseModel):
@@ -152,6 +178,9 @@ class Providers(BaseModel):
     judge_max_wait_s: float = Field(60.0, ge=0)  # for the OpenAI budget, per judged frame
     # Replicate (REPLICATE_BASE_URL, read by the official client, points it at a proxy).
     replicate_model: str = "google/nano-banana"
+    # A deployment of replicate_model ("owner/name", with warm instances): its predictions are created
+    # there (POST /v1/deployments/{owner}/{name}/predictions). Other models: their registry entry's.
+    replicate_deployment: str | None = Field(None, pattern=REPLICATE_NAME)
     replicate_prediction_timeout_s: float = Field(300.0, gt=0)
     replicate_http_timeout_s: float = Field(60.0, gt=0)
     replicate_rate_limit: int = Field(600, ge=1)  # prediction creations per window, whole fleet

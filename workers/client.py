@@ -27,6 +27,7 @@ from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import JobStatus
+from framefleet.tasks.job.redis import connect
 from framefleet.tasks.job.requests import precheck_request
 from kombu.utils.url import sanitize_url
 from redis.backoff import NoBackoff
@@ -51,16 +52,22 @@ def check_connection(settings: Settings | None = None, timeout_s: float = 3.0) -
     uses.setdefault(settings.state_url, "job state Redis")
     for url, role in uses.items():
         try:
-            client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-                                          retry=Retry(NoBackoff(), 0))
+            # A sentinel:// URL: the sentinels are asked for the master, then the master is pinged.
+            client = connect(url, settings, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                             retry=Retry(NoBackoff(), 0))
         except ValueError as error:
-            raise FleetUnavailable(f"{role} URL {sanitize_url(url)}: {error}") from None
+            raise FleetUnavailable(f"{role} URL {masked(url)}: {error}") from None
         try:
             client.ping()
         except redis.RedisError as error:
-            raise FleetUnavailable(f"cannot reach the {role} at {sanitize_url(url)} ({error})") from None
+            raise FleetUnavailable(f"cannot reach the {role} at {masked(url)} ({error})") from None
         finally:
             client.close()
+
+
+def masked(url: str) -> str:
+    """The URL with its passwords masked; each part of a ``sentinel://...;sentinel://...`` list too."""
+    return ";".join(sanitize_url(part) for part in url.split(";"))
 
 
 def submit_job(app: Celery, kind: str, request: dict | str, timeout_s: float = 30.0) -> str:

@@ -21,6 +21,7 @@ from framefleet.config.celery import PRIORITY_STEPS, QUEUES, broker_lists
 from framefleet.config.settings import Settings
 from framefleet.tasks.job.keys import FLEET_METRICS, JOB_STATE_COUNTS, PARKED_JOBS
 from framefleet.tasks.job.metrics import HISTOGRAMS, parse_field
+from framefleet.tasks.job.redis import connect
 from framefleet.tasks.job.states import UNFINISHED
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -55,16 +56,18 @@ HISTOGRAM_HELP = {
 }
 
 
-def _client(url: str) -> redis.Redis:
+def _client(url: str, settings: Settings) -> redis.Redis:
     # No long retries: a scrape of a Redis that is down answers at once, with framefleet_redis_up 0.
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=REDIS_TIMEOUT_S,
-                                socket_timeout=REDIS_TIMEOUT_S)
+    # With a sentinel:// URL a scrape reaches the current master (connect).
+    return connect(url, settings, decode_responses=True, socket_connect_timeout=REDIS_TIMEOUT_S,
+                   socket_timeout=REDIS_TIMEOUT_S)
 
 
 class FleetCollector(Collector):
     def __init__(self, settings: Settings, app: Celery):
-        self.state = _client(settings.state_url)
-        self.broker = self.state if settings.broker_url == settings.state_url else _client(settings.broker_url)
+        self.state = _client(settings.state_url, settings)
+        self.broker = (self.state if settings.broker_url == settings.state_url
+                       else _client(settings.broker_url, settings))
         self.app = app
         self.job_p95_alert_s = settings.job_p95_alert_s
 

@@ -6,25 +6,83 @@ from functools import lru_cache
 from importlib.resources import files
 
 import redis
-from framefleet.config.settings import get_settings
-from redis.backoff import ExponentialWithJitterBackoff
+from framefleet.config.settings import Settings, get_settings, is_sentinel_url
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import Script
+from redis.connection import parse_url
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
+
+SENTINEL_PORT = 26379
+
+
+class MasterFollowingConnection(SentinelManagedConnection):
+    """A connection to the master the sentinels name, also when a command reconnects.
+
+    redis-py asks the sentinels in ``connect()``, which the pool calls when it hands a connection
+    out; but a command's own retries reconnect through ``send_packed_command``, which reuses the
+    address the connection last had, so every retry of a call that met a failover would go to the
+    dead master and the call would fail however long its retries last.
+    """
+
+    def send_packed_command(self, command, check_health=True):
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+
+def sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], dict]:
+    """``sentinel://[:PASSWORD@]HOST:PORT[/DB];sentinel://HOST:PORT;...`` → the sentinels' addresses
+    and the master's connection options (db, username, password), read from the first URL, as
+    kombu's broker transport and Celery's result backend read them."""
+    nodes, options = [], {}
+    for number, part in enumerate(chunk.strip() for chunk in url.split(";") if chunk.strip()):
+        if not is_sentinel_url(part):
+            raise ValueError(f"{part.split('://')[0]}:// among sentinel:// URLs; every part must be sentinel://")
+        parsed = parse_url("redis" + part[len("sentinel"):])  # redis-py's own reading of host, port, db, auth
+        nodes.append((parsed.pop("host", "localhost"), parsed.pop("port", SENTINEL_PORT)))
+        if number == 0:
+            options = {key: parsed[key] for key in ("db", "username", "password") if key in parsed}
+    return nodes, options
+
+
+def connect(url: str, settings: Settings, **options) -> redis.Redis:
+    """A client of the Redis at ``url`` (``options``: redis-py's connection options).
+
+    For a sentinel:// URL, a client of the master the sentinels monitor as
+    ``redis_sentinel_master``: each connection attempt, a command's retries included, asks them
+    where the master is now, and a connection that meets a demoted master is dropped, so the
+    client follows a failover. The sentinels are asked once per attempt (no retries of their own:
+    the client's retry covers the whole attempt), with ``redis_sentinel_password`` if they
+    require one.
+    """
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **options)
+    nodes, credentials = sentinel_nodes(url)
+    asking = {key: value for key, value in options.items() if key.startswith("socket_")}
+    asking["retry"] = Retry(NoBackoff(), 0)
+    if settings.redis_sentinel_password is not None:
+        asking["password"] = settings.redis_sentinel_password.get_secret_value()
+    sentinels = Sentinel(nodes, sentinel_kwargs=asking, **credentials, **options)
+    return sentinels.master_for(settings.redis_sentinel_master, connection_class=MasterFollowingConnection)
 
 
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
-    # Ride out a Redis restart (a few seconds) instead of failing the task that noticed it.
+    # Ride out a Redis restart or a Sentinel failover (a few seconds) instead of failing the task
+    # that noticed it.
     retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), retries=8)
-    return redis.Redis.from_url(url, decode_responses=True, retry=retry, health_check_interval=15,
-                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    return connect(url, get_settings(), decode_responses=True, retry=retry, health_check_interval=15,
+                   retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 def state_client() -> redis.Redis:
-    url = get_settings().state_url
-    if not url:
+    """Job state, leases, limiters, events, the exporter: every Redis call of the fleet outside
+    Celery's own goes through this client (it follows a Sentinel failover, see ``connect``)."""
+    settings = get_settings()
+    if not settings.state_url:
         raise RuntimeError("FRAMEFLEET_BROKER_URL (or FRAMEFLEET_STATE_REDIS_URL) is not set")
-    return _client(url)
+    return _client(settings.state_url)
 
 
 @lru_cache(maxsize=None)

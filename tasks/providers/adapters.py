@@ -2,7 +2,8 @@
 
 Each entry says how a Replicate model names its inputs: the prompt field, the input-image field
 and whether it takes a list, the aspect-ratio field, the seed field (null: the model has no
-seed and varies by itself), the output-format field, and fixed inputs.
+seed and varies by itself), the output-format field, and fixed inputs; and optionally the
+deployment ("owner/name") that runs the model, where its predictions are then created.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from framefleet.config.settings import REPLICATE_NAME, Settings
+from pydantic import BaseModel, ConfigDict, Field
 
 REGISTRY_FILE = Path(__file__).with_name("image_models.json")
 
@@ -32,6 +34,7 @@ class ImageModelAdapter(BaseModel):
     seed: str | None
     output_format: OutputFormat | None
     fixed: dict[str, Any] = {}
+    deployment: str | None = Field(None, pattern=REPLICATE_NAME)
 
     def build_input(self, prompt: str, images: list, aspect_ratio: str, seed: int) -> dict[str, Any]:
         """The model's input: with several input images, a single-image model gets the newest."""
@@ -51,6 +54,15 @@ class ImageModelAdapter(BaseModel):
 def image_model_registry() -> dict[str, ImageModelAdapter]:
     raw = json.loads(REGISTRY_FILE.read_text())
     return {name: ImageModelAdapter.model_validate(entry) for name, entry in raw.items()}
+
+
+def replicate_deployment(model: str, settings: Settings) -> str | None:
+    """Where predictions of ``model`` are created: ``FRAMEFLEET_REPLICATE_DEPLOYMENT`` for the
+    fleet's model (``FRAMEFLEET_REPLICATE_MODEL``), else the model's registry entry; None: the
+    public model itself."""
+    if model == settings.replicate_model and settings.replicate_deployment:
+        return settings.replicate_deployment
+    return image_model_adapter(model).deployment
 
 
 def image_model_adapter(name: str) -> ImageModelAdapter:

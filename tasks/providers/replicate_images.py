@@ -1,5 +1,7 @@
 """Image generation on Replicate through the official client, within the account's budgets.
 
+A model's predictions are created on the model itself, or on the account's deployment of it
+(``replicate_deployment``, adapters.py): warm instances instead of a public model's cold boots.
 Budgets (``replicate_rate_limit`` creations and ``replicate_other_rate_limit`` other calls per
 ``replicate_rate_window_s``) are taken from fleet-wide limiters in Redis before every API call; a
 429 pauses the whole fleet for as long as Replicate asked, at most ``provider_max_pause_s``. Every
@@ -33,7 +35,7 @@ from framefleet.config.settings import Settings
 from framefleet.tasks.job.keys import JobKeys
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.redis import state_client
-from framefleet.tasks.providers.adapters import image_model_adapter
+from framefleet.tasks.providers.adapters import image_model_adapter, replicate_deployment
 from framefleet.tasks.providers.base import GenerationStopped, ImageGenerationError, ImageRequest, StopCheck
 from framefleet.tasks.providers.ratelimit import (
     DEFAULT_PAUSE_S,
@@ -185,11 +187,16 @@ class ReplicateImageGenerator:
             raise
 
     @provider_retry
-    def _create(self, model: str, body: dict, on_wait, deadline: float, should_stop: StopCheck | None) -> object:
+    def _create(self, model: str, deployment: str | None, body: dict, on_wait, deadline: float,
+                should_stop: StopCheck | None) -> object:
+        """A prediction of the public ``model``, or on its ``deployment`` (the account's own warm
+        instances): the same creation budget, and the same predictions API after it."""
         waited = self._slot(self.creations, deadline, should_stop)
         if waited > 0:
             on_wait(waited)
         try:
+            if deployment:
+                return self.client.deployments.predictions.create(deployment=deployment, input=body)
             return self.client.models.predictions.create(model=model, input=body)
         except RateLimited as error:
             self.creations.pause(error.retry_after)
@@ -267,7 +274,7 @@ class ReplicateImageGenerator:
     # generation ---------------------------------------------------------------------------------
     def generate(self, request: ImageRequest, should_stop: StopCheck | None = None) -> bytes:
         model = request.model or self.settings.replicate_model
-        adapter = image_model_adapter(model)
+        adapter, deployment = image_model_adapter(model), replicate_deployment(model, self.settings)
         job = Job(request.job_id) if request.job_id else None
         frame = request.frame or "?"
         # Uploads and the wait for a creation slot end by the same deadline as a prediction.
@@ -284,7 +291,7 @@ class ReplicateImageGenerator:
                 if job:
                     job.ledger.add_costs(frame, creation_waits=1, creation_wait_ms=round(seconds * 1000))
 
-            created = self._create(model, body, count_wait, deadline, should_stop)
+            created = self._create(model, deployment, body, count_wait, deadline, should_stop)
             self.board.track(created.id, created.created_at)
             prediction_id = created.id
             if job:

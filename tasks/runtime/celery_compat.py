@@ -1,8 +1,11 @@
-"""Fixes for Celery/kombu defects that end a worker on Redis; every worker imports this (``include``).
+"""Fixes for Celery/kombu defects that end a worker on Redis, or break a chord when Redis restarts
+or fails over; every worker imports this (``include``).
 
-The restart fix is gated to the Celery releases that have the defect; kombu has the other one in
-5.6.2 and in its newest release, 5.7.0. tests/integration/test_broker_restart.py checks the
-behaviour, so an upgrade that still has a defect, or moved the code patched here, fails there.
+The restart fix is gated to the Celery releases that have the defect; kombu has the undecodable
+entry defect in 5.6.2 and in its newest release, 5.7.0, and Celery's Redis result backend counts a
+chord's parts without retries in every release. tests/integration/test_broker_restart.py and
+test_redis_outages.py check the behaviour, so an upgrade that still has a defect, or moved the
+code patched here, fails there.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 from queue import Empty
 
 import celery
+from celery.backends.redis import RedisBackend
 from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
 
@@ -56,6 +60,26 @@ def _discard_undecodable(brpop_read):
     return brpop_read_discarding
 
 
+def _count_chord_part_with_retries(on_chord_part_return):
+    """Celery's Redis result backend stores a task's result with retries (``ensure``: the result
+    backend's retry policy, 20 tries a second apart) but counts it into its chord with none. A
+    connection lost in between (a Redis restart, a Sentinel failover) fails a task that succeeded,
+    its FAILURE result errors the chord, and the chord body (a frame's scoring) never runs.
+
+    Retried here like the result: Celery's script adds each header task once, and the body goes
+    to the one caller that claims it, so a retry after a count that did land counts nothing twice
+    and, while the claim lasts, sends nothing twice (a body sent again later is a second copy of a
+    step, which the fleet's leases and transition table make harmless).
+    """
+
+    @functools.wraps(on_chord_part_return)
+    def count_with_retries(self: RedisBackend, request, state, result, **kwargs):
+        return self.ensure(functools.partial(on_chord_part_return, self, **kwargs), (request, state, result))
+
+    return count_with_retries
+
+
+RedisBackend.on_chord_part_return = _count_chord_part_with_retries(RedisBackend.on_chord_part_return)
 if CLOSE_AFTER_COLLECT:
     Connection.collect = _forget_default_channel_after_collect(Connection.collect)
 kombu_redis.Channel._brpop_read = _discard_undecodable(kombu_redis.Channel._brpop_read)

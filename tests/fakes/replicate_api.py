@@ -4,10 +4,14 @@ cancels, file uploads) per ``window_s`` sliding window (600 and 3000 per 60 s on
 a ``scale`` of 0.1 gives 60 and 300 per 6 s, the same per-second rates in a tenth of the time).
 Over a budget: 429 with Replicate's documented body and a Retry-After header.
 
-Predictions run on a clock: ``starting`` for ``start_s``, ``processing`` for ``run_s``, then
-``succeeded`` (or ``failed`` for a seed in ``fail_seeds``). ``Cancel-After`` on a creation is
-honoured: past it, a prediction is ``aborted`` (never started) or ``canceled``. ``GET
-/v1/predictions`` lists newest first, ``page_size`` per page, with a cursor to the next page.
+Predictions are created on a public model (``POST /v1/models/{owner}/{name}/predictions``) or on
+one of the account's ``deployments`` (``POST /v1/deployments/{owner}/{name}/predictions``; the
+prediction names its ``deployment``); both spend the creation budget, and their predictions are
+listed, fetched and cancelled alike. Predictions run on a clock: ``starting`` for ``start_s``,
+``processing`` for ``run_s``, then ``succeeded`` (or ``failed`` for a seed in ``fail_seeds``).
+``Cancel-After`` on a creation is honoured: past it, a prediction is ``aborted`` (never started)
+or ``canceled``. ``GET /v1/predictions`` lists newest first, ``page_size`` per page, with a cursor
+to the next page.
 Output downloads (Replicate's file delivery host) are outside the budgets.
 """
 
@@ -75,6 +79,7 @@ class FakeReplicate(StandIn):
         self.never_finish = False
         self.hidden_from_list: set[str] = set()
         self.files: dict[str, bytes] = {}
+        self.deployments: dict[str, str] = {}  # the account's deployments: "owner/name" → the model it runs
         self.predictions: dict[str, dict] = {}
         self.creations: list[dict] = []  # accepted creations: {"time", "model", "input", "id"}
         self.canceled: list[str] = []
@@ -146,6 +151,8 @@ class FakeReplicate(StandIn):
             ("POST", r"/v1/files", "files", lambda m: self.create_file(handler)),
             ("POST", r"/v1/models/([^/]+)/([^/]+)/predictions", "create",
              lambda m: self.create_prediction(handler, f"{m.group(1)}/{m.group(2)}")),
+            ("POST", r"/v1/deployments/([^/]+)/([^/]+)/predictions", "create",
+             lambda m: self.create_deployment_prediction(handler, f"{m.group(1)}/{m.group(2)}")),
             ("GET", r"/v1/predictions", "list", lambda m: self.list_predictions(handler)),
             ("GET", r"/v1/predictions/([^/]+)", "get", lambda m: self.get_prediction(handler, m.group(1))),
             ("POST", r"/v1/predictions/([^/]+)/cancel", "cancel",
@@ -194,7 +201,14 @@ class FakeReplicate(StandIn):
                            "created_at": iso(time.time()), "expires_at": iso(time.time() + 86400),
                            "urls": {"get": f"{self.base_url}/files/{file_id}"}})
 
-    def create_prediction(self, handler: JsonHandler, model: str) -> None:
+    def create_deployment_prediction(self, handler: JsonHandler, deployment: str) -> None:
+        """``POST /v1/deployments/{owner}/{name}/predictions``: a prediction of the model the
+        deployment runs, named in its ``deployment`` field; 404 for a deployment the account lacks."""
+        if deployment not in self.deployments:
+            return handler.send(404, {"detail": "Not found.", "status": 404})
+        self.create_prediction(handler, self.deployments[deployment], deployment)
+
+    def create_prediction(self, handler: JsonHandler, model: str, deployment: str | None = None) -> None:
         body = json.loads(handler.body())
         cancel_after = handler.headers.get("Cancel-After")
         with self.lock:
@@ -203,15 +217,16 @@ class FakeReplicate(StandIn):
             if step is None:
                 prediction_id = f"pred{next(self.ids)}"
                 now = time.time()
-                prediction = {"id": prediction_id, "model": model, "version": "", "status": "starting",
+                prediction = {"id": prediction_id, "model": model, "version": "", "deployment": deployment,
+                              "status": "starting",
                               "input": body["input"], "output": None, "logs": "", "error": None, "metrics": {},
                               "created_at": iso(now),
                               "created": now, "cancel_after": parse_duration(cancel_after) if cancel_after else None,
                               "urls": {"get": f"{self.base_url}/v1/predictions/{prediction_id}",
                                        "cancel": f"{self.base_url}/v1/predictions/{prediction_id}/cancel"}}
                 self.predictions[prediction_id] = prediction
-                self.creations.append({"time": now, "model": model, "input": body["input"], "id": prediction_id,
-                                       "cancel_after": prediction["cancel_after"]})
+                self.creations.append({"time": now, "model": model, "deployment": deployment, "input": body["input"],
+                                       "id": prediction_id, "cancel_after": prediction["cancel_after"]})
         if step and step[0] == "429":
             return self.send_scripted_error(handler, step[1], step[2] if len(step) > 2 else step[1])
         if step and step[0] == "500":

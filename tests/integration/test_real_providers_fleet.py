@@ -1,4 +1,5 @@
-"""Whole jobs with both real providers (official clients) against the local API stand-ins."""
+"""Whole jobs with both real providers (official clients) against the local API stand-ins; the
+fleet's image model runs on a Replicate deployment, a job's other model on its public endpoint."""
 
 from __future__ import annotations
 
@@ -16,15 +17,19 @@ from tests.helpers import put_reference, run_job, stand_in_env, storyboard_reque
 pytestmark = pytest.mark.integration
 
 OPENAI_KEY, REPLICATE_TOKEN = "sk-secret-key-4711", "r8-secret-token-0815"
+# The fleet's model runs on the account's deployment (warm instances); other models on their public endpoint.
+DEPLOYMENT = "acme/warm-banana"
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, start_fleet):
     root = tmp_path_factory.mktemp("artifacts-real")
     with FakeOpenAI() as openai_api, FakeReplicate() as replicate_api:
+        replicate_api.deployments[DEPLOYMENT] = "google/nano-banana"
         fleet = start_fleet({
             "FRAMEFLEET_STORE_URL": f"file://{root}", **stand_in_env(openai_api, replicate_api, OPENAI_KEY,
                                                                       REPLICATE_TOKEN),
+            "FRAMEFLEET_REPLICATE_DEPLOYMENT": DEPLOYMENT,
             # One listing a second, as in production.
             "FRAMEFLEET_REPLICATE_POLL_INTERVAL_S": "1.0", "FRAMEFLEET_SCORER": "heuristic",
             "FRAMEFLEET_LOG_LEVEL": "DEBUG",
@@ -53,7 +58,8 @@ def test_two_clip_storyboard_on_openai_and_replicate(celery_app, services):
     assert sum(replicate_api.throttled.values()) == 0
     assert manifest["providers"] == {"llm": "openai", "images": "replicate"}
     creations = replicate_api.creations[before:]
-    assert len(creations) == 16 and {c["model"] for c in creations} == {"google/nano-banana"}
+    assert len(creations) == 16 and {(c["model"], c["deployment"]) for c in creations} == {
+        ("google/nano-banana", DEPLOYMENT)}
     frames = {f["name"]: f for f in manifest["frames"]}
     for frame in frames.values():
         assert frame["enhanced_prompt"].endswith(" refined refined")  # two rounds: 75, then 90 ≥ 85
@@ -90,6 +96,7 @@ def test_a_failed_prediction_among_four_is_a_failure_record_for_that_variation(c
     assert "NSFW" in by_index[2]["error"] and by_index[2]["key"] is None and by_index[2]["rank"] is None
     assert all(by_index[i]["key"] and by_index[i]["error"] is None for i in (1, 3, 4))
     assert first["selected"]["index"] != 2
+    assert {c["deployment"] for c in replicate_api.creations if c["model"] == "bytedance/seedream-4"} == {None}
     assert manifest["cost"]["frames"][frame]["predictions_created"] == 5  # 4 + the one retry
 
 
@@ -142,5 +149,6 @@ def test_cancelling_a_job_cancels_its_predictions_on_replicate(celery_app, servi
         assert wait_for_job(job_id, timeout_s=60).outcome == "cancelled"
         created = {c["id"] for c in replicate_api.creations[before:]}
         assert created <= set(replicate_api.canceled)
+        assert {c["deployment"] for c in replicate_api.creations[before:]} == {DEPLOYMENT}
     finally:
         replicate_api.never_finish = False
