@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras installed with the package; the container images use EXTRAS=monitor (see deploy/).
 EXTRAS ?= dev
 
-.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load bench-request-memory bench-overhead
+.PHONY: demo test bench bench-scoring bench-providers flower install install-scoring clean eval bench-load bench-request-memory bench-overhead bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,3 +85,9 @@ bench-providers: $(VENV)/.installed
 # Celery app with the same frame shape (docs/benchmarks.md).
 bench-overhead: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.overhead_bench $(ARGS)
+
+# Flat growth: the per-frame cost with 1,000 jobs in flight and 10,000 finished beside 16 jobs, Redis
+# memory per job, and the job list, resume and a watchdog round at N and 4N finished jobs
+# (docs/benchmarks.md; ARGS="--jobs 200 --finished 2000" for a quick look).
+bench-scale: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.scale_bench $(ARGS)

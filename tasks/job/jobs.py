@@ -29,8 +29,11 @@ def active_job_ids(limit: int, client: redis.Redis | None = None) -> list[str]:
     return [job_id for job_id, _ in ordered[:limit]]
 
 
-def parked_jobs(client: redis.Redis | None = None) -> dict[str, str]:
-    return (client or state_client()).hgetall(PARKED_JOBS)
+def parked_reasons(job_ids: list[str], client: redis.Redis | None = None) -> dict[str, str]:
+    """Why each of ``job_ids`` that the watchdog parked was parked (read for those ids only: the
+    parked list keeps job_ttl_s of them)."""
+    reasons = (client or state_client()).hmget(PARKED_JOBS, job_ids) if job_ids else []
+    return {job_id: why for job_id, why in zip(job_ids, reasons) if why is not None}
 
 
 def statuses(job_ids: list[str], client: redis.Redis | None = None) -> list[dict | None]:
@@ -45,7 +48,7 @@ def job_summaries(active_only: bool, limit: int) -> list[JobSummary]:
     """The newest ``limit`` of the recent jobs, or of the active ones (so running jobs older than
     the newest ``limit`` are listed too), with one pipeline of status reads."""
     job_ids = active_job_ids(limit) if active_only else recent_jobs(limit)
-    parked = parked_jobs()
+    parked = parked_reasons(job_ids)
     rows = []
     for job_id, raw in zip(job_ids, statuses(job_ids)):
         if raw is None:  # expired
