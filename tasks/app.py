@@ -10,7 +10,12 @@ app = Celery("framefleet", include=["framefleet.tasks.entry", "framefleet.tasks.
 
 def configure(settings: Settings | None = None) -> Celery:
     """(Re)apply settings, e.g. after the demo has started its own Redis and set the broker URL."""
-    app.conf.update(celery_config(settings or get_settings()))
+    config = celery_config(settings or get_settings())
+    if config["broker_url"] != app.conf.broker_url:
+        # Connections pooled for the old broker would still carry sends and broadcasts there
+        # (Celery resets its pools only after a fork).
+        app._after_fork()
+    app.conf.update(config)
     return app
 
 
