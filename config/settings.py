@@ -127,8 +127,8 @@ class Scheduling(BaseModel):
     slot_hold_s: float = Field(1.0, ge=0, le=60)
     slot_hold_siblings_s: float = Field(0.25, ge=0, le=60)
     # Scoring batched across frames (coordination/score_batch.py): a score task scores up to
-    # score_batch_frames rounds waiting on the gpu queue in one pass, waiting at most
-    # score_batch_wait_ms for more to arrive. 1 scores every round alone.
+    # score_batch_frames rounds waiting on the gpu queue in one pass; when fewer wait, it waits
+    # score_batch_wait_ms and reads the queue once more. 1 scores every round alone.
     score_batch_frames: int = Field(16, ge=1, le=64)
     score_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
 
