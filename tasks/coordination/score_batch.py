@@ -104,7 +104,12 @@ def take_waiting(taken: list[WaitingRound], seen: set[tuple[str, str]], limit: i
         for task in queued:
             if len(taken) == limit:
                 return
-            if (waiting := take(task, seen)) is not None:
+            try:
+                waiting = take(task, seen)
+            except (redis.RedisError, OSError) as error:  # the pass goes on with the rounds it has
+                log.warning("could not take a waiting round to score together: %s", error)
+                return
+            if waiting is not None:
                 taken.append(waiting)
         if len(taken) == limit or wait_s <= 0 or attempt == 2:
             return

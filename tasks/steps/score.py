@@ -89,9 +89,25 @@ def score_with_waiting(job: Job, frame: str, revision: int, source: str, variati
         results = score_rounds([own, *(scoring for _, scoring in joined)])
         own.save(results[0])
         for (taken, scoring), result in zip(joined, results[1:], strict=True):
-            scoring.save(result)
-            taken.lease.release(finished=True)
+            store_waiting(taken, scoring, result)
     return results[0]
+
+
+def store_waiting(taken: WaitingRound, scoring: ScoringRound, result: dict) -> None:
+    """A waiting round's outcome from the pass, stored and its lease released. One the pass failed
+    for (an error, a metric that failed) is not stored: its own task scores it alone, perhaps on
+    another worker, so a failure of this worker or of this pass's size never becomes another
+    frame's outcome. A write that fails leaves that round to the watchdog, not this task's own."""
+    try:
+        if result["error"] is None and not result["notes"]:
+            scoring.save(result)
+        taken.lease.release(finished=True)
+    except Exception as error:  # noqa: BLE001 — this task's own round is stored: it must return it
+        log.warning("%s not stored from this pass: %s", scoring.name, error)
+        try:
+            taken.lease.release(finished=False)
+        except Exception:  # noqa: BLE001 — no longer renewed either: it runs out for the watchdog
+            log.warning("lease %s left to run out", taken.lease.key)
 
 
 def join(taken: WaitingRound) -> ScoringRound | None:

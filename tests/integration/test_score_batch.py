@@ -147,6 +147,55 @@ def test_a_pass_that_fails_leaves_every_round_it_took_to_the_watchdog(rounds, ce
                                                                 for job_id, _ in jobs}
 
 
+def test_a_failure_of_the_leaders_worker_stays_the_leaders(rounds, celery_app, monkeypatch):
+    """The scorer fails once on the leader's worker (a model load, a GPU error): the leader's own
+    round gets the scoring fallback, the rounds it took are given back unstored, and their own
+    tasks score them."""
+    from framefleet.tasks import entry
+    from framefleet.tasks.steps import score
+
+    jobs = [rounds() for _ in range(3)]
+    for job_id, results in jobs[1:]:
+        queue_score(celery_app, job_id, results)
+    real, calls = score.process_scorer, []
+
+    def fails_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real()
+
+    monkeypatch.setattr(score, "process_scorer", fails_once)
+    own = entry.score_variations(jobs[0][1], jobs[0][0], FRAME)
+    assert own["error"] == "CUDA error: out of memory" and own["scorer"] is None
+    assert all(scored(job_id) is None and Job(job_id).leases.running_steps() == [] for job_id, _ in jobs[1:])
+    for job_id, results in jobs[1:]:  # (the first of them leads a pass over the other)
+        alone = entry.score_variations(results, job_id, FRAME)
+        assert alone["error"] is None and all(v["scores"]["overall"] is not None for v in alone["variations"])
+
+
+def test_a_write_that_fails_for_a_taken_round_leaves_the_leaders_task_whole(rounds, celery_app, monkeypatch):
+    """Storing another round's outcome fails (its write meets a Redis error): the leader's task
+    still returns its own stored outcome, and only that other round is left to the watchdog."""
+    from framefleet.tasks import entry
+    from framefleet.tasks.job.rounds import Rounds
+
+    (leader, leader_results), (other, other_results) = rounds(), rounds()
+    queue_score(celery_app, other, other_results)
+    real = Rounds.save_scored
+
+    def fails_for_other(self, frame, revision, source, result):
+        if self.job.id == other:
+            raise redis.ConnectionError("Connection reset by peer")
+        return real(self, frame, revision, source, result)
+
+    monkeypatch.setattr(Rounds, "save_scored", fails_for_other)
+    result = entry.score_variations(leader_results, leader, FRAME)
+    assert scored(leader) == result and scored(other) is None
+    dead = take_dead_leases()
+    assert dead.get(other) == [f"score:{FRAME}/0/{ENHANCED}"] and leader not in dead
+
+
 def test_a_lease_that_cannot_be_released_does_not_keep_the_others(rounds, celery_app, monkeypatch):
     """A failed pass whose first release cannot be written (Redis restarting) still releases the
     rest, and none stays with this process's lease keeper: one it kept would be renewed while the
