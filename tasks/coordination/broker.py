@@ -29,9 +29,12 @@ BROKER_TIMEOUT_S = 5  # waiting for a pooled broker connection
 # round's messages are sent one after another, so they sit next to the one just taken.
 SIBLING_WINDOW = 64
 # A round's siblings are admitted once per worker process (the first of them to start here; the
-# rest find nothing left to move), and whether new jobs wait is read at most this often.
+# rest find nothing left to move).
 ADMITTED_MEMORY = 256
-WAITING_MAX_AGE_S = 0.5
+# How long this process trusts its last read of whether new jobs wait: a "no" briefly, since a job
+# that arrives meanwhile loses the running jobs' next hand-over to it (no slot is held); a "yes"
+# longer, since a stale one only holds a slot until the job's next round.
+WAITING_MAX_AGE_S = {True: 0.5, False: 0.1}
 
 _admitted: collections.deque[str] = collections.deque(maxlen=ADMITTED_MEMORY)
 _waiting: dict[str, tuple[float, bool]] = {}
@@ -123,9 +126,9 @@ def admit_siblings(queue: str, request, job_id: str, frame: str) -> None:
 
 def jobs_waiting_for(queue: str) -> bool:
     """Whether any message waits in ``queue``'s lower priority lists (new jobs' first frames), as
-    read at most WAITING_MAX_AGE_S ago in this process."""
+    read at most WAITING_MAX_AGE_S[answer] ago in this process."""
     read_at, answer = _waiting.get(queue, (float("-inf"), False))
-    if time.monotonic() - read_at <= WAITING_MAX_AGE_S:
+    if time.monotonic() - read_at <= WAITING_MAX_AGE_S[answer]:
         return answer
     _, *waiting = broker_lists(queue)
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:

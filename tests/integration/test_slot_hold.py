@@ -50,7 +50,7 @@ def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame
                                                                                              monkeypatch):
     from framefleet.tasks.coordination import broker
 
-    monkeypatch.setattr(broker, "WAITING_MAX_AGE_S", 0.0)  # read the broker at every call
+    monkeypatch.setattr(broker, "WAITING_MAX_AGE_S", {True: 0.0, False: 0.0})  # read the broker at every call
     job_id, settings = enqueued_job
     state = Job(job_id)
     spec = state.spec
