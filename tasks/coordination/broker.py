@@ -44,10 +44,11 @@ class QueuedTask(NamedTuple):
     name: str
     args: list
     kwargs: dict
+    id: str = ""
 
 
 def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
-    """A kombu message (Celery protocol 2) → its task name, args and kwargs; None for anything else.
+    """A kombu message (Celery protocol 2) → its task name, args, kwargs and id; None for anything else.
 
     Unacknowledged entries are ``[message, exchange, routing key]``.
     """
@@ -59,7 +60,8 @@ def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         args, kwargs = json.loads(body)[:2]
-        return QueuedTask(message["headers"]["task"], list(args), dict(kwargs))
+        headers = message["headers"]
+        return QueuedTask(headers["task"], list(args), dict(kwargs), headers.get("id") or "")
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None  # not a Celery message (kombu discards such entries itself)
 

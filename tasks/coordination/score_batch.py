@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import kombu.exceptions
 import redis
+from celery.worker.state import revoked
 from framefleet.config.celery import SCORE_VARIATIONS, TASK_QUEUES
 from framefleet.tasks.coordination.broker import QueuedTask, waiting_tasks
 from framefleet.tasks.coordination.leases import JobClosed, Lease
@@ -118,7 +119,10 @@ def take_waiting(taken: list[WaitingRound], seen: set[tuple[str, str]], limit: i
 
 def take(task: QueuedTask, seen: set[tuple[str, str]]) -> WaitingRound | None:
     """The queued round with its lease taken, or None where its own task must run it: another
-    copy holds the lease, its outcome is stored, its job is closed, or this leader met it already."""
+    copy holds the lease, its outcome is stored, its job is closed, or this leader met it already;
+    or nobody needs it: its message was revoked (a cancel), or its revision is not the job's."""
+    if task.id in revoked:
+        return None
     try:
         results, job_id, frame, revision = score_arguments(*task.args, **task.kwargs)
         variations, source = round_of(results)
@@ -137,10 +141,11 @@ def take(task: QueuedTask, seen: set[tuple[str, str]]) -> WaitingRound | None:
         return None
     try:
         stored = job.rounds.scored(frame, revision, source)  # a copy that finished before the lease was free
+        current = job.revision()
     except BaseException:
         lease.release(finished=False)
         raise
-    if stored is not None:
+    if stored is not None or revision != current:
         lease.release(finished=True)
         return None
     return WaitingRound(job, frame, revision, source, variations, lease)

@@ -119,6 +119,26 @@ def test_a_round_its_own_task_must_run_is_not_taken(rounds, celery_app):
         other_copy.release(finished=True)
 
 
+def test_a_round_nobody_needs_is_not_taken(rounds, celery_app):
+    """Not taken either: a round whose message was revoked (a cancel; the worker's revoked ids),
+    and a round of a revision that is not the job's. Nothing is stored for them."""
+    from celery.worker import state
+    from framefleet.tasks import entry
+
+    (leader, leader_results), (revoked, revoked_results), (other, other_results) = rounds(), rounds(), rounds()
+    sent = celery_app.signature(SCORE_VARIATIONS, args=(revoked_results, revoked, FRAME),
+                                kwargs={"revision": 0}).apply_async()
+    state.revoked.add(sent.id)  # as this worker's revoke handler records it
+    celery_app.signature(SCORE_VARIATIONS, args=(other_results, other, FRAME), kwargs={"revision": 3}).apply_async()
+    try:
+        result = entry.score_variations(leader_results, leader, FRAME)
+    finally:
+        state.revoked.discard(sent.id)
+    assert result["batch"]["frames"] == 1
+    assert scored(revoked) is None and Job(other).rounds.scored(FRAME, 3, ENHANCED) is None
+    assert Job(revoked).leases.running_steps() == [] == Job(other).leases.running_steps()
+
+
 def test_a_pass_that_fails_leaves_every_round_it_took_to_the_watchdog(rounds, celery_app, monkeypatch):
     """While the pass runs, each round it took holds its lease in the fleet's index, with a
     deadline: a leader that dies stops renewing them and the watchdog re-drives those rounds once
