@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.keys import ACTIVE_JOBS, FLEET_METRICS, JOB_STATE_COUNTS
-from framefleet.tasks.job.records import JobEvent, JobStatus
+from framefleet.tasks.job.records import JobStatus
 from framefleet.tasks.job.redis import script
 from framefleet.tasks.job.states import JobState, allowed_from
 
@@ -60,7 +60,7 @@ class Progress:
               count: tuple[str, float, int] | None = None, on_entering: metrics.Increments | None = None,
               **fields) -> bool:
         """Write status fields (``to``: the job state they move it to), append the message to the
-        history and publish the change. ``progress``: a step's report, whose ``percent`` never
+        history and publish the change (in the same script, so events keep the order of writes). ``progress``: a step's report, whose ``percent`` never
         lowers the stored one. ``active``: put the job on (True) or take it off (False) the
         watchdog's active list in the same transaction, so nobody sees a finished job still active
         or a running one inactive. ``count``: (a counter field, its share of the progress bar, its
@@ -73,18 +73,12 @@ class Progress:
         fields["updated_at"] = time.time()
         history = f"{fields.get('stage', '')}: {fields['message']}" if "message" in fields else ""
         allowed = ",".join(allowed_from(to)) if to is not None else ""
-        current = script(self.r, "write_status")(
-            keys=[self.keys.status, self.keys.history, ACTIVE_JOBS, JOB_STATE_COUNTS, FLEET_METRICS],
+        written = script(self.r, "write_status")(
+            keys=[self.keys.status, self.keys.history, ACTIVE_JOBS, JOB_STATE_COUNTS, FLEET_METRICS, self.keys.events],
             args=[allowed, "1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active],
                   self.job.id, self.job.ttl, *(count or ("", 0, 0)), *metrics.script_args(on_entering or {}),
                   *[part for item in flatten(fields).items() for part in item]])
-        if not current:
-            return False
-        state, stage, message, percent, frame, revision = current
-        event = JobEvent(state=state or "queued", stage=stage or "", message=message or "", percent=float(percent or 0),
-                         frame=frame or None, revision=int(revision or 0))
-        self.r.publish(self.keys.events, event.model_dump_json())
-        return True
+        return bool(written)
 
     def prompt_enhanced(self, kind: str, frames_total: int) -> None:
         self.write(JobState.RUNNING, progress=True, stage="enhance", message=STAGE_MESSAGES[kind]["enhance"],

@@ -49,8 +49,8 @@ def test_percent_never_goes_back_within_a_revision(local_steps):
     assert [event["percent"] for event in published] == [10.0, 10.0, 10.0]
 
 
-def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(local_steps, monkeypatch):
-    """Status and active list change in one transaction: a revision started right after "done"
+def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(local_steps):
+    """Status, active list and event change in one script: a revision started right after "done"
     can never be taken off the active list by the finalize before it."""
     from framefleet.tasks import entry
 
@@ -58,17 +58,53 @@ def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(loca
     state = Job(job_id)
     for frame in ("clip_001_start", "clip_001_end"):
         state.frames.transition(frame, FrameState.SKIPPED, expect=lambda r: True)
-    seen = {}
-    publish = state.r.publish
-
-    def publish_and_look(channel, message):
-        if '"done"' in message:
-            seen["active"] = state.r.sismember(ACTIVE_JOBS, job_id)
-        return publish(channel, message)
-
-    monkeypatch.setattr(state.r, "publish", publish_and_look)
+    pubsub = state.progress.subscribe()
+    pubsub.get_message(timeout=1)
     entry.finalize_job(job_id)
-    assert seen == {"active": False}
+    deadline, active_at_done = time.monotonic() + 10, None
+    while active_at_done is None and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+        if message is not None and json.loads(message["data"])["state"] == "done":
+            active_at_done = state.r.sismember(ACTIVE_JOBS, job_id)
+    pubsub.close()
+    assert active_at_done == 0
+
+
+def test_events_keep_the_order_of_concurrent_writes(local_steps):
+    """Writers racing on one job: the events a subscriber sees never show the percent going back,
+    and each is JobEvent's JSON, text escaped."""
+    job_id = create_here("storyboard", storyboard_request(unique_id("order"), 4))
+    state = Job(job_id)
+    pubsub = state.progress.subscribe()
+    pubsub.get_message(timeout=1)
+    writes_per_thread, threads = 40, 4
+
+    def report(offset: int) -> None:
+        writer = Job(job_id)
+        for done in range(writes_per_thread):
+            writer.progress.frame_reached("storyboard", "generate", f"clip_00{offset}_start",
+                                          (done * threads + offset) // 20, 8)
+
+    workers = [threading.Thread(target=report, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    state.progress.write(message='a "quoted" revisión / note', current_frame=None)
+    events, deadline = [], time.monotonic() + 20
+    while len(events) < writes_per_thread * threads + 1 and time.monotonic() < deadline:
+        if (message := pubsub.get_message(timeout=0.5)) is not None:
+            events.append(json.loads(message["data"]))
+    pubsub.close()
+    for event in events:
+        check("event", event)
+    percents = [event["percent"] for event in events]
+    assert len(events) == writes_per_thread * threads + 1
+    assert percents == sorted(percents) and percents[-1] > percents[0]
+    assert events[-1]["message"] == 'a "quoted" revisión / note' and events[-1]["frame"] is None
+    status = state.progress.read()
+    assert (events[-1]["state"], events[-1]["percent"], events[-1]["revision"]) == (
+        status.state, status.percent, status.revision)
 
 
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):

@@ -1,4 +1,5 @@
--- KEYS status, history, active set, the counts of jobs by state, the fleet metrics. ARGV: the job
+-- KEYS status, history, active set, the counts of jobs by state, the fleet metrics, the events
+-- channel. ARGV: the job
 -- states this write may start from (a comma list, '' for any: job/states.py JOB_TRANSITIONS),
 -- progress ('1': a step's report), the history line, the active list ('add', 'rem' or ''), job
 -- id, ttl, a counter field to add one to ('' for none) with the share of the progress bar that
@@ -9,7 +10,9 @@
 -- lowers the stored one (enhancements of later frames report after the first frame's generation
 -- started). A change of state moves the job between the counts by state (queued and running are
 -- counted) and applies the increments, so each happens once however often the write is
--- repeated. Returns the event's fields, false when nothing was written.
+-- repeated. The event is published here, so subscribers see changes in the order they were
+-- written (a percent that never lowers in the hash never lowers on the channel either); its JSON
+-- is JobEvent's (job/records.py). Returns whether anything was written.
 local INCREMENTS = 10
 local current = redis.call('HMGET', KEYS[1], 'state', 'percent')
 local before = current[1]
@@ -47,4 +50,14 @@ if ARGV[3] ~= '' and redis.call('RPUSH', KEYS[2], ARGV[3]) == 1 then
 end
 if ARGV[4] == 'add' then redis.call('SADD', KEYS[3], ARGV[5]) end
 if ARGV[4] == 'rem' then redis.call('SREM', KEYS[3], ARGV[5]) end
-return redis.call('HMGET', KEYS[1], 'state', 'stage', 'message', 'percent', 'current_frame', 'revision')
+local state, stage, message, percent, frame, revision = unpack(redis.call(
+  'HMGET', KEYS[1], 'state', 'stage', 'message', 'percent', 'current_frame', 'revision'))
+local number = string.format('%.15g', tonumber(percent) or 0)
+if not string.find(number, '[.eEn]') then number = number .. '.0' end
+local frame_json = 'null'
+if frame and frame ~= '' then frame_json = cjson.encode(frame) end
+redis.call('PUBLISH', KEYS[6], '{"state":' .. cjson.encode((state ~= '' and state) or 'queued')
+  .. ',"stage":' .. cjson.encode(stage or '') .. ',"message":' .. cjson.encode(message or '')
+  .. ',"percent":' .. number .. ',"frame":' .. frame_json
+  .. ',"revision":' .. string.format('%d', tonumber(revision) or 0) .. '}')
+return true
