@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Callable
 
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.errors import JobNotFound
-from framefleet.tasks.job.keys import FLEET_METRICS
 from framefleet.tasks.job.records import FrameRecord
 from framefleet.tasks.job.redis import script
 from framefleet.tasks.job.states import FRAME_TRANSITIONS, FrameState
@@ -71,7 +70,7 @@ class Frames:
         FRAME_TRANSITIONS does not allow, raises StaleWrite and nothing is written. ``revision``:
         a revision after the first takes the frame into its draft (choose, regenerate, re-chaining).
         The fallbacks the change adds, and ``measured`` (the step's stage seconds), are counted in
-        the fleet's metrics with the write, so once (job/metrics.py).
+        the fleet's metrics once the write succeeded, so once (job/metrics.py).
         """
         swap = script(self.r, "swap_frame")
         while True:
@@ -89,9 +88,8 @@ class Frames:
             # New fallbacks only: a revision clears a frame's notes and keeps its enhancement's.
             added = Counter((note.kind, note.text) for note in record.notes if note.is_fallback) - notes_before
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
-            counted = metrics.script_args(metrics.merged(measured or {}, *fallbacks))
-            if swap(keys=[self.keys.frames, FLEET_METRICS], args=[field, raw, target, record.model_dump_json(),
-                                                                  *counted]):
+            if swap(keys=[self.keys.frames], args=[field, raw, target, record.model_dump_json()]):
+                metrics.add(metrics.merged(measured or {}, *fallbacks))
                 return record
 
     def draft_names(self) -> list[str]:

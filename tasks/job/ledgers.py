@@ -28,24 +28,30 @@ def llm_field(frame: str, prompt: str, iteration: int, agent: str) -> str:
     return f"{frame}/{digest}/{iteration}/{agent}"
 
 
+def cost_metrics(usd: float = 0.0, **counts: int) -> metrics.Increments:
+    """What a cost write adds to the fleet's metrics."""
+    return {**{f"{counter}_total": value for counter, value in counts.items() if counter in FLEET_COSTS},
+            "cost_usd_total": usd}
+
+
 class Ledger:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
 
     # cost counters --------------------------------------------------------------------------
     def add_costs(self, frame: str, usd: float = 0.0, **counts: int) -> None:
-        """Count what the frame paid for (and ``usd``, its price) in the job's ledger and, in the
-        same write, in the fleet's metrics (job/metrics.py)."""
-        self.job.write_if_alive(*self.cost_commands(frame, usd, **counts))
+        """Count what the frame paid for (and ``usd``, its price) in the job's ledger and, once
+        written, in the fleet's metrics (job/metrics.py)."""
+        if self.job.write_if_alive(*self.cost_commands(frame, **counts)):
+            metrics.add(cost_metrics(usd, **counts))
 
-    def cost_commands(self, frame: str, usd: float = 0.0, **counts: int) -> list[tuple]:
+    def cost_commands(self, frame: str, **counts: int) -> list[tuple]:
         """``add_costs`` as commands, for a write that records something else with them."""
         commands = []
         for counter, value in counts.items():
             commands += [("HINCRBY", self.keys.cost, f"{frame}:{counter}", value),
                          ("HINCRBY", self.keys.cost, f"total:{counter}", value)]
-        fleet = {f"{counter}_total": value for counter, value in counts.items() if counter in FLEET_COSTS}
-        return commands + metrics.commands({**fleet, "cost_usd_total": usd})
+        return commands
 
     def costs(self) -> dict[str, dict[str, int]]:
         """{frame or "total": {counter: value}}."""

@@ -5,28 +5,35 @@ exporters.
 Everything is one hash, ``framefleet:metrics`` (job/keys.py ``FLEET_METRICS``): a field per
 counter, ``name`` or ``name|label=value,...``, a float. A histogram is one field per bucket (the
 observations that fell in it, not cumulative: one increment per observation) and a ``_sum``
-field. Increments ride along with writes the fleet makes anyway, so they cost no extra round
-trip on a frame's path:
+field. What happens on a frame's path is counted in the process once the write it is about has
+succeeded (``add``, ``count``), and each process writes its counts at most once a second, in one
+pipeline, from one thread (``Flusher``), so counting costs a frame no Redis command:
 
-- a frame's transition (``Frames.transition``, swap_frame.lua): its new fallback notes, the stage
-  seconds the step measured; applied only when the compare-and-set writes, so exactly once;
-- the job's state change (``Progress.write``, write_status.lua): jobs finished and their duration,
-  applied only when the job enters ``done``; the same script moves the job between the counts
-  by state (``framefleet:jobs:states``);
-- a job's cost write (``Ledger.add_costs``): predictions, images, straggler cuts, dollars;
-- provider request outcomes and waits for a provider slot (providers/, ratelimit.py) are counted
-  in the process (``count``) and go with that process's next job write (``Job.write_if_alive``),
-  or at the end of its task (``flush``) when it made none.
+- a frame's transition (``Frames.transition``): its new fallback notes, the stage seconds the
+  step measured; counted only when the compare-and-set wrote, so once;
+- a job's cost write (``Ledger.add_costs``, a variation's record): predictions, images, straggler
+  cuts, dollars;
+- provider request outcomes and waits for a provider slot (providers/, ratelimit.py).
+
+A job's state change is rare and is counted in Redis with it (``Progress.write``,
+write_status.lua): jobs finished and their duration, applied only when the job enters ``done``;
+the same script moves the job between the counts by state (``framefleet:jobs:states``). Counts
+a process made in its last second are lost if it is killed (a clean shutdown writes them).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import math
+import os
 import threading
+import time
 
 import redis
 from framefleet.tasks.job.keys import FLEET_METRICS
+
+log = logging.getLogger(__name__)
 
 Increments = dict[str, float]
 
@@ -64,41 +71,62 @@ def merged(*parts: Increments) -> Increments:
     return out
 
 
-def commands(increments: Increments) -> list[tuple]:
-    """The increments as Redis commands (for write_if_alive.lua's command list)."""
-    return [("HINCRBYFLOAT", FLEET_METRICS, key, repr(float(amount))) for key, amount in increments.items()
-            if amount and math.isfinite(amount)]
-
-
 def script_args(increments: Increments) -> list:
-    """The increments as a count followed by field/amount pairs (swap_frame.lua, write_status.lua)."""
+    """The increments as a count followed by field/amount pairs (write_status.lua)."""
     pairs = [(key, repr(float(amount))) for key, amount in increments.items() if amount and math.isfinite(amount)]
     return [len(pairs), *[part for pair in pairs for part in pair]]
 
 
+FLUSH_INTERVAL_S = 1.0
+
+
 class Pending:
-    """Counts made in this process and not yet written (provider calls: many, small)."""
+    """Counts made in this process and not yet written, and the thread that writes them."""
 
     def __init__(self) -> None:
         self._counts: Increments = {}
         self._lock = threading.Lock()
+        self._pid: int | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        """A forked child writes none of its parent's counts (the parent does)."""
+        self._counts, self._lock, self._pid = {}, threading.Lock(), None
 
     def add(self, increments: Increments) -> None:
         with self._lock:
             for key, amount in increments.items():
-                self._counts[key] = self._counts.get(key, 0) + amount
+                if amount and math.isfinite(amount):
+                    self._counts[key] = self._counts.get(key, 0) + amount
+            if self._pid != os.getpid():  # the first count in this process (or after a fork)
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="framefleet-metrics", daemon=True).start()
 
     def drain(self) -> Increments:
         with self._lock:
             counts, self._counts = self._counts, {}
         return counts
 
+    def _run(self) -> None:
+        from framefleet.tasks.job.redis import state_client
+
+        while True:
+            time.sleep(FLUSH_INTERVAL_S)
+            try:
+                flush(state_client())
+            except (redis.RedisError, RuntimeError) as error:  # Redis restarting: kept for the next round
+                log.warning("fleet metrics not written yet: %s", error)
+
 
 pending = Pending()
 
 
+def add(increments: Increments) -> None:
+    """Count ``increments`` in this process; its metrics thread writes them within a second."""
+    pending.add(increments)
+
+
 def count(name: str, amount: float = 1, **labels: str) -> None:
-    """Count in this process; written with the process's next job write or at the end of its task."""
     pending.add({field(name, **labels): amount})
 
 
@@ -109,9 +137,9 @@ def flush(client: redis.Redis) -> None:
         return
     try:
         pipe = client.pipeline(transaction=False)
-        for command in commands(counts):
-            pipe.execute_command(*command)
+        for key, amount in counts.items():
+            pipe.hincrbyfloat(FLEET_METRICS, key, amount)
         pipe.execute()
     except redis.RedisError:
-        pending.add(counts)  # Redis restarting: the next write takes them
+        pending.add(counts)
         raise

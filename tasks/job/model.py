@@ -222,20 +222,11 @@ class Job:
     def write_if_alive(self, *commands: tuple) -> bool:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
         (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
-        set an expiry: the job's hashes have it from create, and a list a command creates gets it.
-        What this process counted for the fleet's metrics since its last write goes with it
-        (job/metrics.py)."""
-        counted = metrics.pending.drain()
+        set an expiry: the job's hashes have it from create, and a list a command creates gets it."""
         args: list = [self.ttl]
-        for command in (*commands, *metrics.commands(counted)):
+        for command in commands:
             args += [len(command), *command]
-        written = False
-        try:
-            written = bool(script(self.r, "write_if_alive")(keys=[self.keys.spec], args=args))
-        finally:
-            if not written:
-                metrics.pending.add(counted)
-        return written
+        return bool(script(self.r, "write_if_alive")(keys=[self.keys.spec], args=args))
 
 
 def frames_settled(records: dict[str, FrameRecord]) -> int:

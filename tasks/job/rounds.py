@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from framefleet.tasks.job import metrics
+from framefleet.tasks.job.ledgers import cost_metrics
 from framefleet.tasks.job.records import VariationRecord
 from framefleet.tasks.job.redis import script
 
@@ -36,10 +38,11 @@ class Rounds:
     def save_variation(self, frame: str, revision: int, source: str, record: VariationRecord,
                        costs: dict[str, int]) -> None:
         """Record the variation and what it cost (the job's cost counters), in one write."""
-        self.job.write_if_alive(
-            ("HSET", self.keys.variations, f"{round_id(frame, revision, source)}/{record.index}",
-             record.model_dump_json()),
-            *self.job.ledger.cost_commands(frame, **costs))
+        if self.job.write_if_alive(
+                ("HSET", self.keys.variations, f"{round_id(frame, revision, source)}/{record.index}",
+                 record.model_dump_json()),
+                *self.job.ledger.cost_commands(frame, **costs)):
+            metrics.add(cost_metrics(**costs))
 
     def stored_times(self, frame: str, revision: int, source: str, count: int) -> list[float]:
         """When each stored variation of the round (of ``count``) was stored, earliest first."""

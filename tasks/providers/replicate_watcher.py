@@ -35,7 +35,6 @@ from typing import Callable
 
 import redis
 from framefleet.config.settings import Settings
-from framefleet.tasks.job import metrics
 from framefleet.tasks.job.keys import ReplicateKeys
 from framefleet.tasks.job.redis import script
 from framefleet.tasks.providers.ratelimit import account_key
@@ -182,7 +181,6 @@ class PredictionWatcher:
             self._published.pop(prediction_id, None)
         seconds, _ = self.board.r.time()
         self.board.r.set(self.board.swept, seconds, ex=STATUS_TTL_S)
-        metrics.flush(self.board.r)  # this sweep's calls: no task of this thread writes them
 
     def _reconcile(self, missing: list[str], now: float) -> None:
         """A prediction the listings have not shown for long (lost off the pages, or listed late) is

@@ -23,6 +23,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 from framefleet.config.celery import (
     CREATE_TASKS,
@@ -126,10 +127,6 @@ def _hide_request_text(request, **_) -> None:
 @task_postrun.connect
 def _leave_task_context(**_) -> None:
     task_context.set(None)
-    try:  # the task's counts for the fleet's metrics that no job write of it took along
-        metrics.flush(state_client())
-    except (redis.RedisError, RuntimeError) as error:  # kept for the next write
-        log.warning("fleet metrics not written yet: %s", error)
 
 
 @worker_init.connect
@@ -158,3 +155,13 @@ def _start_process(**_) -> None:
 @worker_process_shutdown.connect
 def _flush_traces(**_) -> None:
     tracing.flush()
+    _flush_metrics()
+
+
+@worker_shutdown.connect
+def _flush_metrics(**_) -> None:
+    """The counts of this process's last second (job/metrics.py), on a clean shutdown."""
+    try:
+        metrics.flush(state_client())
+    except (redis.RedisError, RuntimeError) as error:
+        log.warning("fleet metrics of this process's last second not written: %s", error)

@@ -101,48 +101,59 @@ def test_the_exporters_figures_are_the_manifests_and_the_providers(celery_app, b
             plain, 2, reference_image=put_reference(store, plain)), store)[1],
             run_job(celery_app, "storyboard", storyboard_request(  # a model that takes seeds
                 failing, 1, overrides={"image_model": "bytedance/seedream-4"}), store)[1]]
-        openai_requests = len(openai_api.requests) - openai_before
-        openai_throttled = 1 + openai_api.throttled - throttled_before[0]
-        # Calls are counted as they happen and written with the worker's next Redis write, at the
-        # latest when its task (or the prediction watcher's sweep) ends.
-        replicate_calls = lambda: len(replicate_api.calls) - replicate_before  # noqa: E731
-        wait_until(lambda: sum(delta(first.scrape(), before, "framefleet_provider_requests_total",
-                                     provider="replicate", outcome=o) for o in ("ok", "rate_limited", "error"))
-                   == replicate_calls(), timeout_s=30)
-        after = first.scrape()
-
         totals = Counter()
         for manifest in manifests:
             totals.update(manifest["cost"]["total"])
         assert [m["status"] for m in manifests] == ["succeeded", "succeeded"]
-        assert delta(after, before, "framefleet_jobs_finished_total", status="succeeded") == 2
-        assert delta(after, before, "framefleet_job_duration_seconds_count") == 2
-        durations = sum(m["timings"]["finished"] - m["timings"]["submitted"] for m in manifests)
-        assert delta(after, before, "framefleet_job_duration_seconds_sum") == pytest.approx(durations, abs=3)
-        for counter in ("predictions_created", "images_stored", "llm_calls", "prompt_tokens", "completion_tokens"):
-            assert delta(after, before, f"framefleet_{counter}_total") == totals[counter], counter
         assert totals["predictions_created"] == 6 * 4 + 1  # 6 frames of 4, one retried variation
-        assert delta(after, before, "framefleet_cost_usd_total") == pytest.approx(
-            sum(m["cost"]["estimated_usd"] for m in manifests), abs=1e-5)
-        assert delta(after, before, "framefleet_straggler_cuts_total") == 0
+        frames = sum(len(m["frames"]) for m in manifests)
         # Fallbacks by kind: the frames' typed notes.
         noted = Counter(note["kind"] for m in manifests for frame in m["frames"] for note in frame["notes"]
                         if note["kind"] not in ("quality_low", "metric_failed"))
         assert noted == {NoteKind.VARIATION_FAILED.value: 1}
-        for kind in NoteKind:
-            assert delta(after, before, "framefleet_fallbacks_total", kind=kind.value) == noted[kind.value], kind
-        # Stage histograms: one observation per frame and stage.
-        frames = sum(len(m["frames"]) for m in manifests)
-        for stage in ("enhance", "generate", "score", "select"):
-            assert delta(after, before, "framefleet_frame_stage_seconds_count", stage=stage) == frames, stage
-        # Provider calls as the stand-ins saw them.
-        assert delta(after, before, "framefleet_provider_requests_total", provider="openai",
-                     outcome="rate_limited") == openai_throttled
-        assert delta(after, before, "framefleet_provider_requests_total", provider="openai",
-                     outcome="ok") == openai_requests - 1  # the scripted 429 is among the requests it logged
-        assert delta(after, before, "framefleet_provider_requests_total", provider="replicate",
-                     outcome="rate_limited") == sum(replicate_api.throttled.values()) - throttled_before[1] >= 1
-        assert delta(after, before, "framefleet_provider_requests_total", provider="openai", outcome="error") == 0
+        openai_requests = len(openai_api.requests) - openai_before
+        expected = {
+            ("framefleet_jobs_finished_total", ("status", "succeeded")): 2,
+            ("framefleet_job_duration_seconds_count",): 2,
+            **{(f"framefleet_{counter}_total",): totals[counter] for counter in (
+                "predictions_created", "images_stored", "llm_calls", "prompt_tokens", "completion_tokens")},
+            ("framefleet_straggler_cuts_total",): 0,
+            **{("framefleet_fallbacks_total", ("kind", kind.value)): noted[kind.value] for kind in NoteKind},
+            # Stage histograms: one observation per frame and stage.
+            **{("framefleet_frame_stage_seconds_count", ("stage", stage)): frames
+               for stage in ("enhance", "generate", "score", "select")},
+            # Provider calls as the stand-ins saw them.
+            ("framefleet_provider_requests_total", ("provider", "openai"), ("outcome", "rate_limited")):
+                1 + openai_api.throttled - throttled_before[0],
+            ("framefleet_provider_requests_total", ("provider", "openai"), ("outcome", "ok")):
+                openai_requests - 1,  # the scripted 429 is among the requests it logged
+            ("framefleet_provider_requests_total", ("provider", "openai"), ("outcome", "error")): 0,
+            ("framefleet_provider_requests_total", ("provider", "replicate"), ("outcome", "rate_limited")):
+                sum(replicate_api.throttled.values()) - throttled_before[1],
+        }
+        replicate_calls = len(replicate_api.calls) - replicate_before
+
+        def differences(scraped: dict) -> dict:
+            moved = {key: delta(scraped, before, key[0], **dict(key[1:])) for key in expected}
+            wrong = {key: (moved[key], want) for key, want in expected.items() if moved[key] != want}
+            counted = sum(delta(scraped, before, "framefleet_provider_requests_total", provider="replicate",
+                                outcome=outcome) for outcome in ("ok", "rate_limited", "error"))
+            if counted != replicate_calls:
+                wrong["replicate requests"] = (counted, replicate_calls)
+            return wrong
+
+        # Each worker process writes what it counted within a second (job/metrics.py).
+        try:
+            wait_until(lambda: not differences(first.scrape()), timeout_s=30)
+        finally:
+            after = first.scrape()
+        assert differences(after) == {}
+        assert expected[("framefleet_provider_requests_total", ("provider", "replicate"),
+                         ("outcome", "rate_limited"))] >= 1
+        durations = sum(m["timings"]["finished"] - m["timings"]["submitted"] for m in manifests)
+        assert delta(after, before, "framefleet_job_duration_seconds_sum") == pytest.approx(durations, abs=3)
+        assert delta(after, before, "framefleet_cost_usd_total") == pytest.approx(
+            sum(m["cost"]["estimated_usd"] for m in manifests), abs=1e-5)
         waited_ms = sum(m["cost"]["total"].get("rate_limit_wait_ms", 0) for m in manifests)
         assert waited_ms > 0  # the 429 paused the fleet; the next request waited
         assert delta(after, before, "framefleet_provider_wait_seconds_total",

@@ -14,7 +14,8 @@
 -- written (a percent that never lowers in the hash never lowers on the channel either); its JSON
 -- is JobEvent's (job/records.py). Returns whether anything was written.
 local INCREMENTS = 10
-local current = redis.call('HMGET', KEYS[1], 'state', 'percent')
+local EVENT = {'state', 'stage', 'message', 'percent', 'current_frame', 'revision'}
+local current = redis.call('HMGET', KEYS[1], unpack(EVENT))
 local before = current[1]
 if not before then return false end
 if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. before .. ',', 1, true) then
@@ -34,7 +35,7 @@ if ARGV[7] ~= '' then
   fields[#fields + 1] = tostring(math.floor(percent * 10 + 0.5) / 10)
 end
 if ARGV[2] == '1' then
-  local stored = tonumber(current[2] or '0') or 0
+  local stored = tonumber(current[4] or '0') or 0
   for i = 1, #fields, 2 do
     if fields[i] == 'percent' and tonumber(fields[i + 1]) < stored then fields[i + 1] = tostring(stored) end
   end
@@ -50,8 +51,13 @@ if ARGV[3] ~= '' and redis.call('RPUSH', KEYS[2], ARGV[3]) == 1 then
 end
 if ARGV[4] == 'add' then redis.call('SADD', KEYS[3], ARGV[5]) end
 if ARGV[4] == 'rem' then redis.call('SREM', KEYS[3], ARGV[5]) end
-local state, stage, message, percent, frame, revision = unpack(redis.call(
-  'HMGET', KEYS[1], 'state', 'stage', 'message', 'percent', 'current_frame', 'revision'))
+local event = {}
+for i, name in ipairs(EVENT) do event[name] = current[i] end
+for i = 1, #fields, 2 do
+  if event[fields[i]] ~= nil then event[fields[i]] = fields[i + 1] end
+end
+local state, stage, message, percent, frame, revision = event.state, event.stage, event.message, event.percent,
+  event.current_frame, event.revision
 local number = string.format('%.15g', tonumber(percent) or 0)
 if not string.find(number, '[.eEn]') then number = number .. '.0' end
 local frame_json = 'null'
