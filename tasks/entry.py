@@ -105,7 +105,7 @@ def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
 @app.task(name=ENHANCE_PROMPT, ignore_result=True)
 def enhance_prompt(job_id: str, frame: str) -> dict:
     job = Job(job_id)
-    enhancement = run_step(job, f"enhance:{frame}", stored=lambda: enhance.stored_enhancement(job, frame),
+    enhancement = run_step(job, f"enhance:{frame}", stored=enhance.stored_enhancement(job, frame),
                            work=lambda: enhance.enhance_frame(job, frame), after=lambda: dispatch_ready(job))
     if enhancement is None:
         return {"frame": frame, "cancelled": True}
@@ -133,7 +133,7 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
 
     try:  # checked before any paid call
         record = run_step(job, f"generate:{frame}/{revision}/{source}/{index}", while_open=True,
-                          stored=lambda: generate.stored_variation(job, frame, revision, source, index), work=work)
+                          stored=generate.stored_variation(job, frame, revision, source, index), work=work)
     except JobClosed:
         return VariationRecord(index=index, prompt_source=source, error="cancelled").model_dump(mode="json")
     try:  # the hold itself runs after the record is returned and counted (HoldsSlot.after_return)
@@ -150,7 +150,7 @@ def score_variations(results: list[dict], job_id: str, frame: str, revision: int
     variations, source = round_of(results)
     try:
         return run_step(job, score_step(frame, revision, source), while_open=True,
-                        stored=lambda: job.rounds.scored(frame, revision, source),
+                        stored=score.scored(job, frame, revision, source),
                         work=lambda: score.score_with_waiting(job, frame, revision, source, variations))
     except JobClosed:
         return {"variations": results, "scorer": None, "error": None, "notes": [], "timing": None}
@@ -162,7 +162,7 @@ def judge_candidates(scored: dict, job_id: str, frame: str, stage: str, revision
     job = Job(job_id)
     try:
         return run_step(job, f"judge:{frame}/{revision}/{stage}", while_open=True,
-                        stored=lambda: judge.judged(job, frame, revision, stage),
+                        stored=judge.judged(job, frame, revision, stage),
                         work=lambda: judge.judge_round(job, frame, revision, stage, scored))
     except JobClosed:
         return scored
@@ -183,7 +183,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
 
     try:  # a cancel finalizes the job: it keeps only what was finished before
         run_step(job, f"select:{frame}/{revision}/{stage}", while_open=True,
-                 stored=lambda: None if select.in_round(job.frames.get(frame), revision, stage) else True,
+                 stored=select.selected(job, frame, revision, stage),
                  work=work, after=lambda: dispatch_ready(job))
     except JobClosed:
         return
@@ -196,7 +196,7 @@ def finalize_job(job_id: str, revision: int | None = None) -> dict:
     current = job.revision()
     if revision is not None and revision != current:  # a stray copy from an earlier revision
         return {"job_id": job_id, "revision": revision, "stale": True}
-    return run_step(job, f"finalize:{current}", stored=lambda: finalize.finalized(job, current),
+    return run_step(job, f"finalize:{current}", stored=finalize.finalized(job, current),
                     work=lambda: finalize.finalize(job, current))
 
 
@@ -205,7 +205,6 @@ def notify_main_app(self: Task, job_id: str, revision: int, outcome: str, failed
     """The main app's completion callback, sent once per revision; a failure to send is logged
     and retried with backoff, never fatal to the job."""
     job = Job(job_id)
-    sent = {"job_id": job_id, "revision": revision, "sent": True}
 
     def work() -> dict:
         try:
@@ -213,7 +212,7 @@ def notify_main_app(self: Task, job_id: str, revision: int, outcome: str, failed
         except finalize.CallbackNotSent as error:
             raise self.retry(exc=error, countdown=min(2 ** self.request.retries, 60)) from error
 
-    return run_step(job, f"notify:{revision}", stored=lambda: sent if job.ledger.callback_sent(revision) else None,
+    return run_step(job, f"notify:{revision}", stored=finalize.callback_sent(job, revision),
                     work=work)
 
 

@@ -156,10 +156,10 @@ def dispatch_ready(job: Job, force: bool = False) -> str | None:
     watchdog with ``force``, which also re-sends the round of a frame already generating, whose
     steps died). Returns what it enqueued (a frame name, "finalize") or None when nothing is ready.
     """
-    if job.closed():
+    frames = job.frames_while_open()
+    if frames is None:
         return None
     spec = job.spec
-    frames = job.frames.all()
     failed_clips = {f.clip for f in frames.values() if f.state is FrameState.FAILED and f.clip is not None}
     for planned in spec.plan.frames:
         record = frames[planned.name]

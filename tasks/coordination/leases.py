@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, NamedTuple, TypeVar
 
 import redis
 from celery.exceptions import Retry
@@ -40,13 +40,16 @@ class Lease:
         self.ttl_ms = int(get_settings().lease_ttl_s * 1000)
         self.owner = uuid.uuid4().hex
         self.renewed = time.monotonic()  # when it was last taken or renewed
+        self.read_reply: Any = None
 
     @property
     def key(self) -> str:
         return self.job.keys.lease(self.step)
 
-    def acquire(self) -> bool:
-        taken = self.job.leases.acquire(self.step, self.owner, self.ttl_ms, self.while_open)
+    def acquire(self, read: tuple = ()) -> bool:
+        """Take the lease; ``read`` (a Redis read command) runs in the same round trip once it is
+        taken, its reply kept in ``read_reply``."""
+        taken, self.read_reply = self.job.leases.acquire(self.step, self.owner, self.ttl_ms, self.while_open, read)
         if taken < 0:
             raise JobClosed(self.job.id)
         if not taken:
@@ -110,18 +113,30 @@ class LeaseKeeper:
 _keeper = LeaseKeeper()
 
 
-def wait_for(done: Callable[[], T | None], lease: Lease, poll_s: float = 0.2) -> tuple[T | None, Lease | None]:
-    """Take the step's lease, or, while another copy holds it, wait until ``done()`` returns a value
-    (that copy's result), or until that copy's lease is gone (it died) and this copy takes it over.
+class Stored(NamedTuple, Generic[T]):
+    """Where a step's outcome is stored: one Redis read command, and what its reply means (the
+    outcome, or None while there is none). Taking the lease runs the read in the same round trip."""
+
+    read: tuple
+    parse: Callable[[Any], T | None]
+
+    def now(self, client: redis.Redis) -> T | None:
+        return self.parse(client.execute_command(*self.read))
+
+
+def wait_for(stored: Stored[T], lease: Lease, poll_s: float = 0.2) -> tuple[T | None, Lease | None]:
+    """Take the step's lease, or, while another copy holds it, wait until the step's outcome is
+    stored (that copy's result), or until that copy's lease is gone (it died) and this copy takes
+    it over.
 
     Returns (result, None) when the step's outcome exists, or (None, lease) when this copy now holds
     the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
     the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
     """
     while True:
-        if lease.acquire():
+        if lease.acquire(stored.read):
             try:
-                result = done()  # a copy that finished before this one took the lease
+                result = stored.parse(lease.read_reply)  # a copy that finished before this one took the lease
             except BaseException:
                 lease.release(finished=False)
                 raise
@@ -129,17 +144,17 @@ def wait_for(done: Callable[[], T | None], lease: Lease, poll_s: float = 0.2) ->
                 lease.release(finished=True)
                 return result, None
             return None, lease
-        result = done()
+        result = stored.now(lease.job.r)
         if result is not None:
             return result, None
         time.sleep(poll_s)
 
 
-def run_step(job: "Job", step: str, stored: Callable[[], T | None], work: Callable[[], T],
+def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
              after: Callable[[], object] | None = None, while_open: bool = False) -> T | None:
     """Run ``work`` as step ``step`` of the job, at most one copy at a time.
 
-    ``stored`` returns the step's outcome once it exists (None before). A second copy returns that
+    ``stored`` reads the step's outcome once it exists (None before). A second copy returns that
     outcome instead of working; a copy that finds the first one's lease expired does the work.
     ``after`` runs once the outcome exists, in either copy: in the working copy while it still
     holds the lease, so that if it fails the step is re-driven. A Celery retry of the work is a

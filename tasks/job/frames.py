@@ -43,7 +43,10 @@ class Frames:
 
     def all(self) -> dict[str, FrameRecord]:
         """Every frame, as the running revision sees it (its draft over the finished frames)."""
-        raw = self.r.hgetall(self.keys.frames)
+        return self.parse_all(self.r.hgetall(self.keys.frames))
+
+    def parse_all(self, raw: dict[str, str]) -> dict[str, FrameRecord]:
+        """``all`` from the frames hash as read (HGETALL)."""
         if not raw:
             raise JobNotFound(f"job_id: no job {self.job.id!r}")
         records = {name: value for name, value in raw.items() if not name.startswith(DRAFT)}
@@ -53,9 +56,19 @@ class Frames:
     def get(self, name: str) -> FrameRecord:
         return FrameRecord.model_validate_json(self._read(name)[1])
 
+    def read_command(self, name: str) -> tuple:
+        """The Redis read of frame ``name``'s record (its reply: ``parse``)."""
+        return ("HMGET", self.keys.frames, DRAFT + name, name)
+
+    def parse(self, name: str, reply: list[str | None]) -> FrameRecord:
+        return FrameRecord.model_validate_json(self._current(name, reply)[1])
+
     def _read(self, name: str) -> tuple[str, str]:
         """(the field the frame's current record is in, the record)."""
-        draft, finished = self.r.hmget(self.keys.frames, [DRAFT + name, name])
+        return self._current(name, self.r.execute_command(*self.read_command(name)))
+
+    def _current(self, name: str, reply: list[str | None]) -> tuple[str, str]:
+        draft, finished = reply
         if (draft or finished) is None:
             raise JobNotFound(f"job_id: no job {self.job.id!r} with a frame {name!r}")
         return (DRAFT + name, draft) if draft is not None else (name, finished)

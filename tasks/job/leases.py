@@ -10,7 +10,7 @@ the steps that died, not by the jobs in Redis. A claim (SET NX) makes "enqueue t
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -29,12 +29,15 @@ class Leases:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
 
-    def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False) -> int:
-        """1 when ``owner`` now holds the step's lease, 0 when another copy does; with
-        ``while_open``, -1 (and no lease) when the job is closed (cancelled or finalizing)."""
+    def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False,
+                read: tuple = ()) -> tuple[int, Any]:
+        """(1, the reply of ``read``, run right after) when ``owner`` now holds the step's lease,
+        (0, None) when another copy does; with ``while_open``, (-1, None) (and no lease) when the
+        job is closed (cancelled or finalizing). One round trip."""
         closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-        return script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES, *closing],
-                                               args=[owner, ttl_ms, now_ms() + ttl_ms])
+        taken, *reply = script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES, *closing],
+                                                        args=[owner, ttl_ms, now_ms() + ttl_ms, *read])
+        return taken, reply[0] if reply else None
 
     def renew(self, step: str, owner: str, ttl_ms: int) -> bool:
         return bool(script(self.r, "renew_lease")(keys=[self.keys.lease(step), LEASES],

@@ -97,8 +97,9 @@ class Ledger:
         return [json.loads(line) for line in self.r.lrange(self.keys.offline_calls, 0, -1)]
 
     # the completion callback, once per revision ------------------------------------------------
-    def callback_sent(self, revision: int) -> bool:
-        return bool(self.r.exists(self.keys.callback_sent(revision)))
+    def callback_sent_read(self, revision: int) -> tuple:
+        """The Redis read of whether the revision's callback was sent (its reply: 1 or 0)."""
+        return ("EXISTS", self.keys.callback_sent(revision))
 
     def mark_callback_sent(self, revision: int) -> None:
         self.r.set(self.keys.callback_sent(revision), "1", ex=self.job.ttl)

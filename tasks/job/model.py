@@ -61,11 +61,32 @@ class Job:
     @property
     def spec(self) -> JobSpec:
         if self._spec is None:
-            raw = self.r.get(self.keys.spec)
-            if raw is None:
-                raise JobNotFound(f"job_id: no job {self.id!r}")
-            self._spec = JobSpec.model_validate_json(raw)
+            self._keep_spec(self.r.get(self.keys.spec))
         return self._spec
+
+    def _keep_spec(self, raw: str | None) -> None:
+        if raw is None:
+            raise JobNotFound(f"job_id: no job {self.id!r}")
+        self._spec = JobSpec.model_validate_json(raw)
+
+    def spec_and_frame(self, name: str) -> tuple[JobSpec, FrameRecord]:
+        """The spec and frame ``name``'s record, in one round trip when the spec is not read yet."""
+        if self._spec is not None:
+            return self._spec, self.frames.get(name)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.spec)
+        pipe.execute_command(*self.frames.read_command(name))
+        raw, reply = pipe.execute()
+        self._keep_spec(raw)
+        return self._spec, self.frames.parse(name, reply)
+
+    def frames_while_open(self) -> dict[str, FrameRecord] | None:
+        """Every frame (``frames.all``), or None once the job is closed, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(self.keys.cancelled, self.keys.finalized)
+        pipe.hgetall(self.keys.frames)
+        closed, raw = pipe.execute()
+        return None if closed else self.frames.parse_all(raw)
 
     def exists(self) -> bool:
         return bool(self.r.exists(self.keys.spec))

@@ -31,9 +31,9 @@ class Rounds:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
 
-    def variation(self, frame: str, revision: int, source: str, index: int) -> VariationRecord | None:
-        raw = self.r.hget(self.keys.variations, f"{round_id(frame, revision, source)}/{index}")
-        return VariationRecord.model_validate_json(raw) if raw else None
+    def variation_read(self, frame: str, revision: int, source: str, index: int) -> tuple:
+        """The Redis read of a variation's record (its reply: a VariationRecord's JSON or None)."""
+        return ("HGET", self.keys.variations, f"{round_id(frame, revision, source)}/{index}")
 
     def save_variation(self, frame: str, revision: int, source: str, record: VariationRecord,
                        costs: dict[str, int]) -> None:
@@ -52,8 +52,12 @@ class Rounds:
         return sorted(record.timing[1] for record in records if record.key and record.timing)
 
     # a round's outcome per step: "scored" (scoring), "judged" (the judge: scoring + verdict) ---
+    def outcome_read(self, step: str, frame: str, revision: int, source: str) -> tuple:
+        """The Redis read of a round's outcome (its reply: the outcome's JSON or None)."""
+        return ("HGET", getattr(self.keys, step), round_id(frame, revision, source))
+
     def outcome(self, step: str, frame: str, revision: int, source: str) -> dict | None:
-        raw = self.r.hget(getattr(self.keys, step), round_id(frame, revision, source))
+        raw = self.r.execute_command(*self.outcome_read(step, frame, revision, source))
         return json.loads(raw) if raw else None
 
     def save_outcome(self, step: str, frame: str, revision: int, source: str, result: dict) -> None:

@@ -28,6 +28,7 @@ from framefleet.tasks.artifacts.keys import (
 )
 from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.budget import BudgetGuard
+from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import Enhancement, FrameRecord
@@ -180,15 +181,18 @@ class JobRoundLedger:
 
 
 
-def stored_enhancement(job: Job, frame: str) -> Enhancement | None:
+def stored_enhancement(job: Job, frame: str) -> Stored[Enhancement]:
     """The frame's enhancement once it is stored (the step's outcome)."""
-    record = job.frames.get(frame)
-    return record.enhancement if record.state is not FrameState.WAITING else None
+    def parse(reply: list[str | None]) -> Enhancement | None:
+        record = job.frames.parse(frame, reply)
+        return record.enhancement if record.state is not FrameState.WAITING else None
+
+    return Stored(job.frames.read_command(frame), parse)
 
 
 def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     """Run the two-agent loop for one frame and store the result; None when cancelled."""
-    spec, settings, store, record = job.spec, get_settings(), fleet_store(), job.frames.get(frame)
+    settings, store, (spec, record) = get_settings(), fleet_store(), job.spec_and_frame(frame)
     config = spec.frame_config(record)
     guard = BudgetGuard(job, spec)
     started = time.time()

@@ -18,18 +18,28 @@ from framefleet.tasks.artifacts.keys import manifest_key
 from framefleet.tasks.artifacts.manifest import build_manifest, estimate_cost, write_contact_sheet
 from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.dispatch import send
+from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job.model import Job, frames_settled
 from framefleet.tasks.job.records import Budget, CompletionCallback
 
 log = logging.getLogger(__name__)
 
 
-def finalized(job: Job, revision: int) -> dict | None:
+def finalized(job: Job, revision: int) -> Stored[dict]:
     """The finalize's result once the revision is done (the step's outcome)."""
-    status = job.progress.read()
-    if status.state != "done" or status.revision != revision:
-        return None
-    return {"job_id": job.id, "status": status.outcome, "manifest": status.manifest_key, "revision": revision}
+    def parse(reply: list[str | None]) -> dict | None:
+        state, stored_revision, outcome, manifest = reply
+        if state != "done" or int(stored_revision or 0) != revision:
+            return None
+        return {"job_id": job.id, "status": outcome or None, "manifest": manifest or None, "revision": revision}
+
+    return Stored(("HMGET", job.keys.status, "state", "revision", "outcome", "manifest_key"), parse)
+
+
+def callback_sent(job: Job, revision: int) -> Stored[dict]:
+    """The notify step's outcome once the revision's callback was sent."""
+    sent = {"job_id": job.id, "revision": revision, "sent": True}
+    return Stored(job.ledger.callback_sent_read(revision), lambda exists: sent if exists else None)
 
 
 def finalize(job: Job, revision: int) -> dict:

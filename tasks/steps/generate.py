@@ -16,6 +16,7 @@ from framefleet.tasks.artifacts.keys import variation_key, variation_seed
 from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.budget import BudgetGuard
 from framefleet.tasks.coordination.dispatch import straggler_check
+from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import FrameRecord, VariationRecord
 from framefleet.tasks.job.states import PromptSource
@@ -36,13 +37,16 @@ def prompt_for(record: FrameRecord, source: str) -> str:
     return record.enhanced_prompt or record.original_prompt
 
 
-def stored_variation(job: Job, frame: str, revision: int, source: str, index: int) -> VariationRecord | None:
+def stored_variation(job: Job, frame: str, revision: int, source: str, index: int) -> Stored[VariationRecord]:
     """The variation's record once it is stored (an image whose record exists but whose file is
     gone is made again)."""
-    record = job.rounds.variation(frame, revision, source, index)
-    if record is None or (record.key and not fleet_store().exists(record.key)):
-        return None
-    return record
+    def parse(raw: str | None) -> VariationRecord | None:
+        record = VariationRecord.model_validate_json(raw) if raw else None
+        if record is None or (record.key and not fleet_store().exists(record.key)):
+            return None
+        return record
+
+    return Stored(job.rounds.variation_read(frame, revision, source, index), parse)
 
 
 def generate_variation(job: Job, frame: str, source: str, index: int, revision: int, count: int,
@@ -57,7 +61,7 @@ def generate_variation(job: Job, frame: str, source: str, index: int, revision: 
 def generate(job: Job, frame: str, source: str, index: int, revision: int, count: int, attempt: int,
              retries_left: int) -> tuple[VariationRecord, dict[str, int]]:
     """The variation's record, and the cost counters it adds."""
-    store, record, spec = fleet_store(), job.frames.get(frame), job.spec
+    store, (spec, record) = fleet_store(), job.spec_and_frame(frame)
     config = spec.frame_config(record)
     key = variation_key(job.id, frame, source, index, revision)
     started = time.time()

@@ -14,6 +14,7 @@ judge (an error, a timeout, the budget) keeps the score order and is a note on t
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +24,7 @@ from framefleet.tasks.artifacts.images import decode_image, downsized_jpeg
 from framefleet.tasks.artifacts.keys import reference_key
 from framefleet.tasks.artifacts.store import fleet_store, read_in_parallel
 from framefleet.tasks.coordination.budget import BudgetGuard
+from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import JudgeRecord, JudgeVerdict, VariationRecord
 from framefleet.tasks.job.states import Note, NoteKind
@@ -41,9 +43,10 @@ class JudgeSkipped(Exception):
     """The spending cap cannot pay for both judge calls."""
 
 
-def judged(job: Job, frame: str, revision: int, source: str) -> dict | None:
+def judged(job: Job, frame: str, revision: int, source: str) -> Stored[dict]:
     """The round's judged result once it is stored (the step's outcome)."""
-    return job.rounds.judged(frame, revision, source)
+    return Stored(job.rounds.outcome_read("judged", frame, revision, source),
+                  lambda raw: json.loads(raw) if raw else None)
 
 
 def judge_round(job: Job, frame: str, revision: int, source: str, scored: dict) -> dict:

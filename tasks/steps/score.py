@@ -13,6 +13,7 @@ cannot be read fails alone, not the rounds that share its pass.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import Future, wait
@@ -25,6 +26,7 @@ from framefleet.scoring import METRICS, MetricScores, ScoreGroup, contributions,
 from framefleet.tasks.artifacts.images import candidate_thumbnail, decode_image
 from framefleet.tasks.artifacts.keys import thumbnail_key
 from framefleet.tasks.artifacts.store import ArtifactStore, fleet_store, in_background, read_in_parallel
+from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.coordination.score_batch import WaitingRound, waiting_rounds
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import Scores, VariationRecord
@@ -71,8 +73,14 @@ class Outcome(NamedTuple):
     batch: dict | None  # the pass that scored the round: its leader, frames and images
 
 
+def scored(job: Job, frame: str, revision: int, source: str) -> Stored[dict]:
+    """The round's scores once they are stored (the step's outcome)."""
+    return Stored(job.rounds.outcome_read("scored", frame, revision, source),
+                  lambda raw: json.loads(raw) if raw else None)
+
+
 def scoring_round(job: Job, frame: str, revision: int, source: str, variations: list[VariationRecord]) -> ScoringRound:
-    spec, record = job.spec, job.frames.get(frame)
+    spec, record = job.spec_and_frame(frame)
     return ScoringRound(job, frame, revision, source, variations, prompt_for(record, source), record.inputs,
                         spec.config.score_weights.model_dump(), spec.aspect_ratio)
 

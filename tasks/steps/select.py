@@ -17,6 +17,7 @@ from framefleet.config.settings import get_settings
 from framefleet.scoring import Ranked, rank_images_by_quality
 from framefleet.tasks.artifacts.keys import GENERATION_TRACE, frame_key, trace_key
 from framefleet.tasks.artifacts.store import fleet_store
+from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import FrameRecord, JudgeRecord, Selection, VariationRecord
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 def in_round(record: FrameRecord, revision: int, source: str) -> bool:
     """Whether the frame still waits for this round's outcome (else it is stored, or moved on)."""
     return record.state is FrameState.GENERATING and record.round == source and record.revision == revision
+
+
+def selected(job: Job, frame: str, revision: int, source: str) -> Stored[bool]:
+    """True once the round's selection is stored (or the frame moved on without it)."""
+    return Stored(job.frames.read_command(frame),
+                  lambda reply: None if in_round(job.frames.parse(frame, reply), revision, source) else True)
 
 
 def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, before: FrameRecord) -> FrameRecord:
