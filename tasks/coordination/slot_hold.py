@@ -45,20 +45,22 @@ CHECK_S, MAX_CHECK_S = 0.05, 0.4
 
 
 class SlotHold(NamedTuple):
-    """What a hold waits for: the job's next round after ``rounds_seen`` rounds."""
+    """What a hold waits for: the job's next round after the rounds in ``seen`` (the round and
+    job as the variation left them: Rounds.hold_view)."""
 
     job_id: str
     frame: str
     revision: int
     source: str
     count: int
-    rounds_seen: int
+    seen: tuple[int, int, int, bool]
 
 
 def slot_hold_due(job: Job, spec: JobSpec, frame: str, revision: int, source: str, count: int) -> SlotHold | None:
     """Called by a variation of ``frame`` (a round of ``count``) before it returns: the hold it
     keeps its slot for, or None: FIFO scheduling, holding off, the frame is the job's last, or no
-    new job waits. The job's round count is read now, before the chord can complete."""
+    new job waits. The round and job are read now, before the chord can complete: the hold starts
+    from that view."""
     settings = get_settings()
     if settings.scheduling == "fifo" or settings.slot_hold_s == 0:
         return None
@@ -66,18 +68,20 @@ def slot_hold_due(job: Job, spec: JobSpec, frame: str, revision: int, source: st
         return None  # (a revision's later frames may be settled: its finalize then ends the hold)
     if not jobs_waiting_for(TASK_QUEUES[GENERATE_VARIATION]):
         return None  # no new job could take the slot
-    return SlotHold(job.id, frame, revision, source, count, job.rounds.enqueued())
+    return SlotHold(job.id, frame, revision, source, count, job.rounds.hold_view(frame, revision, source, count))
 
 
-def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int, rounds_seen: int) -> dict:
+def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int,
+              seen: tuple[int, int, int, bool]) -> dict:
     """Keep this slot until the job enqueues its next round (see the module docstring)."""
     job, settings = Job(job_id), get_settings()
     started = time.monotonic()
     if consumed_queues() - {"images"}:  # one pool with other queues: a hold could block their steps
         return {"job_id": job_id, "frame": frame, "held_s": 0.0, "ended": "worker serves other queues"}
     complete_since, check_s = None, CHECK_S
+    rounds_seen, view = seen[0], seen
     while True:
-        rounds, recorded, unstarted, closed = job.rounds.hold_view(frame, revision, source, count)
+        rounds, recorded, unstarted, closed = view
         now = time.monotonic()
         if rounds > rounds_seen:
             ended = "next round enqueued"
@@ -102,6 +106,7 @@ def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int, r
             ended = "next round enqueued"
             break
         check_s = min(2 * check_s, MAX_CHECK_S)
+        view = job.rounds.hold_view(frame, revision, source, count)
     return {"job_id": job_id, "frame": frame, "held_s": round(time.monotonic() - started, 3), "ended": ended}
 
 

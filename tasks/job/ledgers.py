@@ -71,8 +71,9 @@ class Ledger:
         replies = self.r.hmget(self.keys.llm, [llm_field(frame, prompt, i, agent) for i, agent in wanted])
         return {key: reply for key, reply in zip(wanted, replies) if reply is not None}
 
-    def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> None:
-        self.job.write_if_alive(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply))
+    def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> bool:
+        """Record a paid reply; whether the job is still open (not cancelled or finalizing)."""
+        return self.job.write_while_open(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply))
 
     # paid predictions -----------------------------------------------------------------------
     def prediction_id(self, ledger_key: str) -> str | None:

@@ -244,10 +244,19 @@ class Job:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
         (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
         set an expiry: the job's hashes have it from create, and a list a command creates gets it."""
+        return self._write(commands, closing=False) > 0
+
+    def write_while_open(self, *commands: tuple) -> bool:
+        """``write_if_alive``, and whether the job is still open (not cancelled or finalizing)
+        after it, in the same round trip."""
+        return self._write(commands, closing=True) == 1
+
+    def _write(self, commands: tuple[tuple, ...], closing: bool) -> int:
         args: list = [self.ttl]
         for command in commands:
             args += [len(command), *command]
-        return bool(script(self.r, "write_if_alive")(keys=[self.keys.spec], args=args))
+        keys = [self.keys.spec, *([self.keys.cancelled, self.keys.finalized] if closing else [])]
+        return script(self.r, "write_if_alive")(keys=keys, args=args)
 
 
 def frames_settled(records: dict[str, FrameRecord]) -> int:

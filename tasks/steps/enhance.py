@@ -166,18 +166,30 @@ class JobCancelled(Exception):
 
 class JobRoundLedger:
     """The round ledger of one frame's enhancement, in the job's ledger: what an earlier run paid
-    for is read once, as the step starts (one copy of a step runs at a time)."""
+    for is read once, as the step starts (one copy of a step runs at a time). Recording a reply
+    also tells whether the job is still open: a closed job stops the loop before its next paid
+    call, and the cancel check right after a recorded reply needs no read of its own."""
 
     def __init__(self, job: Job, frame: str, prompt: str, iterations: int):
         self.job, self.frame, self.prompt = job, frame, prompt
         self.replies = job.ledger.llm_replies(frame, prompt, iterations, ("agent1", "agent2"))
+        self.open_just_seen = False
 
     def get(self, iteration: int, agent: str) -> str | None:
         return self.replies.get((iteration, agent))
 
     def put(self, iteration: int, agent: str, reply: str) -> None:
-        self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply)
+        self.open_just_seen = self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply)
         self.replies[(iteration, agent)] = reply
+        if not self.open_just_seen:
+            raise JobCancelled(self.job.id)
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled when the job is closed (answered by the last recorded reply if nothing
+        came in between)."""
+        open_just_seen, self.open_just_seen = self.open_just_seen, False
+        if not open_just_seen and self.job.closed():
+            raise JobCancelled(self.job.id)
 
 
 
@@ -199,10 +211,6 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     agents = None
     traces: dict[str, str] = {}
 
-    def check_cancelled() -> None:
-        if job.closed():
-            raise JobCancelled(job.id)
-
     def fallback(kind: NoteKind, text: str, error: Exception) -> tuple[str, Enhancement]:
         return record.original_prompt, Enhancement(fallback=True, error=str(error), note=Note(kind=kind, text=text))
 
@@ -213,13 +221,14 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             if "enhancement" in settings.inject_faults:
                 raise RuntimeError("injected fault: enhancement")
             agents = prompt_agents(settings, f"{job.id}/{frame}")
+            ledger = JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations)
             result = enhance_prompt_iterative(
                 record.original_prompt, agents,
                 max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,
                 convergence_epsilon=config.convergence_epsilon,
                 trace=traces.__setitem__,
-                check_cancelled=check_cancelled,
-                ledger=JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations),
+                check_cancelled=ledger.check_cancelled,
+                ledger=ledger,
                 may_start_round=lambda iteration: not guard.active or guard.llm_round(
                     frame, iteration, sum(f.status == "pending" for f in job.frames.all().values()),
                     record.original_prompt),

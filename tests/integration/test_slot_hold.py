@@ -56,7 +56,8 @@ def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame
     spec = state.spec
     assert state.rounds.enqueued() == 1
     due = slot_hold_due(state, spec, FRAMES[0], 0, ENHANCED, 4)
-    assert due == SlotHold(job_id, FRAMES[0], 0, ENHANCED, 4, 1)  # waits for the job's second round
+    # It waits for the job's second round, from the round as it was: no variation recorded or running.
+    assert due == SlotHold(job_id, FRAMES[0], 0, ENHANCED, 4, (1, 0, 4, False))
     assert slot_hold_due(state, spec, FRAMES[1], 0, ENHANCED, 4) is None  # nothing of the job runs after it
 
     settings(SCHEDULING="fifo")
@@ -77,23 +78,30 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     job_id, settings = enqueued_job
     monkeypatch.setattr(slot_hold, "CHECK_S", 30.0)  # only the wake-up (or a deadline) can end a hold
     state = Job(job_id)
+
+    def seen(frame: str) -> tuple:  # what the variation reads as it returns (slot_hold_due)
+        return state.rounds.hold_view(frame, 0, ENHANCED, 4)
+
     settings(SLOT_HOLD_SIBLINGS_S="0.2", SLOT_HOLD_S="0.2")
     results = [entry.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
     # Its 3 siblings have not started (in a fleet: they wait for a slot): the slot is theirs.
-    assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "a sibling waits for a slot"
+    assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, seen(FRAMES[0]))["ended"] == "a sibling waits for a slot"
     siblings = [Lease(state, f"generate:{FRAMES[0]}/0/{ENHANCED}/{index}") for index in (2, 3, 4)]
     assert all(lease.acquire() for lease in siblings)  # now they run (hold their steps' leases)
-    assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "round still running"  # 1 of 4 stored
+    # 1 of 4 stored
+    assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, seen(FRAMES[0]))["ended"] == "round still running"
     for lease in siblings:
         lease.release(finished=False)
     results += [entry.generate_variation(job_id, FRAMES[0], ENHANCED, index) for index in (2, 3, 4)]
-    assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"] == "no next round in time"
+    assert hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, seen(FRAMES[0]))["ended"] == "no next round in time"
 
     # The round is complete: a hold now waits (far longer than this takes) until scoring and
     # selection enqueue the next frame's round, and ends then.
     settings(SLOT_HOLD_S="60")
     ended = []
-    holder = threading.Thread(target=lambda: ended.append(hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, 1)["ended"]))
+    before = seen(FRAMES[0])
+    holder = threading.Thread(
+        target=lambda: ended.append(hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, before)["ended"]))
     holder.start()
     scored = entry.score_variations(results, job_id, FRAMES[0])
     entry.select_variation(scored, job_id, FRAMES[0], ENHANCED)
@@ -103,9 +111,9 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
 
     with monkeypatch.context() as patch:  # a worker whose pool also serves selection: no hold
         patch.setattr(slot_hold, "consumed_queues", lambda: frozenset({"images", "control"}))
-        assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, 2)["ended"] == "worker serves other queues"
+        assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, seen(FRAMES[1]))["ended"] == "worker serves other queues"
     state.cancel(0)
-    assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, 2)["ended"] == "job closed"
+    assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, seen(FRAMES[1]))["ended"] == "job closed"
 
 
 def test_a_running_job_keeps_its_slots_between_frames(celery_app, fleet_for_test, tmp_path):
