@@ -173,8 +173,8 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
     job = Job(job_id)
 
     def work() -> bool:
-        frames = job.frames.all()
-        job.progress.frame_reached(job.spec.kind, "score", frame, frames_settled(frames), len(frames))
+        spec, frames = job.spec_and_frames()
+        job.progress.frame_reached(spec.kind, "score", frame, frames_settled(frames), len(frames))
         try:
             select.select_round(job, frame, stage, revision, scored, frames[frame])
         except StaleWrite:

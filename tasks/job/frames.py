@@ -40,6 +40,9 @@ DRAFT = "draft:"  # the running revision's record of a frame: field "draft:{fram
 class Frames:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
+        # Each frame's record as this Job last read or wrote it (field, JSON): a transition tries
+        # it first and reads again only when the compare-and-set finds it moved on.
+        self._last: dict[str, tuple[str, str]] = {}
 
     def all(self) -> dict[str, FrameRecord]:
         """Every frame, as the running revision sees it (its draft over the finished frames)."""
@@ -49,9 +52,11 @@ class Frames:
         """``all`` from the frames hash as read (HGETALL)."""
         if not raw:
             raise JobNotFound(f"job_id: no job {self.job.id!r}")
-        records = {name: value for name, value in raw.items() if not name.startswith(DRAFT)}
-        records.update({name.removeprefix(DRAFT): value for name, value in raw.items() if name.startswith(DRAFT)})
-        return {name: FrameRecord.model_validate_json(value) for name, value in records.items()}
+        current = {name: (name, value) for name, value in raw.items() if not name.startswith(DRAFT)}
+        current.update({name.removeprefix(DRAFT): (name, value)
+                        for name, value in raw.items() if name.startswith(DRAFT)})
+        self._last.update(current)
+        return {name: FrameRecord.model_validate_json(value) for name, (_, value) in current.items()}
 
     def get(self, name: str) -> FrameRecord:
         return FrameRecord.model_validate_json(self._read(name)[1])
@@ -71,12 +76,14 @@ class Frames:
         draft, finished = reply
         if (draft or finished) is None:
             raise JobNotFound(f"job_id: no job {self.job.id!r} with a frame {name!r}")
-        return (DRAFT + name, draft) if draft is not None else (name, finished)
+        self._last[name] = (DRAFT + name, draft) if draft is not None else (name, finished)
+        return self._last[name]
 
     def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
                    revision: int | None = None, measured: metrics.Increments | None = None) -> FrameRecord:
         """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
-        (read, check, write only if the record read is still there; else read again).
+        (read, check, write only if the record read is still there; else read again). The record
+        this Job last read or wrote is tried first, without a read.
 
         ``expect`` says whether the record is still the one the step worked from: the state it
         left the frame in, its revision, its round. A record it refuses, or a transition
@@ -86,13 +93,18 @@ class Frames:
         the fleet's metrics once the write succeeded, so once (job/metrics.py).
         """
         swap = script(self.r, "swap_frame")
+        known = self._last.pop(name, None)
         while True:
-            field, raw = self._read(name)
+            field, raw = known or self._read(name)
             record = FrameRecord.model_validate_json(raw)
-            if not expect(record):
-                raise StaleWrite(f"{name} has moved on ({record.state}, revision {record.revision})")
-            if to not in FRAME_TRANSITIONS[record.state]:
-                raise StaleWrite(f"{name}: {record.state} cannot become {to}")
+            refused = (f"{name} has moved on ({record.state}, revision {record.revision})" if not expect(record)
+                       else None if to in FRAME_TRANSITIONS[record.state]
+                       else f"{name}: {record.state} cannot become {to}")
+            if refused and known:  # what this Job read earlier may be out of date: only the current one is refused
+                known = None
+                continue
+            if refused:
+                raise StaleWrite(refused)
             notes_before = Counter((note.kind, note.text) for note in record.notes)
             if change is not None:
                 change(record)
@@ -101,9 +113,12 @@ class Frames:
             # New fallbacks only: a revision clears a frame's notes and keeps its enhancement's.
             added = Counter((note.kind, note.text) for note in record.notes if note.is_fallback) - notes_before
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
-            if swap(keys=[self.keys.frames], args=[field, raw, target, record.model_dump_json()]):
+            written = record.model_dump_json()
+            if swap(keys=[self.keys.frames], args=[field, raw, target, written, DRAFT + name]):
+                self._last[name] = (target, written)
                 metrics.add(metrics.merged(measured or {}, *fallbacks))
                 return record
+            known = None
 
     def draft_names(self) -> list[str]:
         return sorted(name.removeprefix(DRAFT) for name in self.r.hkeys(self.keys.frames) if name.startswith(DRAFT))

@@ -80,6 +80,17 @@ class Job:
         self._keep_spec(raw)
         return self._spec, self.frames.parse(name, reply)
 
+    def spec_and_frames(self) -> tuple[JobSpec, dict[str, FrameRecord]]:
+        """The spec and every frame (``frames.all``), in one round trip when the spec is not read yet."""
+        if self._spec is not None:
+            return self._spec, self.frames.all()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.spec)
+        pipe.hgetall(self.keys.frames)
+        raw, frames = pipe.execute()
+        self._keep_spec(raw)
+        return self._spec, self.frames.parse_all(frames)
+
     def frames_while_open(self) -> dict[str, FrameRecord] | None:
         """Every frame (``frames.all``), or None once the job is closed, in one round trip."""
         pipe = self.r.pipeline(transaction=False)

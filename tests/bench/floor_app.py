@@ -31,6 +31,16 @@ app.conf.update(config)
 counter = redis.Redis.from_url(settings.broker_url)
 
 
+def point_at(url: str) -> None:
+    """Send to (and count in) the Redis at ``url``, dropping connections pooled for an earlier one
+    (as framefleet's configure() does)."""
+    global counter
+    app.conf.update(broker_url=url, result_backend=url)
+    app._after_fork()
+    vars(app._local).pop("backend", None)
+    counter = redis.Redis.from_url(url)
+
+
 def send_frame(job: str, frame: int, frames: int) -> None:
     header = [variation.s(job, frame, index) for index in range(1, VARIATIONS + 1)]
     chord(header, score.s(job, frame) | select.s(job, frame, frames)).apply_async()

@@ -102,8 +102,7 @@ def run_floor(jobs: int, frames_per_job: int) -> Measure:
                         *worker_argv([queue], pool, concurrency, f"floor-{queue}@%h", "WARNING")]
                 processes[queue] = subprocess.Popen(argv, env=env, stdout=open(f"{logs}/{queue}.log", "wb"),
                                                     stderr=subprocess.STDOUT, start_new_session=True)
-            floor_app.app.conf.update(broker_url=server.url, result_backend=server.url)
-            floor_app.counter = redis.Redis.from_url(server.url)
+            floor_app.point_at(server.url)
             client = redis.Redis.from_url(server.url)
             deadline = time.monotonic() + 60
             while len(floor_app.app.control.ping(timeout=0.5) or []) < 3:

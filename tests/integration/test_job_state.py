@@ -16,6 +16,7 @@ from framefleet.tasks.job.errors import JobNotFound, RequestError
 from framefleet.tasks.job.states import PromptSource
 
 ENHANCED = PromptSource.ENHANCED
+from framefleet.tasks.job.frames import StaleWrite
 from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.states import FrameState
@@ -105,6 +106,26 @@ def test_events_keep_the_order_of_concurrent_writes(local_steps):
     status = state.progress.read()
     assert (events[-1]["state"], events[-1]["percent"], events[-1]["revision"]) == (
         status.state, status.percent, status.revision)
+
+
+def test_a_transition_from_an_earlier_read_never_writes_past_a_newer_record(local_steps):
+    """A transition starts from the record its Job read last, without reading again: when that
+    record was replaced since (a write, or a revision's draft put beside it), the compare-and-set
+    refuses it, and the transition goes on from the current record."""
+    job_id = create_here("storyboard", storyboard_request(unique_id("earlier"), 1))
+    first, other, frame = Job(job_id), Job(job_id), "clip_001_start"
+    assert first.frames.get(frame).state is FrameState.WAITING
+    other.frames.transition(frame, FrameState.SKIPPED, expect=lambda r: True, revision=1)  # a draft beside it
+    with pytest.raises(StaleWrite):  # the current record (the draft) is no longer waiting
+        first.frames.transition(frame, FrameState.READY, expect=lambda r: r.state is FrameState.WAITING)
+    finished = json.loads(first.r.hget(first.keys.frames, frame))
+    assert finished["state"] == FrameState.WAITING  # the finished record was not written past the draft
+
+    second = "clip_001_end"
+    assert first.frames.get(second).state is FrameState.WAITING
+    other.frames.transition(second, FrameState.READY, expect=lambda r: True)  # replaced since first read it
+    moved = first.frames.transition(second, FrameState.GENERATING, expect=lambda r: r.state is FrameState.READY)
+    assert moved.state is FrameState.GENERATING and first.frames.get(second).state is FrameState.GENERATING
 
 
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
