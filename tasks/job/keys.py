@@ -17,6 +17,7 @@ LEASES = "framefleet:leases"  # zset lease key → when it runs out (epoch ms): 
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # counter: watchdog rounds run
 # Fleet-wide metrics (job/metrics.py; workers/exporter.py reads them). Never expire: counters.
 FLEET_METRICS = "framefleet:metrics"  # hash "name" or "name|label=value,..." → float counter
+# (beside it, "framefleet:metrics:batch:{id}": a written batch of counts, 5 minutes: add_metrics.lua)
 JOB_STATE_COUNTS = "framefleet:jobs:states"  # hash job state → jobs in it (queued, running), moved on transitions
 # The field the job's per-step hashes are created with (``JobKeys.ANCHORED``): they exist, with the
 # job's TTL, from its create on, so the steps' writes never set an expiry. Readers skip it.

@@ -72,7 +72,7 @@ class Ledger:
         return {key: reply for key, reply in zip(wanted, replies) if reply is not None}
 
     def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> bool:
-        """Record a paid reply; whether the job is still open (not cancelled or finalizing)."""
+        """Record a paid reply; whether the job is still open (False: cancelled, finalizing or gone)."""
         return self.job.write_while_open(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply))
 
     # paid predictions -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ counter, ``name`` or ``name|label=value,...``, a float. A histogram is one field
 observations that fell in it, not cumulative: one increment per observation) and a ``_sum``
 field. What happens on a frame's path is counted in the process once the write it is about has
 succeeded (``add``, ``count``), and each process writes its counts at most once a second, in one
-pipeline, from one thread (``Flusher``), so counting costs a frame no Redis command:
+script, from one thread (``Pending``), so counting costs a frame no Redis command:
 
 - a frame's transition (``Frames.transition``): its new fallback notes, the stage seconds the
   step measured; counted only when the compare-and-set wrote, so once;
@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import time
+import uuid
 
 import redis
 from framefleet.tasks.job.keys import FLEET_METRICS
@@ -78,6 +79,7 @@ def script_args(increments: Increments) -> list:
 
 
 FLUSH_INTERVAL_S = 1.0
+BATCH_MARKER_TTL_S = 300  # longer than any retry of a flush
 
 
 class Pending:
@@ -99,8 +101,11 @@ class Pending:
                 if amount and math.isfinite(amount):
                     self._counts[key] = self._counts.get(key, 0) + amount
             if self._pid != os.getpid():  # the first count in this process (or after a fork)
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="framefleet-metrics", daemon=True).start()
+                try:
+                    threading.Thread(target=self._run, name="framefleet-metrics", daemon=True).start()
+                    self._pid = os.getpid()
+                except RuntimeError as error:  # no thread now (interpreter exiting): the next count tries again
+                    log.warning("fleet metrics thread not started: %s", error)
 
     def drain(self) -> Increments:
         with self._lock:
@@ -114,7 +119,7 @@ class Pending:
             time.sleep(FLUSH_INTERVAL_S)
             try:
                 flush(state_client())
-            except (redis.RedisError, RuntimeError) as error:  # Redis restarting: kept for the next round
+            except Exception as error:  # noqa: BLE001 — Redis restarting: kept for the next round
                 log.warning("fleet metrics not written yet: %s", error)
 
 
@@ -131,15 +136,19 @@ def count(name: str, amount: float = 1, **labels: str) -> None:
 
 
 def flush(client: redis.Redis) -> None:
-    """Write what this process counted since its last write (one pipeline; nothing when empty)."""
+    """Write what this process counted since its last write, once (add_metrics.lua; nothing when
+    empty). A batch that did not reach Redis is kept for the next flush."""
     counts = pending.drain()
     if not counts:
         return
+    from framefleet.tasks.job.redis import script
+
+    batch = f"{FLEET_METRICS}:batch:{uuid.uuid4().hex}"
+    pairs = [part for key, amount in counts.items() for part in (key, repr(float(amount)))]
     try:
-        pipe = client.pipeline(transaction=False)
-        for key, amount in counts.items():
-            pipe.hincrbyfloat(FLEET_METRICS, key, amount)
-        pipe.execute()
+        skipped = script(client, "add_metrics")(keys=[FLEET_METRICS, batch], args=[BATCH_MARKER_TTL_S, *pairs])
     except redis.RedisError:
         pending.add(counts)
         raise
+    if skipped:
+        log.warning("fleet metrics fields that are not numbers were left as they are: %s", skipped)

@@ -155,9 +155,9 @@ def _start_process(**_) -> None:
 @worker_process_shutdown.connect
 def _flush_traces(**_) -> None:
     tracing.flush()
-    _flush_metrics()
 
 
+@worker_process_shutdown.connect
 @worker_shutdown.connect
 def _flush_metrics(**_) -> None:
     """The counts of this process's last second (job/metrics.py), on a clean shutdown."""

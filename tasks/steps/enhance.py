@@ -87,7 +87,8 @@ class RoundLedger(Protocol):
     (redelivery, a re-drive after a crash) replays them instead of asking the LLM again."""
 
     def get(self, iteration: int, agent: str) -> str | None: ...
-    def put(self, iteration: int, agent: str, reply: str) -> None: ...
+    def put(self, iteration: int, agent: str, reply: str) -> None:
+        """Record a paid reply; may raise JobCancelled when the job turns out closed."""
 
 
 class NoLedger:

@@ -19,6 +19,7 @@ from framefleet.tasks.artifacts.manifest import build_manifest, estimate_cost, w
 from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.dispatch import send
 from framefleet.tasks.coordination.leases import Stored
+from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.model import Job, frames_settled
 from framefleet.tasks.job.records import Budget, CompletionCallback
 
@@ -29,6 +30,8 @@ def finalized(job: Job, revision: int) -> Stored[dict]:
     """The finalize's result once the revision is done (the step's outcome)."""
     def parse(reply: list[str | None]) -> dict | None:
         state, stored_revision, outcome, manifest = reply
+        if state is None:
+            raise JobNotFound(f"job_id: no job {job.id!r}")
         if state != "done" or int(stored_revision or 0) != revision:
             return None
         return {"job_id": job.id, "status": outcome or None, "manifest": manifest or None, "revision": revision}

@@ -128,6 +128,25 @@ def test_a_transition_from_an_earlier_read_never_writes_past_a_newer_record(loca
     assert moved.state is FrameState.GENERATING and first.frames.get(second).state is FrameState.GENERATING
 
 
+def test_a_lease_whose_outcome_read_fails_is_not_left_taken(local_steps):
+    """The outcome read runs in the lease's script: when it fails, no lease is left held (nor in
+    the index), so nothing waits for its expiry and the watchdog has nothing to re-drive."""
+    import redis
+    from framefleet.tasks.coordination.leases import Lease
+    from framefleet.tasks.job.keys import LEASES
+    from framefleet.tasks.steps.finalize import finalized
+
+    job = Job(create_here("storyboard", storyboard_request(unique_id("badread"), 1)))
+    lease = Lease(job, "enhance:clip_001_start")
+    with pytest.raises(redis.ResponseError):
+        lease.acquire(("HGET", job.keys.spec, "not a hash"))
+    assert not job.r.exists(lease.key) and job.r.zscore(LEASES, lease.key) is None
+    assert lease.acquire(job.frames.read_command("clip_001_start"))  # a good read: taken
+    lease.release(finished=True)
+    with pytest.raises(JobNotFound):  # a finalize waiting on a job that is gone fails at once
+        finalized(Job(unique_id("gone")), 0).now(job.r)
+
+
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     """A variation in flight when its job's keys vanish (expiry, a discard, FLUSHALL) stores its
     image and returns, but writes nothing back to Redis for a job that no longer exists."""

@@ -8,7 +8,7 @@ from framefleet.tasks.job import metrics
 from framefleet.tasks.job.frames import StaleWrite
 from framefleet.tasks.job.keys import FLEET_METRICS, JOB_STATE_COUNTS
 from framefleet.tasks.job.model import Job
-from framefleet.tasks.job.redis import state_client
+from framefleet.tasks.job.redis import script, state_client
 from framefleet.tasks.job.states import FrameState, JobState, NoteKind
 
 from tests.helpers import stored_job, unique_id
@@ -68,3 +68,26 @@ def test_a_fallback_is_counted_with_its_transition_and_never_by_a_refused_one(br
     assert moved(before, figures()) == {
         "fallbacks_total|kind=enhancement_failed": 1,
         "frame_stage_seconds_bucket|le=0.5,stage=enhance": 1, "frame_stage_seconds_sum|stage=enhance": 0.3}
+
+
+def test_a_batch_of_counts_is_added_once_and_a_bad_field_stops_none_of_the_others(broker_url):
+    client = state_client()
+    figures()  # what this process counted before is written now
+    good, bad = metrics.field("images_stored_total"), metrics.field("test_not_a_number")
+    client.hset(FLEET_METRICS, bad, "not a number")
+    before = float(client.hget(FLEET_METRICS, good) or 0)
+    metrics.count("images_stored_total", 3)
+    metrics.count("test_not_a_number", 1)
+    metrics.flush(client)
+    assert float(client.hget(FLEET_METRICS, good)) - before == 3
+    assert client.hget(FLEET_METRICS, bad) == "not a number"  # left as it was
+    assert metrics.pending.drain() == {}  # nothing kept to add again at the next flush
+    client.hdel(FLEET_METRICS, bad)
+
+    # A batch sent twice (a retried command whose reply was lost) is added once.
+    add = script(client, "add_metrics")
+    batch = f"{FLEET_METRICS}:batch:{unique_id('twice')}"
+    before = figures()
+    for _ in range(2):
+        add(keys=[FLEET_METRICS, batch], args=[60, good, "2.0"])
+    assert moved(before, figures()) == {good: 2}
