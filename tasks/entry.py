@@ -106,7 +106,8 @@ def list_jobs(active_only: bool = False, limit: int = 50) -> list[dict]:
 def enhance_prompt(job_id: str, frame: str) -> dict:
     job = Job(job_id)
     enhancement = run_step(job, f"enhance:{frame}", stored=enhance.stored_enhancement(job, frame),
-                           work=lambda: enhance.enhance_frame(job, frame), after=lambda: dispatch_ready(job))
+                           work=lambda: enhance.enhance_frame(job, frame), after=lambda: dispatch_ready(job),
+                           prefetch=job.prefetch_spec_and_frame(frame))
     if enhancement is None:
         return {"frame": frame, "cancelled": True}
     return {"frame": frame, "fallback": enhancement.fallback}
@@ -133,7 +134,8 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
 
     try:  # checked before any paid call
         record = run_step(job, f"generate:{frame}/{revision}/{source}/{index}", while_open=True,
-                          stored=generate.stored_variation(job, frame, revision, source, index), work=work)
+                          stored=generate.stored_variation(job, frame, revision, source, index), work=work,
+                          prefetch=job.prefetch_spec_and_frame(frame))
     except JobClosed:
         return VariationRecord(index=index, prompt_source=source, error="cancelled").model_dump(mode="json")
     try:  # the hold itself runs after the record is returned and counted (HoldsSlot.after_return)
@@ -151,7 +153,8 @@ def score_variations(results: list[dict], job_id: str, frame: str, revision: int
     try:
         return run_step(job, score_step(frame, revision, source), while_open=True,
                         stored=score.scored(job, frame, revision, source),
-                        work=lambda: score.score_with_waiting(job, frame, revision, source, variations))
+                        work=lambda: score.score_with_waiting(job, frame, revision, source, variations),
+                        prefetch=job.prefetch_spec_and_frame(frame))
     except JobClosed:
         return {"variations": results, "scorer": None, "error": None, "notes": [], "timing": None}
 
@@ -184,7 +187,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
     try:  # a cancel finalizes the job: it keeps only what was finished before
         run_step(job, f"select:{frame}/{revision}/{stage}", while_open=True,
                  stored=select.selected(job, frame, revision, stage),
-                 work=work, after=lambda: dispatch_ready(job))
+                 work=work, after=lambda: dispatch_ready(job), prefetch=job.prefetch_spec_and_frames())
     except JobClosed:
         return
 

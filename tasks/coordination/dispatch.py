@@ -40,6 +40,7 @@ from framefleet.tasks.job.records import FrameRecord
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, FrameState, NoteKind, PromptSource
 from framefleet.tasks.providers.base import StopCheck
+from framefleet.tasks.runtime.celery_compat import results_not_awaited
 from framefleet.tasks.runtime.tracing import in_job_trace
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def send_chord(job: Job, header: list, body) -> None:
         ids.append(result.id)
         result = result.parent
     job.ledger.add_task_ids(ids)
-    with in_job_trace(lambda: job.spec.trace):
+    with in_job_trace(lambda: job.spec.trace), results_not_awaited():
         chord(header, body).apply_async()
 
 

@@ -22,7 +22,7 @@ from celery.exceptions import Retry
 from framefleet.config.settings import get_settings
 
 if TYPE_CHECKING:
-    from framefleet.tasks.job.model import Job
+    from framefleet.tasks.job.model import Job, Prefetch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,16 +40,17 @@ class Lease:
         self.ttl_ms = int(get_settings().lease_ttl_s * 1000)
         self.owner = uuid.uuid4().hex
         self.renewed = time.monotonic()  # when it was last taken or renewed
-        self.read_reply: Any = None
+        self.read_replies: list = []
 
     @property
     def key(self) -> str:
         return self.job.keys.lease(self.step)
 
-    def acquire(self, read: tuple = ()) -> bool:
-        """Take the lease; ``read`` (a Redis read command) runs in the same round trip once it is
-        taken, its reply kept in ``read_reply``."""
-        taken, self.read_reply = self.job.leases.acquire(self.step, self.owner, self.ttl_ms, self.while_open, read)
+    def acquire(self, *reads: tuple) -> bool:
+        """Take the lease; ``reads`` (Redis read commands) run in the same round trip once it is
+        taken, their replies kept in ``read_replies``."""
+        taken, self.read_replies = self.job.leases.acquire(self.step, self.owner, self.ttl_ms, self.while_open,
+                                                           reads)
         if taken < 0:
             raise JobClosed(self.job.id)
         if not taken:
@@ -64,6 +65,8 @@ class Lease:
 
     def release(self, finished: bool) -> None:
         _keeper.remove(self)
+        if self.job.leases.released_with_outcome:  # the write that stored the outcome released it
+            return
         self.job.leases.release(self.step, self.owner, finished)
 
 
@@ -124,19 +127,24 @@ class Stored(NamedTuple, Generic[T]):
         return self.parse(client.execute_command(*self.read))
 
 
-def wait_for(stored: Stored[T], lease: Lease, poll_s: float = 0.2) -> tuple[T | None, Lease | None]:
+def wait_for(stored: Stored[T], lease: Lease, prefetch: Prefetch | None = None,
+             poll_s: float = 0.2) -> tuple[T | None, Lease | None]:
     """Take the step's lease, or, while another copy holds it, wait until the step's outcome is
     stored (that copy's result), or until that copy's lease is gone (it died) and this copy takes
-    it over.
+    it over. ``prefetch``: what the work reads first, read as the lease is taken.
 
     Returns (result, None) when the step's outcome exists, or (None, lease) when this copy now holds
     the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
     the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
     """
+    reads = (stored.read, *(prefetch.reads if prefetch else ()))
     while True:
-        if lease.acquire(stored.read):
+        if lease.acquire(*reads):
+            outcome, *prefetched = lease.read_replies
             try:
-                result = stored.parse(lease.read_reply)  # a copy that finished before this one took the lease
+                result = stored.parse(outcome)  # a copy that finished before this one took the lease
+                if result is None and prefetch is not None:
+                    prefetch.keep(prefetched)
             except BaseException:
                 lease.release(finished=False)
                 raise
@@ -151,22 +159,29 @@ def wait_for(stored: Stored[T], lease: Lease, poll_s: float = 0.2) -> tuple[T | 
 
 
 def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
-             after: Callable[[], object] | None = None, while_open: bool = False) -> T | None:
+             after: Callable[[], object] | None = None, while_open: bool = False,
+             prefetch: Prefetch | None = None) -> T | None:
     """Run ``work`` as step ``step`` of the job, at most one copy at a time.
 
-    ``stored`` reads the step's outcome once it exists (None before). A second copy returns that
-    outcome instead of working; a copy that finds the first one's lease expired does the work.
-    ``after`` runs once the outcome exists, in either copy: in the working copy while it still
-    holds the lease, so that if it fails the step is re-driven. A Celery retry of the work is a
-    new message, so the lease is released as finished; any other error leaves the step for the
-    watchdog. ``while_open``: the lease is refused once the job is closed (cancelled or
-    finalizing), and JobClosed raised, checked in the same round trip as taking the lease.
+    ``stored`` reads the step's outcome once it exists (None before); ``prefetch`` is what the
+    work reads first (the job's spec and frame records), read in the round trip that takes the
+    lease. A second copy returns that outcome instead of working; a copy that finds the first
+    one's lease expired does the work. ``after`` runs once the outcome exists, in either copy: in
+    the working copy while it still holds the lease, so that if it fails the step is re-driven.
+    Without ``after``, the write that stores the outcome releases the lease in the same script
+    (``Job.write_if_alive(outcome=True)``). A Celery retry of the work is a new message, so the
+    lease is released as finished; any other error leaves the step for the watchdog.
+    ``while_open``: the lease is refused once the job is closed (cancelled or finalizing), and
+    JobClosed raised, checked in the same round trip as taking the lease.
     """
-    result, lease = wait_for(stored, Lease(job, step, while_open))
+    result, lease = wait_for(stored, Lease(job, step, while_open), prefetch)
     if lease is None:
         if after is not None:
             after()
         return result
+    job.leases.released_with_outcome = False
+    if after is None:  # nothing runs after the outcome is stored: its write may release the lease
+        job.leases.finishing = (step, lease.owner)
     try:
         result = work()
         if after is not None:
@@ -177,5 +192,7 @@ def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
     except BaseException:
         lease.release(finished=False)
         raise
+    finally:
+        job.leases.finishing = None
     lease.release(finished=True)
     return result

@@ -34,7 +34,12 @@ class StaleWrite(Exception):
     """A step asked for a frame change that is no longer legal: the frame has moved on."""
 
 
-DRAFT = "draft:"  # the running revision's record of a frame: field "draft:{frame}" beside "{frame}"
+DRAFT = "draft:"
+
+
+def as_dict(reply: list[str]) -> dict[str, str]:
+    """A hash as a script returns HGETALL's reply: field, value, field, value, ..."""
+    return dict(zip(reply[::2], reply[1::2]))  # the running revision's record of a frame: field "draft:{frame}" beside "{frame}"
 
 
 class Frames:
@@ -43,10 +48,32 @@ class Frames:
         # Each frame's record as this Job last read or wrote it (field, JSON): a transition tries
         # it first and reads again only when the compare-and-set finds it moved on.
         self._last: dict[str, tuple[str, str]] = {}
+        # Replies read ahead (Job.prefetch_*): the next read of the same records returns them.
+        self._primed: dict[str, list] = {}
+        self._primed_all: dict[str, str] | None = None
+        # (closed, every frame) as read right after this Job's last transition with ``read_after``.
+        self._after_transition: tuple[bool, dict[str, str]] | None = None
+
+    def prime(self, name: str, reply: list) -> None:
+        self._primed[name] = reply
+
+    def prime_all(self, reply: list[str]) -> None:
+        """(HGETALL's reply as a script returns it: field, value, field, value, ...)"""
+        self._primed_all = as_dict(reply)
+
+    def read_after_transition(self) -> tuple[bool, dict[str, str]] | None:
+        """(closed, the frames hash) as the last transition with ``read_after`` read them, once."""
+        seen, self._after_transition = self._after_transition, None
+        return seen
 
     def all(self) -> dict[str, FrameRecord]:
         """Every frame, as the running revision sees it (its draft over the finished frames)."""
-        return self.parse_all(self.r.hgetall(self.keys.frames))
+        raw, self._primed_all = self._primed_all, None
+        return self.parse_all(self.r.hgetall(self.keys.frames) if raw is None else raw)
+
+    def read_all_command(self) -> tuple:
+        """The Redis read of every frame (its reply: ``parse_all``)."""
+        return ("HGETALL", self.keys.frames)
 
     def parse_all(self, raw: dict[str, str]) -> dict[str, FrameRecord]:
         """``all`` from the frames hash as read (HGETALL)."""
@@ -59,6 +86,8 @@ class Frames:
         return {name: FrameRecord.model_validate_json(value) for name, (_, value) in current.items()}
 
     def get(self, name: str) -> FrameRecord:
+        if name in self._primed:
+            return self.parse(name, self._primed.pop(name))
         return FrameRecord.model_validate_json(self._read(name)[1])
 
     def read_command(self, name: str) -> tuple:
@@ -80,7 +109,8 @@ class Frames:
         return self._last[name]
 
     def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
-                   revision: int | None = None, measured: metrics.Increments | None = None) -> FrameRecord:
+                   revision: int | None = None, measured: metrics.Increments | None = None,
+                   read_after: bool = False) -> FrameRecord:
         """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
         (read, check, write only if the record read is still there; else read again). The record
         this Job last read or wrote is tried first, without a read.
@@ -90,7 +120,9 @@ class Frames:
         FRAME_TRANSITIONS does not allow, raises StaleWrite and nothing is written. ``revision``:
         a revision after the first takes the frame into its draft (choose, regenerate, re-chaining).
         The fallbacks the change adds, and ``measured`` (the step's stage seconds), are counted in
-        the fleet's metrics once the write succeeded, so once (job/metrics.py).
+        the fleet's metrics once the write succeeded, so once (job/metrics.py). ``read_after``:
+        the same script reads every frame and whether the job is closed right after the write, for
+        the dispatch that follows (Job.frames_while_open).
         """
         swap = script(self.r, "swap_frame")
         known = self._last.pop(name, None)
@@ -114,7 +146,12 @@ class Frames:
             added = Counter((note.kind, note.text) for note in record.notes if note.is_fallback) - notes_before
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
             written = record.model_dump_json()
-            if swap(keys=[self.keys.frames], args=[field, raw, target, written, DRAFT + name]):
+            closing = [self.keys.cancelled, self.keys.finalized] if read_after else []
+            swapped = swap(keys=[self.keys.frames, *closing], args=[field, raw, target, written, DRAFT + name])
+            if swapped:
+                if read_after:
+                    _, closed, frames = swapped
+                    self._after_transition = (bool(closed), as_dict(frames))
                 self._last[name] = (target, written)
                 metrics.add(metrics.merged(measured or {}, *fallbacks))
                 return record

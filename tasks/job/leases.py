@@ -10,7 +10,7 @@ the steps that died, not by the jobs in Redis. A claim (SET NX) makes "enqueue t
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -28,16 +28,25 @@ def now_ms() -> int:
 class Leases:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
+        # (step, owner): the running step's lease, which the write that stores the step's outcome
+        # releases in the same script (Job.write_if_alive ``outcome``); set by the step wrapper.
+        self.finishing: tuple[str, str] | None = None
+        self.released_with_outcome = False
+
+    def release_keys(self, step: str) -> list[str]:
+        return [self.keys.lease(step), LEASES]
 
     def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False,
-                read: tuple = ()) -> tuple[int, Any]:
-        """(1, the reply of ``read``, run right after) when ``owner`` now holds the step's lease,
-        (0, None) when another copy does; with ``while_open``, (-1, None) (and no lease) when the
-        job is closed (cancelled or finalizing). One round trip."""
+                reads: tuple[tuple, ...] = ()) -> tuple[int, list]:
+        """(1, the replies of ``reads``, run right after) when ``owner`` now holds the step's lease,
+        (0, []) when another copy does; with ``while_open``, (-1, []) (and no lease) when the job is
+        closed (cancelled or finalizing). One round trip."""
         closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-        taken, *reply = script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES, *closing],
-                                                        args=[owner, ttl_ms, now_ms() + ttl_ms, *read])
-        return taken, reply[0] if reply else None
+        args: list = [owner, ttl_ms, now_ms() + ttl_ms]
+        for read in reads:
+            args += [len(read), *read]
+        taken, *replies = script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES, *closing], args=args)
+        return taken, replies
 
     def renew(self, step: str, owner: str, ttl_ms: int) -> bool:
         return bool(script(self.r, "renew_lease")(keys=[self.keys.lease(step), LEASES],
@@ -46,8 +55,7 @@ class Leases:
     def release(self, step: str, owner: str, finished: bool) -> None:
         """``finished``: the step's outcome is stored, so the watchdog has nothing to re-drive.
         Otherwise (the step raised) the watchdog re-drives it at its next round."""
-        script(self.r, "release_lease")(keys=[self.keys.lease(step), LEASES], args=[owner, "1" if finished else "0",
-                                                                                    now_ms()])
+        script(self.r, "release_lease")(keys=self.release_keys(step), args=[owner, "1" if finished else "0", now_ms()])
 
     def alive(self, step: str) -> bool:
         return bool(self.r.exists(self.keys.lease(step)))

@@ -71,6 +71,17 @@ class Ledger:
         replies = self.r.hmget(self.keys.llm, [llm_field(frame, prompt, i, agent) for i, agent in wanted])
         return {key: reply for key, reply in zip(wanted, replies) if reply is not None}
 
+    def llm_replies_while_open(self, frame: str, prompt: str, iterations: int,
+                               agents: tuple[str, ...]) -> tuple[dict, bool]:
+        """``llm_replies``, and whether the job is open (not cancelled or finalizing), in one
+        round trip (a transaction: the replies are those of the moment the job was seen open)."""
+        pipe = self.r.pipeline()
+        pipe.exists(self.keys.cancelled, self.keys.finalized)
+        wanted = [(iteration, agent) for iteration in range(1, iterations + 1) for agent in agents]
+        pipe.hmget(self.keys.llm, [llm_field(frame, prompt, i, agent) for i, agent in wanted])
+        closed, replies = pipe.execute()
+        return {key: reply for key, reply in zip(wanted, replies) if reply is not None}, not closed
+
     def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> bool:
         """Record a paid reply; whether the job is still open (False: cancelled, finalizing or gone)."""
         return self.job.write_while_open(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply))

@@ -15,6 +15,8 @@ Every key is in job/keys.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import redis
 from framefleet.config.settings import get_settings
@@ -40,6 +42,15 @@ from framefleet.tasks.job.redis import script, state_client
 from framefleet.tasks.job.rounds import Rounds
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState
+
+
+class Prefetch(NamedTuple):
+    """What a step's work reads first, read in the round trip that takes the step's lease
+    (coordination/leases.py): ``keep`` hands the replies to the Job, whose next read of the same
+    records returns them instead of reading again (a read made as the step starts)."""
+
+    reads: tuple[tuple, ...]
+    keep: Callable[[list], None]
 
 
 class Job:
@@ -69,6 +80,29 @@ class Job:
             raise JobNotFound(f"job_id: no job {self.id!r}")
         self._spec = JobSpec.model_validate_json(raw)
 
+    def prefetch_spec_and_frame(self, name: str) -> Prefetch:
+        """``spec_and_frame(name)``, read ahead."""
+        def keep(replies: list) -> None:
+            *spec, frame = replies
+            if spec:
+                self._keep_spec(spec[0])
+            self.frames.prime(name, frame)
+
+        return Prefetch((*self._spec_read(), self.frames.read_command(name)), keep)
+
+    def prefetch_spec_and_frames(self) -> Prefetch:
+        """``spec_and_frames()``, read ahead."""
+        def keep(replies: list) -> None:
+            *spec, frames = replies
+            if spec:
+                self._keep_spec(spec[0])
+            self.frames.prime_all(frames)
+
+        return Prefetch((*self._spec_read(), self.frames.read_all_command()), keep)
+
+    def _spec_read(self) -> tuple[tuple, ...]:
+        return () if self._spec is not None else (("GET", self.keys.spec),)
+
     def spec_and_frame(self, name: str) -> tuple[JobSpec, FrameRecord]:
         """The spec and frame ``name``'s record, in one round trip when the spec is not read yet."""
         if self._spec is not None:
@@ -92,11 +126,15 @@ class Job:
         return self._spec, self.frames.parse_all(frames)
 
     def frames_while_open(self) -> dict[str, FrameRecord] | None:
-        """Every frame (``frames.all``), or None once the job is closed, in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.exists(self.keys.cancelled, self.keys.finalized)
-        pipe.hgetall(self.keys.frames)
-        closed, raw = pipe.execute()
+        """Every frame (``frames.all``), or None once the job is closed, in one round trip, or none
+        where this Job's last transition read them right after its write (``read_after``)."""
+        seen = self.frames.read_after_transition()
+        if seen is None:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.exists(self.keys.cancelled, self.keys.finalized)
+            pipe.hgetall(self.keys.frames)
+            seen = pipe.execute()
+        closed, raw = seen
         return None if closed else self.frames.parse_all(raw)
 
     def exists(self) -> bool:
@@ -251,23 +289,30 @@ class Job:
         """Cancelled or finalizing: no more traces or paid work for this job."""
         return bool(self.r.exists(self.keys.cancelled, self.keys.finalized))
 
-    def write_if_alive(self, *commands: tuple) -> bool:
+    def write_if_alive(self, *commands: tuple, outcome: bool = False) -> bool:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
         (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
-        set an expiry: the job's hashes have it from create, and a list a command creates gets it."""
-        return self._write(commands, closing=False) > 0
+        set an expiry: the job's hashes have it from create, and a list a command creates gets it.
+        ``outcome``: the write stores the running step's outcome, and releases its lease with it
+        where the step wrapper hands that release over (``leases.finishing``)."""
+        return self._write(commands, closing=False, outcome=outcome) > 0
 
     def write_while_open(self, *commands: tuple) -> bool:
         """``write_if_alive``, and whether the job is still open (not cancelled or finalizing)
         after it, in the same round trip."""
         return self._write(commands, closing=True) == 1
 
-    def _write(self, commands: tuple[tuple, ...], closing: bool) -> int:
-        args: list = [self.ttl]
+    def _write(self, commands: tuple[tuple, ...], closing: bool, outcome: bool = False) -> int:
+        closing_keys = [self.keys.cancelled, self.keys.finalized] if closing else []
+        releasing = self.leases.finishing if outcome else None
+        keys = [self.keys.spec, *closing_keys, *(self.leases.release_keys(releasing[0]) if releasing else [])]
+        args: list = [self.ttl, len(closing_keys), releasing[1] if releasing else ""]
         for command in commands:
             args += [len(command), *command]
-        keys = [self.keys.spec, *([self.keys.cancelled, self.keys.finalized] if closing else [])]
-        return script(self.r, "write_if_alive")(keys=keys, args=args)
+        written = script(self.r, "write_if_alive")(keys=keys, args=args)
+        if releasing and written:
+            self.leases.finishing, self.leases.released_with_outcome = None, True
+        return written
 
 
 def frames_settled(records: dict[str, FrameRecord]) -> int:

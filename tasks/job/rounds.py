@@ -37,11 +37,12 @@ class Rounds:
 
     def save_variation(self, frame: str, revision: int, source: str, record: VariationRecord,
                        costs: dict[str, int]) -> None:
-        """Record the variation and what it cost (the job's cost counters), in one write."""
+        """Record the variation and what it cost (the job's cost counters), in one write (the
+        generate step's outcome)."""
         if self.job.write_if_alive(
                 ("HSET", self.keys.variations, f"{round_id(frame, revision, source)}/{record.index}",
                  record.model_dump_json()),
-                *self.job.ledger.cost_commands(frame, **costs)):
+                *self.job.ledger.cost_commands(frame, **costs), outcome=True):
             metrics.add(cost_metrics(**costs))
 
     def stored_times(self, frame: str, revision: int, source: str, count: int) -> list[float]:
@@ -62,7 +63,7 @@ class Rounds:
 
     def save_outcome(self, step: str, frame: str, revision: int, source: str, result: dict) -> None:
         self.job.write_if_alive(("HSET", getattr(self.keys, step), round_id(frame, revision, source),
-                                 json.dumps(result)))
+                                 json.dumps(result)), outcome=True)
 
     def scored(self, frame: str, revision: int, source: str) -> dict | None:
         return self.outcome("scored", frame, revision, source)

@@ -3,8 +3,9 @@ or fails over; every worker imports this (``include``).
 
 The restart fix is gated to the Celery releases that have the defect; kombu has the undecodable
 entry defect in 5.6.2 and in its newest release, 5.7.0, and Celery's Redis result backend counts a
-chord's parts without retries in every release. tests/integration/test_broker_restart.py and
-test_redis_outages.py check the behaviour, so an upgrade that still has a defect, or moved the
+chord's parts without retries, and subscribes to the results of every chord it sends, in every
+release. tests/integration/test_broker_restart.py, test_redis_outages.py and
+test_jobs_end_to_end.py check the behaviour, so an upgrade that still has a defect, or moved the
 code patched here, fails there.
 """
 
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from contextlib import contextmanager
 from queue import Empty
 
 import celery
+from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.redis import RedisBackend
 from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
@@ -79,6 +83,38 @@ def _count_chord_part_with_retries(on_chord_part_return):
     return count_with_retries
 
 
+_sending = threading.local()
+
+
+@contextmanager
+def results_not_awaited():
+    """Send tasks whose results this process never waits for (the fleet's chords).
+
+    Sending a chord, Celery's Redis result backend subscribes to each header task's result channel
+    (the group's ready barrier) and unsubscribes only when that result arrives in a ``get()``. A
+    worker that sends chords and never waits on them keeps every channel subscribed: one Redis
+    SUBSCRIBE per header task, and subscriptions that pile up in Redis and in the worker for as long
+    as it runs (celery/celery#4824; the fleet's header tasks store no result, so none ever
+    arrives).
+    """
+    _sending.not_awaited = True
+    try:
+        yield
+    finally:
+        _sending.not_awaited = False
+
+
+def _unless_not_awaited(add_pending_result):
+    @functools.wraps(add_pending_result)
+    def add_unless_not_awaited(self, result, *args, **kwargs):
+        if getattr(_sending, "not_awaited", False):
+            return result
+        return add_pending_result(self, result, *args, **kwargs)
+
+    return add_unless_not_awaited
+
+
+AsyncBackendMixin.add_pending_result = _unless_not_awaited(AsyncBackendMixin.add_pending_result)
 RedisBackend.on_chord_part_return = _count_chord_part_with_retries(RedisBackend.on_chord_part_return)
 if CLOSE_AFTER_COLLECT:
     Connection.collect = _forget_default_channel_after_collect(Connection.collect)

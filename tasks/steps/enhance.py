@@ -167,14 +167,15 @@ class JobCancelled(Exception):
 
 class JobRoundLedger:
     """The round ledger of one frame's enhancement, in the job's ledger: what an earlier run paid
-    for is read once, as the step starts (one copy of a step runs at a time). Recording a reply
-    also tells whether the job is still open: a closed job stops the loop before its next paid
-    call, and the cancel check right after a recorded reply needs no read of its own."""
+    for is read once, as the step starts (one copy of a step runs at a time), with whether the job
+    is open. Recording a reply also tells whether the job is still open: a closed job stops the
+    loop before its next paid call, and a cancel check right after that read or a recorded reply
+    needs no read of its own."""
 
     def __init__(self, job: Job, frame: str, prompt: str, iterations: int):
         self.job, self.frame, self.prompt = job, frame, prompt
-        self.replies = job.ledger.llm_replies(frame, prompt, iterations, ("agent1", "agent2"))
-        self.open_just_seen = False
+        self.replies, self.open_just_seen = job.ledger.llm_replies_while_open(frame, prompt, iterations,
+                                                                              ("agent1", "agent2"))
 
     def get(self, iteration: int, agent: str) -> str | None:
         return self.replies.get((iteration, agent))
@@ -188,9 +189,14 @@ class JobRoundLedger:
     def check_cancelled(self) -> None:
         """Raise JobCancelled when the job is closed (answered by the last recorded reply if nothing
         came in between)."""
-        open_just_seen, self.open_just_seen = self.open_just_seen, False
-        if not open_just_seen and self.job.closed():
+        if not self.still_open():
             raise JobCancelled(self.job.id)
+
+    def still_open(self) -> bool:
+        """Whether the job is open: as the last read or recorded reply said, if nothing came in
+        between; otherwise read."""
+        open_just_seen, self.open_just_seen = self.open_just_seen, False
+        return open_just_seen or not self.job.closed()
 
 
 
@@ -209,7 +215,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     config = spec.frame_config(record)
     guard = BudgetGuard(job, spec)
     started = time.time()
-    agents = None
+    agents, open_now = None, None  # open_now: whether the job is open, as the loop last saw it
     traces: dict[str, str] = {}
 
     def fallback(kind: NoteKind, text: str, error: Exception) -> tuple[str, Enhancement]:
@@ -234,6 +240,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                     frame, iteration, sum(f.status == "pending" for f in job.frames.all().values()),
                     record.original_prompt),
             )
+            open_now = ledger.still_open()
             enhanced = result.final_prompt
             enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
         except JobCancelled:
@@ -251,7 +258,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                                              "enhancement failed: original prompt, single image", error)
     # Traces go to the store in one go. A closed job gets none; one closed while they were being
     # written loses them again, since its cleanup (finalize) may have run before they landed.
-    if traces and not job.closed():
+    if traces and (open_now if open_now is not None else not job.closed()):
         for name, text in traces.items():
             store.put(trace_key(job.id, frame, name), text.encode(), "text/plain")
         if job.closed():
@@ -272,6 +279,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                                                                  stage="enhance")
     job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
         current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
-                                                                       record.revision), measured=seconds)
+                                                                       record.revision), measured=seconds,
+        read_after=True)  # for the dispatch that follows (entry.py)
     job.progress.prompt_enhanced(spec.kind, len(spec.plan.frames))
     return enhancement

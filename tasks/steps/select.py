@@ -79,7 +79,8 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict,
 
     record = job.frames.transition(frame, outcome, store_selection,
                                    expect=lambda current: in_round(current, revision, source),
-                                   measured=stage_seconds(before, variations, scored, started))
+                                   measured=stage_seconds(before, variations, scored, started),
+                                   read_after=True)  # for the dispatch that follows (entry.py)
     if record.state is FrameState.FAILED:
         log.error("frame %s/%s failed: no image could be generated", job.id, frame)
     elif record.selected is not None:

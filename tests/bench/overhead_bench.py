@@ -38,6 +38,7 @@ from framefleet.workers.local_redis import LocalRedis
 SHAPES = {"intake": ("threads", 8), "control": ("threads", 4), "llm": ("threads", 8), "images": ("threads", 8),
           "gpu": ("solo", 1)}
 CLOCK = os.sysconf("SC_CLK_TCK")
+WARMUP_JOBS = 16  # sent and finished before each side is measured
 
 
 @dataclass
@@ -71,13 +72,19 @@ def process_cpu(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK
 
 
-def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: int, start, done) -> Measure:
-    """Run ``start()``, wait until ``done()``, and measure what it cost."""
+def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: int, send, finished,
+             jobs: int, warmup: int) -> Measure:
+    """Send ``warmup`` jobs and wait for them (not measured: the workers' connection pools fill
+    and their lazy imports load, as in a fleet that has run a while), then send ``jobs`` jobs
+    (``frames`` frames) and measure what they cost until ``finished(total jobs sent)``."""
+    send(warmup)
+    while not finished(warmup):
+        time.sleep(0.2)
     before, cpu = command_stats(client), redis_cpu(client)
     worker_cpu = {queue: process_cpu(pid) for queue, pid in workers.items()}
     began = time.monotonic()
-    start()
-    while not done():
+    send(jobs)
+    while not finished(warmup + jobs):
         time.sleep(0.2)
     wall = time.monotonic() - began
     after = command_stats(client)
@@ -89,7 +96,7 @@ def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: i
                                              for queue, pid in workers.items()})
 
 
-def run_floor(jobs: int, frames_per_job: int) -> Measure:
+def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS) -> Measure:
     from tests.bench import floor_app
 
     with tempfile.TemporaryDirectory() as logs, LocalRedis() as server:
@@ -107,14 +114,17 @@ def run_floor(jobs: int, frames_per_job: int) -> Measure:
             deadline = time.monotonic() + 60
             while len(floor_app.app.control.ping(timeout=0.5) or []) < 3:
                 assert time.monotonic() < deadline, "floor workers did not start"
-            total = jobs * frames_per_job
+            sent = iter(range(warmup + jobs))
 
-            def start() -> None:
-                for job in range(jobs):
+            def send(count: int) -> None:
+                for _, job in zip(range(count), sent):
                     floor_app.app.send_task("floor.start", args=[f"job{job}", frames_per_job])
 
-            return measured("Celery floor", client, {q: p.pid for q, p in processes.items()}, total, start,
-                            lambda: int(client.get(floor_app.FRAMES_DONE) or 0) >= total)
+            def finished(count: int) -> bool:
+                return int(client.get(floor_app.FRAMES_DONE) or 0) >= count * frames_per_job
+
+            return measured("Celery floor", client, {q: p.pid for q, p in processes.items()}, jobs * frames_per_job,
+                            send, finished, jobs, warmup)
         finally:
             for process in processes.values():
                 os.killpg(process.pid, 15)
@@ -122,7 +132,7 @@ def run_floor(jobs: int, frames_per_job: int) -> Measure:
                 process.wait(30)
 
 
-def run_fleet(jobs: int, clips: int) -> Measure:
+def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS) -> Measure:
     from framefleet.workers.app import app, configure
 
     with tempfile.TemporaryDirectory() as out, LocalRedis() as server:
@@ -137,17 +147,15 @@ def run_fleet(jobs: int, clips: int) -> Measure:
         configure()
         client = redis.Redis.from_url(server.url)
         with Fleet(env, log_dir=f"{out}/logs", shapes=SHAPES) as fleet:
-            requests = [{**demo_request(clips), "overrides": {}} for _ in range(jobs)]
+            def send(count: int) -> None:
+                for _ in range(count):
+                    app.send_task(CREATE_STORYBOARD, args=[{**demo_request(clips), "overrides": {}}])
 
-            def start() -> None:
-                for request in requests:
-                    app.send_task(CREATE_STORYBOARD, args=[request])
-
-            def done() -> bool:
-                return client.zcard(RECENT_JOBS) >= jobs and client.scard(ACTIVE_JOBS) == 0
+            def finished(count: int) -> bool:
+                return client.zcard(RECENT_JOBS) >= count and client.scard(ACTIVE_JOBS) == 0
 
             return measured("framefleet", client, {q: p.pid for q, p in fleet.processes.items()}, jobs * 2 * clips,
-                            start, done)
+                            send, finished, jobs, warmup)
 
 
 def report(floor: Measure, fleet: Measure, top: int) -> None:

@@ -147,6 +147,30 @@ def test_a_lease_whose_outcome_read_fails_is_not_left_taken(local_steps):
         finalized(Job(unique_id("gone")), 0).now(job.r)
 
 
+def test_the_write_that_stores_an_outcome_releases_only_its_owners_lease(local_steps):
+    """A step without ``after`` hands its lease's release to the write that stores its outcome: one
+    script stores the outcome and releases the lease, and only while this copy still holds it."""
+    from framefleet.tasks.coordination.leases import Lease
+    from framefleet.tasks.job.keys import LEASES
+    from framefleet.tasks.job.records import VariationRecord
+
+    job = Job(create_here("storyboard", storyboard_request(unique_id("outcome"), 1)))
+    frame, enhanced = "clip_001_start", PromptSource.ENHANCED
+    mine, theirs = Lease(job, f"generate:{frame}/0/enhanced/1"), Lease(job, f"generate:{frame}/0/enhanced/2")
+    assert mine.acquire() and theirs.acquire()
+    job.leases.finishing = (mine.step, mine.owner)
+    job.rounds.save_variation(frame, 0, enhanced, VariationRecord(index=1, prompt_source=enhanced, error="x"), {})
+    assert not job.r.exists(mine.key) and job.r.zscore(LEASES, mine.key) is None
+    assert job.leases.released_with_outcome and job.leases.finishing is None
+
+    late = Job(job.id)  # a copy whose lease was taken over: its write stores, the holder keeps the lease
+    late.leases.finishing = (theirs.step, "an owner that lost it")
+    late.rounds.save_variation(frame, 0, enhanced, VariationRecord(index=2, prompt_source=enhanced, error="x"), {})
+    assert job.r.get(theirs.key) == theirs.owner and job.r.zscore(LEASES, theirs.key) is not None
+    assert job.rounds.stored_times(frame, 0, enhanced, 2) == [] and len(job.r.hkeys(job.keys.variations)) >= 2
+    theirs.release(finished=True)
+
+
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     """A variation in flight when its job's keys vanish (expiry, a discard, FLUSHALL) stores its
     image and returns, but writes nothing back to Redis for a job that no longer exists."""

@@ -85,6 +85,17 @@ def test_storyboard_with_reference_chains_every_frame(celery_app, store):
     assert order == sorted(order)
 
 
+def test_a_job_leaves_no_result_subscriptions_behind(celery_app, store):
+    """Sending a frame's chord subscribes to nothing: the fleet never waits on its steps' results,
+    and Celery would keep one Redis subscription per variation for as long as the worker runs."""
+    client = Job("any").r
+    before = set(client.pubsub_channels("celery-task-meta-*"))
+    status, _ = run_job(celery_app, "storyboard", storyboard_request(unique_id("sb"), 2), store)
+
+    assert status.outcome == "succeeded"
+    assert set(client.pubsub_channels("celery-task-meta-*")) - before == set()
+
+
 def test_storyboard_without_reference_has_no_reference_input(celery_app, store):
     job_id = unique_id("sb-noref")
     _, manifest = run_job(celery_app, "storyboard", storyboard_request(job_id, 2), store)

@@ -1,9 +1,13 @@
--- KEYS the job's frames hash; ARGV the field the record was read from, the record as read, the
--- field to write, the new record, the frame's draft field. A compare-and-set: written only if the
--- record read is still the frame's current record (unchanged, and, when it is the finished
--- record, no draft record was put beside it meanwhile: that one is now the frame's).
--- 1 when written, 0 when the record moved on meanwhile (the caller reads it again).
+-- KEYS the job's frames hash, then optionally the keys whose existence closes the job (its cancel
+-- and finalize flags); ARGV the field the record was read from, the record as read, the field to
+-- write, the new record, the frame's draft field. A compare-and-set: written only if the record
+-- read is still the frame's current record (unchanged, and, when it is the finished record, no
+-- draft record was put beside it meanwhile: that one is now the frame's).
+-- 0 when the record moved on meanwhile (the caller reads it again); when written, 1, or, with the
+-- closing keys, {1, how many of them exist, every frame (HGETALL)}: what the dispatch that follows
+-- the write reads.
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 if ARGV[1] ~= ARGV[5] and redis.call('HEXISTS', KEYS[1], ARGV[5]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-return 1
+if #KEYS == 1 then return 1 end
+return {1, redis.call('EXISTS', unpack(KEYS, 2)), redis.call('HGETALL', KEYS[1])}
