@@ -63,10 +63,18 @@ def signature(task: str, args: tuple, priority: int = CONTINUATION, **kwargs):
 
 def send(job: Job, task: str, args: tuple, priority: int = CONTINUATION, **kwargs) -> None:
     """Enqueue one task of the job by name, remembering its id so a cancel can revoke it."""
-    message = signature(task, args, priority, **kwargs)
-    job.ledger.add_task_ids([message.freeze().id])
+    send_all(job, [signature(task, args, priority, **kwargs)])
+
+
+def send_all(job: Job, messages: list) -> None:
+    """Enqueue tasks of the job (signatures), their ids remembered first in one write, so a cancel
+    can revoke them."""
+    if not messages:
+        return
+    job.ledger.add_task_ids([message.freeze().id for message in messages])
     with in_job_trace(lambda: job.spec.trace):
-        message.apply_async()
+        for message in messages:
+            message.apply_async()
 
 
 def send_chord(job: Job, header: list, body) -> None:

@@ -174,12 +174,12 @@ def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
     ``while_open``: the lease is refused once the job is closed (cancelled or finalizing), and
     JobClosed raised, checked in the same round trip as taking the lease.
     """
+    job.leases.released_with_outcome = False
     result, lease = wait_for(stored, Lease(job, step, while_open), prefetch)
     if lease is None:
         if after is not None:
             after()
         return result
-    job.leases.released_with_outcome = False
     if after is None:  # nothing runs after the outcome is stored: its write may release the lease
         job.leases.finishing = (step, lease.owner)
     try:

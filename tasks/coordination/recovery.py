@@ -24,7 +24,7 @@ from framefleet.config.celery import (
 )
 from framefleet.config.settings import get_settings
 from framefleet.tasks.coordination.broker import queued_tasks
-from framefleet.tasks.coordination.dispatch import dispatch_ready, send
+from framefleet.tasks.coordination.dispatch import dispatch_ready, send, send_all, signature
 from framefleet.tasks.job.jobs import count_watchdog_round, stale_creates
 from framefleet.tasks.job.leases import take_dead_leases
 from framefleet.tasks.job.model import Job
@@ -52,11 +52,10 @@ def resume(job: Job) -> str:
     frame_steps_busy = _frame_in_flight(job, queued, enhancing_now, frames)
     job.set_active()
     job.progress.write(message=f"Resumed at {status.stage}")
-    sent = []
-    for planned in spec.plan.frames:
-        if frames[planned.name].state is FrameState.WAITING and planned.name not in enhancing:
-            send(job, ENHANCE_PROMPT, (job.id, planned.name))
-            sent.append(f"enhance {planned.name}")
+    waiting = [planned.name for planned in spec.plan.frames
+               if frames[planned.name].state is FrameState.WAITING and planned.name not in enhancing]
+    send_all(job, [signature(ENHANCE_PROMPT, (job.id, name)) for name in waiting])
+    sent = [f"enhance {name}" for name in waiting]
     if not frame_steps_busy:
         enqueued = dispatch_ready(job, force=True)
         if enqueued:

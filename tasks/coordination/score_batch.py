@@ -134,18 +134,13 @@ def take(task: QueuedTask, seen: set[tuple[str, str]]) -> WaitingRound | None:
     seen.add((job_id, step))
     job = Job(job_id)
     lease = Lease(job, step, while_open=True)
-    try:
-        if not lease.acquire():
+    try:  # with the round's stored outcome (a copy that finished before the lease was free) and the revision
+        if not lease.acquire(job.rounds.outcome_read("scored", frame, revision, source), job.revision_read()):
             return None
     except JobClosed:
         return None
-    try:
-        stored = job.rounds.scored(frame, revision, source)  # a copy that finished before the lease was free
-        current = job.revision()
-    except BaseException:
-        lease.release(finished=False)
-        raise
-    if stored is not None or revision != current:
+    stored, current = lease.read_replies
+    if stored is not None or revision != int(current or 0):
         lease.release(finished=True)
         return None
     return WaitingRound(job, frame, revision, source, variations, lease)

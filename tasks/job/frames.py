@@ -61,6 +61,13 @@ class Frames:
         """(HGETALL's reply as a script returns it: field, value, field, value, ...)"""
         self._primed_all = as_dict(reply)
 
+    def closed_after_transition(self) -> bool:
+        """Whether the job is closed (cancelled or finalizing), as this Job's last transition with
+        ``read_after`` saw it right after its write, or as read now."""
+        if self._after_transition is None:
+            return self.job.closed()
+        return self._after_transition[0]
+
     def read_after_transition(self) -> tuple[bool, dict[str, str]] | None:
         """(closed, the frames hash) as the last transition with ``read_after`` read them, once."""
         seen, self._after_transition = self._after_transition, None

@@ -214,7 +214,11 @@ class Job:
 
     # revisions ----------------------------------------------------------------------------
     def revision(self) -> int:
-        return int(self.r.hget(self.keys.status, "revision") or 0)
+        return int(self.r.execute_command(*self.revision_read()) or 0)
+
+    def revision_read(self) -> tuple:
+        """The Redis read of the running revision (its reply: None for revision 0, else the number)."""
+        return ("HGET", self.keys.status, "revision")
 
     def refuse_while_running(self) -> None:
         state, revision = self.r.hmget(self.keys.status, ["state", "revision"])

@@ -18,7 +18,7 @@ from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.artifacts.inputs import fetch_url, is_url, normalise_image
 from framefleet.tasks.artifacts.keys import reference_key
 from framefleet.tasks.artifacts.store import fleet_store
-from framefleet.tasks.coordination.dispatch import send
+from framefleet.tasks.coordination.dispatch import send_all, signature
 from framefleet.tasks.job.errors import JobExists, RequestError
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.plan import build_frame_plan
@@ -58,8 +58,7 @@ def create_job(kind: str, payload) -> CreateResult:
         if reference_png is not None:
             fleet_store().put(reference_key(request.job_id), reference_png, "image/png")
         job.created()
-        for frame in plan.frames:
-            send(job, ENHANCE_PROMPT, (request.job_id, frame.name))
+        send_all(job, [signature(ENHANCE_PROMPT, (request.job_id, frame.name)) for frame in plan.frames])
     except Exception:
         log.exception("create of %s failed half-way; deleting it", request.job_id)
         job.discard()

@@ -90,7 +90,7 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict,
         log.info("%s/%s selected v%s (overall %s)", job.id, frame, record.selected.index, record.selected.overall)
     for note in notes:
         log.warning("%s/%s: %s", job.id, frame, note.text)
-    if not job.closed():
+    if not job.frames.closed_after_transition():
         store.put(trace_key(job.id, frame, GENERATION_TRACE), record.model_dump_json(indent=2).encode(),
                   "application/json")
     return record

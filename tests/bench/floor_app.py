@@ -5,11 +5,14 @@ A frame is a chord of 4 no-op tasks on `images` → a no-op on `gpu` → a task 
 sends the next frame's chord (or counts the job done), with the fleet's Celery configuration
 (JSON, late acks, prefetch 1, Redis results, task events, message priorities, routing by name).
 Run its workers with ``celery -A tests.bench.floor_app worker -Q images`` (and gpu, control).
+``FLOOR_VARIATION_S`` makes each variation take that long (a provider's latency), so the floor
+can run at a given frame rate.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import redis
 from celery import Celery, chord
@@ -19,6 +22,7 @@ from framefleet.config.settings import Settings
 
 VARIATIONS = 4
 FRAMES_DONE = "floor:frames-done"  # a counter the bench polls
+VARIATION_S = float(os.environ.get("FLOOR_VARIATION_S", "0"))
 
 app = Celery("floor")
 settings = Settings(broker_url=os.environ.get("FLOOR_BROKER_URL", "redis://127.0.0.1:6379/0"))
@@ -54,6 +58,7 @@ def start(job: str, frames: int) -> None:
 
 @app.task(name="floor.variation")
 def variation(job: str, frame: int, index: int) -> dict:
+    time.sleep(VARIATION_S)
     return {"index": index, "key": f"{job}/{frame}/{index}"}
 
 

@@ -10,8 +10,13 @@ left is coordination (plus the offline image rendering and scoring).
 
 Per frame: Redis commands (INFO commandstats) and Redis CPU (INFO cpu), each worker's CPU
 (/proc, children included), the top Redis commands; and frames/s. Both sides are submitted all at
-once and followed with one cheap poll every 0.2 s. Each side runs ``--runs`` times (3),
-alternating, and every figure is its median over the runs.
+once and followed with one cheap poll every 0.2 s, after a warm-up batch of the same size that is
+not measured (the workers' connection pools fill, lazy imports load). Redis's CPU per request
+falls as its load rises (one wake-up serves several clients' requests), and framefleet's rate on
+this machine is bound by its workers' offline rendering and scoring, not by Redis: so the floor
+also runs paced to framefleet's frames/s of the same run (each variation takes as long as that rate
+leaves an images slot for it), which compares the two at the same load. Each side runs ``--runs``
+times (3), alternating, and every figure is its median over the runs.
 """
 
 from __future__ import annotations
@@ -96,11 +101,16 @@ def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: i
                                              for queue, pid in workers.items()})
 
 
-def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS) -> Measure:
+def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_per_s: float | None = None) -> Measure:
+    """``frames_per_s``: paced to about that rate (each variation then takes as long as that
+    rate leaves the images worker's slots for it), else as fast as it goes."""
     from tests.bench import floor_app
 
+    images_slots = SHAPES["images"][1]
+    variation_s = images_slots / (floor_app.VARIATIONS * frames_per_s) if frames_per_s else 0.0
+    label = "floor at framefleet's rate" if frames_per_s else "Celery floor"
     with tempfile.TemporaryDirectory() as logs, LocalRedis() as server:
-        env = {**os.environ, "FLOOR_BROKER_URL": server.url}
+        env = {**os.environ, "FLOOR_BROKER_URL": server.url, "FLOOR_VARIATION_S": str(variation_s)}
         processes = {}
         try:
             for queue in ("images", "gpu", "control"):
@@ -123,7 +133,7 @@ def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS) -> Meas
             def finished(count: int) -> bool:
                 return int(client.get(floor_app.FRAMES_DONE) or 0) >= count * frames_per_job
 
-            return measured("Celery floor", client, {q: p.pid for q, p in processes.items()}, jobs * frames_per_job,
+            return measured(label, client, {q: p.pid for q, p in processes.items()}, jobs * frames_per_job,
                             send, finished, jobs, warmup)
         finally:
             for process in processes.values():
@@ -158,21 +168,22 @@ def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS) -> Measure:
                             send, finished, jobs, warmup)
 
 
-def report(floor: Measure, fleet: Measure, top: int) -> None:
+def report(floor: Measure, paced: Measure, fleet: Measure, top: int) -> None:
     console = Console()
     table = Table(title=f"per frame: {fleet.frames} frames each, submitted at once")
-    for column in ("measure", floor.label, fleet.label, "ratio"):
+    for column in ("measure", floor.label, paced.label, fleet.label, "÷ floor", "÷ floor at its rate"):
         table.add_column(column, justify="right" if column != "measure" else "left")
 
-    def row(name: str, a: float, b: float, unit: str = "", digits: int = 1) -> None:
-        table.add_row(name, f"{a:.{digits}f}{unit}", f"{b:.{digits}f}{unit}", f"{b / a:.2f}×" if a else "-")
+    def row(name: str, value, unit: str = "", digits: int = 1) -> None:
+        a, p, b = value(floor), value(paced), value(fleet)
+        table.add_row(name, *(f"{v:.{digits}f}{unit}" for v in (a, p, b)),
+                      *(f"{b / v:.2f}×" if v else "-" for v in (a, p)))
 
-    row("Redis commands", floor.per_frame(sum(floor.commands.values())), fleet.per_frame(sum(fleet.commands.values())))
-    row("Redis CPU", 1000 * floor.per_frame(floor.redis_cpu_s), 1000 * fleet.per_frame(fleet.redis_cpu_s), " ms", 2)
+    row("Redis commands", lambda m: m.per_frame(sum(m.commands.values())))
+    row("Redis CPU", lambda m: 1000 * m.per_frame(m.redis_cpu_s), " ms", 2)
     for queue in ("control", "images", "gpu", "llm", "intake"):
-        row(f"{queue} worker CPU", 1000 * floor.per_frame(floor.worker_cpu_s.get(queue, 0.0)),
-            1000 * fleet.per_frame(fleet.worker_cpu_s.get(queue, 0.0)), " ms")
-    row("frames/s", floor.frames / floor.wall_s, fleet.frames / fleet.wall_s, "", 1)
+        row(f"{queue} worker CPU", lambda m, q=queue: 1000 * m.per_frame(m.worker_cpu_s.get(q, 0.0)), " ms")
+    row("frames/s", lambda m: m.frames / m.wall_s)
     console.print(table)
     for measure in (floor, fleet):
         ranked = sorted(measure.commands.items(), key=lambda item: -item[1])[:top]
@@ -204,14 +215,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of each side; the figures are the medians")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
-    floors, fleets = [], []
-    for _ in range(args.runs):  # alternated, so a slow spell of the machine hits both sides
+    floors, fleets, paced = [], [], []
+    for _ in range(args.runs):  # alternated, so a slow spell of the machine hits every side
         floors.append(run_floor(args.jobs, 2 * args.clips))
         fleets.append(run_fleet(args.jobs, args.clips))
-    report(median_of(floors), median_of(fleets), args.top)
-    Console().print("Redis CPU per frame in each run: " + "; ".join(
-        f"{1000 * floor.per_frame(floor.redis_cpu_s):.2f} ms beside {1000 * fleet.per_frame(fleet.redis_cpu_s):.2f} ms"
-        for floor, fleet in zip(floors, fleets)))
+        paced.append(run_floor(args.jobs, 2 * args.clips, frames_per_s=fleets[-1].frames / fleets[-1].wall_s))
+    report(median_of(floors), median_of(paced), median_of(fleets), args.top)
+    Console().print("Redis CPU per frame in each run (floor, floor at framefleet's rate, framefleet): " + "; ".join(
+        " / ".join(f"{1000 * m.per_frame(m.redis_cpu_s):.2f}" for m in run) + " ms" for run in zip(floors, paced, fleets)))
 
 
 if __name__ == "__main__":
