@@ -106,7 +106,8 @@ def planned_round_size(source: PromptSource, config) -> int:
 def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: bool = False) -> bool:
     """Start the frame's next round: its inputs from the selections in ``frames`` (the job's frame
     records, as just read), then its chord. The READY/RETRY → GENERATING transition is the
-    once-only guard: a second caller is refused there (StaleWrite) and sends nothing. ``force``
+    once-only guard: a second caller is refused there (StaleWrite) and sends nothing, as is any
+    caller once the job is closed (a cancel, finalizing), checked in the same script. ``force``
     re-sends the round of a frame already GENERATING (resume, the watchdog).
 
     With a spending cap the round gets as many variations as the budget affords; False when not
@@ -121,7 +122,7 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
         current.timings.enqueued = time.time()
         current.round = source
 
-    job.frames.transition(frame, FrameState.GENERATING, start_round, expect=lambda r: (
+    job.frames.transition(frame, FrameState.GENERATING, start_round, while_open=True, expect=lambda r: (
         r.revision == record.revision and (r.state in (FrameState.READY, FrameState.RETRY)
                                            or (force and r.state is FrameState.GENERATING and r.round == source))))
     try:

@@ -41,6 +41,7 @@ class Lease:
         self.owner = uuid.uuid4().hex
         self.renewed = time.monotonic()  # when it was last taken or renewed
         self.read_replies: list = []
+        self.released = False
 
     @property
     def key(self) -> str:
@@ -65,9 +66,14 @@ class Lease:
 
     def release(self, finished: bool) -> None:
         _keeper.remove(self)
-        if self.job.leases.released_with_outcome:  # the write that stored the outcome released it
+        if self.released:  # the write that stored the step's outcome released it
             return
+        self.released = True
         self.job.leases.release(self.step, self.owner, finished)
+
+    def released_by_write(self) -> None:
+        self.released = True
+        _keeper.remove(self)
 
 
 class LeaseKeeper:
@@ -93,7 +99,8 @@ class LeaseKeeper:
 
     def remove(self, lease: Lease) -> None:
         with self._lock:
-            self._leases.pop(lease.key, None)
+            if self._leases.get(lease.key) is lease:  # not a later copy's lease of the same step
+                del self._leases[lease.key]
 
     def _run(self) -> None:
         while True:
@@ -168,20 +175,19 @@ def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
     lease. A second copy returns that outcome instead of working; a copy that finds the first
     one's lease expired does the work. ``after`` runs once the outcome exists, in either copy: in
     the working copy while it still holds the lease, so that if it fails the step is re-driven.
-    Without ``after``, the write that stores the outcome releases the lease in the same script
-    (``Job.write_if_alive(outcome=True)``). A Celery retry of the work is a new message, so the
+    Without ``after``, a write that stores the outcome (``Job.write_if_alive(outcome=True)``)
+    releases the lease in the same script. A Celery retry of the work is a new message, so the
     lease is released as finished; any other error leaves the step for the watchdog.
     ``while_open``: the lease is refused once the job is closed (cancelled or finalizing), and
     JobClosed raised, checked in the same round trip as taking the lease.
     """
-    job.leases.released_with_outcome = False
     result, lease = wait_for(stored, Lease(job, step, while_open), prefetch)
     if lease is None:
         if after is not None:
             after()
         return result
     if after is None:  # nothing runs after the outcome is stored: its write may release the lease
-        job.leases.finishing = (step, lease.owner)
+        job.leases.finishing = lease
     try:
         result = work()
         if after is not None:

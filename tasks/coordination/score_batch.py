@@ -140,7 +140,7 @@ def take(task: QueuedTask, seen: set[tuple[str, str]]) -> WaitingRound | None:
     except JobClosed:
         return None
     stored, current = lease.read_replies
-    if stored is not None or revision != int(current or 0):
+    if stored or revision != int(current or 0):
         lease.release(finished=True)
         return None
     return WaitingRound(job, frame, revision, source, variations, lease)

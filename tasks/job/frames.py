@@ -34,12 +34,12 @@ class StaleWrite(Exception):
     """A step asked for a frame change that is no longer legal: the frame has moved on."""
 
 
-DRAFT = "draft:"
+DRAFT = "draft:"  # the running revision's record of a frame: field "draft:{frame}" beside "{frame}"
 
 
 def as_dict(reply: list[str]) -> dict[str, str]:
     """A hash as a script returns HGETALL's reply: field, value, field, value, ..."""
-    return dict(zip(reply[::2], reply[1::2]))  # the running revision's record of a frame: field "draft:{frame}" beside "{frame}"
+    return dict(zip(reply[::2], reply[1::2]))
 
 
 class Frames:
@@ -117,7 +117,7 @@ class Frames:
 
     def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
                    revision: int | None = None, measured: metrics.Increments | None = None,
-                   read_after: bool = False) -> FrameRecord:
+                   read_after: bool = False, while_open: bool = False) -> FrameRecord:
         """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
         (read, check, write only if the record read is still there; else read again). The record
         this Job last read or wrote is tried first, without a read.
@@ -129,7 +129,8 @@ class Frames:
         The fallbacks the change adds, and ``measured`` (the step's stage seconds), are counted in
         the fleet's metrics once the write succeeded, so once (job/metrics.py). ``read_after``:
         the same script reads every frame and whether the job is closed right after the write, for
-        the dispatch that follows (Job.frames_while_open).
+        the dispatch that follows (Job.frames_while_open). ``while_open``: refused (StaleWrite) once
+        the job is cancelled or finalizing, checked in the same script.
         """
         swap = script(self.r, "swap_frame")
         known = self._last.pop(name, None)
@@ -153,8 +154,11 @@ class Frames:
             added = Counter((note.kind, note.text) for note in record.notes if note.is_fallback) - notes_before
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
             written = record.model_dump_json()
-            closing = [self.keys.cancelled, self.keys.finalized] if read_after else []
-            swapped = swap(keys=[self.keys.frames, *closing], args=[field, raw, target, written, DRAFT + name])
+            mode = "read" if read_after else "open" if while_open else ""
+            closing = [self.keys.cancelled, self.keys.finalized] if mode else []
+            swapped = swap(keys=[self.keys.frames, *closing], args=[field, raw, target, written, DRAFT + name, mode])
+            if swapped == -1:
+                raise StaleWrite(f"{name}: the job is closed")
             if swapped:
                 if read_after:
                     _, closed, frames = swapped

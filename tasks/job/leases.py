@@ -10,7 +10,7 @@ the steps that died, not by the jobs in Redis. A claim (SET NX) makes "enqueue t
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
@@ -25,13 +25,22 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class HeldLease(Protocol):
+    """A step's lease as the step wrapper holds it (coordination/leases.py)."""
+
+    step: str
+    owner: str
+
+    def released_by_write(self) -> None:
+        """The write that stored the step's outcome released the lease (if its owner still held it)."""
+
+
 class Leases:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
-        # (step, owner): the running step's lease, which the write that stores the step's outcome
-        # releases in the same script (Job.write_if_alive ``outcome``); set by the step wrapper.
-        self.finishing: tuple[str, str] | None = None
-        self.released_with_outcome = False
+        # The running step's lease, which the write that stores the step's outcome releases in the
+        # same script (Job.write_if_alive ``outcome``); set by the step wrapper.
+        self.finishing: HeldLease | None = None
 
     def release_keys(self, step: str) -> list[str]:
         return [self.keys.lease(step), LEASES]

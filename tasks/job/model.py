@@ -309,13 +309,14 @@ class Job:
     def _write(self, commands: tuple[tuple, ...], closing: bool, outcome: bool = False) -> int:
         closing_keys = [self.keys.cancelled, self.keys.finalized] if closing else []
         releasing = self.leases.finishing if outcome else None
-        keys = [self.keys.spec, *closing_keys, *(self.leases.release_keys(releasing[0]) if releasing else [])]
-        args: list = [self.ttl, len(closing_keys), releasing[1] if releasing else ""]
+        keys = [self.keys.spec, *closing_keys, *(self.leases.release_keys(releasing.step) if releasing else [])]
+        args: list = [self.ttl, len(closing_keys), releasing.owner if releasing else ""]
         for command in commands:
             args += [len(command), *command]
         written = script(self.r, "write_if_alive")(keys=keys, args=args)
         if releasing and written:
-            self.leases.finishing, self.leases.released_with_outcome = None, True
+            self.leases.finishing = None
+            releasing.released_by_write()
         return written
 
 

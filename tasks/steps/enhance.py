@@ -240,9 +240,6 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                     frame, iteration, sum(f.status == "pending" for f in job.frames.all().values()),
                     record.original_prompt),
             )
-            open_now = ledger.still_open()
-            enhanced = result.final_prompt
-            enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
         except JobCancelled:
             return None
         except BudgetExhausted as error:
@@ -256,6 +253,10 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             log.warning("enhancement failed for %s/%s: %s; using the original prompt", job.id, frame, error)
             enhanced, enhancement = fallback(NoteKind.ENHANCEMENT_FAILED,
                                              "enhancement failed: original prompt, single image", error)
+        else:  # outside the fallbacks: a failing read here re-drives the step, which replays the rounds
+            open_now = ledger.still_open()
+            enhanced = result.final_prompt
+            enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
     # Traces go to the store in one go. A closed job gets none; one closed while they were being
     # written loses them again, since its cleanup (finalize) may have run before they landed.
     if traces and (open_now if open_now is not None else not job.closed()):

@@ -158,17 +158,33 @@ def test_the_write_that_stores_an_outcome_releases_only_its_owners_lease(local_s
     frame, enhanced = "clip_001_start", PromptSource.ENHANCED
     mine, theirs = Lease(job, f"generate:{frame}/0/enhanced/1"), Lease(job, f"generate:{frame}/0/enhanced/2")
     assert mine.acquire() and theirs.acquire()
-    job.leases.finishing = (mine.step, mine.owner)
+    job.leases.finishing = mine
     job.rounds.save_variation(frame, 0, enhanced, VariationRecord(index=1, prompt_source=enhanced, error="x"), {})
     assert not job.r.exists(mine.key) and job.r.zscore(LEASES, mine.key) is None
-    assert job.leases.released_with_outcome and job.leases.finishing is None
+    assert mine.released and job.leases.finishing is None
 
     late = Job(job.id)  # a copy whose lease was taken over: its write stores, the holder keeps the lease
-    late.leases.finishing = (theirs.step, "an owner that lost it")
+    late.leases.finishing = Lease(late, theirs.step)
     late.rounds.save_variation(frame, 0, enhanced, VariationRecord(index=2, prompt_source=enhanced, error="x"), {})
     assert job.r.get(theirs.key) == theirs.owner and job.r.zscore(LEASES, theirs.key) is not None
-    assert job.rounds.stored_times(frame, 0, enhanced, 2) == [] and len(job.r.hkeys(job.keys.variations)) >= 2
-    theirs.release(finished=True)
+    assert len(job.r.hkeys(job.keys.variations)) >= 2  # both records stored
+    theirs.release(finished=True)  # the holder's own release, unaffected by the other copies'
+    assert not job.r.exists(theirs.key) and job.r.zscore(LEASES, theirs.key) is None
+
+
+def test_a_round_is_not_started_once_the_job_is_closed(local_steps):
+    """The READY → GENERATING transition that starts a round checks, in its own script, that the
+    job is neither cancelled nor finalizing: a dispatch that read the job open earlier sends nothing."""
+    job = Job(create_here("storyboard", storyboard_request(unique_id("closedround"), 1)))
+    frame = "clip_001_start"
+    job.frames.transition(frame, FrameState.READY, expect=lambda r: True)
+    job.cancel(0)
+    with pytest.raises(StaleWrite, match="closed"):
+        job.frames.transition(frame, FrameState.GENERATING, while_open=True, expect=lambda r: True)
+    assert Job(job.id).frames.get(frame).state is FrameState.READY  # nothing written
+    job.r.delete(job.keys.cancelled)
+    assert job.frames.transition(frame, FrameState.GENERATING, while_open=True,
+                                 expect=lambda r: True).state is FrameState.GENERATING
 
 
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
