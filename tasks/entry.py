@@ -50,7 +50,7 @@ from framefleet.tasks.coordination.broker import admit_siblings
 from framefleet.tasks.coordination.dispatch import dispatch_ready, planned_round_size
 from framefleet.tasks.coordination.leases import JobClosed, run_step
 from framefleet.tasks.coordination.score_batch import round_of, score_step
-from framefleet.tasks.coordination.slot_hold import HoldsSlot, slot_hold_due
+from framefleet.tasks.coordination.slot_hold import HoldsSlot, holds_slots, slot_hold_due
 from framefleet.tasks.job.errors import RequestError
 from framefleet.tasks.job.frames import StaleWrite
 from framefleet.tasks.job.jobs import job_summaries
@@ -132,6 +132,8 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
         except generate.RetryGeneration as error:  # a new attempt, as a new message
             raise self.retry(exc=error.__cause__, countdown=GENERATION_RETRY_DELAY_S) from error
 
+    if holds_slots():  # a hold's first view is read in the write that stores the variation
+        job.after_outcome = job.rounds.prefetch_hold_view(frame, revision, source, count)
     try:  # checked before any paid call
         record = run_step(job, f"generate:{frame}/{revision}/{source}/{index}", while_open=True,
                           stored=generate.stored_variation(job, frame, revision, source, index), work=work,

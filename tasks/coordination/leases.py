@@ -22,7 +22,8 @@ from celery.exceptions import Retry
 from framefleet.config.settings import get_settings
 
 if TYPE_CHECKING:
-    from framefleet.tasks.job.model import Job, Prefetch
+    from framefleet.tasks.job.model import Job
+    from framefleet.tasks.job.redis import Prefetch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

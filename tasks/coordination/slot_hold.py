@@ -56,13 +56,18 @@ class SlotHold(NamedTuple):
     seen: tuple[int, int, int, bool]
 
 
+def holds_slots() -> bool:
+    """Whether variations may hold their slots (not with FIFO scheduling or holding off)."""
+    settings = get_settings()
+    return settings.scheduling != "fifo" and settings.slot_hold_s > 0
+
+
 def slot_hold_due(job: Job, spec: JobSpec, frame: str, revision: int, source: str, count: int) -> SlotHold | None:
     """Called by a variation of ``frame`` (a round of ``count``) before it returns: the hold it
     keeps its slot for, or None: FIFO scheduling, holding off, the frame is the job's last, or no
-    new job waits. The round and job are read now, before the chord can complete: the hold starts
-    from that view."""
-    settings = get_settings()
-    if settings.scheduling == "fifo" or settings.slot_hold_s == 0:
+    new job waits. The round and job are read before the chord can complete (with the variation's
+    record where ``Rounds.prefetch_hold_view`` asked for that): the hold starts from that view."""
+    if not holds_slots():
         return None
     if spec.plan.index_of(frame) == len(spec.plan.frames) - 1:
         return None  # (a revision's later frames may be settled: its finalize then ends the hold)

@@ -15,8 +15,6 @@ Every key is in job/keys.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import NamedTuple
 
 import redis
 from framefleet.config.settings import get_settings
@@ -38,19 +36,10 @@ from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
 from framefleet.tasks.job.records import FrameRecord, JobStatus
-from framefleet.tasks.job.redis import script, state_client
+from framefleet.tasks.job.redis import Prefetch, script, state_client
 from framefleet.tasks.job.rounds import Rounds
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState
-
-
-class Prefetch(NamedTuple):
-    """What a step's work reads first, read in the round trip that takes the step's lease
-    (coordination/leases.py): ``keep`` hands the replies to the Job, whose next read of the same
-    records returns them instead of reading again (a read made as the step starts)."""
-
-    reads: tuple[tuple, ...]
-    keep: Callable[[list], None]
 
 
 class Job:
@@ -66,6 +55,9 @@ class Job:
         self.leases = Leases(self)
         self.budget = BudgetStore(self)
         self._spec: JobSpec | None = None
+        # What the step's caller reads right after its outcome is stored, read in the script that
+        # stores it (``write_if_alive(outcome=True)``).
+        self.after_outcome: Prefetch | None = None
         self.finished_outcome: str | None = None  # the outcome of the revision before the one started here
 
     # the spec: written once at create, read once per Job ---------------------------------------
@@ -297,8 +289,9 @@ class Job:
         """Run ``commands`` atomically, only while the job exists: a step that outlived its job
         (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
         set an expiry: the job's hashes have it from create, and a list a command creates gets it.
-        ``outcome``: the write stores the running step's outcome, and releases its lease with it
-        where the step wrapper hands that release over (``leases.finishing``)."""
+        ``outcome``: the write stores the running step's outcome: it releases the step's lease
+        where the step wrapper handed that release over (``leases.finishing``), and runs the reads
+        of ``after_outcome``, if set, right after."""
         return self._write(commands, closing=False, outcome=outcome) > 0
 
     def write_while_open(self, *commands: tuple) -> bool:
@@ -309,15 +302,24 @@ class Job:
     def _write(self, commands: tuple[tuple, ...], closing: bool, outcome: bool = False) -> int:
         closing_keys = [self.keys.cancelled, self.keys.finalized] if closing else []
         releasing = self.leases.finishing if outcome else None
+        then = self.after_outcome if outcome else None
+        reads = then.reads if then else ()
         keys = [self.keys.spec, *closing_keys, *(self.leases.release_keys(releasing.step) if releasing else [])]
-        args: list = [self.ttl, len(closing_keys), releasing.owner if releasing else ""]
-        for command in commands:
+        args: list = [self.ttl, len(closing_keys), releasing.owner if releasing else "", len(reads)]
+        for command in (*commands, *reads):
             args += [len(command), *command]
-        written = script(self.r, "write_if_alive")(keys=keys, args=args)
+        written, *replies = as_list(script(self.r, "write_if_alive")(keys=keys, args=args))
         if releasing and written:
             self.leases.finishing = None
             releasing.released_by_write()
+        if then and written:
+            self.after_outcome = None
+            then.keep(replies)
         return written
+
+
+def as_list(reply: int | list) -> list:
+    return reply if isinstance(reply, list) else [reply]
 
 
 def frames_settled(records: dict[str, FrameRecord]) -> int:

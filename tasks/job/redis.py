@@ -1,9 +1,12 @@
-"""The fleet's Redis: one client per URL, and its Lua scripts by name (``tasks/job/lua/*.lua``)."""
+"""The fleet's Redis: one client per URL, its Lua scripts by name (``tasks/job/lua/*.lua``), and reads
+made ahead in a script that runs anyway (``Prefetch``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from importlib.resources import files
+from typing import NamedTuple
 
 import redis
 from framefleet.config.settings import Settings, get_settings, is_sentinel_url
@@ -14,6 +17,16 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SENTINEL_PORT = 26379
+
+
+class Prefetch(NamedTuple):
+    """Reads made ahead, in a script that runs anyway: the one that takes a step's lease (what the
+    step's work reads first, coordination/leases.py) or the one that stores its outcome (what its
+    caller reads next, ``Job.after_outcome``). ``keep`` hands the replies over, and the next read
+    of the same records returns them instead of reading again."""
+
+    reads: tuple[tuple, ...]
+    keep: Callable[[list], None]
 
 
 class MasterFollowingConnection(SentinelManagedConnection):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.ledgers import cost_metrics
 from framefleet.tasks.job.records import VariationRecord
-from framefleet.tasks.job.redis import script
+from framefleet.tasks.job.redis import Prefetch, script
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
@@ -30,6 +30,7 @@ def round_id(frame: str, revision: int, source: str) -> str:
 class Rounds:
     def __init__(self, job: "Job"):
         self.job, self.r, self.keys = job, job.r, job.keys
+        self._kept_view: tuple[int, int, int, bool] | None = None  # prefetch_hold_view's
 
     def variation_read(self, frame: str, revision: int, source: str, index: int) -> tuple:
         """The Redis read of a variation's record (its reply: a VariationRecord's JSON or None)."""
@@ -94,13 +95,31 @@ class Rounds:
     def hold_view(self, frame: str, revision: int, source: str, count: int) -> tuple[int, int, int, bool]:
         """What a slot hold polls, in one round trip: rounds enqueued, how many of the round's
         ``count`` variations are recorded (stored or failed), how many are neither recorded nor
-        running (no lease: waiting for a slot, or for a retry), and whether the job is closed."""
-        steps = [f"{round_id(frame, revision, source)}/{i}" for i in range(1, count + 1)]
+        running (no lease: waiting for a slot, or for a retry), and whether the job is closed. The
+        view kept by ``prefetch_hold_view`` is returned instead, once."""
+        kept, self._kept_view = self._kept_view, None
+        if kept is not None:
+            return kept
         pipe = self.r.pipeline(transaction=False)
-        pipe.get(self.keys.rounds)
-        pipe.hmget(self.keys.variations, steps)
-        pipe.mget([self.keys.lease(f"generate:{step}") for step in steps])
-        pipe.exists(self.keys.cancelled, self.keys.finalized)
-        rounds, recorded, running, closed = pipe.execute()
+        for read in self._hold_reads(frame, revision, source, count):
+            pipe.execute_command(*read)
+        return self._view(pipe.execute())
+
+    def prefetch_hold_view(self, frame: str, revision: int, source: str, count: int) -> Prefetch:
+        """``hold_view``, read ahead."""
+        def keep(replies: list) -> None:
+            self._kept_view = self._view(replies)
+
+        return Prefetch(self._hold_reads(frame, revision, source, count), keep)
+
+    def _hold_reads(self, frame: str, revision: int, source: str, count: int) -> tuple[tuple, ...]:
+        steps = [f"{round_id(frame, revision, source)}/{i}" for i in range(1, count + 1)]
+        return (("GET", self.keys.rounds), ("HMGET", self.keys.variations, *steps),
+                ("MGET", *[self.keys.lease(f"generate:{step}") for step in steps]),
+                ("EXISTS", self.keys.cancelled, self.keys.finalized))
+
+    @staticmethod
+    def _view(replies: list) -> tuple[int, int, int, bool]:
+        rounds, recorded, running, closed = replies
         unstarted = sum(r is None and g is None for r, g in zip(recorded, running))
         return int(rounds or 0), sum(r is not None for r in recorded), unstarted, bool(closed)

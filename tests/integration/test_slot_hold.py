@@ -70,6 +70,21 @@ def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame
     assert slot_hold_due(state, spec, FRAMES[0], 0, ENHANCED, 4) is None
 
 
+def test_a_holds_first_view_is_read_in_the_write_that_stores_the_variation(enqueued_job):
+    """The view a hold starts from is read in the script that stores the variation's record (no
+    round trip of its own), as the round stands right after that write; it is used once."""
+    from framefleet.tasks.job.records import VariationRecord
+
+    job_id, _ = enqueued_job
+    state, other = Job(job_id), Job(job_id)
+    state.after_outcome = state.rounds.prefetch_hold_view(FRAMES[0], 0, ENHANCED, 4)
+    state.rounds.save_variation(FRAMES[0], 0, ENHANCED, VariationRecord(index=1, prompt_source=ENHANCED, error="x"), {})
+    other.rounds.save_variation(FRAMES[0], 0, ENHANCED, VariationRecord(index=2, prompt_source=ENHANCED, error="x"), {})
+    assert state.after_outcome is None
+    assert state.rounds.hold_view(FRAMES[0], 0, ENHANCED, 4) == (1, 1, 3, False)  # as its own write left it
+    assert state.rounds.hold_view(FRAMES[0], 0, ENHANCED, 4) == (1, 2, 2, False)  # then read afresh
+
+
 def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch):
     from framefleet.tasks import entry
     from framefleet.tasks.coordination import slot_hold
