@@ -30,6 +30,7 @@ from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.budget import BudgetGuard
 from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job import metrics
+from framefleet.tasks.job.frames import StaleWrite
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import Enhancement, FrameRecord
 from framefleet.tasks.job.states import FrameState, Note, NoteKind
@@ -258,13 +259,17 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             enhanced = result.final_prompt
             enhancement = Enhancement(iterations=len(result.rounds), final_score=result.final_score)
     # Traces go to the store in one go. A closed job gets none; one closed while they were being
-    # written loses them again, since its cleanup (finalize) may have run before they landed.
-    if traces and (open_now if open_now is not None else not job.closed()):
+    # written loses them again (below), since its cleanup (finalize) may have run before they landed.
+    traces_written = bool(traces) and (open_now if open_now is not None else not job.closed())
+    if traces_written:
         for name, text in traces.items():
             store.put(trace_key(job.id, frame, name), text.encode(), "text/plain")
-        if job.closed():
+
+    def drop_traces_if_closed() -> None:  # closed as the transition's own read saw it, or read now
+        if traces_written and job.frames.closed_after_transition():
             for name in traces:
                 store.delete_prefix(trace_key(job.id, frame, name))
+
     if usage := getattr(agents, "usage", None):
         usd = settings.tokens_usd(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         job.ledger.add_costs(frame, usd if spec.providers.get("llm") == "openai" else 0.0, **usage)
@@ -278,9 +283,14 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     # A late copy, or one that a regenerate overtook with a new prompt, is refused here.
     seconds = {} if enhancement.skipped else metrics.observation("frame_stage_seconds", time.time() - started,
                                                                  stage="enhance")
-    job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
-        current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
-                                                                       record.revision), measured=seconds,
-        read_after=True)  # for the dispatch that follows (entry.py)
+    try:
+        job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
+            current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
+                                                                           record.revision), measured=seconds,
+            read_after=True)  # also for the dispatch that follows (entry.py)
+    except StaleWrite:
+        drop_traces_if_closed()
+        raise
+    drop_traces_if_closed()
     job.progress.prompt_enhanced(spec.kind, len(spec.plan.frames))
     return enhancement
