@@ -132,7 +132,7 @@ def generate_variation(self: Task, job_id: str, frame: str, stage: str, index: i
         except generate.RetryGeneration as error:  # a new attempt, as a new message
             raise self.retry(exc=error.__cause__, countdown=GENERATION_RETRY_DELAY_S) from error
 
-    if holds_slots():  # a hold's first view is read in the write that stores the variation
+    if holds_slots():  # a hold's first view is read in the round trip that stores the variation
         job.after_outcome = job.rounds.prefetch_hold_view(frame, revision, source, count)
     try:  # checked before any paid call
         record = run_step(job, f"generate:{frame}/{revision}/{source}/{index}", while_open=True,

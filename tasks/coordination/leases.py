@@ -42,17 +42,19 @@ class Lease:
         self.owner = uuid.uuid4().hex
         self.renewed = time.monotonic()  # when it was last taken or renewed
         self.read_replies: list = []
+        self.then_replies: list = []
         self.released = False
 
     @property
     def key(self) -> str:
         return self.job.keys.lease(self.step)
 
-    def acquire(self, *reads: tuple) -> bool:
-        """Take the lease; ``reads`` (Redis read commands) run in the same round trip once it is
-        taken, their replies kept in ``read_replies``."""
-        taken, self.read_replies = self.job.leases.acquire(self.step, self.owner, self.ttl_ms, self.while_open,
-                                                           reads)
+    def acquire(self, *reads: tuple, then: tuple[tuple, ...] = ()) -> bool:
+        """Take the lease; ``reads`` (Redis read commands) run in its script once it is taken, their
+        replies kept in ``read_replies``; ``then`` right after it in the same round trip, their
+        replies in ``then_replies``."""
+        taken, self.read_replies, self.then_replies = self.job.leases.acquire(
+            self.step, self.owner, self.ttl_ms, self.while_open, reads, then)
         if taken < 0:
             raise JobClosed(self.job.id)
         if not taken:
@@ -145,14 +147,12 @@ def wait_for(stored: Stored[T], lease: Lease, prefetch: Prefetch | None = None,
     the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
     the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
     """
-    reads = (stored.read, *(prefetch.reads if prefetch else ()))
     while True:
-        if lease.acquire(*reads):
-            outcome, *prefetched = lease.read_replies
+        if lease.acquire(stored.read, then=prefetch.reads if prefetch else ()):
             try:
-                result = stored.parse(outcome)  # a copy that finished before this one took the lease
+                result = stored.parse(lease.read_replies[0])  # a copy that finished before this one took the lease
                 if result is None and prefetch is not None:
-                    prefetch.keep(prefetched)
+                    prefetch.keep(lease.then_replies)
             except BaseException:
                 lease.release(finished=False)
                 raise

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.records import FrameRecord
-from framefleet.tasks.job.redis import script
+from framefleet.tasks.job.redis import script, script_then_reads
 from framefleet.tasks.job.states import FRAME_TRANSITIONS, FrameState
 
 if TYPE_CHECKING:
@@ -35,11 +35,6 @@ class StaleWrite(Exception):
 
 
 DRAFT = "draft:"  # the running revision's record of a frame: field "draft:{frame}" beside "{frame}"
-
-
-def as_dict(reply: list[str]) -> dict[str, str]:
-    """A hash as a script returns HGETALL's reply: field, value, field, value, ..."""
-    return dict(zip(reply[::2], reply[1::2]))
 
 
 class Frames:
@@ -57,9 +52,8 @@ class Frames:
     def prime(self, name: str, reply: list) -> None:
         self._primed[name] = reply
 
-    def prime_all(self, reply: list[str]) -> None:
-        """(HGETALL's reply as a script returns it: field, value, field, value, ...)"""
-        self._primed_all = as_dict(reply)
+    def prime_all(self, raw: dict[str, str]) -> None:
+        self._primed_all = raw
 
     def closed_after_transition(self) -> bool:
         """Whether the job is closed (cancelled or finalizing), as this Job's last transition with
@@ -128,11 +122,11 @@ class Frames:
         a revision after the first takes the frame into its draft (choose, regenerate, re-chaining).
         The fallbacks the change adds, and ``measured`` (the step's stage seconds), are counted in
         the fleet's metrics once the write succeeded, so once (job/metrics.py). ``read_after``:
-        the same script reads every frame and whether the job is closed right after the write, for
-        the dispatch that follows (Job.frames_while_open). ``while_open``: refused (StaleWrite) once
-        the job is cancelled or finalizing, checked in the same script.
+        every frame and whether the job is closed are read right after the write, in the same
+        round trip, for the dispatch that follows (Job.frames_while_open). ``while_open``: refused
+        (StaleWrite) once the job is cancelled or finalizing, checked in the same script.
         """
-        swap = script(self.r, "swap_frame")
+        reads = (("EXISTS", self.keys.cancelled, self.keys.finalized), self.read_all_command()) if read_after else ()
         known = self._last.pop(name, None)
         while True:
             field, raw = known or self._read(name)
@@ -154,15 +148,15 @@ class Frames:
             added = Counter((note.kind, note.text) for note in record.notes if note.is_fallback) - notes_before
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
             written = record.model_dump_json()
-            mode = "read" if read_after else "open" if while_open else ""
-            closing = [self.keys.cancelled, self.keys.finalized] if mode else []
-            swapped = swap(keys=[self.keys.frames, *closing], args=[field, raw, target, written, DRAFT + name, mode])
+            closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
+            swapped, after = script_then_reads(self.r, "swap_frame", [self.keys.frames, *closing],
+                                               [field, raw, target, written, DRAFT + name], reads)
             if swapped == -1:
                 raise StaleWrite(f"{name}: the job is closed")
             if swapped:
                 if read_after:
-                    _, closed, frames = swapped
-                    self._after_transition = (bool(closed), as_dict(frames))
+                    closed, frames = after
+                    self._after_transition = (bool(closed), frames)
                 self._last[name] = (target, written)
                 metrics.add(metrics.merged(measured or {}, *fallbacks))
                 return record

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import redis
 
 from framefleet.tasks.job.keys import LEASES, JobKeys
-from framefleet.tasks.job.redis import script, state_client
+from framefleet.tasks.job.redis import script, script_then_reads, state_client
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
@@ -45,17 +45,19 @@ class Leases:
     def release_keys(self, step: str) -> list[str]:
         return [self.keys.lease(step), LEASES]
 
-    def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False,
-                reads: tuple[tuple, ...] = ()) -> tuple[int, list]:
-        """(1, the replies of ``reads``, run right after) when ``owner`` now holds the step's lease,
-        (0, []) when another copy does; with ``while_open``, (-1, []) (and no lease) when the job is
-        closed (cancelled or finalizing). One round trip."""
+    def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False, reads: tuple[tuple, ...] = (),
+                then: tuple[tuple, ...] = ()) -> tuple[int, list, list]:
+        """(1, the replies of ``reads``, run in the script right after the taking, the replies of
+        ``then``) when ``owner`` now holds the step's lease, (0, [], ...) when another copy does;
+        with ``while_open``, (-1, [], ...) (and no lease) when the job is closed (cancelled or
+        finalizing). One round trip: ``then`` is read right after the script, beside it."""
         closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
         args: list = [owner, ttl_ms, now_ms() + ttl_ms]
         for read in reads:
             args += [len(read), *read]
-        taken, *replies = script(self.r, "acquire_lease")(keys=[self.keys.lease(step), LEASES, *closing], args=args)
-        return taken, replies
+        (taken, *replies), after = script_then_reads(self.r, "acquire_lease",
+                                                     [self.keys.lease(step), LEASES, *closing], args, then)
+        return taken, replies, after
 
     def renew(self, step: str, owner: str, ttl_ms: int) -> bool:
         return bool(script(self.r, "renew_lease")(keys=[self.keys.lease(step), LEASES],

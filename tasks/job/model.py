@@ -36,7 +36,7 @@ from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
 from framefleet.tasks.job.records import FrameRecord, JobStatus
-from framefleet.tasks.job.redis import Prefetch, script, state_client
+from framefleet.tasks.job.redis import Prefetch, script, script_then_reads, state_client
 from framefleet.tasks.job.rounds import Rounds
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState
@@ -55,8 +55,8 @@ class Job:
         self.leases = Leases(self)
         self.budget = BudgetStore(self)
         self._spec: JobSpec | None = None
-        # What the step's caller reads right after its outcome is stored, read in the script that
-        # stores it (``write_if_alive(outcome=True)``).
+        # What the step's caller reads right after its outcome is stored, read in the round trip
+        # that stores it (``write_if_alive(outcome=True)``).
         self.after_outcome: Prefetch | None = None
         self.finished_outcome: str | None = None  # the outcome of the revision before the one started here
 
@@ -290,8 +290,8 @@ class Job:
         (expired, discarded, or Redis wiped under it) recreates none of its keys. They need not
         set an expiry: the job's hashes have it from create, and a list a command creates gets it.
         ``outcome``: the write stores the running step's outcome: it releases the step's lease
-        where the step wrapper handed that release over (``leases.finishing``), and runs the reads
-        of ``after_outcome``, if set, right after."""
+        where the step wrapper handed that release over (``leases.finishing``), and the reads of
+        ``after_outcome``, if set, run right after it in the same round trip."""
         return self._write(commands, closing=False, outcome=outcome) > 0
 
     def write_while_open(self, *commands: tuple) -> bool:
@@ -303,12 +303,11 @@ class Job:
         closing_keys = [self.keys.cancelled, self.keys.finalized] if closing else []
         releasing = self.leases.finishing if outcome else None
         then = self.after_outcome if outcome else None
-        reads = then.reads if then else ()
         keys = [self.keys.spec, *closing_keys, *(self.leases.release_keys(releasing.step) if releasing else [])]
-        args: list = [self.ttl, len(closing_keys), releasing.owner if releasing else "", len(reads)]
-        for command in (*commands, *reads):
+        args: list = [self.ttl, len(closing_keys), releasing.owner if releasing else ""]
+        for command in commands:
             args += [len(command), *command]
-        written, *replies = as_list(script(self.r, "write_if_alive")(keys=keys, args=args))
+        written, replies = script_then_reads(self.r, "write_if_alive", keys, args, then.reads if then else ())
         if releasing and written:
             self.leases.finishing = None
             releasing.released_by_write()
@@ -316,10 +315,6 @@ class Job:
             self.after_outcome = None
             then.keep(replies)
         return written
-
-
-def as_list(reply: int | list) -> list:
-    return reply if isinstance(reply, list) else [reply]
 
 
 def frames_settled(records: dict[str, FrameRecord]) -> int:

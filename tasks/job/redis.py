@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 from importlib.resources import files
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 from framefleet.config.settings import Settings, get_settings, is_sentinel_url
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import Script
 from redis.connection import parse_url
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
@@ -20,10 +21,11 @@ SENTINEL_PORT = 26379
 
 
 class Prefetch(NamedTuple):
-    """Reads made ahead, in a script that runs anyway: the one that takes a step's lease (what the
-    step's work reads first, coordination/leases.py) or the one that stores its outcome (what its
-    caller reads next, ``Job.after_outcome``). ``keep`` hands the replies over, and the next read
-    of the same records returns them instead of reading again."""
+    """Reads made ahead, in the round trip of a script that runs anyway (``script_then_reads``):
+    the one that takes a step's lease (what the step's work reads first, coordination/leases.py)
+    or the one that stores its outcome (what its caller reads next, ``Job.after_outcome``).
+    ``keep`` hands the replies over, and the next read of the same records returns them instead of
+    reading again."""
 
     reads: tuple[tuple, ...]
     keep: Callable[[list], None]
@@ -107,3 +109,26 @@ def lua_source(name: str) -> str:
 def script(client: redis.Redis, name: str) -> Script:
     """The script ``name`` on ``client`` (EVALSHA, loaded on first use)."""
     return client.register_script(lua_source(name))
+
+
+def script_then_reads(client: redis.Redis, name: str, keys: list, args: list,
+                      reads: tuple[tuple, ...]) -> tuple[Any, list]:
+    """Run the script ``name``, then ``reads`` right after it, in one round trip: (the script's
+    reply, each read's reply). The reads are pipelined beside the script, not run in it: a large
+    reply costs Redis several times more passed through Lua."""
+    if not reads:
+        return script(client, name)(keys=keys, args=args), []
+    lua = script(client, name)
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(lua.sha, len(keys), *keys, *args)
+        for read in reads:
+            pipe.execute_command(*read)
+        replies = pipe.execute(raise_on_error=False)
+        if not isinstance(replies[0], NoScriptError):
+            break
+        lua.sha = client.script_load(lua.script)  # Redis restarted or failed over: scripts are gone
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies[0], replies[1:]

@@ -187,6 +187,18 @@ def test_a_round_is_not_started_once_the_job_is_closed(local_steps):
                                  expect=lambda r: True).state is FrameState.GENERATING
 
 
+def test_reads_beside_a_script_survive_redis_forgetting_its_scripts(local_steps):
+    """A script with reads pipelined beside it (a transition a dispatch follows) loads itself again
+    when Redis has lost its scripts (a restart, a failover), and its reads see its write."""
+    job = Job(create_here("storyboard", storyboard_request(unique_id("noscript"), 1)))
+    frame = "clip_001_start"
+    job.r.script_flush()
+    job.frames.transition(frame, FrameState.READY, expect=lambda r: True, read_after=True)
+    closed, frames = job.frames.read_after_transition()
+    assert closed is False and '"state":"ready"' in frames[frame].replace(" ", "")
+    assert job.frames.read_after_transition() is None  # used once
+
+
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     """A variation in flight when its job's keys vanish (expiry, a discard, FLUSHALL) stores its
     image and returns, but writes nothing back to Redis for a job that no longer exists."""

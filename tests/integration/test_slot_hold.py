@@ -70,8 +70,8 @@ def test_a_variation_holds_its_slot_only_while_a_new_job_waits_and_a_later_frame
     assert slot_hold_due(state, spec, FRAMES[0], 0, ENHANCED, 4) is None
 
 
-def test_a_holds_first_view_is_read_in_the_write_that_stores_the_variation(enqueued_job):
-    """The view a hold starts from is read in the script that stores the variation's record (no
+def test_a_holds_first_view_is_read_with_the_write_that_stores_the_variation(enqueued_job):
+    """The view a hold starts from is read in the round trip that stores the variation's record (no
     round trip of its own), as the round stands right after that write; it is used once."""
     from framefleet.tasks.job.records import VariationRecord
 

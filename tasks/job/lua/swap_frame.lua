@@ -1,15 +1,12 @@
 -- KEYS the job's frames hash, then optionally the keys whose existence closes the job (its cancel
 -- and finalize flags); ARGV the field the record was read from, the record as read, the field to
--- write, the new record, the frame's draft field, and with the closing keys what they are for:
--- 'open' (written only while the job is open) or 'read' (read with the write). A compare-and-set:
--- written only if the record read is still the frame's current record (unchanged, and, when it is
--- the finished record, no draft record was put beside it meanwhile: that one is now the frame's).
--- 0 when the record moved on meanwhile (the caller reads it again), -1 when the job is closed
--- ('open'); when written, 1, or ('read') {1, how many closing keys exist, every frame (HGETALL)}:
--- what the dispatch that follows the write reads.
+-- write, the new record, the frame's draft field. A compare-and-set: written only if the record
+-- read is still the frame's current record (unchanged, and, when it is the finished record, no
+-- draft record was put beside it meanwhile: that one is now the frame's), and, with the closing
+-- keys, only while the job is open. 1 when written, 0 when the record moved on meanwhile (the
+-- caller reads it again), -1 when the job is closed.
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 if ARGV[1] ~= ARGV[5] and redis.call('HEXISTS', KEYS[1], ARGV[5]) == 1 then return 0 end
-if ARGV[6] == 'open' and redis.call('EXISTS', unpack(KEYS, 2)) > 0 then return -1 end
+if #KEYS > 1 and redis.call('EXISTS', unpack(KEYS, 2)) > 0 then return -1 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-if ARGV[6] ~= 'read' then return 1 end
-return {1, redis.call('EXISTS', unpack(KEYS, 2)), redis.call('HGETALL', KEYS[1])}
+return 1
