@@ -8,7 +8,7 @@ the same frame shape: a chord of 4 no-op tasks on `images` → a no-op on `gpu` 
 clips = 64 frames) with the offline providers at zero latency and the heuristic scorer, so what is
 left is coordination (plus the offline image rendering and scoring).
 
-Per frame: Redis commands (INFO commandstats) and Redis CPU (INFO cpu), each worker's CPU
+Per frame: Redis requests (INFO stats), commands (INFO commandstats) and CPU (INFO cpu), each worker's CPU
 (/proc, children included), the top Redis commands; and frames/s. Both sides are submitted all at
 once and followed with one cheap poll every 0.2 s, after a warm-up batch of the same size that is
 not measured (the workers' connection pools fill, lazy imports load). Redis's CPU per request
@@ -55,6 +55,7 @@ class Measure:
     command_usec: dict[str, float]
     redis_cpu_s: float
     worker_cpu_s: dict[str, float]
+    requests: float = 0.0  # requests Redis read (a pipeline or a script is one)
 
     def per_frame(self, value: float) -> float:
         return value / self.frames
@@ -64,6 +65,10 @@ def command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
     """Each command's (calls, microseconds); a script's time includes the commands it calls."""
     return {name.removeprefix("cmdstat_"): (stats["calls"], stats["usec"])
             for name, stats in client.info("commandstats").items()}
+
+
+def requests_read(client: redis.Redis) -> int:
+    return client.info("stats")["total_reads_processed"]
 
 
 def redis_cpu(client: redis.Redis) -> float:
@@ -85,7 +90,7 @@ def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: i
     send(warmup)
     while not finished(warmup):
         time.sleep(0.2)
-    before, cpu = command_stats(client), redis_cpu(client)
+    before, cpu, reads = command_stats(client), redis_cpu(client), requests_read(client)
     worker_cpu = {queue: process_cpu(pid) for queue, pid in workers.items()}
     began = time.monotonic()
     send(jobs)
@@ -98,7 +103,8 @@ def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: i
     return Measure(label, frames, wall, {name: calls for name, (calls, _) in spent.items()},
                    {name: usec for name, (_, usec) in spent.items()},
                    redis_cpu(client) - cpu, {queue: process_cpu(pid) - worker_cpu[queue]
-                                             for queue, pid in workers.items()})
+                                             for queue, pid in workers.items()},
+                   requests_read(client) - reads)
 
 
 def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_per_s: float | None = None) -> Measure:
@@ -179,6 +185,7 @@ def report(floor: Measure, paced: Measure, fleet: Measure, top: int) -> None:
         table.add_row(name, *(f"{v:.{digits}f}{unit}" for v in (a, p, b)),
                       *(f"{b / v:.2f}×" if v else "-" for v in (a, p)))
 
+    row("Redis requests read", lambda m: m.per_frame(m.requests))
     row("Redis commands", lambda m: m.per_frame(sum(m.commands.values())))
     row("Redis CPU", lambda m: 1000 * m.per_frame(m.redis_cpu_s), " ms", 2)
     for queue in ("control", "images", "gpu", "llm", "intake"):
@@ -205,7 +212,8 @@ def median_of(runs: list[Measure]) -> Measure:
                    {name: middle([run.commands.get(name, 0) for run in runs]) for name in names},
                    {name: middle([run.command_usec.get(name, 0) for run in runs]) for name in names},
                    middle([run.redis_cpu_s for run in runs]),
-                   {queue: middle([run.worker_cpu_s.get(queue, 0.0) for run in runs]) for queue in queues})
+                   {queue: middle([run.worker_cpu_s.get(queue, 0.0) for run in runs]) for queue in queues},
+                   middle([run.requests for run in runs]))
 
 
 def main() -> None:

@@ -279,8 +279,9 @@ def run_scale(jobs: int, finished: int, clips: int, dead: int, parked_share: flo
 
             measure = measured(f"{jobs:,} jobs, {finished:,} finished", client,
                                {queue: process.pid for queue, process in fleet.processes.items()}, jobs * 2 * clips,
-                               lambda: [app.send_task(CREATE_STORYBOARD, args=[request]) for request in requests],
-                               in_flight)
+                               lambda count: [app.send_task(CREATE_STORYBOARD, args=[request])
+                                              for request in requests[:count]],
+                               lambda count: count == 0 or in_flight(), jobs, 0)  # warmed up by the templates
         queued = create_queued(jobs, clips)
         # Each pass re-drives other jobs' steps (a step re-driven max_redrives times parks its job).
         redriven = [queued[1 + n * dead:1 + (n + 1) * dead] for n in range(3)]
@@ -372,7 +373,8 @@ def summed(label: str, measures: list[Measure]) -> Measure:
         return dict(sum((Counter(getattr(measure, field)) for measure in measures), Counter()))
 
     return Measure(label, sum(m.frames for m in measures), sum(m.wall_s for m in measures), total("commands"),
-                   total("command_usec"), sum(m.redis_cpu_s for m in measures), total("worker_cpu_s"))
+                   total("command_usec"), sum(m.redis_cpu_s for m in measures), total("worker_cpu_s"),
+                   sum(m.requests for m in measures))
 
 
 def main() -> None:
