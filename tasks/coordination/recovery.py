@@ -24,7 +24,12 @@ from framefleet.config.celery import (
 )
 from framefleet.config.settings import get_settings
 from framefleet.tasks.coordination.broker import queued_tasks
-from framefleet.tasks.coordination.dispatch import dispatch_ready, send, send_all, signature
+from framefleet.tasks.coordination.dispatch import (
+    dispatch_ready,
+    send,
+    send_all,
+    signature,
+)
 from framefleet.tasks.job.jobs import count_watchdog_round, stale_creates
 from framefleet.tasks.job.leases import take_dead_leases
 from framefleet.tasks.job.model import Job
