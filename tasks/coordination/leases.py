@@ -147,12 +147,13 @@ def wait_for(stored: Stored[T], lease: Lease, prefetch: Prefetch | None = None,
     the lease and must do the work itself. It waits as long as the holder keeps its lease alive:
     the holder's own calls carry the deadlines (provider timeouts, fetch deadline).
     """
+    ahead = prefetch  # read ahead only as the step starts: a copy that waited and takes over reads afresh
     while True:
-        if lease.acquire(stored.read, then=prefetch.reads if prefetch else ()):
+        if lease.acquire(stored.read, then=ahead.reads if ahead else ()):
             try:
                 result = stored.parse(lease.read_replies[0])  # a copy that finished before this one took the lease
-                if result is None and prefetch is not None:
-                    prefetch.keep(lease.then_replies)
+                if result is None and ahead is not None:
+                    ahead.keep(lease.then_replies)
             except BaseException:
                 lease.release(finished=False)
                 raise
@@ -160,6 +161,7 @@ def wait_for(stored: Stored[T], lease: Lease, prefetch: Prefetch | None = None,
                 lease.release(finished=True)
                 return result, None
             return None, lease
+        ahead = None
         result = stored.now(lease.job.r)
         if result is not None:
             return result, None

@@ -199,6 +199,38 @@ def test_reads_beside_a_script_survive_redis_forgetting_its_scripts(local_steps)
     assert job.frames.read_after_transition() is None  # used once
 
 
+def test_what_a_step_reads_first_comes_with_its_lease_and_is_used_once(local_steps):
+    """``run_step``'s prefetch: the spec and frame record read in the round trip that takes the
+    lease are what the work's first read returns; its next read goes to Redis. A copy that could not
+    take the lease at once, and took it over later, keeps nothing."""
+    from framefleet.tasks.coordination.leases import Lease, Stored, wait_for
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("prefetch"), 1))
+    frame, nothing_stored = "clip_001_start", Stored(("GET", "no-such-outcome"), lambda raw: raw)
+    job = Job(job_id)
+    result, lease = wait_for(nothing_stored, Lease(job, f"enhance:{frame}"), job.prefetch_spec_and_frame(frame))
+    assert result is None and lease is not None
+    Job(job_id).frames.transition(frame, FrameState.READY, expect=lambda r: True)  # moves on after the lease
+    spec, record = job.spec_and_frame(frame)
+    assert spec.job_id == job_id and record.state is FrameState.WAITING  # as read with the lease
+    assert job.frames.get(frame).state is FrameState.READY  # then read afresh
+
+    lease.release(finished=True)
+
+    holder, waiter, taken = Lease(Job(job_id), f"select:{frame}"), Job(job_id), []
+    assert holder.acquire()
+    thread = threading.Thread(target=lambda: taken.append(wait_for(
+        nothing_stored, Lease(waiter, f"select:{frame}"), waiter.prefetch_spec_and_frame(frame), poll_s=0.05)))
+    thread.start()
+    time.sleep(0.3)  # it waits on the holder
+    holder.release(finished=False)  # the holder died without an outcome: the waiter takes over
+    thread.join(10)
+    (result, took), = taken
+    assert result is None and took is not None
+    assert waiter._spec is None  # a copy that waited reads afresh: nothing read ahead was kept
+    took.release(finished=True)
+
+
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     """A variation in flight when its job's keys vanish (expiry, a discard, FLUSHALL) stores its
     image and returns, but writes nothing back to Redis for a job that no longer exists."""
