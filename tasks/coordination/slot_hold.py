@@ -11,13 +11,15 @@ own slot after it returns: its record is stored and its chord counted, and
 then, before its message is acknowledged (the worker takes no other message for that slot until
 then), it waits until the job's next round is enqueued (``HoldsSlot.after_return``). The slot
 then takes that round, which priority 0 serves first. A hold never keeps a slot from its own
-round: while a sibling has neither started nor finished (it waits for a slot) the hold ends at
-once. It never lasts long either:
+round: when a sibling has neither started nor finished (it waits for a slot) as the variation is
+stored, the hold ends at once. It never lasts long either:
 ``slot_hold_siblings_s`` at most while the round's other variations still run (a straggler is
-the cut's business, not the hold's), ``slot_hold_s`` at most once the round is complete, and not
-at all once the job is cancelled or finalizing, or in a worker whose pool also serves other
-queues (it could block the scoring or selection it waits for). It pays for nothing and writes
-nothing. FIFO scheduling, or ``slot_hold_s`` = 0, holds nothing; nor does a variation when no new
+the cut's business, not the hold's), ``slot_hold_s`` at most once the round is complete, not at
+all in a worker whose pool also serves other queues (it could block the scoring or selection it
+waits for), and ends at the next of these bounds once the job is cancelled or finalizing. The
+round and job are read with the variation's record and again only at those bounds; the wake-up
+ends a hold the moment the next round is enqueued, so a hold usually costs one blocking read.
+It pays for nothing and writes nothing. FIFO scheduling, or ``slot_hold_s`` = 0, holds nothing; nor does a variation when no new
 job waits (a job alone pays nothing for holding). The hold runs in the variation's own task, so
 it adds no message at the moment a round hands over.
 """
@@ -37,12 +39,6 @@ from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.runtime.bootstrap import consumed_queues
 
 log = logging.getLogger(__name__)
-
-# A hold re-reads its round and job CHECK_S after it starts, then twice as long after each read,
-# up to MAX_CHECK_S: a sibling left waiting for a slot shows at the first read (the next round
-# wakes the hold at once, whatever the interval).
-CHECK_S, MAX_CHECK_S = 0.05, 0.4
-
 
 class SlotHold(NamedTuple):
     """What a hold waits for: the job's next round after the rounds in ``seen`` (the round and
@@ -83,7 +79,7 @@ def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int,
     started = time.monotonic()
     if consumed_queues() - {"images"}:  # one pool with other queues: a hold could block their steps
         return {"job_id": job_id, "frame": frame, "held_s": 0.0, "ended": "worker serves other queues"}
-    complete_since, check_s = None, CHECK_S
+    complete_since = None
     rounds_seen, view = seen[0], seen
     while True:
         rounds, recorded, unstarted, closed = view
@@ -106,11 +102,11 @@ def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int,
             ended = "no next round in time"
         if left <= 0:
             break
-        # Woken the moment the next round is enqueued; else the round and job are read again.
-        if job.rounds.wait_for_round(rounds_seen + 1, timeout_s=min(left, check_s)):
+        # Woken the moment the next round is enqueued; else, at this bound, the round and job are
+        # read again (the round may have completed meanwhile, which allows the longer bound).
+        if job.rounds.wait_for_round(rounds_seen + 1, timeout_s=left):
             ended = "next round enqueued"
             break
-        check_s = min(2 * check_s, MAX_CHECK_S)
         view = job.rounds.hold_view(frame, revision, source, count)
     return {"job_id": job_id, "frame": frame, "held_s": round(time.monotonic() - started, 3), "ended": ended}
 

@@ -82,9 +82,13 @@ class Ledger:
         closed, replies = pipe.execute()
         return {key: reply for key, reply in zip(wanted, replies) if reply is not None}, not closed
 
-    def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str) -> bool:
-        """Record a paid reply; whether the job is still open (False: cancelled, finalizing or gone)."""
-        return self.job.write_while_open(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply))
+    def save_llm_reply(self, frame: str, prompt: str, iteration: int, agent: str, reply: str,
+                       usd: float = 0.0, **counts: int) -> bool:
+        """Record a paid reply with what its call cost (``add_costs``), in one write; whether the
+        job is still open (False: cancelled, finalizing or gone)."""
+        return self.job.write_while_open(("HSET", self.keys.llm, llm_field(frame, prompt, iteration, agent), reply),
+                                         *self.cost_commands(frame, **counts),
+                                         on_written=lambda: metrics.add(cost_metrics(usd, **counts)))
 
     # paid predictions -----------------------------------------------------------------------
     def prediction_id(self, ledger_key: str) -> str | None:

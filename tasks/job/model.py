@@ -15,6 +15,7 @@ Every key is in job/keys.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
 from framefleet.config.settings import get_settings
@@ -294,10 +295,14 @@ class Job:
         ``after_outcome``, if set, run right after it in the same round trip."""
         return self._write(commands, closing=False, outcome=outcome) > 0
 
-    def write_while_open(self, *commands: tuple) -> bool:
+    def write_while_open(self, *commands: tuple, on_written: Callable[[], object] | None = None) -> bool:
         """``write_if_alive``, and whether the job is still open (not cancelled or finalizing)
-        after it, in the same round trip."""
-        return self._write(commands, closing=True) == 1
+        after it, in the same round trip. ``on_written`` runs when the commands were written (the
+        job exists), open or not."""
+        written = self._write(commands, closing=True)
+        if written and on_written is not None:
+            on_written()
+        return written == 1
 
     def _write(self, commands: tuple[tuple, ...], closing: bool, outcome: bool = False) -> int:
         closing_keys = [self.keys.cancelled, self.keys.finalized] if closing else []

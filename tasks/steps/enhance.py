@@ -169,12 +169,15 @@ class JobCancelled(Exception):
 class JobRoundLedger:
     """The round ledger of one frame's enhancement, in the job's ledger: what an earlier run paid
     for is read once, as the step starts (one copy of a step runs at a time), with whether the job
-    is open. Recording a reply also tells whether the job is still open: a closed job stops the
-    loop before its next paid call, and a cancel check right after that read or a recorded reply
-    needs no read of its own."""
+    is open. Recording a reply also records what the agents spent since the last one (``usage``:
+    their running counts; ``price``: those counts in USD), and tells whether the job is still
+    open: a closed job stops the loop before its next paid call, and a cancel check right after
+    that read or a recorded reply needs no read of its own."""
 
-    def __init__(self, job: Job, frame: str, prompt: str, iterations: int):
-        self.job, self.frame, self.prompt = job, frame, prompt
+    def __init__(self, job: Job, frame: str, prompt: str, iterations: int,
+                 usage: Callable[[], dict[str, int]], price: Callable[[dict[str, int]], float]):
+        self.job, self.frame, self.prompt, self.usage, self.price = job, frame, prompt, usage, price
+        self.counted, self.recorded = dict(usage()), False
         self.replies, self.open_just_seen = job.ledger.llm_replies_while_open(frame, prompt, iterations,
                                                                               ("agent1", "agent2"))
 
@@ -182,10 +185,26 @@ class JobRoundLedger:
         return self.replies.get((iteration, agent))
 
     def put(self, iteration: int, agent: str, reply: str) -> None:
-        self.open_just_seen = self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply)
+        spent, counted = self.uncounted(), dict(self.usage())
+        self.open_just_seen = self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply,
+                                                             self.price(spent), **spent)
+        self.counted, self.recorded = counted, True
         self.replies[(iteration, agent)] = reply
         if not self.open_just_seen:
             raise JobCancelled(self.job.id)
+
+    def uncounted(self) -> dict[str, int]:
+        """What the agents spent that no recorded reply counted yet, by counter (each counter,
+        zero too: the job's cost lists every counter its agents keep)."""
+        return {name: value - self.counted.get(name, 0) for name, value in self.usage().items()}
+
+    def count_the_rest(self) -> None:
+        """Count what no recorded reply counted (a call that failed), or the counters at zero where
+        no reply was recorded at all."""
+        spent = self.uncounted()
+        if any(spent.values()) or not self.recorded:
+            self.job.ledger.add_costs(self.frame, self.price(spent), **spent)
+            self.counted, self.recorded = dict(self.usage()), True
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled when the job is closed (answered by the last recorded reply if nothing
@@ -216,8 +235,13 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
     config = spec.frame_config(record)
     guard = BudgetGuard(job, spec)
     started = time.time()
-    agents, open_now = None, None  # open_now: whether the job is open, as the loop last saw it
+    agents, ledger, open_now = None, None, None  # open_now: whether the job is open, as the loop last saw it
     traces: dict[str, str] = {}
+
+    def usd(spent: dict[str, int]) -> float:
+        if spec.providers.get("llm") != "openai":
+            return 0.0
+        return settings.tokens_usd(spent.get("prompt_tokens", 0), spent.get("completion_tokens", 0))
 
     def fallback(kind: NoteKind, text: str, error: Exception) -> tuple[str, Enhancement]:
         return record.original_prompt, Enhancement(fallback=True, error=str(error), note=Note(kind=kind, text=text))
@@ -229,7 +253,8 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             if "enhancement" in settings.inject_faults:
                 raise RuntimeError("injected fault: enhancement")
             agents = prompt_agents(settings, f"{job.id}/{frame}")
-            ledger = JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations)
+            ledger = JobRoundLedger(job, frame, record.original_prompt, config.max_enhancement_iterations,
+                                    usage=lambda: getattr(agents, "usage", {}), price=usd)
             result = enhance_prompt_iterative(
                 record.original_prompt, agents,
                 max_iterations=config.max_enhancement_iterations, score_threshold=config.score_threshold,
@@ -270,9 +295,8 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
             for name in traces:
                 store.delete_prefix(trace_key(job.id, frame, name))
 
-    if usage := getattr(agents, "usage", None):
-        usd = settings.tokens_usd(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-        job.ledger.add_costs(frame, usd if spec.providers.get("llm") == "openai" else 0.0, **usage)
+    if ledger is not None:  # calls that failed: each recorded reply counted its own call
+        ledger.count_the_rest()
 
     def store_enhancement(current: FrameRecord) -> None:
         current.enhanced_prompt, current.enhancement = enhanced, enhancement

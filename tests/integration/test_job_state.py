@@ -231,6 +231,30 @@ def test_what_a_step_reads_first_comes_with_its_lease_and_is_used_once(local_ste
     took.release(finished=True)
 
 
+def test_each_paid_llm_reply_is_counted_in_the_write_that_records_it(local_steps, monkeypatch):
+    """A reply and what its call cost are one write: the count never lags behind what was paid.
+    A call that fails (paid, no reply to record) is counted as the step ends."""
+    from framefleet.tasks import entry
+    from framefleet.tasks.providers.offline_llm import OfflinePromptAgents
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("llm-costs"), 1))
+    state, frame = Job(job_id), "clip_001_start"
+    engineer, counted_before_failing = OfflinePromptAgents.prompt_engineer, []
+
+    def second_call_fails(self, prompt: str):
+        if self.usage["llm_calls"] < 3:
+            return engineer(self, prompt)
+        counted_before_failing.append(state.ledger.costs()["total"]["llm_calls"])
+        self.next_latency_s()  # the call is made (paid for), then fails
+        raise RuntimeError("the LLM went away")
+
+    monkeypatch.setattr(OfflinePromptAgents, "prompt_engineer", second_call_fails)
+    entry.enhance_prompt(job_id, frame)
+    assert state.frames.get(frame).enhancement.fallback  # the LLM stage failed: the original prompt
+    assert counted_before_failing == [3]  # round 1's two replies and round 2's first, each with its reply
+    assert state.ledger.costs()["total"]["llm_calls"] == 4  # and the failed call
+
+
 def test_a_step_that_outlives_its_job_recreates_none_of_its_keys(local_steps):
     """A variation in flight when its job's keys vanish (expiry, a discard, FLUSHALL) stores its
     image and returns, but writes nothing back to Redis for a job that no longer exists."""

@@ -18,6 +18,7 @@ from framefleet.tasks.artifacts.store import open_store
 from framefleet.tasks.coordination.leases import Lease
 from framefleet.tasks.coordination.slot_hold import SlotHold, slot_hold_due
 from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.rounds import Rounds
 from framefleet.tasks.job.states import PromptSource
 from framefleet.workers.client import job_status, submit_job, wait_for_job
 
@@ -91,7 +92,6 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     from framefleet.tasks.coordination.slot_hold import hold_slot
 
     job_id, settings = enqueued_job
-    monkeypatch.setattr(slot_hold, "CHECK_S", 30.0)  # only the wake-up (or a deadline) can end a hold
     state = Job(job_id)
 
     def seen(frame: str) -> tuple:  # what the variation reads as it returns (slot_hold_due)
@@ -113,15 +113,19 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
     # The round is complete: a hold now waits (far longer than this takes) until scoring and
     # selection enqueue the next frame's round, and ends then.
     settings(SLOT_HOLD_S="60")
-    ended = []
+    ended, reads = [], []
     before = seen(FRAMES[0])
-    holder = threading.Thread(
-        target=lambda: ended.append(hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, before)["ended"]))
-    holder.start()
-    scored = entry.score_variations(results, job_id, FRAMES[0])
-    entry.select_variation(scored, job_id, FRAMES[0], ENHANCED)
-    holder.join(30)
+    hold_view = Rounds.hold_view
+    with monkeypatch.context() as patch:
+        patch.setattr(Rounds, "hold_view", lambda *args: reads.append(args) or hold_view(*args))  # none here
+        holder = threading.Thread(
+            target=lambda: ended.append(hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, before)["ended"]))
+        holder.start()
+        scored = entry.score_variations(results, job_id, FRAMES[0])
+        entry.select_variation(scored, job_id, FRAMES[0], ENHANCED)
+        holder.join(30)
     assert ended == ["next round enqueued"] and state.rounds.enqueued() == 2
+    assert reads == []  # woken, not polling: the round and job are read again only at a bound
     assert state.frames.get(FRAMES[1]).timings.enqueued is not None
 
     with monkeypatch.context() as patch:  # a worker whose pool also serves selection: no hold
@@ -129,6 +133,43 @@ def test_a_hold_waits_for_the_next_round_and_no_longer(enqueued_job, monkeypatch
         assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, seen(FRAMES[1]))["ended"] == "worker serves other queues"
     state.cancel(0)
     assert hold_slot(job_id, FRAMES[1], 0, ENHANCED, 4, seen(FRAMES[1]))["ended"] == "job closed"
+
+
+def test_a_hold_whose_round_completes_meanwhile_reads_it_at_the_bound_and_waits_on(enqueued_job, monkeypatch):
+    """A hold reads the round again only at its bound: a round complete by then moves it from
+    ``slot_hold_siblings_s`` to ``slot_hold_s``, and the next round still ends it."""
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination.slot_hold import hold_slot
+
+    job_id, settings = enqueued_job
+    state = Job(job_id)
+    settings(SLOT_HOLD_SIBLINGS_S="1.5", SLOT_HOLD_S="60")
+    results = [entry.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
+    siblings = [Lease(state, f"generate:{FRAMES[0]}/0/{ENHANCED}/{index}") for index in (2, 3, 4)]
+    assert all(lease.acquire() for lease in siblings)  # the rest of the round runs
+    ended, reads = [], []
+    before = state.rounds.hold_view(FRAMES[0], 0, ENHANCED, 4)
+    hold_view = Rounds.hold_view
+    with monkeypatch.context() as patch:
+        def spied(*args):  # the hold's own reads (the variations stored here read a view too)
+            view = hold_view(*args)
+            if threading.current_thread() is holder:
+                reads.append(view)
+            return view
+
+        patch.setattr(Rounds, "hold_view", spied)
+        holder = threading.Thread(
+            target=lambda: ended.append(hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, before)["ended"]))
+        holder.start()
+        for lease in siblings:
+            lease.release(finished=False)
+        results += [entry.generate_variation(job_id, FRAMES[0], ENHANCED, index) for index in (2, 3, 4)]
+        wait_until(lambda: reads, timeout_s=10)  # the siblings' bound passed: read once, complete
+        assert ended == [] and reads == [(1, 4, 0, False)]
+        scored = entry.score_variations(results, job_id, FRAMES[0])
+        entry.select_variation(scored, job_id, FRAMES[0], ENHANCED)
+        holder.join(30)
+    assert ended == ["next round enqueued"] and len(reads) == 1
 
 
 def test_a_running_job_keeps_its_slots_between_frames(celery_app, fleet_for_test, tmp_path):
