@@ -22,6 +22,7 @@ import time
 
 import redis
 from celery import chain, chord
+from celery.utils import uuid
 from framefleet.config.celery import (
     FINALIZE_JOB,
     GENERATE_VARIATION,
@@ -78,14 +79,17 @@ def send_all(job: Job, messages: list) -> None:
 
 
 def send_chord(job: Job, header: list, body) -> None:
-    ids = [message.freeze().id for message in header]
-    result = body.freeze()
-    while result is not None:  # a chain body: its last task's result links back to the first
-        ids.append(result.id)
-        result = result.parent
-    job.ledger.add_task_ids(ids)
+    """Enqueue a round: its variations (``header``) and the steps that follow them (``body``), each
+    with the task id the round's transition recorded (``round_task_ids``)."""
     with in_job_trace(lambda: job.spec.trace), results_not_awaited():
         chord(header, body).apply_async()
+
+
+def round_task_ids(variations: int) -> list[str]:
+    """Ids for a round's tasks: its ``variations``, then scoring, the judge and selection. Recorded
+    with the transition that starts the round, before any is sent, so a cancel can revoke them (an
+    id the round did not use, a smaller round or no judge, revokes nothing)."""
+    return [uuid() for _ in range(variations + 3)]
 
 
 def next_source(record: FrameRecord) -> PromptSource:
@@ -116,6 +120,9 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
     spec, record = job.spec, frames[frame]
     source = next_source(record)
     selections = {name: f.selected.frame_key for name, f in frames.items() if f.selected is not None}
+    config = spec.frame_config(record)
+    planned = planned_round_size(source, config)
+    ids = round_task_ids(planned)
 
     def start_round(current: FrameRecord) -> None:
         current.inputs = resolve_inputs(spec.plan, spec.plan.frame(frame), selections)
@@ -124,10 +131,10 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
 
     job.frames.transition(frame, FrameState.GENERATING, start_round, while_open=True, expect=lambda r: (
         r.revision == record.revision and (r.state in (FrameState.READY, FrameState.RETRY)
-                                           or (force and r.state is FrameState.GENERATING and r.round == source))))
+                                           or (force and r.state is FrameState.GENERATING and r.round == source))),
+        also=job.ledger.task_id_commands(ids))
     try:
-        config = spec.frame_config(record)
-        count = planned_round_size(source, config)
+        count = planned
         guard = BudgetGuard(job, spec)
         if guard.active:  # reserved once per round: a re-sent round reuses its reservation
             count = guard.images_for_frame(frame, count, config.image_model, f"{frame}/{record.revision}/{source}")
@@ -140,13 +147,14 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
         job.progress.frame_reached(spec.kind, "generate", frame, frames_settled(frames), len(frames))
         priority = priority_for(spec, frame)
         header = [signature(GENERATE_VARIATION, (job.id, frame, source.value, index), priority,
-                            revision=record.revision, round_size=count)
+                            revision=record.revision, round_size=count).set(task_id=ids[index - 1])
                   for index in range(1, count + 1)]
         staged = (job.id, frame, source.value)
-        links = [signature(SCORE_VARIATIONS, (job.id, frame), priority, revision=record.revision)]
+        score_id, judge_id, select_id = ids[planned:]
+        links = [signature(SCORE_VARIATIONS, (job.id, frame), priority, revision=record.revision).set(task_id=score_id)]
         if config.judge == "vlm" and count > 1:  # a job without the judge has no extra hop
-            links.append(signature(JUDGE_CANDIDATES, staged, priority, revision=record.revision))
-        links.append(signature(SELECT_VARIATION, staged, priority, revision=record.revision))
+            links.append(signature(JUDGE_CANDIDATES, staged, priority, revision=record.revision).set(task_id=judge_id))
+        links.append(signature(SELECT_VARIATION, staged, priority, revision=record.revision).set(task_id=select_id))
         send_chord(job, header, chain(*links))
     except BaseException:
         if record.state is not FrameState.GENERATING:  # not sent: the step's re-drive must send it

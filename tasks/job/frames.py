@@ -111,7 +111,7 @@ class Frames:
 
     def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
                    revision: int | None = None, measured: metrics.Increments | None = None,
-                   read_after: bool = False, while_open: bool = False) -> FrameRecord:
+                   read_after: bool = False, while_open: bool = False, also: tuple[tuple, ...] = ()) -> FrameRecord:
         """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
         (read, check, write only if the record read is still there; else read again). The record
         this Job last read or wrote is tried first, without a read.
@@ -124,7 +124,8 @@ class Frames:
         the fleet's metrics once the write succeeded, so once (job/metrics.py). ``read_after``:
         every frame and whether the job is closed are read right after the write, in the same
         round trip, for the dispatch that follows (Job.frames_while_open). ``while_open``: refused
-        (StaleWrite) once the job is cancelled or finalizing, checked in the same script.
+        (StaleWrite) once the job is cancelled or finalizing, checked in the same script. ``also``:
+        Redis write commands run in the same script once the record is written, and only then.
         """
         reads = (("EXISTS", self.keys.cancelled, self.keys.finalized), self.read_all_command()) if read_after else ()
         known = self._last.pop(name, None)
@@ -149,8 +150,10 @@ class Frames:
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
             written = record.model_dump_json()
             closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-            swapped, after = script_then_reads(self.r, "swap_frame", [self.keys.frames, *closing],
-                                               [field, raw, target, written, DRAFT + name], reads)
+            args = [field, raw, target, written, DRAFT + name]
+            for command in also:
+                args += [len(command), *command]
+            swapped, after = script_then_reads(self.r, "swap_frame", [self.keys.frames, *closing], args, reads)
             if swapped == -1:
                 raise StaleWrite(f"{name}: the job is closed")
             if swapped:

@@ -122,7 +122,11 @@ class Ledger:
 
     # the running revision's task ids ------------------------------------------------------------
     def add_task_ids(self, ids: list[str]) -> None:
-        self.job.write_if_alive(("SADD", self.keys.tasks, *ids), ("EXPIRE", self.keys.tasks, self.job.ttl))
+        self.job.write_if_alive(*self.task_id_commands(ids))
+
+    def task_id_commands(self, ids: list[str]) -> tuple[tuple, ...]:
+        """``add_task_ids`` as commands, for a write that records something else with them."""
+        return ("SADD", self.keys.tasks, *ids), ("EXPIRE", self.keys.tasks, self.job.ttl)
 
     def task_ids(self) -> set[str]:
         return self.r.smembers(self.keys.tasks)

@@ -289,6 +289,36 @@ def test_a_new_jobs_round_is_admitted_in_one_piece(local_steps, celery_app, redi
     assert admit_round("images", taken["headers"]["group"]) == 0  # nothing copied or lost
 
 
+def test_a_round_records_its_task_ids_with_the_transition_that_starts_it(local_steps, celery_app, redis_server):
+    """Every task a round sends (its variations, scoring and selection) has its id recorded before
+    it is sent, so a cancel can revoke it; a second start of the round is refused and records none."""
+    import base64
+
+    import redis
+    from framefleet.config.celery import broker_lists
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination.dispatch import enqueue_frame
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("ids"), 1))
+    purge_queues(celery_app)  # its enhancements run here
+    state = Job(job_id)
+    enhancements = state.ledger.task_ids()
+    entry.enhance_prompt(job_id, "clip_001_start")  # enqueues the first frame's round
+    broker, sent = redis.Redis.from_url(redis_server.url), set()
+    for name in broker_lists("images"):
+        for raw in broker.lrange(name, 0, -1):
+            message = json.loads(raw)
+            steps_after = json.loads(base64.b64decode(message["body"]))[2]["chord"]  # each variation carries them
+            sent |= {message["headers"]["id"], *(step["options"]["task_id"] for step in steps_after["kwargs"]["tasks"])}
+    recorded = state.ledger.task_ids() - enhancements
+    assert len(sent) == 4 + 2 and sent <= recorded  # 4 variations, scoring, selection
+
+    frames = state.frames.all()
+    with pytest.raises(StaleWrite):  # generating already: refused, and nothing recorded
+        enqueue_frame(Job(job_id), frames, "clip_001_start")
+    assert state.ledger.task_ids() - enhancements == recorded
+
+
 def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_app, fleet_for_test, tmp_path):
     store = open_store(f"file://{tmp_path / 'artifacts'}")
     fleet_for_test({"FRAMEFLEET_STORE_URL": store.url, "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.1",

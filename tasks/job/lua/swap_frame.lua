@@ -3,10 +3,17 @@
 -- write, the new record, the frame's draft field. A compare-and-set: written only if the record
 -- read is still the frame's current record (unchanged, and, when it is the finished record, no
 -- draft record was put beside it meanwhile: that one is now the frame's), and, with the closing
--- keys, only while the job is open. 1 when written, 0 when the record moved on meanwhile (the
--- caller reads it again), -1 when the job is closed.
+-- keys, only while the job is open. Then ARGV's other commands, each as its length followed by
+-- its words, run with the write (what the transition records beside the frame). 1 when written,
+-- 0 when the record moved on meanwhile (the caller reads it again), -1 when the job is closed.
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 if ARGV[1] ~= ARGV[5] and redis.call('HEXISTS', KEYS[1], ARGV[5]) == 1 then return 0 end
 if #KEYS > 1 and redis.call('EXISTS', unpack(KEYS, 2)) > 0 then return -1 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+local i = 6
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
 return 1
