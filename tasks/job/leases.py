@@ -41,6 +41,10 @@ class Leases:
         # The running step's lease, which the write that stores the step's outcome releases in the
         # same script (Job.write_if_alive ``outcome``); set by the step wrapper.
         self.finishing: HeldLease | None = None
+        # The lease of a running step whose ``after`` dispatches the job (an enhancement, a
+        # selection): the round count that ends a dispatch which enqueued a round releases it in the
+        # same script (Rounds.count_round); set by the step wrapper.
+        self.dispatching: HeldLease | None = None
 
     def release_keys(self, step: str) -> list[str]:
         return [self.keys.lease(step), LEASES]

@@ -81,9 +81,16 @@ class Rounds:
     # the round counter slot holding waits on -------------------------------------------------
     def count_round(self, wake: int) -> None:
         """One more generation round of the job was enqueued: count it and wake up to ``wake``
-        variations holding their slots for it."""
-        script(self.r, "count_round")(keys=[self.keys.rounds, self.keys.round_wake_prefix],
-                                      args=[self.job.ttl, wake, WAKE_TTL_S])
+        variations holding their slots for it. The last write of the dispatch that enqueued it:
+        it also releases the lease of the step that dispatched (``leases.dispatching``), if that
+        step's copy still holds it."""
+        releasing, self.job.leases.dispatching = self.job.leases.dispatching, None
+        script(self.r, "count_round")(
+            keys=[self.keys.rounds, self.keys.round_wake_prefix,
+                  *(self.job.leases.release_keys(releasing.step) if releasing else [])],
+            args=[self.job.ttl, wake, WAKE_TTL_S, releasing.owner if releasing else ""])
+        if releasing:
+            releasing.released_by_write()
 
     def enqueued(self) -> int:
         return int(self.r.get(self.keys.rounds) or 0)

@@ -172,6 +172,37 @@ def test_the_write_that_stores_an_outcome_releases_only_its_owners_lease(local_s
     assert not job.r.exists(theirs.key) and job.r.zscore(LEASES, theirs.key) is None
 
 
+def test_a_dispatch_that_enqueues_a_round_releases_its_steps_lease_as_it_counts_the_round(local_steps, monkeypatch):
+    """A selection's ``after`` dispatches the next frame: the script that counts the round it
+    enqueued (its last write) releases the selection's lease, with no release of its own; a copy
+    whose lease was taken over leaves the holder's."""
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination.leases import Lease
+    from framefleet.tasks.job.keys import LEASES
+    from framefleet.tasks.job.leases import Leases
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("dispatching"), 1))
+    job, frame, enhanced = Job(job_id), "clip_001_start", PromptSource.ENHANCED
+    for name in (frame, "clip_001_end"):
+        entry.enhance_prompt(job_id, name)
+    scored = entry.score_variations([entry.generate_variation(job_id, frame, enhanced, index) for index in range(1, 5)],
+                                    job_id, frame)
+    releases, release = [], Leases.release
+    monkeypatch.setattr(Leases, "release", lambda self, step, *args: releases.append(step) or release(self, step, *args))
+    entry.select_variation(scored, job_id, frame, enhanced)
+    step = f"select:{frame}/0/{enhanced}"
+    assert job.rounds.enqueued() == 2  # the next frame's round was enqueued and counted
+    assert not job.r.exists(job.keys.lease(step)) and job.r.zscore(LEASES, job.keys.lease(step)) is None
+    assert step not in releases  # released by the round's count, not by a script of its own
+
+    holder, late = Lease(job, "select:elsewhere"), Job(job_id)
+    assert holder.acquire()
+    late.leases.dispatching = Lease(late, holder.step)  # its lease was taken over
+    late.rounds.count_round(wake=0)
+    assert job.r.get(holder.key) == holder.owner and job.r.zscore(LEASES, holder.key) is not None
+    holder.release(finished=True)
+
+
 def test_a_round_is_not_started_once_the_job_is_closed(local_steps):
     """The READY → GENERATING transition that starts a round checks, in its own script, that the
     job is neither cancelled nor finalizing: a dispatch that read the job open earlier sends nothing."""
