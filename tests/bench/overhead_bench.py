@@ -16,7 +16,9 @@ falls as its load rises (one wake-up serves several clients' requests), and fram
 this machine is bound by its workers' offline rendering and scoring, not by Redis: so the floor
 also runs paced to framefleet's frames/s of the same run (each variation takes as long as that rate
 leaves an images slot for it), which compares the two at the same load. Each side runs ``--runs``
-times (3), alternating, and every figure is its median over the runs.
+times (3), alternating, and every figure is its median over the runs. ``--isolate-redis`` gives
+Redis one CPU of its own and the workers (and this process) the others, once warmed up, as a
+deployment gives Redis its own CPU: on a 2-core machine the workers share the other core.
 """
 
 from __future__ import annotations
@@ -82,14 +84,47 @@ def process_cpu(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK
 
 
+def isolate_redis(client: redis.Redis, workers: dict[str, int]) -> None:
+    """Redis (each of its threads) on the first CPU this process may use, the workers (each thread
+    of each process and its children) and this process on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--isolate-redis: needs 2 CPUs or more")
+    redis_cpu_set, rest = {cpus[0]}, set(cpus[1:])
+
+    def pin(pid: int, where: set[int]) -> None:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(thread), where)
+            for child in open(f"/proc/{pid}/task/{thread}/children").read().split():
+                pin(int(child), where)
+
+    pin(client.info("server")["process_id"], redis_cpu_set)
+    for pid in workers.values():
+        pin(pid, rest)
+    os.sched_setaffinity(0, rest)
+
+
 def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: int, send, finished,
-             jobs: int, warmup: int) -> Measure:
+             jobs: int, warmup: int, isolate: bool = False) -> Measure:
     """Send ``warmup`` jobs and wait for them (not measured: the workers' connection pools fill
     and their lazy imports load, as in a fleet that has run a while), then send ``jobs`` jobs
-    (``frames`` frames) and measure what they cost until ``finished(total jobs sent)``."""
+    (``frames`` frames) and measure what they cost until ``finished(total jobs sent)``.
+    ``isolate``: Redis alone on a CPU from then on (``isolate_redis``)."""
     send(warmup)
     while not finished(warmup):
         time.sleep(0.2)
+    mine = os.sched_getaffinity(0)
+    if isolate:
+        isolate_redis(client, workers)
+    try:
+        return measure(label, client, workers, frames, send, finished, jobs, warmup)
+    finally:
+        os.sched_setaffinity(0, mine)  # the next run's Redis and workers start from this process's
+
+
+def measure(label: str, client: redis.Redis, workers: dict[str, int], frames: int, send, finished,
+            jobs: int, warmup: int) -> Measure:
+    """What ``jobs`` more jobs cost, sent now, until they finished (``measured``)."""
     before, cpu, reads = command_stats(client), redis_cpu(client), requests_read(client)
     worker_cpu = {queue: process_cpu(pid) for queue, pid in workers.items()}
     began = time.monotonic()
@@ -107,9 +142,11 @@ def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: i
                    requests_read(client) - reads)
 
 
-def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_per_s: float | None = None) -> Measure:
+def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_per_s: float | None = None,
+              isolate: bool = False) -> Measure:
     """``frames_per_s``: paced to about that rate (each variation then takes as long as that
-    rate leaves the images worker's slots for it), else as fast as it goes."""
+    rate leaves the images worker's slots for it), else as fast as it goes. ``isolate``: Redis on
+    a CPU of its own (``isolate_redis``)."""
     from tests.bench import floor_app
 
     images_slots = SHAPES["images"][1]
@@ -140,7 +177,7 @@ def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_
                 return int(client.get(floor_app.FRAMES_DONE) or 0) >= count * frames_per_job
 
             return measured(label, client, {q: p.pid for q, p in processes.items()}, jobs * frames_per_job,
-                            send, finished, jobs, warmup)
+                            send, finished, jobs, warmup, isolate)
         finally:
             for process in processes.values():
                 os.killpg(process.pid, 15)
@@ -148,7 +185,7 @@ def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_
                 process.wait(30)
 
 
-def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS) -> Measure:
+def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS, isolate: bool = False) -> Measure:
     from framefleet.workers.app import app, configure
 
     with tempfile.TemporaryDirectory() as out, LocalRedis() as server:
@@ -171,7 +208,7 @@ def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS) -> Measure:
                 return client.zcard(RECENT_JOBS) >= count and client.scard(ACTIVE_JOBS) == 0
 
             return measured("framefleet", client, {q: p.pid for q, p in fleet.processes.items()}, jobs * 2 * clips,
-                            send, finished, jobs, warmup)
+                            send, finished, jobs, warmup, isolate)
 
 
 def report(floor: Measure, paced: Measure, fleet: Measure, top: int) -> None:
@@ -222,12 +259,16 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3, help="runs of each side; the figures are the medians")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--isolate-redis", action="store_true",
+                        help="Redis alone on one CPU, the workers on the others (needs 2 CPUs)")
     args = parser.parse_args()
     floors, fleets, paced = [], [], []
+    isolate = args.isolate_redis
     for _ in range(args.runs):  # alternated, so a slow spell of the machine hits every side
-        floors.append(run_floor(args.jobs, 2 * args.clips))
-        fleets.append(run_fleet(args.jobs, args.clips))
-        paced.append(run_floor(args.jobs, 2 * args.clips, frames_per_s=fleets[-1].frames / fleets[-1].wall_s))
+        floors.append(run_floor(args.jobs, 2 * args.clips, isolate=isolate))
+        fleets.append(run_fleet(args.jobs, args.clips, isolate=isolate))
+        paced.append(run_floor(args.jobs, 2 * args.clips, frames_per_s=fleets[-1].frames / fleets[-1].wall_s,
+                               isolate=isolate))
     report(median_of(floors), median_of(paced), median_of(fleets), args.top)
     Console().print("Redis CPU per frame in each run (floor, floor at framefleet's rate, framefleet): " + "; ".join(
         " / ".join(f"{1000 * m.per_frame(m.redis_cpu_s):.2f}" for m in run) + " ms" for run in zip(floors, paced, fleets)))
