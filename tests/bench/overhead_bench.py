@@ -95,8 +95,9 @@ def isolate_redis(client: redis.Redis, workers: dict[str, int]) -> None:
     def pin(pid: int, where: set[int]) -> None:
         for thread in os.listdir(f"/proc/{pid}/task"):
             os.sched_setaffinity(int(thread), where)
-            for child in open(f"/proc/{pid}/task/{thread}/children").read().split():
-                pin(int(child), where)
+            with open(f"/proc/{pid}/task/{thread}/children") as children:
+                for child in children.read().split():
+                    pin(int(child), where)
 
     pin(client.info("server")["process_id"], redis_cpu_set)
     for pid in workers.values():
