@@ -14,9 +14,10 @@ then takes that round, which priority 0 serves first. A hold never keeps a slot 
 round: when a sibling has neither started nor finished (it waits for a slot) as the variation is
 stored, the hold ends at once. It never lasts long either:
 ``slot_hold_siblings_s`` at most while the round's other variations still run (a straggler is
-the cut's business, not the hold's), ``slot_hold_s`` at most once the round is complete, not at
-all in a worker whose pool also serves other queues (it could block the scoring or selection it
-waits for), and ends at the next of these bounds once the job is cancelled or finalizing. The
+the cut's business, not the hold's), ``slot_hold_s`` at most once the round is seen complete (as
+the variation is stored, or at the siblings' bound), not at all in a worker whose pool also
+serves other queues (it could block the scoring or selection it waits for), and ends at the next
+of these bounds once the job is cancelled or finalizing, or the dispatch sent its finalize. The
 round and job are read with the variation's record and again only at those bounds; the wake-up
 ends a hold the moment the next round is enqueued, so a hold usually costs one blocking read.
 It pays for nothing and writes nothing. FIFO scheduling, or ``slot_hold_s`` = 0, holds nothing; nor does a variation when no new
@@ -66,7 +67,7 @@ def slot_hold_due(job: Job, spec: JobSpec, frame: str, revision: int, source: st
     if not holds_slots():
         return None
     if spec.plan.index_of(frame) == len(spec.plan.frames) - 1:
-        return None  # (a revision's later frames may be settled: its finalize then ends the hold)
+        return None  # (a revision's later frames may be settled: a hold then ends at its bound)
     if not jobs_waiting_for(TASK_QUEUES[GENERATE_VARIATION]):
         return None  # no new job could take the slot
     return SlotHold(job.id, frame, revision, source, count, job.rounds.hold_view(frame, revision, source, count))

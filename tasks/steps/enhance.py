@@ -185,7 +185,9 @@ class JobRoundLedger:
         return self.replies.get((iteration, agent))
 
     def put(self, iteration: int, agent: str, reply: str) -> None:
-        spent, counted = self.uncounted(), dict(self.usage())
+        # The first recorded reply writes every counter (zeros too), later ones what changed.
+        spent = {name: value for name, value in self.uncounted().items() if value or not self.recorded}
+        counted = dict(self.usage())
         self.open_just_seen = self.job.ledger.save_llm_reply(self.frame, self.prompt, iteration, agent, reply,
                                                              self.price(spent), **spent)
         self.counted, self.recorded = counted, True

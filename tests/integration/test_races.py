@@ -319,6 +319,28 @@ def test_a_round_records_its_task_ids_with_the_transition_that_starts_it(local_s
     assert state.ledger.task_ids() - enhancements == recorded
 
 
+def test_a_rounds_task_ids_are_recorded_by_its_transition_before_anything_is_sent(local_steps, celery_app,
+                                                                                 monkeypatch):
+    """The ids are the transition's to record: a send that fails finds them recorded (a cancel
+    racing the send revokes them), and the frame is ready again for the step's re-drive."""
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination import dispatch
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("ids-first"), 1))
+    purge_queues(celery_app)
+    state = Job(job_id)
+    enhancements = state.ledger.task_ids()
+
+    def broker_gone(*args) -> None:
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(dispatch, "send_chord", broker_gone)
+    with pytest.raises(ConnectionError):
+        entry.enhance_prompt(job_id, "clip_001_start")  # its dispatch starts the first round
+    assert len(state.ledger.task_ids() - enhancements) == 4 + 3  # variations, scoring, judge, selection
+    assert state.frames.get("clip_001_start").state is FrameState.READY
+
+
 def test_duplicate_messages_and_resumes_during_a_job_pay_nothing_twice(celery_app, fleet_for_test, tmp_path):
     store = open_store(f"file://{tmp_path / 'artifacts'}")
     fleet_for_test({"FRAMEFLEET_STORE_URL": store.url, "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.1",

@@ -143,7 +143,7 @@ def test_a_hold_whose_round_completes_meanwhile_reads_it_at_the_bound_and_waits_
 
     job_id, settings = enqueued_job
     state = Job(job_id)
-    settings(SLOT_HOLD_SIBLINGS_S="1.5", SLOT_HOLD_S="60")
+    settings(SLOT_HOLD_SIBLINGS_S="4", SLOT_HOLD_S="60")  # time enough to store the siblings
     results = [entry.generate_variation(job_id, FRAMES[0], ENHANCED, 1)]
     siblings = [Lease(state, f"generate:{FRAMES[0]}/0/{ENHANCED}/{index}") for index in (2, 3, 4)]
     assert all(lease.acquire() for lease in siblings)  # the rest of the round runs
