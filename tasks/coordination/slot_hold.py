@@ -20,9 +20,9 @@ serves other queues (it could block the scoring or selection it waits for), and 
 of these bounds once the job is cancelled or finalizing, or the dispatch sent its finalize. The
 round and job are read with the variation's record and again only at those bounds; the wake-up
 ends a hold the moment the next round is enqueued, so a hold usually costs one blocking read.
-It pays for nothing and writes nothing. FIFO scheduling, or ``slot_hold_s`` = 0, holds nothing; nor does a variation when no new
-job waits (a job alone pays nothing for holding). The hold runs in the variation's own task, so
-it adds no message at the moment a round hands over.
+It pays for nothing and writes nothing. FIFO scheduling, or ``slot_hold_s`` = 0, holds nothing;
+nor does a variation when no new job waits (a job alone pays nothing for holding). The hold runs
+in the variation's own task, so it adds no message at the moment a round hands over.
 """
 
 from __future__ import annotations

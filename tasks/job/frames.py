@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.records import FrameRecord
-from framefleet.tasks.job.redis import script, script_then_reads
+from framefleet.tasks.job.redis import packed, script, script_then_reads
 from framefleet.tasks.job.states import FRAME_TRANSITIONS, FrameState
 
 if TYPE_CHECKING:
@@ -150,9 +150,7 @@ class Frames:
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
             written = record.model_dump_json()
             closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-            args = [field, raw, target, written, DRAFT + name]
-            for command in also:
-                args += [len(command), *command]
+            args = [field, raw, target, written, DRAFT + name, *packed(also)]
             swapped, after = script_then_reads(self.r, "swap_frame", [self.keys.frames, *closing], args, reads)
             if swapped == -1:
                 raise StaleWrite(f"{name}: the job is closed")

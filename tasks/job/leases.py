@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import redis
 
 from framefleet.tasks.job.keys import LEASES, JobKeys
-from framefleet.tasks.job.redis import script, script_then_reads, state_client
+from framefleet.tasks.job.redis import packed, script, script_then_reads, state_client
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
@@ -56,9 +56,7 @@ class Leases:
         with ``while_open``, (-1, [], ...) (and no lease) when the job is closed (cancelled or
         finalizing). One round trip: ``then`` is read right after the script, beside it."""
         closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-        args: list = [owner, ttl_ms, now_ms() + ttl_ms]
-        for read in reads:
-            args += [len(read), *read]
+        args = [owner, ttl_ms, now_ms() + ttl_ms, *packed(reads)]
         (taken, *replies), after = script_then_reads(self.r, "acquire_lease",
                                                      [self.keys.lease(step), LEASES, *closing], args, then)
         return taken, replies, after

@@ -37,7 +37,7 @@ from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
 from framefleet.tasks.job.records import FrameRecord, JobStatus
-from framefleet.tasks.job.redis import Prefetch, script_then_reads, state_client
+from framefleet.tasks.job.redis import Prefetch, packed, script_then_reads, state_client
 from framefleet.tasks.job.rounds import Rounds
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState
@@ -309,9 +309,7 @@ class Job:
         releasing = self.leases.finishing if outcome else None
         then = self.after_outcome if outcome else None
         keys = [self.keys.spec, *closing_keys, *(self.leases.release_keys(releasing.step) if releasing else [])]
-        args: list = [self.ttl, len(closing_keys), releasing.owner if releasing else ""]
-        for command in commands:
-            args += [len(command), *command]
+        args = [self.ttl, len(closing_keys), releasing.owner if releasing else "", *packed(commands)]
         written, replies = script_then_reads(self.r, "write_if_alive", keys, args, then.reads if then else ())
         if releasing and written:
             self.leases.finishing = None

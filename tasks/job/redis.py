@@ -111,6 +111,12 @@ def script(client: redis.Redis, name: str) -> Script:
     return client.register_script(lua_source(name))
 
 
+def packed(commands: tuple[tuple, ...] | list[tuple]) -> list:
+    """Commands as a script's ARGV carries them: each as its length followed by its words (the
+    scripts that run commands they are given: write_if_alive, swap_frame, acquire_lease)."""
+    return [part for command in commands for part in (len(command), *command)]
+
+
 def script_then_reads(client: redis.Redis, name: str, keys: list, args: list,
                       reads: tuple[tuple, ...]) -> tuple[Any, list]:
     """Run the script ``name``, then ``reads`` right after it, in one round trip: (the script's
