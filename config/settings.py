@@ -250,6 +250,9 @@ class OfflineProviders(BaseModel):
     offline_image_cold_start_rate: float = Field(0.0, ge=0, le=1)
     offline_image_cold_start_s: float = Field(0.0, ge=0)
     offline_image_failure_rate: float = Field(0.0, ge=0, le=1)
+    # The offline image provider's bill (job key offline_calls): one Redis write per call, which a
+    # real provider bills outside Redis; the benchmarks of the fleet's own Redis cost turn it off.
+    offline_call_log: bool = True
     offline_usd_per_image: float = Field(0.0, ge=0)
     offline_usd_per_llm_call: float = Field(0.0, ge=0)
 

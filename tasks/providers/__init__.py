@@ -60,7 +60,8 @@ FRAME_JUDGES: dict[str, Callable[[Settings, str], FrameJudge]] = {
 IMAGE_GENERATORS: dict[str, Callable[[Settings], ImageGenerator]] = {
     "offline": lambda s: OfflineImageGenerator(offline_image_latency(s),
                                                failure_rate=s.offline_image_failure_rate,
-                                               call_log=lambda r: Job(r.job_id).ledger.log_offline_call(r.ledger_key)),
+                                               call_log=(lambda r: Job(r.job_id).ledger.log_offline_call(r.ledger_key))
+                                               if s.offline_call_log else None),
     "replicate": _replicate,
 }
 

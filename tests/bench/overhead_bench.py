@@ -193,7 +193,9 @@ def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS, isolate: bool = 
         env = {"FRAMEFLEET_BROKER_URL": server.url, "FRAMEFLEET_STORE_URL": f"file://{out}/store",
                "FRAMEFLEET_LLM_PROVIDER": "offline", "FRAMEFLEET_IMAGE_PROVIDER": "offline",
                "FRAMEFLEET_SCORER": "heuristic", "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0",
-               "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0", "FRAMEFLEET_LOG_LEVEL": "WARNING"}
+               "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0", "FRAMEFLEET_LOG_LEVEL": "WARNING",
+               # the offline provider's bill is a write per image that a real provider never makes
+               "FRAMEFLEET_OFFLINE_CALL_LOG": "false"}
         os.environ.update(env)
         from framefleet.config.settings import get_settings
 

@@ -42,3 +42,14 @@ def test_failure_rate_one_raises_an_expected_error():
     generator = OfflineImageGenerator(failure_rate=1.0)
     with pytest.raises(ImageGenerationError):
         generator.generate(ImageRequest(prompt="x", aspect_ratio="1:1", variation=1))
+
+
+def test_the_call_log_setting_decides_whether_the_offline_provider_bills_in_redis():
+    from framefleet.config.settings import Settings
+    from framefleet.tasks.providers import IMAGE_GENERATORS
+
+    assert IMAGE_GENERATORS["offline"](Settings()).call_log is not None  # the crash tests' bill
+    silent = IMAGE_GENERATORS["offline"](Settings(offline_call_log=False))
+    assert silent.call_log is None
+    assert silent.generate(ImageRequest(prompt="a lighthouse", aspect_ratio="1:1", variation=1,
+                                        job_id="no-such-job")).startswith(b"\x89PNG")  # writes nothing
