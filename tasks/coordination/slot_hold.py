@@ -16,8 +16,8 @@ stored, the hold ends at once. It never lasts long either:
 ``slot_hold_siblings_s`` at most while the round's other variations still run (a straggler is
 the cut's business, not the hold's), ``slot_hold_s`` at most once the round is seen complete (as
 the variation is stored, or at the siblings' bound), not at all in a worker whose pool also
-serves other queues (it could block the scoring or selection it waits for), and ends at the next
-of these bounds once the job is cancelled or finalizing, or the dispatch sent its finalize. The
+serves other queues (it could block the scoring or selection it waits for), and ends at once
+when the job is cancelled or finalizing (that write wakes the holds with a 'closed' token). The
 round and job are read with the variation's record and again only at those bounds; the wake-up
 ends a hold the moment the next round is enqueued, so a hold usually costs one blocking read.
 It pays for nothing and writes nothing. FIFO scheduling, or ``slot_hold_s`` = 0, holds nothing;
@@ -67,7 +67,7 @@ def slot_hold_due(job: Job, spec: JobSpec, frame: str, revision: int, source: st
     if not holds_slots():
         return None
     if spec.plan.index_of(frame) == len(spec.plan.frames) - 1:
-        return None  # (a revision's later frames may be settled: a hold then ends at its bound)
+        return None  # (a revision's later frames may be settled: its finalize then ends the hold)
     if not jobs_waiting_for(TASK_QUEUES[GENERATE_VARIATION]):
         return None  # no new job could take the slot
     return SlotHold(job.id, frame, revision, source, count, job.rounds.hold_view(frame, revision, source, count))
@@ -103,10 +103,12 @@ def hold_slot(job_id: str, frame: str, revision: int, source: str, count: int,
             ended = "no next round in time"
         if left <= 0:
             break
-        # Woken the moment the next round is enqueued; else, at this bound, the round and job are
-        # read again (the round may have completed meanwhile, which allows the longer bound).
-        if job.rounds.wait_for_round(rounds_seen + 1, timeout_s=left):
-            ended = "next round enqueued"
+        # Woken the moment the next round is enqueued or the job closes; else, at this bound, the
+        # round and job are read again (the round may have completed meanwhile, which allows the
+        # longer bound).
+        woken = job.rounds.wait_for_round(rounds_seen + 1, timeout_s=left)
+        if woken is not None:
+            ended = "job closed" if woken == "closed" else "next round enqueued"
             break
         view = job.rounds.hold_view(frame, revision, source, count)
     return {"job_id": job_id, "frame": frame, "held_s": round(time.monotonic() - started, 3), "ended": ended}

@@ -274,13 +274,19 @@ class Job:
     def cancel(self, revision: int) -> None:
         """Flag ``revision`` cancelled: its steps stop at their next check. A later revision (only
         possible when the cancelled one was not the first) clears the flag when it starts."""
-        self.r.set(self.keys.cancelled, revision, ex=self.ttl)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.cancelled, revision, ex=self.ttl)
+            self.rounds.wake_closed(pipe)
+            pipe.execute()
 
     def cancelled(self) -> bool:
         return bool(self.r.exists(self.keys.cancelled))
 
     def mark_finalized(self) -> None:
-        self.r.set(self.keys.finalized, "1", ex=self.ttl)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.finalized, "1", ex=self.ttl)
+            self.rounds.wake_closed(pipe)
+            pipe.execute()
 
     def closed(self) -> bool:
         """Cancelled or finalizing: no more traces or paid work for this job."""

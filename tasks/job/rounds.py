@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import redis
+from framefleet.config.settings import MAX_VARIATIONS
+
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.ledgers import cost_metrics
 from framefleet.tasks.job.records import VariationRecord
@@ -95,9 +98,17 @@ class Rounds:
     def enqueued(self) -> int:
         return int(self.r.get(self.keys.rounds) or 0)
 
-    def wait_for_round(self, rounds: int, timeout_s: float) -> bool:
-        """Block until round ``rounds`` is enqueued (woken by count_round) or the timeout passed."""
-        return bool(self.r.blpop([self.keys.round_wake(rounds)], timeout=timeout_s))
+    def wake_closed(self, pipe: redis.client.Pipeline) -> None:
+        """Queue on ``pipe`` (the write that closes the job) a 'closed' wake-up for every slot hold
+        waiting for the job's next round: none comes once it is cancelled or finalizing."""
+        script(self.r, "wake_holds_closed")(keys=[self.keys.rounds, self.keys.round_wake_prefix],
+                                             args=[MAX_VARIATIONS, WAKE_TTL_S], client=pipe)
+
+    def wait_for_round(self, rounds: int, timeout_s: float) -> str | None:
+        """Block until round ``rounds`` is enqueued (woken by count_round: "round"), the job closes
+        (wake_closed: "closed") or the timeout passed (None)."""
+        woken = self.r.blpop([self.keys.round_wake(rounds)], timeout=timeout_s)
+        return None if not woken else "closed" if woken[1] == "closed" else "round"
 
     def hold_view(self, frame: str, revision: int, source: str, count: int) -> tuple[int, int, int, bool]:
         """What a slot hold polls, in one round trip: rounds enqueued, how many of the round's

@@ -172,6 +172,37 @@ def test_a_hold_whose_round_completes_meanwhile_reads_it_at_the_bound_and_waits_
     assert ended == ["next round enqueued"] and len(reads) == 1
 
 
+def test_a_hold_ends_when_its_job_closes_not_at_its_bound(enqueued_job, monkeypatch):
+    """A cancel, and the finalize, wake the holds waiting for the job's next round with a 'closed'
+    token: no next round comes, so they end then, without reading the round again."""
+    from framefleet.tasks import entry
+    from framefleet.tasks.coordination.slot_hold import hold_slot
+
+    job_id, settings = enqueued_job
+    state = Job(job_id)
+    settings(SLOT_HOLD_SIBLINGS_S="60", SLOT_HOLD_S="60")  # far longer than the test waits
+    for index in (1, 2, 3, 4):
+        entry.generate_variation(job_id, FRAMES[0], ENHANCED, index)
+    before = state.rounds.hold_view(FRAMES[0], 0, ENHANCED, 4)
+    assert before == (1, 4, 0, False)  # complete, open: a hold waits up to SLOT_HOLD_S for round 2
+    hold_view = Rounds.hold_view
+    for close in (lambda: state.cancel(0), state.mark_finalized):
+        ended, reads = [], []
+        with monkeypatch.context() as patch:
+            patch.setattr(Rounds, "hold_view", lambda *args: reads.append(args) or hold_view(*args))
+            holders = [threading.Thread(target=lambda: ended.append(
+                hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, before)["ended"])) for _ in range(2)]
+            for holder in holders:
+                holder.start()
+            wait_until(lambda: sum(client["cmd"] == "blpop" for client in state.r.client_list()) == 2, timeout_s=10)
+            close()
+            for holder in holders:
+                holder.join(30)
+        assert ended == ["job closed", "job closed"] and reads == []
+        assert state.rounds.enqueued() == 1  # the wake-up counts no round
+        state.r.delete(state.keys.round_wake(2), state.keys.cancelled, state.keys.finalized)
+
+
 def test_a_running_job_keeps_its_slots_between_frames(celery_app, fleet_for_test, tmp_path):
     """One round fills the images worker: while the first job runs, no other job's first frame
     gets a slot in the gaps between its frames. (Without holding it does: the gap after every
