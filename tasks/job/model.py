@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 import redis
-from framefleet.config.settings import get_settings
+from framefleet.config.settings import MAX_VARIATIONS, get_settings
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.budget import BudgetStore
 from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
@@ -37,8 +37,14 @@ from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
 from framefleet.tasks.job.records import FrameRecord, JobStatus
-from framefleet.tasks.job.redis import Prefetch, packed, script_then_reads, state_client
-from framefleet.tasks.job.rounds import Rounds
+from framefleet.tasks.job.redis import (
+    Prefetch,
+    packed,
+    script,
+    script_then_reads,
+    state_client,
+)
+from framefleet.tasks.job.rounds import WAKE_TTL_S, Rounds
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState
 
@@ -274,19 +280,19 @@ class Job:
     def cancel(self, revision: int) -> None:
         """Flag ``revision`` cancelled: its steps stop at their next check. A later revision (only
         possible when the cancelled one was not the first) clears the flag when it starts."""
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.cancelled, revision, ex=self.ttl)
-            self.rounds.wake_closed(pipe)
-            pipe.execute()
+        self._close(self.keys.cancelled, revision)
 
     def cancelled(self) -> bool:
         return bool(self.r.exists(self.keys.cancelled))
 
     def mark_finalized(self) -> None:
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.finalized, "1", ex=self.ttl)
-            self.rounds.wake_closed(pipe)
-            pipe.execute()
+        self._close(self.keys.finalized, 1)
+
+    def _close(self, flag: str, value: int) -> None:
+        """Set ``flag`` (cancelled or finalized) and, in the same script, wake the slot holds
+        waiting for the job's next round: none comes now."""
+        script(self.r, "close_job")(keys=[flag, self.keys.rounds, self.keys.round_wake_prefix],
+                                    args=[value, self.ttl, MAX_VARIATIONS, WAKE_TTL_S])
 
     def closed(self) -> bool:
         """Cancelled or finalizing: no more traces or paid work for this job."""

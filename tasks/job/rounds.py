@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-import redis
-from framefleet.config.settings import MAX_VARIATIONS
-
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.ledgers import cost_metrics
 from framefleet.tasks.job.records import VariationRecord
@@ -98,15 +95,9 @@ class Rounds:
     def enqueued(self) -> int:
         return int(self.r.get(self.keys.rounds) or 0)
 
-    def wake_closed(self, pipe: redis.client.Pipeline) -> None:
-        """Queue on ``pipe`` (the write that closes the job) a 'closed' wake-up for every slot hold
-        waiting for the job's next round: none comes once it is cancelled or finalizing."""
-        script(self.r, "wake_holds_closed")(keys=[self.keys.rounds, self.keys.round_wake_prefix],
-                                             args=[MAX_VARIATIONS, WAKE_TTL_S], client=pipe)
-
     def wait_for_round(self, rounds: int, timeout_s: float) -> str | None:
         """Block until round ``rounds`` is enqueued (woken by count_round: "round"), the job closes
-        (wake_closed: "closed") or the timeout passed (None)."""
+        (Job.cancel, Job.mark_finalized: "closed") or the timeout passed (None)."""
         woken = self.r.blpop([self.keys.round_wake(rounds)], timeout=timeout_s)
         return None if not woken else "closed" if woken[1] == "closed" else "round"
 

@@ -189,8 +189,8 @@ def test_a_hold_ends_when_its_job_closes_not_at_its_bound(enqueued_job, monkeypa
     for close in (lambda: state.cancel(0), state.mark_finalized):
         ended, reads = [], []
         with monkeypatch.context() as patch:
-            patch.setattr(Rounds, "hold_view", lambda *args: reads.append(args) or hold_view(*args))
-            holders = [threading.Thread(target=lambda: ended.append(
+            patch.setattr(Rounds, "hold_view", lambda *args, reads=reads: reads.append(args) or hold_view(*args))
+            holders = [threading.Thread(target=lambda ended=ended: ended.append(
                 hold_slot(job_id, FRAMES[0], 0, ENHANCED, 4, before)["ended"])) for _ in range(2)]
             for holder in holders:
                 holder.start()
