@@ -181,7 +181,8 @@ def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
     Without ``after``, a write that stores the outcome (``Job.write_if_alive(outcome=True)``)
     releases the lease in the same script; with an ``after`` that dispatches the job, so does the
     write that counts the round it enqueued (its last, ``Rounds.count_round``). A Celery retry of
-    the work is a new message, so the lease is released as finished; any other error leaves the step for the watchdog.
+    the work is a new message, so the lease is released as finished; any other error leaves the
+    step for the watchdog.
     ``while_open``: the lease is refused once the job is closed (cancelled or finalizing), and
     JobClosed raised, checked in the same round trip as taking the lease.
     """
