@@ -179,9 +179,9 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
 
     def work() -> bool:
         spec, frames = job.spec_and_frames()
-        job.progress.frame_reached(spec.kind, "score", frame, frames_settled(frames), len(frames))
+        reached = job.progress.frame_reached_call(spec.kind, "score", frame, frames_settled(frames), len(frames))
         try:
-            select.select_round(job, frame, stage, revision, scored, frames[frame])
+            select.select_round(job, frame, stage, revision, scored, frames[frame], reported=reached)
         except StaleWrite:
             pass  # another copy stored this round's outcome first
         return True
@@ -202,7 +202,7 @@ def finalize_job(job_id: str, revision: int | None = None) -> dict:
     if revision is not None and revision != current:  # a stray copy from an earlier revision
         return {"job_id": job_id, "revision": revision, "stale": True}
     return run_step(job, f"finalize:{current}", stored=finalize.finalized(job, current),
-                    work=lambda: finalize.finalize(job, current))
+                    work=lambda: finalize.finalize(job, current), prefetch=job.prefetch_spec())
 
 
 @app.task(bind=True, name=NOTIFY_MAIN_APP, max_retries=30, ignore_result=True)

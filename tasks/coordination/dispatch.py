@@ -129,13 +129,15 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
         current.timings.enqueued = time.time()
         current.round = source
 
+    guard = BudgetGuard(job, spec)
+    reached = job.progress.frame_reached_call(spec.kind, "generate", frame, frames_settled(frames), len(frames))
     job.frames.transition(frame, FrameState.GENERATING, start_round, while_open=True, expect=lambda r: (
         r.revision == record.revision and (r.state in (FrameState.READY, FrameState.RETRY)
                                            or (force and r.state is FrameState.GENERATING and r.round == source))),
-        also=job.ledger.task_id_commands(ids))
+        also=job.ledger.task_id_commands(ids),
+        then=None if guard.active else reached)  # under a cap, reported once the budget affords the round
     try:
         count = planned
-        guard = BudgetGuard(job, spec)
         if guard.active:  # reserved once per round: a re-sent round reuses its reservation
             count = guard.images_for_frame(frame, count, config.image_model, f"{frame}/{record.revision}/{source}")
             if count == 0:
@@ -144,7 +146,7 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
                 skip(job, frame, NoteKind.BUDGET_SKIPPED, "budget: skipped, not even one image is affordable "
                                                           "under max_usd")
                 return False
-        job.progress.frame_reached(spec.kind, "generate", frame, frames_settled(frames), len(frames))
+            reached.run(job.r)
         priority = priority_for(spec, frame)
         header = [signature(GENERATE_VARIATION, (job.id, frame, source.value, index), priority,
                             revision=record.revision, round_size=count).set(task_id=ids[index - 1])

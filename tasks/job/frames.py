@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.records import FrameRecord
-from framefleet.tasks.job.redis import packed, script, script_then_reads
+from framefleet.tasks.job.redis import ScriptCall, chain, packed, script_then_reads
 from framefleet.tasks.job.states import FRAME_TRANSITIONS, FrameState
 
 if TYPE_CHECKING:
@@ -111,7 +111,8 @@ class Frames:
 
     def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
                    revision: int | None = None, measured: metrics.Increments | None = None,
-                   read_after: bool = False, while_open: bool = False, also: tuple[tuple, ...] = ()) -> FrameRecord:
+                   read_after: bool = False, while_open: bool = False, also: tuple[tuple, ...] = (),
+                   then: ScriptCall | None = None) -> FrameRecord:
         """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
         (read, check, write only if the record read is still there; else read again). The record
         this Job last read or wrote is tried first, without a read.
@@ -126,6 +127,8 @@ class Frames:
         round trip, for the dispatch that follows (Job.frames_while_open). ``while_open``: refused
         (StaleWrite) once the job is cancelled or finalizing, checked in the same script. ``also``:
         Redis write commands run in the same script once the record is written, and only then.
+        ``then``: a script call chained after the write (``chain``: a status write reporting it), run
+        once the record is written, and only then.
         """
         reads = (("EXISTS", self.keys.cancelled, self.keys.finalized), self.read_all_command()) if read_after else ()
         known = self._last.pop(name, None)
@@ -150,8 +153,12 @@ class Frames:
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
             written = record.model_dump_json()
             closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-            args = [field, raw, target, written, DRAFT + name, *packed(also)]
-            swapped, after = script_then_reads(self.r, "swap_frame", [self.keys.frames, *closing], args, reads)
+            call = ScriptCall("swap_frame", [self.keys.frames, *closing], [field, raw, target, written, DRAFT + name,
+                                                                         *packed(also)])
+            if then is not None:
+                call = chain(call, then)
+            reply, after = script_then_reads(self.r, call.name, call.keys, call.args, reads)
+            swapped = reply[0] if then is not None else reply
             if swapped == -1:
                 raise StaleWrite(f"{name}: the job is closed")
             if swapped:
@@ -166,13 +173,10 @@ class Frames:
     def draft_names(self) -> list[str]:
         return sorted(name.removeprefix(DRAFT) for name in self.r.hkeys(self.keys.frames) if name.startswith(DRAFT))
 
-    def commit(self) -> list[str]:
-        """The running revision finished: its draft records become the job's frames."""
-        return script(self.r, "commit_draft")(keys=[self.keys.frames], args=[DRAFT, "commit"])
-
-    def drop_draft(self) -> list[str]:
-        """The running revision ends without its changes; returns the frames it had changed."""
-        return script(self.r, "commit_draft")(keys=[self.keys.frames], args=[DRAFT, "drop"])
+    def end_revision_call(self, keep: bool) -> ScriptCall:
+        """The running revision ends: its draft records become the job's frames (``keep``) or go,
+        and its task ids go (commit_draft.lua; its reply: the frames the draft held)."""
+        return ScriptCall("commit_draft", [self.keys.frames, self.keys.tasks], [DRAFT, "commit" if keep else "drop"])
 
     def keep_finished(self, name: str) -> bool:
         """Take frame ``name`` out of the running revision: it keeps the last finished revision's

@@ -55,8 +55,16 @@ class Ledger:
 
     def costs(self) -> dict[str, dict[str, int]]:
         """{frame or "total": {counter: value}}."""
+        return self.parse_costs(self.r.execute_command(*self.costs_read()))
+
+    def costs_read(self) -> tuple:
+        """The Redis read of ``costs`` (its reply: ``parse_costs``)."""
+        return ("HGETALL", self.keys.cost)
+
+    @staticmethod
+    def parse_costs(raw: dict[str, str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for field, value in self.r.hgetall(self.keys.cost).items():
+        for field, value in raw.items():
             if field == ANCHOR:
                 continue
             owner, counter = field.rsplit(":", 1)
@@ -131,5 +139,3 @@ class Ledger:
     def task_ids(self) -> set[str]:
         return self.r.smembers(self.keys.tasks)
 
-    def forget_task_ids(self) -> None:
-        self.r.delete(self.keys.tasks)

@@ -39,8 +39,8 @@ from framefleet.tasks.job.progress import Progress, flatten
 from framefleet.tasks.job.records import FrameRecord, JobStatus
 from framefleet.tasks.job.redis import (
     Prefetch,
+    chain,
     packed,
-    script,
     script_then_reads,
     state_client,
 )
@@ -78,6 +78,14 @@ class Job:
         if raw is None:
             raise JobNotFound(f"job_id: no job {self.id!r}")
         self._spec = JobSpec.model_validate_json(raw)
+
+    def prefetch_spec(self) -> Prefetch:
+        """The spec, read ahead."""
+        def keep(replies: list) -> None:
+            if replies:
+                self._keep_spec(replies[0])
+
+        return Prefetch(self._spec_read(), keep)
 
     def prefetch_spec_and_frame(self, name: str) -> Prefetch:
         """``spec_and_frame(name)``, read ahead."""
@@ -258,23 +266,20 @@ class Job:
     def abandon_revision(self, message: str, outcome: str | None) -> list[str]:
         """End the running revision without its changes: the draft goes, the frames are the last
         finished revision's; returns the frames it had changed."""
-        changed = self.frames.drop_draft()
-        self.ledger.forget_task_ids()
-        self.progress.write(JobState.DONE, stage="done", outcome=outcome, percent=100.0, active=False,
-                            message=message)
+        changed, _ = chain(self.frames.end_revision_call(keep=False), self.progress.write_call(
+            JobState.DONE, stage="done", outcome=outcome, percent=100.0, active=False, message=message)).run(self.r)
         return changed
 
     def finish(self, outcome: str, frames_done: int, manifest_key: str, revision: int) -> None:
-        """The running revision is finished: its frames become the job's and the job is done.
-        The first run counts as a finished job (metrics), once, as the job enters ``done``."""
-        self.frames.commit()
-        self.ledger.forget_task_ids()  # a cancel of the next revision revokes only that one's tasks
+        """The running revision is finished: its frames become the job's and the job is done, in
+        one script. The first run counts as a finished job (metrics), once, as the job enters
+        ``done``."""
         finished = {} if revision else metrics.merged(
             {metrics.field("jobs_finished_total", status=outcome): 1},
             metrics.observation("job_duration_seconds", time.time() - self.spec.submitted))
-        self.progress.write(JobState.DONE, stage="done", outcome=outcome, percent=100.0, frames_done=frames_done,
-                            manifest_key=manifest_key, message=f"Finished: {outcome}", active=False,
-                            on_entering=finished)
+        chain(self.frames.end_revision_call(keep=True), self.progress.write_call(
+            JobState.DONE, stage="done", outcome=outcome, percent=100.0, frames_done=frames_done,
+            manifest_key=manifest_key, message=f"Finished: {outcome}", active=False, on_entering=finished)).run(self.r)
 
     # cancel and the end of a revision ---------------------------------------------------------
     def cancel(self, revision: int) -> None:
@@ -283,16 +288,23 @@ class Job:
         self._close(self.keys.cancelled, revision)
 
     def cancelled(self) -> bool:
-        return bool(self.r.exists(self.keys.cancelled))
+        return bool(self.r.execute_command(*self.cancelled_read()))
 
-    def mark_finalized(self) -> None:
-        self._close(self.keys.finalized, 1)
+    def mark_finalized(self, reads: tuple[tuple, ...] = ()) -> list:
+        """Flag the job finalizing; then ``reads``, in the same round trip: each read's reply. No
+        step changes the job after the flag, so what they read is final."""
+        return self._close(self.keys.finalized, 1, reads)
 
-    def _close(self, flag: str, value: int) -> None:
+    def _close(self, flag: str, value: int, reads: tuple[tuple, ...] = ()) -> list:
         """Set ``flag`` (cancelled or finalized) and, in the same script, wake the slot holds
         waiting for the job's next round: none comes now."""
-        script(self.r, "close_job")(keys=[flag, self.keys.rounds, self.keys.round_wake_prefix],
-                                    args=[value, self.ttl, MAX_VARIATIONS, WAKE_TTL_S])
+        _, replies = script_then_reads(self.r, "close_job", [flag, self.keys.rounds, self.keys.round_wake_prefix],
+                                       [value, self.ttl, MAX_VARIATIONS, WAKE_TTL_S], reads)
+        return replies
+
+    def cancelled_read(self) -> tuple:
+        """The Redis read of whether the running revision is cancelled (its reply: 1 or 0)."""
+        return ("EXISTS", self.keys.cancelled)
 
     def closed(self) -> bool:
         """Cancelled or finalizing: no more traces or paid work for this job."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job import metrics
+from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.keys import ACTIVE_JOBS, FLEET_METRICS, JOB_STATE_COUNTS
 from framefleet.tasks.job.records import JobStatus
-from framefleet.tasks.job.redis import script
+from framefleet.tasks.job.redis import ScriptCall
 from framefleet.tasks.job.states import JobState, allowed_from
 
 if TYPE_CHECKING:
@@ -60,35 +60,45 @@ class Progress:
               count: tuple[str, float, int] | None = None, on_entering: metrics.Increments | None = None,
               **fields) -> bool:
         """Write status fields (``to``: the job state they move it to), append the message to the
-        history and publish the change (in the same script, so events keep the order of writes). ``progress``: a step's report, whose ``percent`` never
-        lowers the stored one. ``active``: put the job on (True) or take it off (False) the
-        watchdog's active list in the same transaction, so nobody sees a finished job still active
-        or a running one inactive. ``count``: (a counter field, its share of the progress bar, its
-        total): adds one to the counter and sets ``percent`` from it, in the same write.
-        ``on_entering``: fleet metrics counted only if this write changes the job's state
-        (job/metrics.py). False when nothing was written (the job is gone, or the table refuses the
-        move)."""
+        history and publish the change (in the same script, so events keep the order of writes).
+        ``progress``: a step's report, whose ``percent`` never lowers the stored one. ``active``:
+        put the job on (True) or take it off (False) the watchdog's active list in the same
+        transaction, so nobody sees a finished job still active or a running one inactive.
+        ``count``: (a counter field, its share of the progress bar, its total): adds one to the
+        counter and sets ``percent`` from it, in the same write. ``on_entering``: fleet metrics
+        counted only if this write changes the job's state (job/metrics.py). False when nothing was
+        written (the job is gone, or the table refuses the move)."""
+        return bool(self.write_call(to, progress=progress, active=active, count=count, on_entering=on_entering,
+                                    **fields).run(self.r))
+
+    def write_call(self, to: JobState | None = None, *, progress: bool = False, active: bool | None = None,
+                   count: tuple[str, float, int] | None = None, on_entering: metrics.Increments | None = None,
+                   **fields) -> ScriptCall:
+        """``write`` as a script call, for a write it must follow (``chain``)."""
         if to is not None:
             fields["state"] = to.value
         fields["updated_at"] = time.time()
         history = f"{fields.get('stage', '')}: {fields['message']}" if "message" in fields else ""
         allowed = ",".join(allowed_from(to)) if to is not None else ""
-        written = script(self.r, "write_status")(
-            keys=[self.keys.status, self.keys.history, ACTIVE_JOBS, JOB_STATE_COUNTS, FLEET_METRICS, self.keys.events],
-            args=[allowed, "1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active],
-                  self.job.id, self.job.ttl, *(count or ("", 0, 0)), *metrics.script_args(on_entering or {}),
-                  *[part for item in flatten(fields).items() for part in item]])
-        return bool(written)
+        return ScriptCall(
+            "write_status", [self.keys.status, self.keys.history, ACTIVE_JOBS, JOB_STATE_COUNTS, FLEET_METRICS,
+                             self.keys.events],
+            [allowed, "1" if progress else "0", history, {None: "", True: "add", False: "rem"}[active],
+             self.job.id, self.job.ttl, *(count or ("", 0, 0)), *metrics.script_args(on_entering or {}),
+             *[part for item in flatten(fields).items() for part in item]])
 
-    def prompt_enhanced(self, kind: str, frames_total: int) -> None:
-        self.write(JobState.RUNNING, progress=True, stage="enhance", message=STAGE_MESSAGES[kind]["enhance"],
-                   count=("prompts_enhanced", ENHANCE_SHARE, frames_total))
+    def prompt_enhanced_call(self, kind: str, frames_total: int) -> ScriptCall:
+        """The frame's enhancement is stored: one more prompt counted (chained after that write)."""
+        return self.write_call(JobState.RUNNING, progress=True, stage="enhance",
+                               message=STAGE_MESSAGES[kind]["enhance"],
+                               count=("prompts_enhanced", ENHANCE_SHARE, frames_total))
 
-    def frame_reached(self, kind: str, stage: str, frame: str, frames_done: int, frames_total: int) -> None:
-        """A frame's round was enqueued (stage "generate") or is being selected ("score")."""
-        self.write(JobState.RUNNING, progress=True, stage=stage, message=STAGE_MESSAGES[kind][stage],
-                   current_frame=frame, frames_done=frames_done,
-                   percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
+    def frame_reached_call(self, kind: str, stage: str, frame: str, frames_done: int, frames_total: int) -> ScriptCall:
+        """A frame's round was enqueued (stage "generate") or is selected ("score"): chained after
+        the frame's transition, so a transition refused reports nothing."""
+        return self.write_call(JobState.RUNNING, progress=True, stage=stage, message=STAGE_MESSAGES[kind][stage],
+                               current_frame=frame, frames_done=frames_done,
+                               percent=round(ENHANCE_SHARE + FRAMES_SHARE * frames_done / frames_total, 1))
 
     def count_redrives(self, steps: int) -> None:
         pipe = self.r.pipeline(transaction=False)

@@ -102,7 +102,33 @@ def state_client() -> redis.Redis:
 
 @lru_cache(maxsize=None)
 def lua_source(name: str) -> str:
+    """The script ``name`` (``tasks/job/lua/NAME.lua``), or for ``"a+b"`` the chain of a, then b
+    (``chain``)."""
+    if "+" in name:
+        steps = ",\n".join(f"function(KEYS, ARGV)\n{lua_source(step)}\nend" for step in name.split("+"))
+        return lua_source("chain").replace("--STEPS--", steps)
     return (files("framefleet.tasks.job") / "lua" / f"{name}.lua").read_text()
+
+
+class ScriptCall(NamedTuple):
+    """A call of one of the fleet's scripts, built by whoever knows its arguments and run by a
+    caller that chains it after its own write (``chain``)."""
+
+    name: str
+    keys: list
+    args: list
+
+    def run(self, client: redis.Redis) -> Any:
+        return script(client, self.name)(keys=self.keys, args=self.args)
+
+
+def chain(*calls: ScriptCall) -> ScriptCall:
+    """One call running ``calls`` in order, each on its own keys and arguments (chain.lua): each
+    runs only if the one before it wrote (its reply is not false, nil, 0 or negative). Its reply
+    is the list of the replies of those that ran."""
+    counts = [count for call in calls for count in (len(call.keys), len(call.args))]
+    return ScriptCall("+".join(call.name for call in calls), [key for call in calls for key in call.keys],
+                      [*counts, *(arg for call in calls for arg in call.args)])
 
 
 @lru_cache(maxsize=256)

@@ -313,10 +313,10 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
         job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
             current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
                                                                            record.revision), measured=seconds,
-            read_after=True)  # also for the dispatch that follows (entry.py)
+            read_after=True,  # also for the dispatch that follows (entry.py)
+            then=job.progress.prompt_enhanced_call(spec.kind, len(spec.plan.frames)))
     except StaleWrite:
         drop_traces_if_closed()
         raise
     drop_traces_if_closed()
-    job.progress.prompt_enhanced(spec.kind, len(spec.plan.frames))
     return enhancement

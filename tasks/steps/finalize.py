@@ -47,12 +47,13 @@ def callback_sent(job: Job, revision: int) -> Stored[dict]:
 
 def finalize(job: Job, revision: int) -> dict:
     store, spec = fleet_store(), job.spec
-    job.mark_finalized()
-    if revision > 0 and job.cancelled():
+    cancelled, frames, costs = job.mark_finalized(reads=(job.cancelled_read(), job.frames.read_all_command(),
+                                                         job.ledger.costs_read()))
+    if revision > 0 and cancelled:
         return abandon(job, revision)
-    frames = job.frames.all()
-    manifest = build_manifest(spec, frames, time.time(), estimate_cost(spec, job.ledger.costs(), get_settings()),
-                              cancelled=job.cancelled())
+    frames = job.frames.parse_all(frames)
+    manifest = build_manifest(spec, frames, time.time(), estimate_cost(spec, job.ledger.parse_costs(costs),
+                                                                       get_settings()), cancelled=bool(cancelled))
     manifest.revision = revision
     if spec.config.max_usd is not None:
         manifest.budget = Budget(max_usd=spec.config.max_usd, committed_usd=round(job.budget.committed(), 6),

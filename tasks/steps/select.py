@@ -21,6 +21,7 @@ from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import FrameRecord, JudgeRecord, Selection, VariationRecord
+from framefleet.tasks.job.redis import ScriptCall
 from framefleet.tasks.job.states import FrameState, Note, NoteKind, PromptSource
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,11 @@ def selected(job: Job, frame: str, revision: int, source: str) -> Stored[bool]:
                   lambda reply: None if in_round(job.frames.parse(frame, reply), revision, source) else True)
 
 
-def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, before: FrameRecord) -> FrameRecord:
+def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, before: FrameRecord,
+                 reported: ScriptCall | None = None) -> FrameRecord:
     """Store the frame's selection (or failure) for this round (``before``: the frame's record as
-    read); StaleWrite if it is settled."""
+    read); StaleWrite if it is settled. ``reported``: the status write chained after the
+    selection's."""
     spec, store, started = job.spec, fleet_store(), time.time()
     threshold = spec.frame_config(before).quality_threshold
     variations = [VariationRecord.model_validate(v) for v in scored["variations"]]
@@ -80,7 +83,8 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict,
     record = job.frames.transition(frame, outcome, store_selection,
                                    expect=lambda current: in_round(current, revision, source),
                                    measured=stage_seconds(before, variations, scored, started),
-                                   read_after=True)  # for the dispatch that follows (entry.py)
+                                   read_after=True,  # for the dispatch that follows (entry.py)
+                                   then=reported)
     if record.state is FrameState.FAILED:
         log.error("frame %s/%s failed: no image could be generated", job.id, frame)
     elif record.selected is not None:

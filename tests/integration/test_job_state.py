@@ -35,9 +35,9 @@ def test_percent_never_goes_back_within_a_revision(local_steps):
     pubsub.subscribe(f"framefleet:job:{job_id}:events")
     pubsub.get_message(timeout=1)  # the subscription is in place before anything is published
     # The first frame's generation reports 10%; a later frame's enhancement then reports 5%.
-    state.progress.frame_reached("storyboard", "generate", "clip_001_start", 0, 4)
-    state.progress.prompt_enhanced("storyboard", 4)
-    state.progress.prompt_enhanced("storyboard", 4)
+    state.progress.frame_reached_call("storyboard", "generate", "clip_001_start", 0, 4).run(state.r)
+    state.progress.prompt_enhanced_call("storyboard", 4).run(state.r)
+    state.progress.prompt_enhanced_call("storyboard", 4).run(state.r)
     assert state.progress.read().percent == 10.0
     events, deadline = [], time.monotonic() + 10
     while len(events) < 3 and time.monotonic() < deadline:
@@ -48,6 +48,31 @@ def test_percent_never_goes_back_within_a_revision(local_steps):
     for event in published:
         check("event", event)
     assert [event["percent"] for event in published] == [10.0, 10.0, 10.0]
+
+
+def test_a_refused_transition_reports_nothing(local_steps):
+    """The status write chained after a frame's transition (chain.lua) runs only if the transition
+    is made. Two copies store one frame's enhancement: the second read the frame before the first
+    stored it, so its compare-and-set is refused in the script, and its report is not written;
+    nor is the report of a transition that a closed job refuses."""
+    job_id = create_here("storyboard", storyboard_request(unique_id("chained"), 2))
+    first, second = Job(job_id), Job(job_id)
+    waiting = lambda record: record.state is FrameState.WAITING  # noqa: E731
+    second.frames.get("clip_001_start")
+    first.frames.transition("clip_001_start", FrameState.READY, expect=waiting,
+                            then=first.progress.prompt_enhanced_call("storyboard", 4))
+    assert first.progress.read().prompts_enhanced == 1
+    history = first.progress.history()
+    with pytest.raises(StaleWrite, match="has moved on"):
+        second.frames.transition("clip_001_start", FrameState.READY, expect=waiting,
+                                 then=second.progress.prompt_enhanced_call("storyboard", 4))
+    first.cancel(0)
+    with pytest.raises(StaleWrite, match="closed"):
+        first.frames.transition("clip_001_end", FrameState.READY, expect=waiting, while_open=True,
+                                then=first.progress.prompt_enhanced_call("storyboard", 4))
+    assert first.progress.read().prompts_enhanced == 1
+    assert first.progress.history() == history
+    assert first.frames.get("clip_001_end").state is FrameState.WAITING
 
 
 def test_a_done_job_is_off_the_active_list_when_its_done_event_is_published(local_steps):
@@ -83,8 +108,8 @@ def test_events_keep_the_order_of_concurrent_writes(local_steps):
     def report(offset: int) -> None:
         writer = Job(job_id)
         for done in range(writes_per_thread):
-            writer.progress.frame_reached("storyboard", "generate", f"clip_00{offset}_start",
-                                          (done * threads + offset) // 20, 8)
+            writer.progress.frame_reached_call("storyboard", "generate", f"clip_00{offset}_start",
+                                               (done * threads + offset) // 20, 8).run(writer.r)
 
     workers = [threading.Thread(target=report, args=(n,)) for n in range(threads)]
     for worker in workers:

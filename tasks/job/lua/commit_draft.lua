@@ -1,6 +1,8 @@
--- KEYS the job's frames hash; ARGV the draft fields' prefix, 'commit' or 'drop'. The running
--- revision's draft records become the frames (commit) or go (drop), all at once: nobody reads
--- half a revision. Returns the frames the draft held.
+-- KEYS the job's frames hash, the running revision's task ids; ARGV the draft fields' prefix,
+-- 'commit' or 'drop'. The running revision ends: its draft records become the frames (commit) or
+-- go (drop), all at once (nobody reads half a revision), and its task ids go (a cancel of the next
+-- revision revokes only that one's tasks). Returns the frames the draft held.
+redis.call('DEL', KEYS[2])
 local fields = redis.call('HKEYS', KEYS[1])
 local changed = {}
 local prefix = ARGV[1]
