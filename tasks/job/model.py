@@ -291,8 +291,8 @@ class Job:
         return bool(self.r.execute_command(*self.cancelled_read()))
 
     def mark_finalized(self, reads: tuple[tuple, ...] = ()) -> list:
-        """Flag the job finalizing; then ``reads``, in the same round trip: each read's reply. No
-        step changes the job after the flag, so what they read is final."""
+        """Flag the job finalizing; then ``reads``, in the same round trip: each read's reply. They
+        see the job as the flag left it: a step that checks the flag writes nothing after it."""
         return self._close(self.keys.finalized, 1, reads)
 
     def _close(self, flag: str, value: int, reads: tuple[tuple, ...] = ()) -> list:

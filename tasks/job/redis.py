@@ -126,6 +126,8 @@ def chain(*calls: ScriptCall) -> ScriptCall:
     """One call running ``calls`` in order, each on its own keys and arguments (chain.lua): each
     runs only if the one before it wrote (its reply is not false, nil, 0 or negative). Its reply
     is the list of the replies of those that ran."""
+    if any("+" in call.name for call in calls):
+        raise ValueError("chain: a chained call is chained by naming its parts, not nested")
     counts = [count for call in calls for count in (len(call.keys), len(call.args))]
     return ScriptCall("+".join(call.name for call in calls), [key for call in calls for key in call.keys],
                       [*counts, *(arg for call in calls for arg in call.args)])

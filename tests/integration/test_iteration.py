@@ -183,6 +183,7 @@ def test_the_budget_guard_degrades_in_order_and_never_overspends(celery_app, fle
     first = frames["clip_001_start"]
     assert first["status"] == "succeeded" and 1 <= len(first["variations"]) < 4
     assert all(f["enhancement"]["iterations"] <= 1 for f in manifest["frames"])  # no round beyond the first
+    assert first["enhancement"]["iterations"] == 1
     skipped = [f for f in manifest["frames"] if f["status"] == "skipped"]
     assert skipped and all(any("budget" in note for note in f["fallbacks"]) for f in skipped)
     assert all(f"{n}" in manifest["warnings"] for n in notes)

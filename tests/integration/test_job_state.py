@@ -58,7 +58,7 @@ def test_a_refused_transition_reports_nothing(local_steps):
     job_id = create_here("storyboard", storyboard_request(unique_id("chained"), 2))
     first, second = Job(job_id), Job(job_id)
     waiting = lambda record: record.state is FrameState.WAITING  # noqa: E731
-    second.frames.get("clip_001_start")
+    second.frames.get("clip_001_start")  # its transition starts from this record, without a read: refused in the script
     first.frames.transition("clip_001_start", FrameState.READY, expect=waiting,
                             then=first.progress.prompt_enhanced_call("storyboard", 4))
     assert first.progress.read().prompts_enhanced == 1
