@@ -37,13 +37,7 @@ from framefleet.tasks.job.leases import Leases
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.progress import Progress, flatten
 from framefleet.tasks.job.records import FrameRecord, JobStatus
-from framefleet.tasks.job.redis import (
-    Prefetch,
-    chain,
-    packed,
-    script_then_reads,
-    state_client,
-)
+from framefleet.tasks.job.redis import Prefetch, chain, packed, script_then_reads, state_client
 from framefleet.tasks.job.rounds import WAKE_TTL_S, Rounds
 from framefleet.tasks.job.spec import JobSpec
 from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState

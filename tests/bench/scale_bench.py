@@ -103,7 +103,7 @@ class InFlightMemory:
         memory, recent, active = pipe.execute()
         finished = recent - self.recent_before - active
         in_flight = self.jobs - finished
-        held = held_by_data(memory) - self.baseline - round(finished * self.per_finished)
+        held = held_memory(memory) - self.baseline - round(finished * self.per_finished)
         if in_flight and (self.peak is None or held > self.peak.held):
             self.peak = Sample(time.monotonic() - self.began, in_flight, finished, held)
         return in_flight == 0
@@ -121,14 +121,10 @@ class Cost:
     note: str = ""
 
 
-def held_memory(client: redis.Redis) -> int:
-    return held_by_data(client.info("memory"))
-
-
-def held_by_data(memory: dict) -> int:
-    """INFO used_memory less the clients' and the append-only file's buffers: those come and go
-    with the traffic of the moment (the seeding pipeline's query buffer stays until Redis trims it),
-    and would make a sample taken later look like memory freed."""
+def held_memory(memory: dict) -> int:
+    """INFO memory's used_memory less the clients' and the append-only file's buffers: those come
+    and go with the traffic of the moment (the seeding pipeline's query buffer stays until Redis
+    trims it), and would make a sample taken later look like memory freed."""
     transient = ("mem_clients_normal", "mem_clients_slaves", "mem_aof_buffer", "mem_replication_backlog")
     return memory["used_memory"] - sum(memory.get(name, 0) for name in transient)
 
@@ -279,9 +275,9 @@ def run_scale(jobs: int, finished: int, clips: int, dead: int, parked_share: flo
             status_result = status_result_size(client, requests[0]["job_id"])
             oldest = min(template.submitted for template in templates)
 
-            before = held_memory(client)
+            before = held_memory(client.info("memory"))
             seed_finished(client, templates, finished, oldest, parked_share)
-            baseline = held_memory(client)
+            baseline = held_memory(client.info("memory"))
             per_finished = (baseline - before) / finished
 
             requests = [{**demo_request(clips), "overrides": {}} for _ in range(jobs)]
