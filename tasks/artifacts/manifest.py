@@ -6,6 +6,7 @@ import logging
 
 from framefleet.tasks.artifacts.contact_sheet import render_contact_html, render_contact_sheet
 from framefleet.tasks.artifacts.images import decode_image
+from framefleet.tasks.job.ledgers import TOTAL
 from framefleet.tasks.job.records import Cost, FrameRecord, JobTimings, Manifest
 from framefleet.tasks.job.spec import JobSpec
 
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def estimate_cost(spec: JobSpec, counters: dict[str, dict[str, int]], settings) -> Cost:
-    total = counters.get("total", {})
+    total = counters.get(TOTAL, {})
     usd = 0.0
     if spec.providers.get("llm") == "openai":
         usd += settings.tokens_usd(total.get("prompt_tokens", 0), total.get("completion_tokens", 0))
@@ -21,7 +22,7 @@ def estimate_cost(spec: JobSpec, counters: dict[str, dict[str, int]], settings) 
         usd += settings.judge_tokens_usd(total.get("judge_prompt_tokens", 0), total.get("judge_completion_tokens", 0))
     if spec.providers.get("images") == "replicate":
         usd += total.get("predictions_created", 0) * settings.prediction_usd(spec.config.image_model)
-    return Cost(frames={k: v for k, v in counters.items() if k != "total"}, total=total,
+    return Cost(frames={k: v for k, v in counters.items() if k != TOTAL}, total=total,
                 estimated_usd=round(usd, 6))
 
 

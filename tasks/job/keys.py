@@ -39,7 +39,7 @@ class JobKeys:
       judged       hash "{frame}/{revision}/{source}" → JSON scoring result with the judge's verdict
       llm          hash "{frame}/{prompt digest}/{iteration}/{agent}" → a paid LLM reply (the judge's
                    replies too: agent "judge", the digest of the round and the pair, iteration = the order)
-      cost         hash "{frame}:{counter}" and "total:{counter}" → int
+      cost         hash "{frame}:{counter}" → int (the job's totals are their sums, made on read)
       (these five are created at create with the ANCHOR field, and keep the job's TTL)
       predictions  hash "{variation key}#{attempt}" → Replicate prediction id
       offline_calls  list of the offline image provider's calls (its stand-in for a bill)

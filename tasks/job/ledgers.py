@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
 
 
+TOTAL = "total"  # ``costs``: each counter summed over the job's frames
+
 # Cost counters the fleet's metrics also count (as ``{counter}_total``).
 FLEET_COSTS = ("predictions_created", "images_stored", "straggler_cuts", "llm_calls", "prompt_tokens",
                "completion_tokens")
@@ -47,14 +49,10 @@ class Ledger:
 
     def cost_commands(self, frame: str, **counts: int) -> list[tuple]:
         """``add_costs`` as commands, for a write that records something else with them."""
-        commands = []
-        for counter, value in counts.items():
-            commands += [("HINCRBY", self.keys.cost, f"{frame}:{counter}", value),
-                         ("HINCRBY", self.keys.cost, f"total:{counter}", value)]
-        return commands
+        return [("HINCRBY", self.keys.cost, f"{frame}:{counter}", value) for counter, value in counts.items()]
 
     def costs(self) -> dict[str, dict[str, int]]:
-        """{frame or "total": {counter: value}}."""
+        """{frame: {counter: value}}, and under "total" each counter summed over the frames."""
         return self.parse_costs(self.r.execute_command(*self.costs_read()))
 
     def costs_read(self) -> tuple:
@@ -63,13 +61,18 @@ class Ledger:
 
     @staticmethod
     def parse_costs(raw: dict[str, str]) -> dict[str, dict[str, int]]:
+        """The job's counters by frame, and their sums: summed here rather than counted on every write."""
         out: dict[str, dict[str, int]] = {}
+        total: dict[str, int] = {}
         for field, value in raw.items():
             if field == ANCHOR:
                 continue
             owner, counter = field.rsplit(":", 1)
+            if owner == TOTAL:  # sums stored beside the frames' counters count nothing new
+                continue
             out.setdefault(owner, {})[counter] = int(value)
-        return out
+            total[counter] = total.get(counter, 0) + int(value)
+        return {**out, TOTAL: total} if out else out
 
     # LLM replies ----------------------------------------------------------------------------
     def llm_replies(self, frame: str, prompt: str, iterations: int, agents: tuple[str, ...]) -> dict:

@@ -3,7 +3,8 @@
 import json
 
 from framefleet.config.settings import Settings
-from framefleet.tasks.artifacts.manifest import build_manifest
+from framefleet.tasks.artifacts.manifest import build_manifest, estimate_cost
+from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.plan import build_frame_plan
 from framefleet.tasks.job.records import FrameRecord, Scores, Selection, VariationRecord
 from framefleet.tasks.job.requests import JobConfig, JobOverrides, parse_request
@@ -74,6 +75,19 @@ def test_manifest_schema_and_outcomes():
     assert partial.status == "partial" and partial.failed_clips == [2]
     failed = build_manifest(spec(2), frames(["failed", "skipped", "failed", "skipped"]), finished=2.0)
     assert failed.status == "failed" and failed.failed_clips == [1, 2]
+
+
+def test_the_cost_totals_are_the_frames_counters_summed():
+    stored = {".": "", "clip_001_start:llm_calls": "6", "clip_001_start:prompt_tokens": "900",
+              "clip_001_end:llm_calls": "4", "clip_001_end:predictions_created": "4",
+              "total:llm_calls": "10"}  # a sum stored beside the counters is not counted again
+    counters = Ledger.parse_costs(stored)
+    assert counters["total"] == {"llm_calls": 10, "prompt_tokens": 900, "predictions_created": 4}
+    assert set(counters) == {"clip_001_start", "clip_001_end", "total"}
+    cost = estimate_cost(spec(1).model_copy(update={"providers": {"images": "replicate"}}), counters, Settings())
+    assert cost.total["predictions_created"] == 4 and set(cost.frames) == {"clip_001_start", "clip_001_end"}
+    assert cost.estimated_usd == round(4 * Settings().prediction_usd(spec(1).config.image_model), 6) > 0
+    assert Ledger.parse_costs({".": ""}) == {}
 
 
 def test_images_are_scored_against_the_prompt_they_were_generated_from():
