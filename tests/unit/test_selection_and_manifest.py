@@ -1,9 +1,11 @@
 """Selection fallbacks and the manifest schema (plain functions, no broker)."""
 
 import json
+from types import SimpleNamespace
 
 from framefleet.config.settings import Settings
 from framefleet.tasks.artifacts.manifest import build_manifest, estimate_cost
+from framefleet.tasks.job.keys import JobKeys
 from framefleet.tasks.job.ledgers import Ledger
 from framefleet.tasks.job.plan import build_frame_plan
 from framefleet.tasks.job.records import FrameRecord, Scores, Selection, VariationRecord
@@ -86,8 +88,12 @@ def test_the_cost_totals_are_the_frames_counters_summed():
     assert set(counters) == {"clip_001_start", "clip_001_end", "total"}
     cost = estimate_cost(spec(1).model_copy(update={"providers": {"images": "replicate"}}), counters, Settings())
     assert cost.total["predictions_created"] == 4 and set(cost.frames) == {"clip_001_start", "clip_001_end"}
-    assert cost.estimated_usd == round(4 * Settings().prediction_usd(spec(1).config.image_model), 6) > 0
+    assert cost.estimated_usd == round(4 * Settings().prediction_usd(spec(1).config.image_model), 6)
     assert Ledger.parse_costs({".": ""}) == {}
+    # a cost write counts the frame's counters only
+    ledger = Ledger(SimpleNamespace(r=None, keys=JobKeys("j1")))
+    assert [field for *_, field, _ in ledger.cost_commands("clip_001_start", llm_calls=1, prompt_tokens=90)] == [
+        "clip_001_start:llm_calls", "clip_001_start:prompt_tokens"]
 
 
 def test_images_are_scored_against_the_prompt_they_were_generated_from():
