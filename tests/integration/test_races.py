@@ -63,6 +63,9 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
     assert enhanced[0] == enhanced[1] and record.enhanced_prompt is not None
     assert state.progress.read().prompts_enhanced == 1  # counted once
     assert state.ledger.costs()["total"]["llm_calls"] == 2 * record.enhancement.iterations  # each round paid once
+    # the ledger stores the frame's counters only; the job's total is their sum, made on read
+    assert not [field for field in state.r.hkeys(state.keys.cost) if field.startswith("total:")]
+    assert state.ledger.costs()["total"] == state.ledger.costs()[frame]  # the only frame that paid yet
 
     variations = race(entry.generate_variation, job_id, frame, ENHANCED, 1)
     assert variations[0] == variations[1] and variations[0]["key"]
