@@ -5,8 +5,9 @@ parallel variations and enhancements of one job cannot pass the check together);
 does not fit is not made. When the next frame cannot be afforded at full size it degrades, in
 this order:
   1. fewer variations (down to one),
-  2. no enhancement rounds beyond the first (a second round must leave one image per frame
-     still to generate affordable),
+  2. no enhancement rounds beyond the first (a later round must leave affordable one image for
+     each frame still to generate and the first round of each other frame still waiting for its
+     enhancement),
   3. the frame is skipped with "budget" in its fallbacks.
 A judged frame reserves both of its judge calls at once (one answer alone cannot cancel position
 bias); when they do not fit, the frame keeps its score order (a JUDGE_BUDGET note).
@@ -24,6 +25,7 @@ from __future__ import annotations
 from framefleet.config.settings import Settings, get_settings
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.spec import JobSpec
+from framefleet.tasks.job.states import SETTLED, FrameState
 from framefleet.tasks.providers.judges import LOW_DETAIL_IMAGE_TOKENS
 
 
@@ -109,18 +111,29 @@ class BudgetGuard:
         self.degrade(frame, f"no {why}")
         return False
 
-    def llm_round(self, frame: str, iteration: int, frames_without_image: int, prompt: str) -> bool:
-        """Reserve one enhancement round (two calls) for the frame's ``prompt``. Rounds after the
-        first must leave one image for each frame still to generate affordable; the first needs
-        only itself."""
+    def llm_round(self, frame: str, iteration: int, prompt: str) -> bool:
+        """Reserve one enhancement round (two calls) for the frame's ``prompt``. The first round needs
+        only itself; a later one must leave what the job has promised affordable (``promised``)."""
         price = llm_round_price(self.spec, self.settings, prompt, iteration)
-        keep_free = 0.0
-        if iteration > 1:
-            keep_free = frames_without_image * image_price(self.spec, self.spec.config.image_model, self.settings)
-        if self.reserve(price, keep_free):
+        if self.reserve(price, self.promised(frame) if iteration > 1 else 0.0):
             return True
         self.degrade(frame, f"enhancement stopped before round {iteration}")
         return False
+
+    def promised(self, frame: str) -> float:
+        """What a later enhancement round of ``frame`` must leave free: one image for each frame still
+        to generate, and the first round of each other frame still waiting for its enhancement.
+        Enhancements run in parallel, so a first round that another frame has already reserved is
+        counted too: a race can only stop a later round, never take an image's share."""
+        promised = 0.0
+        for record in self.job.frames.all().values():
+            if record.state in SETTLED:
+                continue
+            config = self.spec.frame_config(record)
+            promised += image_price(self.spec, config.image_model, self.settings)
+            if record.state is FrameState.WAITING and record.name != frame and config.enhance:
+                promised += llm_round_price(self.spec, self.settings, record.original_prompt)
+        return promised
 
     def judge_calls(self, frame: str, calls: int, prompt: str, images: int) -> bool:
         """Reserve ``calls`` judge calls of the frame together, or none."""

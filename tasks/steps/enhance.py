@@ -265,8 +265,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
                 check_cancelled=ledger.check_cancelled,
                 ledger=ledger,
                 may_start_round=lambda iteration: not guard.active or guard.llm_round(
-                    frame, iteration, sum(f.status == "pending" for f in job.frames.all().values()),
-                    record.original_prompt),
+                    frame, iteration, record.original_prompt),
             )
         except JobCancelled:
             return None

@@ -66,7 +66,7 @@ def enhance_under_the_cap(server: FakeOpenAI, prompt: str) -> tuple[int, float, 
         result = enhance_prompt_iterative(
             prompt, OpenAIPromptAgents(Settings(openai_api_key="sk-test", openai_model="test-model")),
             max_iterations=4, score_threshold=101, convergence_epsilon=0,  # only the budget stops it early
-            may_start_round=lambda iteration: guard.llm_round("scene_001", iteration, 0, prompt))
+            may_start_round=lambda iteration: guard.llm_round("scene_001", iteration, prompt))
         return len(result.rounds), state.budget.committed(), paid(server, guard.settings)
     finally:
         state.discard()
