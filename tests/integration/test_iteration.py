@@ -37,10 +37,10 @@ pytestmark = pytest.mark.integration
 def fleet(tmp_path_factory, start_fleet, broker_url):
     root = tmp_path_factory.mktemp("artifacts-iteration")
     # Images take 0.3 s: a revision of two frames runs long enough for a cancel sent after it to stop it.
-    # LLM calls take 0.05 s: a job's enhancements have all reserved their first round before any of
+    # LLM calls take 0.1 s: a job's enhancements have all reserved their first round before any of
     # them asks for a second or any frame reserves its images, as the budget test's figures assume.
     start_fleet({"FRAMEFLEET_STORE_URL": f"file://{root}", "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "0.3",
-                 "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.05",
+                 "FRAMEFLEET_OFFLINE_LLM_LATENCY_S": "0.1",
                  "FRAMEFLEET_OFFLINE_USD_PER_IMAGE": "0.01", "FRAMEFLEET_OFFLINE_USD_PER_LLM_CALL": "0.001"})
     return open_store(f"file://{root}")
 
