@@ -19,6 +19,7 @@ ENHANCED = PromptSource.ENHANCED
 from framefleet.tasks.job.frames import StaleWrite
 from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS
 from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.redis import ScriptCall, chain
 from framefleet.tasks.job.states import FrameState
 
 from tests.contracts import check
@@ -48,6 +49,17 @@ def test_percent_never_goes_back_within_a_revision(local_steps):
     for event in published:
         check("event", event)
     assert [event["percent"] for event in published] == [10.0, 10.0, 10.0]
+
+
+def test_a_chain_names_its_parts_and_refuses_a_nested_chain():
+    """chain.lua reads each part's key and argument counts from the front of ARGV: a chain inside a
+    chain would put its own counts where the outer chain expects its part's arguments."""
+    transition, report = ScriptCall("swap_frame", ["f", "s"], ["a", "b"]), ScriptCall("write_status", ["s"], ["c"])
+    chained = chain(transition, report)
+    assert chained.name == "swap_frame+write_status" and chained.keys == ["f", "s", "s"]
+    assert chained.args == [2, 2, 1, 1, "a", "b", "c"]
+    with pytest.raises(ValueError, match="not nested"):
+        chain(chained, report)
 
 
 def test_a_refused_transition_reports_nothing(local_steps):
