@@ -54,7 +54,7 @@ from framefleet.tasks.coordination.slot_hold import HoldsSlot, holds_slots, slot
 from framefleet.tasks.job.errors import RequestError
 from framefleet.tasks.job.frames import StaleWrite
 from framefleet.tasks.job.jobs import job_summaries
-from framefleet.tasks.job.model import Job, frames_settled
+from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import MAX_LIST_LIMIT, ResumeResult, VariationRecord
 from framefleet.tasks.job.states import PromptSource
 from framefleet.tasks.steps import create, enhance, finalize, generate, iterate, judge, score, select
@@ -179,7 +179,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
 
     def work() -> bool:
         spec, frames = job.spec_and_frames()
-        reached = job.progress.frame_reached_call(spec.kind, "score", frame, frames_settled(frames), len(frames))
+        reached = job.progress.frame_reached_call(spec.kind, "score", frame, frames.settled(), len(frames))
         try:
             select.select_round(job, frame, stage, revision, scored, frames[frame], reported=reached)
         except StaleWrite:

@@ -34,8 +34,8 @@ from framefleet.config.celery import (
 from framefleet.config.settings import MAX_VARIATIONS, get_settings
 from framefleet.tasks.app import app
 from framefleet.tasks.coordination.budget import BudgetGuard
-from framefleet.tasks.job.frames import StaleWrite
-from framefleet.tasks.job.model import Job, frames_settled
+from framefleet.tasks.job.frames import FrameRecords, StaleWrite
+from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.plan import resolve_inputs
 from framefleet.tasks.job.records import FrameRecord
 from framefleet.tasks.job.spec import JobSpec
@@ -107,7 +107,7 @@ def planned_round_size(source: PromptSource, config) -> int:
     return 1 if source is PromptSource.ORIGINAL else config.num_variations
 
 
-def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: bool = False) -> bool:
+def enqueue_frame(job: Job, frames: FrameRecords, frame: str, force: bool = False) -> bool:
     """Start the frame's next round: its inputs from the selections in ``frames`` (the job's frame
     records, as just read), then its chord. The READY/RETRY → GENERATING transition is the
     once-only guard: a second caller is refused there (StaleWrite) and sends nothing, as is any
@@ -119,7 +119,7 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
     """
     spec, record = job.spec, frames[frame]
     source = next_source(record)
-    selections = {name: f.selected.frame_key for name, f in frames.items() if f.selected is not None}
+    selections = {name: key for name in frames if (key := frames.view(name).selected_key) is not None}
     config = spec.frame_config(record)
     planned = planned_round_size(source, config)
     ids = round_task_ids(planned)
@@ -130,7 +130,7 @@ def enqueue_frame(job: Job, frames: dict[str, FrameRecord], frame: str, force: b
         current.round = source
 
     guard = BudgetGuard(job, spec)
-    reached = job.progress.frame_reached_call(spec.kind, "generate", frame, frames_settled(frames), len(frames))
+    reached = job.progress.frame_reached_call(spec.kind, "generate", frame, frames.settled(), len(frames))
     job.frames.transition(frame, FrameState.GENERATING, start_round, while_open=True, expect=lambda r: (
         r.revision == record.revision and (r.state in (FrameState.READY, FrameState.RETRY)
                                            or (force and r.state is FrameState.GENERATING and r.round == source))),
@@ -180,17 +180,18 @@ def dispatch_ready(job: Job, force: bool = False) -> str | None:
     if frames is None:
         return None
     spec = job.spec
-    failed_clips = {f.clip for f in frames.values() if f.state is FrameState.FAILED and f.clip is not None}
+    views = {name: frames.view(name) for name in frames}  # no record is parsed unless it changed
+    failed_clips = {v.clip for v in views.values() if v.state is FrameState.FAILED and v.clip is not None}
     for planned in spec.plan.frames:
-        record = frames[planned.name]
-        if record.state in SETTLED:
+        state = views[planned.name].state
+        if state in SETTLED:
             continue
         if spec.kind == "storyboard" and planned.clip in failed_clips:
             skip(job, planned.name, NoteKind.CLIP_FAILED, "skipped: an earlier frame of this clip failed")
             continue
-        if record.state is FrameState.WAITING:
+        if state is FrameState.WAITING:
             return None  # its enhancement calls dispatch_ready when it is stored
-        if record.state is FrameState.GENERATING and not force:
+        if state is FrameState.GENERATING and not force:
             return None  # in flight: its selection dispatches what follows
         try:
             enqueued = enqueue_frame(job, frames, planned.name, force)
@@ -199,6 +200,7 @@ def dispatch_ready(job: Job, force: bool = False) -> str | None:
         if enqueued:
             return planned.name
         frames = job.frames.all()  # skipped (or kept) for the budget: on to the next
+        views = {name: frames.view(name) for name in frames}
     revision = job.revision()
     claim = f"finalize:{revision}"
     claimed = job.leases.claim(claim)

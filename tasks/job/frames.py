@@ -15,13 +15,15 @@ only if the record read is still there, retried on a conflict) that checks the s
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.records import FrameRecord
 from framefleet.tasks.job.redis import ScriptCall, chain, packed, script_then_reads
-from framefleet.tasks.job.states import FRAME_TRANSITIONS, FrameState
+from framefleet.tasks.job.states import FRAME_TRANSITIONS, SETTLED, FrameState
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
@@ -35,6 +37,56 @@ class StaleWrite(Exception):
 
 
 DRAFT = "draft:"  # the running revision's record of a frame: field "draft:{frame}" beside "{frame}"
+
+
+class FrameView(NamedTuple):
+    """What a dispatch reads of every frame: its state, clip and selected image."""
+
+    state: FrameState
+    clip: int | None
+    selected_key: str | None
+
+    @classmethod
+    def of(cls, record: FrameRecord) -> FrameView:
+        return cls(record.state, record.clip, record.selected.frame_key if record.selected else None)
+
+
+@lru_cache(maxsize=2048)
+def view_of(raw: str) -> FrameView:
+    """A frame's view, from its record as stored. Cached by the record's JSON: every dispatch reads
+    every frame of the job, and most of them have not changed since the last (settled frames do
+    not), so a job's dispatches parse only the records that changed, not all of them each time."""
+    return FrameView.of(FrameRecord.model_validate_json(raw))
+
+
+class FrameRecords(Mapping[str, FrameRecord]):
+    """Every frame of a job as read (``Frames.all``). A record is parsed when it is first looked up,
+    and is this mapping's own (its caller may change it); ``view`` gives a frame's state, clip and
+    selection without parsing a record that another read already parsed."""
+
+    def __init__(self, raw: dict[str, str]):
+        self._raw = raw  # frame name → its current record's JSON
+        self._parsed: dict[str, FrameRecord] = {}
+
+    def __getitem__(self, name: str) -> FrameRecord:
+        if name not in self._parsed:
+            self._parsed[name] = FrameRecord.model_validate_json(self._raw[name])
+        return self._parsed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def view(self, name: str) -> FrameView:
+        if name in self._parsed:  # as its looker-up may have changed it
+            return FrameView.of(self._parsed[name])
+        return view_of(self._raw[name])
+
+    def settled(self) -> int:
+        """How many frames are settled (selected, failed or skipped)."""
+        return sum(self.view(name).state in SETTLED for name in self._raw)
 
 
 class Frames:
@@ -67,7 +119,7 @@ class Frames:
         seen, self._after_transition = self._after_transition, None
         return seen
 
-    def all(self) -> dict[str, FrameRecord]:
+    def all(self) -> FrameRecords:
         """Every frame, as the running revision sees it (its draft over the finished frames)."""
         raw, self._primed_all = self._primed_all, None
         return self.parse_all(self.r.hgetall(self.keys.frames) if raw is None else raw)
@@ -76,7 +128,7 @@ class Frames:
         """The Redis read of every frame (its reply: ``parse_all``)."""
         return ("HGETALL", self.keys.frames)
 
-    def parse_all(self, raw: dict[str, str]) -> dict[str, FrameRecord]:
+    def parse_all(self, raw: dict[str, str]) -> FrameRecords:
         """``all`` from the frames hash as read (HGETALL)."""
         if not raw:
             raise JobNotFound(f"job_id: no job {self.job.id!r}")
@@ -84,7 +136,7 @@ class Frames:
         current.update({name.removeprefix(DRAFT): (name, value)
                         for name, value in raw.items() if name.startswith(DRAFT)})
         self._last.update(current)
-        return {name: FrameRecord.model_validate_json(value) for name, (_, value) in current.items()}
+        return FrameRecords({name: value for name, (_, value) in current.items()})
 
     def get(self, name: str) -> FrameRecord:
         if name in self._primed:

@@ -22,7 +22,7 @@ from framefleet.config.settings import MAX_VARIATIONS, get_settings
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.budget import BudgetStore
 from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
-from framefleet.tasks.job.frames import Frames
+from framefleet.tasks.job.frames import FrameRecords, Frames
 from framefleet.tasks.job.keys import (
     ACTIVE_JOBS,
     ANCHOR,
@@ -40,7 +40,7 @@ from framefleet.tasks.job.records import FrameRecord, JobStatus
 from framefleet.tasks.job.redis import Prefetch, chain, packed, script_then_reads, state_client
 from framefleet.tasks.job.rounds import WAKE_TTL_S, Rounds
 from framefleet.tasks.job.spec import JobSpec
-from framefleet.tasks.job.states import SETTLED, UNFINISHED, JobState
+from framefleet.tasks.job.states import UNFINISHED, JobState
 
 
 class Job:
@@ -115,7 +115,7 @@ class Job:
         self._keep_spec(raw)
         return self._spec, self.frames.parse(name, reply)
 
-    def spec_and_frames(self) -> tuple[JobSpec, dict[str, FrameRecord]]:
+    def spec_and_frames(self) -> tuple[JobSpec, FrameRecords]:
         """The spec and every frame (``frames.all``), in one round trip when the spec is not read yet."""
         if self._spec is not None:
             return self._spec, self.frames.all()
@@ -126,7 +126,7 @@ class Job:
         self._keep_spec(raw)
         return self._spec, self.frames.parse_all(frames)
 
-    def frames_while_open(self) -> dict[str, FrameRecord] | None:
+    def frames_while_open(self) -> FrameRecords | None:
         """Every frame (``frames.all``), or None once the job is closed, in one round trip, or none
         where this Job's last transition read them right after its write (``read_after``)."""
         seen = self.frames.read_after_transition()
@@ -336,10 +336,6 @@ class Job:
             self.after_outcome = None
             then.keep(replies)
         return written
-
-
-def frames_settled(records: dict[str, FrameRecord]) -> int:
-    return sum(record.state in SETTLED for record in records.values())
 
 
 def _still_running(job_id: str, revision: str | None) -> RevisionRefused:

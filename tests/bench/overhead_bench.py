@@ -8,8 +8,9 @@ the same frame shape: a chord of 4 no-op tasks on `images` → a no-op on `gpu` 
 clips = 64 frames) with the offline providers at zero latency and the heuristic scorer, so what is
 left is coordination (plus the offline image rendering and scoring).
 
-Per frame: Redis requests (INFO stats), commands (INFO commandstats) and CPU (INFO cpu), each worker's CPU
-(/proc, children included), the top Redis commands; and frames/s. Both sides are submitted all at
+Per frame: Redis requests and the bytes it read and sent (INFO stats), commands (INFO
+commandstats) and CPU (INFO cpu), each worker's CPU (/proc, children included), the top Redis
+commands; and frames/s. Both sides are submitted all at
 once and followed with one cheap poll every 0.2 s, after a warm-up batch of the same size that is
 not measured (the workers' connection pools fill, lazy imports load). Redis's CPU per request
 falls as its load rises (one wake-up serves several clients' requests), and framefleet's rate on
@@ -61,6 +62,8 @@ class Measure:
     redis_cpu_s: float
     worker_cpu_s: dict[str, float]
     requests: float = 0.0  # requests Redis read (a pipeline or a script is one)
+    bytes_in: float = 0.0  # what Redis read from its clients and sent them (INFO stats)
+    bytes_out: float = 0.0
 
     def per_frame(self, value: float) -> float:
         return value / self.frames
@@ -72,8 +75,10 @@ def command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
             for name, stats in client.info("commandstats").items()}
 
 
-def requests_read(client: redis.Redis) -> int:
-    return client.info("stats")["total_reads_processed"]
+def traffic(client: redis.Redis) -> tuple[int, int, int]:
+    """(requests read, bytes read, bytes sent) since Redis started."""
+    stats = client.info("stats")
+    return stats["total_reads_processed"], stats["total_net_input_bytes"], stats["total_net_output_bytes"]
 
 
 def redis_cpu(client: redis.Redis) -> float:
@@ -129,21 +134,21 @@ def measured(label: str, client: redis.Redis, workers: dict[str, int], frames: i
 def measure(label: str, client: redis.Redis, workers: dict[str, int], frames: int, send, finished,
             jobs: int, warmup: int) -> Measure:
     """What ``jobs`` more jobs cost, sent now, until they finished (``measured``)."""
-    before, cpu, reads = command_stats(client), redis_cpu(client), requests_read(client)
+    before, cpu, sent = command_stats(client), redis_cpu(client), traffic(client)
     worker_cpu = {queue: process_cpu(pid) for queue, pid in workers.items()}
     began = time.monotonic()
     send(jobs)
     while not finished(warmup + jobs):
         time.sleep(0.2)
     wall = time.monotonic() - began
-    after = command_stats(client)
+    after, done = command_stats(client), traffic(client)
     spent = {name: (calls - before.get(name, (0, 0))[0], usec - before.get(name, (0, 0))[1])
              for name, (calls, usec) in after.items() if calls > before.get(name, (0, 0))[0]}
     return Measure(label, frames, wall, {name: calls for name, (calls, _) in spent.items()},
                    {name: usec for name, (_, usec) in spent.items()},
                    redis_cpu(client) - cpu, {queue: process_cpu(pid) - worker_cpu[queue]
                                              for queue, pid in workers.items()},
-                   requests_read(client) - reads)
+                   *(now - then for now, then in zip(done, sent)))
 
 
 def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_per_s: float | None = None,
@@ -231,6 +236,8 @@ def report(floor: Measure, paced: Measure, fleet: Measure, top: int) -> None:
 
     row("Redis requests read", lambda m: m.per_frame(m.requests))
     row("Redis commands", lambda m: m.per_frame(sum(m.commands.values())))
+    row("KB Redis read", lambda m: m.per_frame(m.bytes_in) / 1000)
+    row("KB Redis sent", lambda m: m.per_frame(m.bytes_out) / 1000)
     row("Redis CPU", lambda m: 1000 * m.per_frame(m.redis_cpu_s), " ms", 2)
     for queue in ("control", "images", "gpu", "llm", "intake"):
         row(f"{queue} worker CPU", lambda m, q=queue: 1000 * m.per_frame(m.worker_cpu_s.get(q, 0.0)), " ms")
@@ -257,7 +264,8 @@ def median_of(runs: list[Measure]) -> Measure:
                    {name: middle([run.command_usec.get(name, 0) for run in runs]) for name in names},
                    middle([run.redis_cpu_s for run in runs]),
                    {queue: middle([run.worker_cpu_s.get(queue, 0.0) for run in runs]) for queue in queues},
-                   middle([run.requests for run in runs]))
+                   middle([run.requests for run in runs]), middle([run.bytes_in for run in runs]),
+                   middle([run.bytes_out for run in runs]))
 
 
 def main() -> None:

@@ -386,3 +386,40 @@ def test_the_recent_and_parked_lists_are_trimmed(local_steps):
     Job(job_id).park("for the test")
     assert not state.r.hexists(PARKED_JOBS, state.id) and state.r.hget(PARKED_JOBS, job_id) == "for the test"
     assert 0 < state.r.ttl(RECENT_JOBS) <= ttl and 0 < state.r.ttl(PARKED_JOBS) <= ttl
+
+
+def test_a_dispatch_parses_only_the_frame_records_that_changed(local_steps, monkeypatch):
+    """Every dispatch reads every frame of its job; a record it read before, unchanged, is not parsed
+    again (a 64-frame job would parse 64 records after each of its frames). A record looked up from
+    a read is that read's own: a change to it is seen there and nowhere else."""
+    from framefleet.tasks.coordination.dispatch import dispatch_ready
+    from framefleet.tasks.job import frames as frames_module
+    from framefleet.tasks.job.records import FrameRecord
+
+    parsed = []
+
+    class Counted(FrameRecord):
+        @classmethod
+        def model_validate_json(cls, raw, **kwargs):
+            parsed.append(raw)
+            return FrameRecord.model_validate_json(raw, **kwargs)
+
+    monkeypatch.setattr(frames_module, "FrameRecord", Counted)
+    frames_module.view_of.cache_clear()
+    job_id = create_here("storyboard", storyboard_request(unique_id("views"), 3))
+    assert dispatch_ready(Job(job_id)) is None  # frame 1 waits for its enhancement
+    assert len(parsed) == 6
+    assert dispatch_ready(Job(job_id)) is None
+    assert len(parsed) == 6  # nothing changed: nothing parsed
+    Job(job_id).frames.transition("clip_002_end", FrameState.SKIPPED, expect=lambda r: True)
+    before = len(parsed)  # with the transition's own parse
+    frames = Job(job_id).frames.all()
+    assert frames.settled() == 1 and len(parsed) == before + 1  # the one that changed
+    assert dispatch_ready(Job(job_id)) is None and len(parsed) == before + 1
+
+    record = frames["clip_001_start"]  # parsed for this lookup, this read's own
+    record.enter(FrameState.FAILED)
+    assert frames.view("clip_001_start").state is FrameState.FAILED and frames.settled() == 2
+    again = Job(job_id).frames.all()
+    assert again.view("clip_001_start").state is FrameState.WAITING and again.settled() == 1
+    assert again["clip_001_start"] is not record and list(again) == list(frames)
