@@ -14,9 +14,10 @@ only if the record read is still there, retried on a conflict) that checks the s
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
-from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from framefleet.tasks.job import metrics
@@ -51,12 +52,28 @@ class FrameView(NamedTuple):
         return cls(record.state, record.clip, record.selected.frame_key if record.selected else None)
 
 
-@lru_cache(maxsize=2048)
+VIEWS_CACHED = 2048  # frame views a process keeps (about 200 bytes each)
+_views: OrderedDict[bytes, FrameView] = OrderedDict()  # by the digest of the record's JSON, least recent first
+_views_lock = threading.Lock()
+
+
 def view_of(raw: str) -> FrameView:
-    """A frame's view, from its record as stored. Cached by the record's JSON: every dispatch reads
-    every frame of the job, and most of them have not changed since the last (settled frames do
-    not), so a job's dispatches parse only the records that changed, not all of them each time."""
-    return FrameView.of(FrameRecord.model_validate_json(raw))
+    """A frame's view, from its record as stored. Cached by the digest of the record's JSON (a record
+    keeps its revisions' history, so it has no size bound): every dispatch reads every frame of the
+    job, and most of them have not changed since the last (settled frames do not), so a job's
+    dispatches parse only the records that changed, not all of them each time."""
+    digest = hashlib.blake2b(raw.encode(), digest_size=16).digest()
+    with _views_lock:
+        view = _views.get(digest)
+        if view is not None:
+            _views.move_to_end(digest)
+            return view
+    view = FrameView.of(FrameRecord.model_validate_json(raw))
+    with _views_lock:
+        _views[digest] = view
+        while len(_views) > VIEWS_CACHED:
+            _views.popitem(last=False)
+    return view
 
 
 class FrameRecords(Mapping[str, FrameRecord]):
