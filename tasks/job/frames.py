@@ -15,6 +15,7 @@ only if the record read is still there, retried on a conflict) that checks the s
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
@@ -52,28 +53,43 @@ class FrameView(NamedTuple):
         return cls(record.state, record.clip, record.selected.frame_key if record.selected else None)
 
 
-VIEWS_CACHED = 2048  # frame views a process keeps (about 200 bytes each)
-_views: OrderedDict[bytes, FrameView] = OrderedDict()  # by the digest of the record's JSON, least recent first
-_views_lock = threading.Lock()
+VIEWS_CACHED = 16_384  # frame views a process keeps, one per frame (about 300 bytes each)
 
 
-def view_of(raw: str) -> FrameView:
-    """A frame's view, from its record as stored. Cached by the digest of the record's JSON (a record
-    keeps its revisions' history, so it has no size bound): every dispatch reads every frame of the
-    job, and most of them have not changed since the last (settled frames do not), so a job's
-    dispatches parse only the records that changed, not all of them each time."""
-    digest = hashlib.blake2b(raw.encode(), digest_size=16).digest()
-    with _views_lock:
-        view = _views.get(digest)
-        if view is not None:
-            _views.move_to_end(digest)
-            return view
-    view = FrameView.of(FrameRecord.model_validate_json(raw))
-    with _views_lock:
-        _views[digest] = view
-        while len(_views) > VIEWS_CACHED:
-            _views.popitem(last=False)
-    return view
+class _ViewCache:
+    """Each frame's view with the digest of the record it was read from, by (job, frame), least
+    recently used first: a frame's new record replaces its old view."""
+
+    def __init__(self) -> None:
+        self.forget()
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        """Start empty (a forked child: it may also have copied a held lock)."""
+        self.views: OrderedDict[tuple[str, str], tuple[bytes, FrameView]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def view(self, job_id: str, name: str, raw: str) -> FrameView:
+        """The view of frame ``name``'s record ``raw`` (its JSON, as stored). A record keeps its
+        revisions' history, so it has no size bound: what is kept is its digest."""
+        key, digest = (job_id, name), hashlib.blake2b(raw.encode(), digest_size=16).digest()
+        with self.lock:
+            kept = self.views.get(key)
+            if kept is not None and kept[0] == digest:
+                self.views.move_to_end(key)
+                return kept[1]
+        view = FrameView.of(FrameRecord.model_validate_json(raw))
+        with self.lock:
+            self.views[key] = (digest, view)
+            self.views.move_to_end(key)
+            while len(self.views) > VIEWS_CACHED:
+                self.views.popitem(last=False)
+        return view
+
+
+# Every dispatch reads every frame of its job, and most have not changed since the last (settled
+# frames do not): a job's dispatches parse only the records that changed, not all of them each time.
+_views = _ViewCache()
 
 
 class FrameRecords(Mapping[str, FrameRecord]):
@@ -81,7 +97,8 @@ class FrameRecords(Mapping[str, FrameRecord]):
     and is this mapping's own (its caller may change it); ``view`` gives a frame's state, clip and
     selection without parsing a record that another read already parsed."""
 
-    def __init__(self, raw: dict[str, str]):
+    def __init__(self, job_id: str, raw: dict[str, str]):
+        self._job_id = job_id
         self._raw = raw  # frame name → its current record's JSON
         self._parsed: dict[str, FrameRecord] = {}
 
@@ -93,13 +110,16 @@ class FrameRecords(Mapping[str, FrameRecord]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
     def __len__(self) -> int:
         return len(self._raw)
 
     def view(self, name: str) -> FrameView:
         if name in self._parsed:  # as its looker-up may have changed it
             return FrameView.of(self._parsed[name])
-        return view_of(self._raw[name])
+        return _views.view(self._job_id, name, self._raw[name])
 
     def settled(self) -> int:
         """How many frames are settled (selected, failed or skipped)."""
@@ -153,7 +173,7 @@ class Frames:
         current.update({name.removeprefix(DRAFT): (name, value)
                         for name, value in raw.items() if name.startswith(DRAFT)})
         self._last.update(current)
-        return FrameRecords({name: value for name, (_, value) in current.items()})
+        return FrameRecords(self.job.id, {name: value for name, (_, value) in current.items()})
 
     def get(self, name: str) -> FrameRecord:
         if name in self._primed:

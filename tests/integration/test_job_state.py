@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict
 
 import pytest
 from framefleet.tasks.job.errors import JobNotFound, RequestError
@@ -406,7 +405,7 @@ def test_a_dispatch_parses_only_the_frame_records_that_changed(local_steps, monk
             return FrameRecord.model_validate_json(raw, **kwargs)
 
     monkeypatch.setattr(frames_module, "FrameRecord", Counted)
-    monkeypatch.setattr(frames_module, "_views", OrderedDict())  # this process's cache, empty
+    monkeypatch.setattr(frames_module, "_views", frames_module._ViewCache())  # this process's cache, empty
     job_id = create_here("storyboard", storyboard_request(unique_id("views"), 3))
     assert dispatch_ready(Job(job_id)) is None  # frame 1 waits for its enhancement
     assert len(parsed) == 6
@@ -427,7 +426,7 @@ def test_a_dispatch_parses_only_the_frame_records_that_changed(local_steps, monk
 
     monkeypatch.setattr(frames_module, "VIEWS_CACHED", 4)  # bounded: a new view pushes out the least recent
     Job(job_id).frames.transition("clip_003_end", FrameState.SKIPPED, expect=lambda r: True)
-    assert dispatch_ready(Job(job_id)) is None and len(frames_module._views) == 4
+    assert dispatch_ready(Job(job_id)) is None and len(frames_module._views.views) == 4
     before = len(parsed)
     assert dispatch_ready(Job(job_id)) is None and len(parsed) > before  # those pushed out are parsed again
-    assert len(frames_module._views) == 4
+    assert len(frames_module._views.views) == 4
