@@ -130,3 +130,23 @@ def fleet_for_test(broker_url, tmp_path):
     yield start
     for fleet in fleets:
         fleet.stop()
+
+
+@pytest.fixture
+def frame_parses(monkeypatch):
+    """The frame records job/frames.py parses from here on (their JSON, in order), with this
+    process's cache of frame views emptied."""
+    from framefleet.tasks.job import frames as frames_module
+    from framefleet.tasks.job.records import FrameRecord
+
+    parsed: list[str] = []
+
+    class Counted(FrameRecord):
+        @classmethod
+        def model_validate_json(cls, raw, **kwargs):
+            parsed.append(raw)
+            return FrameRecord.model_validate_json(raw, **kwargs)
+
+    monkeypatch.setattr(frames_module, "FrameRecord", Counted)
+    monkeypatch.setattr(frames_module, "_views", frames_module._ViewCache())
+    return parsed

@@ -388,24 +388,14 @@ def test_the_recent_and_parked_lists_are_trimmed(local_steps):
     assert 0 < state.r.ttl(RECENT_JOBS) <= ttl and 0 < state.r.ttl(PARKED_JOBS) <= ttl
 
 
-def test_a_dispatch_parses_only_the_frame_records_that_changed(local_steps, monkeypatch):
+def test_a_dispatch_parses_only_the_frame_records_that_changed(local_steps, frame_parses, monkeypatch):
     """Every dispatch reads every frame of its job; a record it read before, unchanged, is not parsed
     again (a 64-frame job would parse 64 records after each of its frames). A record looked up from
     a read is that read's own: a change to it is seen there and nowhere else."""
     from framefleet.tasks.coordination.dispatch import dispatch_ready
     from framefleet.tasks.job import frames as frames_module
-    from framefleet.tasks.job.records import FrameRecord
 
-    parsed = []
-
-    class Counted(FrameRecord):
-        @classmethod
-        def model_validate_json(cls, raw, **kwargs):
-            parsed.append(raw)
-            return FrameRecord.model_validate_json(raw, **kwargs)
-
-    monkeypatch.setattr(frames_module, "FrameRecord", Counted)
-    monkeypatch.setattr(frames_module, "_views", frames_module._ViewCache())  # this process's cache, empty
+    parsed = frame_parses
     job_id = create_here("storyboard", storyboard_request(unique_id("views"), 3))
     assert dispatch_ready(Job(job_id)) is None  # frame 1 waits for its enhancement
     assert len(parsed) == 6
