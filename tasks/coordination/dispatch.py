@@ -119,7 +119,7 @@ def enqueue_frame(job: Job, frames: FrameRecords, frame: str, force: bool = Fals
     """
     spec, record = job.spec, frames[frame]
     source = next_source(record)
-    selections = {name: key for name in frames if (key := frames.view(name).selected_key) is not None}
+    selections = {name: view.selected_key for name, view in frames.views().items() if view.selected_key is not None}
     config = spec.frame_config(record)
     planned = planned_round_size(source, config)
     ids = round_task_ids(planned)
@@ -180,7 +180,7 @@ def dispatch_ready(job: Job, force: bool = False) -> str | None:
     if frames is None:
         return None
     spec = job.spec
-    views = {name: frames.view(name) for name in frames}  # no record is parsed unless it changed
+    views = frames.views()
     failed_clips = {v.clip for v in views.values() if v.state is FrameState.FAILED and v.clip is not None}
     for planned in spec.plan.frames:
         state = views[planned.name].state
@@ -200,7 +200,7 @@ def dispatch_ready(job: Job, force: bool = False) -> str | None:
         if enqueued:
             return planned.name
         frames = job.frames.all()  # skipped (or kept) for the budget: on to the next
-        views = {name: frames.view(name) for name in frames}
+        views = frames.views()
     revision = job.revision()
     claim = f"finalize:{revision}"
     claimed = job.leases.claim(claim)

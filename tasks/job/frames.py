@@ -62,7 +62,6 @@ class _ViewCache:
 
     def __init__(self) -> None:
         self.forget()
-        os.register_at_fork(after_in_child=self.forget)
 
     def forget(self) -> None:
         """Start empty (a forked child: it may also have copied a held lock)."""
@@ -90,6 +89,7 @@ class _ViewCache:
 # Every dispatch reads every frame of its job, and most have not changed since the last (settled
 # frames do not): a job's dispatches parse only the records that changed, not all of them each time.
 _views = _ViewCache()
+os.register_at_fork(after_in_child=lambda: _views.forget())
 
 
 class FrameRecords(Mapping[str, FrameRecord]):
@@ -121,9 +121,13 @@ class FrameRecords(Mapping[str, FrameRecord]):
             return FrameView.of(self._parsed[name])
         return _views.view(self._job_id, name, self._raw[name])
 
+    def views(self) -> dict[str, FrameView]:
+        """Every frame's view (no record is parsed unless it changed since this process last read it)."""
+        return {name: self.view(name) for name in self._raw}
+
     def settled(self) -> int:
         """How many frames are settled (selected, failed or skipped)."""
-        return sum(self.view(name).state in SETTLED for name in self._raw)
+        return sum(view.state in SETTLED for view in self.views().values())
 
 
 class Frames:

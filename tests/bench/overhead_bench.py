@@ -10,10 +10,10 @@ left is coordination (plus the offline image rendering and scoring).
 
 Per frame: Redis requests and the bytes it read and sent (INFO stats), commands (INFO
 commandstats) and CPU (INFO cpu), each worker's CPU (/proc, children included), the top Redis
-commands; and frames/s. Both sides are submitted all at
-once and followed with one cheap poll every 0.2 s, after a warm-up batch of the same size that is
-not measured (the workers' connection pools fill, lazy imports load). Redis's CPU per request
-falls as its load rises (one wake-up serves several clients' requests), and framefleet's rate on
+commands; and frames/s. Both sides are submitted all at once and followed with one cheap poll
+every 0.2 s, after a warm-up batch of the same size that is not measured (the workers'
+connection pools fill, lazy imports load). Redis's CPU per request falls as its load rises (one
+wake-up serves several clients' requests), and framefleet's rate on
 this machine is bound by its workers' offline rendering and scoring, not by Redis: so the floor
 also runs paced to framefleet's frames/s of the same run (each variation takes as long as that rate
 leaves an images slot for it), which compares the two at the same load. Each side runs ``--runs``
