@@ -178,10 +178,10 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
     job = Job(job_id)
 
     def work() -> bool:
-        spec, frames = job.spec_and_frames()
-        reached = job.progress.frame_reached_call(spec.kind, "score", frame, frames.settled(), len(frames))
+        spec, views = job.spec_and_views()
+        reached = job.progress.frame_reached_call(spec.kind, "score", frame, views.settled(), len(views))
         try:
-            select.select_round(job, frame, stage, revision, scored, frames[frame], reported=reached)
+            select.select_round(job, frame, stage, revision, scored, job.frames.get(frame), reported=reached)
         except StaleWrite:
             pass  # another copy stored this round's outcome first
         return True
@@ -189,7 +189,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
     try:  # a cancel finalizes the job: it keeps only what was finished before
         run_step(job, f"select:{frame}/{revision}/{stage}", while_open=True,
                  stored=select.selected(job, frame, revision, stage),
-                 work=work, after=lambda: dispatch_ready(job), prefetch=job.prefetch_spec_and_frames())
+                 work=work, after=lambda: dispatch_ready(job), prefetch=job.prefetch_spec_and_views())
     except JobClosed:
         return
 

@@ -134,8 +134,7 @@ def fleet_for_test(broker_url, tmp_path):
 
 @pytest.fixture
 def frame_parses(monkeypatch):
-    """The frame records job/frames.py parses from here on (their JSON, in order), with this
-    process's cache of frame views emptied."""
+    """The frame records job/frames.py parses from here on (their JSON, in order)."""
     from framefleet.tasks.job import frames as frames_module
     from framefleet.tasks.job.records import FrameRecord
 
@@ -148,5 +147,4 @@ def frame_parses(monkeypatch):
             return FrameRecord.model_validate_json(raw, **kwargs)
 
     monkeypatch.setattr(frames_module, "FrameRecord", Counted)
-    monkeypatch.setattr(frames_module, "_views", frames_module._ViewCache())
     return parsed

@@ -34,7 +34,7 @@ from framefleet.config.celery import (
 from framefleet.config.settings import MAX_VARIATIONS, get_settings
 from framefleet.tasks.app import app
 from framefleet.tasks.coordination.budget import BudgetGuard
-from framefleet.tasks.job.frames import FrameRecords, StaleWrite
+from framefleet.tasks.job.frames import FrameViews, StaleWrite
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.plan import resolve_inputs
 from framefleet.tasks.job.records import FrameRecord
@@ -107,9 +107,9 @@ def planned_round_size(source: PromptSource, config) -> int:
     return 1 if source is PromptSource.ORIGINAL else config.num_variations
 
 
-def enqueue_frame(job: Job, frames: FrameRecords, frame: str, force: bool = False) -> bool:
-    """Start the frame's next round: its inputs from the selections in ``frames`` (the job's frame
-    records, as just read), then its chord. The READY/RETRY → GENERATING transition is the
+def enqueue_frame(job: Job, views: FrameViews, frame: str, force: bool = False) -> bool:
+    """Start the frame's next round: its inputs from the selections in ``views`` (every frame's
+    view, as just read), then its chord. The READY/RETRY → GENERATING transition is the
     once-only guard: a second caller is refused there (StaleWrite) and sends nothing, as is any
     caller once the job is closed (a cancel, finalizing), checked in the same script. ``force``
     re-sends the round of a frame already GENERATING (resume, the watchdog).
@@ -117,9 +117,9 @@ def enqueue_frame(job: Job, frames: FrameRecords, frame: str, force: bool = Fals
     With a spending cap the round gets as many variations as the budget affords; False when not
     even one is (the frame is then skipped, or, in a revision, keeps its last finished selection).
     """
-    spec, record = job.spec, frames[frame]
+    spec, record = job.spec, job.frames.get(frame)
     source = next_source(record)
-    selections = {name: view.selected_key for name, view in frames.views().items() if view.selected_key is not None}
+    selections = views.selections()
     config = spec.frame_config(record)
     planned = planned_round_size(source, config)
     ids = round_task_ids(planned)
@@ -130,7 +130,7 @@ def enqueue_frame(job: Job, frames: FrameRecords, frame: str, force: bool = Fals
         current.round = source
 
     guard = BudgetGuard(job, spec)
-    reached = job.progress.frame_reached_call(spec.kind, "generate", frame, frames.settled(), len(frames))
+    reached = job.progress.frame_reached_call(spec.kind, "generate", frame, views.settled(), len(views))
     job.frames.transition(frame, FrameState.GENERATING, start_round, while_open=True, expect=lambda r: (
         r.revision == record.revision and (r.state in (FrameState.READY, FrameState.RETRY)
                                            or (force and r.state is FrameState.GENERATING and r.round == source))),
@@ -176,11 +176,10 @@ def dispatch_ready(job: Job, force: bool = False) -> str | None:
     watchdog with ``force``, which also re-sends the round of a frame already generating, whose
     steps died). Returns what it enqueued (a frame name, "finalize") or None when nothing is ready.
     """
-    frames = job.frames_while_open()
-    if frames is None:
+    views = job.frames_while_open()
+    if views is None:
         return None
     spec = job.spec
-    views = frames.views()
     failed_clips = {v.clip for v in views.values() if v.state is FrameState.FAILED and v.clip is not None}
     for planned in spec.plan.frames:
         state = views[planned.name].state
@@ -194,13 +193,12 @@ def dispatch_ready(job: Job, force: bool = False) -> str | None:
         if state is FrameState.GENERATING and not force:
             return None  # in flight: its selection dispatches what follows
         try:
-            enqueued = enqueue_frame(job, frames, planned.name, force)
+            enqueued = enqueue_frame(job, views, planned.name, force)
         except StaleWrite:
             return None  # enqueued or settled meanwhile by another step, which dispatches what follows
         if enqueued:
             return planned.name
-        frames = job.frames.all()  # skipped (or kept) for the budget: on to the next
-        views = frames.views()
+        views = job.frames.views()  # skipped (or kept) for the budget: on to the next
     revision = job.revision()
     claim = f"finalize:{revision}"
     claimed = job.leases.claim(claim)

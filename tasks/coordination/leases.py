@@ -174,8 +174,8 @@ def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
     """Run ``work`` as step ``step`` of the job, at most one copy at a time.
 
     ``stored`` reads the step's outcome once it exists (None before); ``prefetch`` is what the
-    work reads first (the job's spec and frame records), read in the round trip that takes the
-    lease. A second copy returns that outcome instead of working; a copy that finds the first
+    work reads first (the job's spec, a frame's record or every frame's view), read in the round
+    trip that takes the lease. A second copy returns that outcome instead of working; a copy that finds the first
     one's lease expired does the work. ``after`` runs once the outcome exists, in either copy: in
     the working copy while it still holds the lease, so that if it fails the step is re-driven.
     Without ``after``, a write that stores the outcome (``Job.write_if_alive(outcome=True)``)

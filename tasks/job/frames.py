@@ -4,20 +4,20 @@ The records of the last finished revision live in the job's ``frames`` hash, one
 The first run builds there; a later revision builds beside them the frames it changes (field
 ``draft:{frame}``), and reading a frame sees its draft record where there is one. Finalize merges
 the draft into the frames; a cancel or a failed start drops it, so the last finished revision is
-never touched until the next one finishes.
+never touched until the next one finishes. Each record's view (state, clip, selected image: what a
+dispatch reads of every frame) is kept beside it in the ``views`` hash, field for field, written in
+the same script as the record.
 
 Every change of a frame goes through ``transition``: one compare-and-set (a script that writes
 only if the record read is still there, retried on a conflict) that checks the step's expectation
-(its state, revision, round) and the transition table (job/states.py) before it writes. A late or duplicate step is refused there
-(``StaleWrite``), so it can never write an old state back.
+(its state, revision, round) and the transition table (job/states.py) before it writes. A late or
+duplicate step is refused there (``StaleWrite``), so it can never write an old state back.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
-from collections import Counter, OrderedDict
+import json
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -42,7 +42,9 @@ DRAFT = "draft:"  # the running revision's record of a frame: field "draft:{fram
 
 
 class FrameView(NamedTuple):
-    """What a dispatch reads of every frame: its state, clip and selected image."""
+    """What a dispatch reads of every frame: its state, clip and selected image. Each frame's view
+    is kept in the job's ``views`` hash beside its record, written with it in the same script, so a
+    dispatch reads a few bytes a frame however large the records grow."""
 
     state: FrameState
     clip: int | None
@@ -52,53 +54,56 @@ class FrameView(NamedTuple):
     def of(cls, record: FrameRecord) -> FrameView:
         return cls(record.state, record.clip, record.selected.frame_key if record.selected else None)
 
+    def dump(self) -> str:
+        return json.dumps([self.state.value, self.clip, self.selected_key])
 
-VIEWS_CACHED = 16_384  # frame views a process keeps, one per frame (about 300 bytes each)
-
-
-class _ViewCache:
-    """Each frame's view with the digest of the record it was read from, by (job, frame), least
-    recently used first: a frame's new record replaces its old view."""
-
-    def __init__(self) -> None:
-        self.forget()
-
-    def forget(self) -> None:
-        """Start empty (a forked child: it may also have copied a held lock)."""
-        self.views: OrderedDict[tuple[str, str], tuple[bytes, FrameView]] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def view(self, job_id: str, name: str, raw: str) -> FrameView:
-        """The view of frame ``name``'s record ``raw`` (its JSON, as stored). A record keeps its
-        revisions' history, so it has no size bound: what is kept is its digest."""
-        key, digest = (job_id, name), hashlib.blake2b(raw.encode(), digest_size=16).digest()
-        with self.lock:
-            kept = self.views.get(key)
-            if kept is not None and kept[0] == digest:
-                self.views.move_to_end(key)
-                return kept[1]
-        view = FrameView.of(FrameRecord.model_validate_json(raw))
-        with self.lock:
-            self.views[key] = (digest, view)
-            self.views.move_to_end(key)
-            while len(self.views) > VIEWS_CACHED:
-                self.views.popitem(last=False)
-        return view
+    @classmethod
+    def load(cls, raw: str) -> FrameView:
+        state, clip, selected_key = json.loads(raw)
+        return cls(FrameState(state), clip, selected_key)
 
 
-# Every dispatch reads every frame of its job, and most have not changed since the last (settled
-# frames do not): a job's dispatches parse only the records that changed, not all of them each time.
-_views = _ViewCache()
-os.register_at_fork(after_in_child=lambda: _views.forget())
+class FrameViews(Mapping[str, FrameView]):
+    """Every frame's view, as the running revision sees it (its draft's over the finished frame's)."""
+
+    def __init__(self, views: dict[str, FrameView]):
+        self._views = views
+
+    @classmethod
+    def of_records(cls, records: Mapping[str, FrameRecord]) -> FrameViews:
+        return cls({name: FrameView.of(record) for name, record in records.items()})
+
+    def __getitem__(self, name: str) -> FrameView:
+        return self._views[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def settled(self) -> int:
+        """How many frames are settled (selected, failed or skipped)."""
+        return sum(view.state in SETTLED for view in self._views.values())
+
+    def selections(self) -> dict[str, str]:
+        """Each frame's selected image, where it has one."""
+        return {name: view.selected_key for name, view in self._views.items() if view.selected_key is not None}
+
+
+def current_fields(raw: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Each frame's current field and value in the frames hash or the views hash (as read): its
+    draft's where it has one."""
+    current = {name: (name, value) for name, value in raw.items() if not name.startswith(DRAFT)}
+    current.update({name.removeprefix(DRAFT): (name, value) for name, value in raw.items() if name.startswith(DRAFT)})
+    return current
 
 
 class FrameRecords(Mapping[str, FrameRecord]):
-    """Every frame of a job as read (``Frames.all``). A record is parsed when it is first looked up,
-    and is this mapping's own (its caller may change it); ``view`` gives a frame's state, clip and
-    selection without parsing a record that another read already parsed."""
+    """Every frame's record as read (``Frames.all``), each parsed when it is first looked up, and
+    this mapping's own (its caller may change it)."""
 
-    def __init__(self, job_id: str, raw: dict[str, str]):
-        self._job_id = job_id
+    def __init__(self, raw: dict[str, str]):
         self._raw = raw  # frame name → its current record's JSON
         self._parsed: dict[str, FrameRecord] = {}
 
@@ -116,18 +121,9 @@ class FrameRecords(Mapping[str, FrameRecord]):
     def __len__(self) -> int:
         return len(self._raw)
 
-    def view(self, name: str) -> FrameView:
-        if name in self._parsed:  # as its looker-up may have changed it
-            return FrameView.of(self._parsed[name])
-        return _views.view(self._job_id, name, self._raw[name])
-
-    def views(self) -> dict[str, FrameView]:
-        """Every frame's view (no record is parsed unless it changed since this process last read it)."""
-        return {name: self.view(name) for name in self._raw}
-
     def settled(self) -> int:
         """How many frames are settled (selected, failed or skipped)."""
-        return sum(view.state in SETTLED for view in self.views().values())
+        return sum(record.state in SETTLED for record in self.values())
 
 
 class Frames:
@@ -136,34 +132,51 @@ class Frames:
         # Each frame's record as this Job last read or wrote it (field, JSON): a transition tries
         # it first and reads again only when the compare-and-set finds it moved on.
         self._last: dict[str, tuple[str, str]] = {}
-        # Replies read ahead (Job.prefetch_*): the next read of the same records returns them.
+        # Replies read ahead (Job.prefetch_*, a transition's ``read_after``): the next read of the
+        # same records or views returns them.
         self._primed: dict[str, list] = {}
-        self._primed_all: dict[str, str] | None = None
-        # (closed, every frame) as read right after this Job's last transition with ``read_after``.
-        self._after_transition: tuple[bool, dict[str, str]] | None = None
+        self._primed_views: dict[str, str] | None = None
+        # Whether the job was closed, as read right after this Job's last transition with ``read_after``.
+        self._closed_after: bool | None = None
 
     def prime(self, name: str, reply: list) -> None:
         self._primed[name] = reply
 
-    def prime_all(self, raw: dict[str, str]) -> None:
-        self._primed_all = raw
+    def prime_views(self, raw: dict[str, str]) -> None:
+        self._primed_views = raw
 
     def closed_after_transition(self) -> bool:
         """Whether the job is closed (cancelled or finalizing), as this Job's last transition with
         ``read_after`` saw it right after its write, or as read now."""
-        if self._after_transition is None:
+        if self._closed_after is None:
             return self.job.closed()
-        return self._after_transition[0]
+        return self._closed_after
 
     def read_after_transition(self) -> tuple[bool, dict[str, str]] | None:
-        """(closed, the frames hash) as the last transition with ``read_after`` read them, once."""
-        seen, self._after_transition = self._after_transition, None
-        return seen
+        """(closed, the views hash) as the last transition with ``read_after`` read them, once."""
+        closed, self._closed_after = self._closed_after, None
+        raw, self._primed_views = self._primed_views, None
+        return None if closed is None or raw is None else (closed, raw)
 
     def all(self) -> FrameRecords:
-        """Every frame, as the running revision sees it (its draft over the finished frames)."""
-        raw, self._primed_all = self._primed_all, None
-        return self.parse_all(self.r.hgetall(self.keys.frames) if raw is None else raw)
+        """Every frame's record, as the running revision sees it (its draft over the finished frames)."""
+        return self.parse_all(self.r.hgetall(self.keys.frames))
+
+    def views(self) -> FrameViews:
+        """Every frame's view, as the running revision sees it (read ahead where it was)."""
+        raw, self._primed_views = self._primed_views, None
+        return self.parse_views(self.r.hgetall(self.keys.views) if raw is None else raw)
+
+    def views_read(self) -> tuple:
+        """The Redis read of every frame's view (its reply: ``parse_views``)."""
+        return ("HGETALL", self.keys.views)
+
+    def parse_views(self, raw: dict[str, str]) -> FrameViews:
+        """``views`` from the views hash as read (HGETALL). A job without one (created by a fleet
+        version that kept none) has its views made from its records."""
+        if not raw:
+            return FrameViews.of_records(self.all())
+        return FrameViews({name: FrameView.load(value) for name, (_, value) in current_fields(raw).items()})
 
     def read_all_command(self) -> tuple:
         """The Redis read of every frame (its reply: ``parse_all``)."""
@@ -173,11 +186,9 @@ class Frames:
         """``all`` from the frames hash as read (HGETALL)."""
         if not raw:
             raise JobNotFound(f"job_id: no job {self.job.id!r}")
-        current = {name: (name, value) for name, value in raw.items() if not name.startswith(DRAFT)}
-        current.update({name.removeprefix(DRAFT): (name, value)
-                        for name, value in raw.items() if name.startswith(DRAFT)})
+        current = current_fields(raw)
         self._last.update(current)
-        return FrameRecords(self.job.id, {name: value for name, (_, value) in current.items()})
+        return FrameRecords({name: value for name, (_, value) in current.items()})
 
     def get(self, name: str) -> FrameRecord:
         if name in self._primed:
@@ -204,7 +215,7 @@ class Frames:
 
     def transition(self, name: str, to: FrameState, change: Change | None = None, *, expect: Expect,
                    revision: int | None = None, measured: metrics.Increments | None = None,
-                   read_after: bool = False, while_open: bool = False, also: tuple[tuple, ...] = (),
+                   read_after: tuple[str, ...] | None = None, while_open: bool = False, also: tuple[tuple, ...] = (),
                    then: ScriptCall | None = None) -> FrameRecord:
         """Move frame ``name`` to state ``to`` and apply ``change``, in one compare-and-set
         (read, check, write only if the record read is still there; else read again). The record
@@ -215,15 +226,17 @@ class Frames:
         FRAME_TRANSITIONS does not allow, raises StaleWrite and nothing is written. ``revision``:
         a revision after the first takes the frame into its draft (choose, regenerate, re-chaining).
         The fallbacks the change adds, and ``measured`` (the step's stage seconds), are counted in
-        the fleet's metrics once the write succeeded, so once (job/metrics.py). ``read_after``:
-        every frame and whether the job is closed are read right after the write, in the same
-        round trip, for the dispatch that follows (Job.frames_while_open). ``while_open``: refused
+        the fleet's metrics once the write succeeded, so once (job/metrics.py). ``read_after``: for
+        the dispatch that follows (Job.frames_while_open), whether the job is closed, every frame's
+        view and the records of these frames (those it may start) are read right after the write,
+        in the same round trip. ``while_open``: refused
         (StaleWrite) once the job is cancelled or finalizing, checked in the same script. ``also``:
         Redis write commands run in the same script once the record is written, and only then.
         ``then``: a script call chained after the write (``chain``: a status write reporting it), run
         once the record is written, and only then.
         """
-        reads = (("EXISTS", self.keys.cancelled, self.keys.finalized), self.read_all_command()) if read_after else ()
+        reads = () if read_after is None else (("EXISTS", self.keys.cancelled, self.keys.finalized), self.views_read(),
+                                               *(self.read_command(frame) for frame in read_after))
         known = self._last.pop(name, None)
         while True:
             field, raw = known or self._read(name)
@@ -246,8 +259,8 @@ class Frames:
             fallbacks = [{metrics.field("fallbacks_total", kind=kind.value): n} for (kind, _), n in added.items()]
             written = record.model_dump_json()
             closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-            call = ScriptCall("swap_frame", [self.keys.frames, *closing], [field, raw, target, written, DRAFT + name,
-                                                                         *packed(also)])
+            call = ScriptCall("swap_frame", [self.keys.frames, self.keys.views, *closing],
+                              [field, raw, target, written, DRAFT + name, FrameView.of(record).dump(), *packed(also)])
             if then is not None:
                 call = chain(call, then)
             reply, after = script_then_reads(self.r, call.name, call.keys, call.args, reads)
@@ -255,10 +268,11 @@ class Frames:
             if swapped == -1:
                 raise StaleWrite(f"{name}: the job is closed")
             if swapped:
-                if read_after:
-                    closed, frames = after
-                    self._after_transition = (bool(closed), frames)
                 self._last[name] = (target, written)
+                if read_after is not None:
+                    closed, views, *records = after
+                    self._closed_after, self._primed_views = bool(closed), views
+                    self._primed.update(zip(read_after, records))
                 metrics.add(metrics.merged(measured or {}, *fallbacks))
                 return record
             known = None
@@ -269,9 +283,13 @@ class Frames:
     def end_revision_call(self, keep: bool) -> ScriptCall:
         """The running revision ends: its draft records become the job's frames (``keep``) or go,
         and its task ids go (commit_draft.lua; its reply: the frames the draft held)."""
-        return ScriptCall("commit_draft", [self.keys.frames, self.keys.tasks], [DRAFT, "commit" if keep else "drop"])
+        return ScriptCall("commit_draft", [self.keys.frames, self.keys.tasks, self.keys.views],
+                          [DRAFT, "commit" if keep else "drop"])
 
     def keep_finished(self, name: str) -> bool:
         """Take frame ``name`` out of the running revision: it keeps the last finished revision's
         record. False when the revision had not taken it."""
-        return bool(self.r.hdel(self.keys.frames, DRAFT + name))
+        pipe = self.r.pipeline()
+        pipe.hdel(self.keys.frames, DRAFT + name)
+        pipe.hdel(self.keys.views, DRAFT + name)
+        return bool(pipe.execute()[0])

@@ -32,6 +32,8 @@ class JobKeys:
       frames       hash frame → JSON FrameRecord, as the last finished revision left it (the
                    first run builds here); "draft:{frame}" → the running revision's record of a
                    frame it changes (merged into the frame's field when it finishes, dropped on cancel)
+      views        hash with the same fields as frames → JSON [state, clip, selected frame key] of
+                   that record, written with it (what a dispatch reads of every frame)
       status       hash of the JobStatus fields (what a main app reads); events: its pub/sub channel
       history      list of "stage: message" lines, in order
       variations   hash "{frame}/{revision}/{source}/{index}" → JSON VariationRecord
@@ -54,7 +56,7 @@ class JobKeys:
     budget:round:{frame}/{round} (the images reserved for a round), callback-sent:{revision}.
     """
 
-    LASTING = ("spec", "frames", "status", "history", "variations", "scored", "judged", "llm", "cost", "predictions",
+    LASTING = ("spec", "frames", "views", "status", "history", "variations", "scored", "judged", "llm", "cost", "predictions",
                "offline_calls", "budget", "degradations", "rounds", "redrives")
 
     def __init__(self, job_id: str):

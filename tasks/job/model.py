@@ -2,7 +2,7 @@
 
 ``Job(job_id)`` is the only way the fleet reads or changes a job. Its parts:
 
-  job.frames     the frame records and their state machine (job/frames.py)
+  job.frames     the frame records, their views and their state machine (job/frames.py)
   job.progress   the status record, its events and history (job/progress.py)
   job.rounds     generation rounds: variation and scoring records, the round counter (job/rounds.py)
   job.ledger     what was paid for: costs, LLM replies, predictions, task ids (job/ledgers.py)
@@ -22,7 +22,7 @@ from framefleet.config.settings import MAX_VARIATIONS, get_settings
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.budget import BudgetStore
 from framefleet.tasks.job.errors import JobExists, JobNotFound, RevisionRefused
-from framefleet.tasks.job.frames import FrameRecords, Frames
+from framefleet.tasks.job.frames import Frames, FrameView, FrameViews
 from framefleet.tasks.job.keys import (
     ACTIVE_JOBS,
     ANCHOR,
@@ -91,15 +91,15 @@ class Job:
 
         return Prefetch((*self._spec_read(), self.frames.read_command(name)), keep)
 
-    def prefetch_spec_and_frames(self) -> Prefetch:
-        """``spec_and_frames()``, read ahead."""
+    def prefetch_spec_and_views(self) -> Prefetch:
+        """``spec_and_views()``, read ahead."""
         def keep(replies: list) -> None:
-            *spec, frames = replies
+            *spec, views = replies
             if spec:
                 self._keep_spec(spec[0])
-            self.frames.prime_all(frames)
+            self.frames.prime_views(views)
 
-        return Prefetch((*self._spec_read(), self.frames.read_all_command()), keep)
+        return Prefetch((*self._spec_read(), self.frames.views_read()), keep)
 
     def _spec_read(self) -> tuple[tuple, ...]:
         return () if self._spec is not None else (("GET", self.keys.spec),)
@@ -115,28 +115,28 @@ class Job:
         self._keep_spec(raw)
         return self._spec, self.frames.parse(name, reply)
 
-    def spec_and_frames(self) -> tuple[JobSpec, FrameRecords]:
-        """The spec and every frame (``frames.all``), in one round trip when the spec is not read yet."""
+    def spec_and_views(self) -> tuple[JobSpec, FrameViews]:
+        """The spec and every frame's view (``frames.views``), in one round trip when neither is read yet."""
         if self._spec is not None:
-            return self._spec, self.frames.all()
+            return self._spec, self.frames.views()
         pipe = self.r.pipeline(transaction=False)
         pipe.get(self.keys.spec)
-        pipe.hgetall(self.keys.frames)
-        raw, frames = pipe.execute()
+        pipe.execute_command(*self.frames.views_read())
+        raw, views = pipe.execute()
         self._keep_spec(raw)
-        return self._spec, self.frames.parse_all(frames)
+        return self._spec, self.frames.parse_views(views)
 
-    def frames_while_open(self) -> FrameRecords | None:
-        """Every frame (``frames.all``), or None once the job is closed, in one round trip, or none
-        where this Job's last transition read them right after its write (``read_after``)."""
+    def frames_while_open(self) -> FrameViews | None:
+        """Every frame's view (``frames.views``), or None once the job is closed, in one round trip,
+        or none where this Job's last transition read them right after its write (``read_after``)."""
         seen = self.frames.read_after_transition()
         if seen is None:
             pipe = self.r.pipeline(transaction=False)
             pipe.exists(self.keys.cancelled, self.keys.finalized)
-            pipe.hgetall(self.keys.frames)
+            pipe.execute_command(*self.frames.views_read())
             seen = pipe.execute()
         closed, raw = seen
-        return None if closed else self.frames.parse_all(raw)
+        return None if closed else self.frames.parse_views(raw)
 
     def exists(self) -> bool:
         return bool(self.r.exists(self.keys.spec))
@@ -151,16 +151,16 @@ class Job:
         if not self.r.set(self.keys.spec, spec.model_dump_json(), nx=True, ex=self.ttl):
             raise JobExists(f"job_id: a job {self.id!r} already exists")
         self._spec = spec
-        frames = {f.name: FrameRecord(name=f.name, clip=f.clip, original_prompt=f.prompt).model_dump_json()
-                  for f in spec.plan.frames}
+        records = {f.name: FrameRecord(name=f.name, clip=f.clip, original_prompt=f.prompt) for f in spec.plan.frames}
         status = JobStatus(job_id=self.id, kind=spec.kind, frames_total=len(spec.plan.frames), stage="creating",
                            message="Queued", updated_at=time.time())
         pipe = self.r.pipeline()
-        pipe.hset(self.keys.frames, mapping=frames)
+        pipe.hset(self.keys.frames, mapping={name: record.model_dump_json() for name, record in records.items()})
+        pipe.hset(self.keys.views, mapping={name: FrameView.of(record).dump() for name, record in records.items()})
         pipe.hset(self.keys.status, mapping=flatten(status.model_dump()))
         for key in self.keys.anchored():  # written per step: created now, so no write sets an expiry
             pipe.hset(key, ANCHOR, "")
-        for key in (self.keys.frames, self.keys.status, *self.keys.anchored()):
+        for key in (self.keys.frames, self.keys.views, self.keys.status, *self.keys.anchored()):
             pipe.expire(key, self.ttl)
         pipe.sadd(ACTIVE_JOBS, self.id)
         pipe.hincrby(JOB_STATE_COUNTS, status.state, 1)

@@ -33,6 +33,11 @@ class FramePlan(BaseModel):
     def frame(self, name: str) -> PlannedFrame:
         return self.frames[self.index_of(name)]
 
+    def after(self, name: str) -> str | None:
+        """The frame planned after ``name`` (None after the last)."""
+        index = self.index_of(name) + 1
+        return self.frames[index].name if index < len(self.frames) else None
+
 
 def _context(request: ReferenceImagesRequest, scene_index: int) -> list[tuple[str, str]]:
     """(field, text) of each part of the consistency context woven into a scene's prompt."""

@@ -312,7 +312,7 @@ def enhance_frame(job: Job, frame: str) -> Enhancement | None:
         job.frames.transition(frame, FrameState.READY, store_enhancement, expect=lambda current: (
             current.state, current.original_prompt, current.revision) == (FrameState.WAITING, record.original_prompt,
                                                                            record.revision), measured=seconds,
-            read_after=True,  # also for the dispatch that follows (entry.py)
+            read_after=(frame,),  # for the dispatch that follows (entry.py), which may start this frame
             then=job.progress.prompt_enhanced_call(spec.kind, len(spec.plan.frames)))
     except StaleWrite:
         drop_traces_if_closed()

@@ -34,8 +34,13 @@ def in_round(record: FrameRecord, revision: int, source: str) -> bool:
 
 def selected(job: Job, frame: str, revision: int, source: str) -> Stored[bool]:
     """True once the round's selection is stored (or the frame moved on without it)."""
-    return Stored(job.frames.read_command(frame),
-                  lambda reply: None if in_round(job.frames.parse(frame, reply), revision, source) else True)
+    def parse(reply: list[str | None]) -> bool | None:
+        if in_round(job.frames.parse(frame, reply), revision, source):
+            job.frames.prime(frame, reply)  # the record the work starts from
+            return None
+        return True
+
+    return Stored(job.frames.read_command(frame), parse)
 
 
 def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, before: FrameRecord,
@@ -80,11 +85,12 @@ def select_round(job: Job, frame: str, source: str, revision: int, scored: dict,
             if overall is not None and overall < threshold:
                 record.add_note(NoteKind.QUALITY_LOW, f"quality {overall:.1f} is below the threshold {threshold:.1f}")
 
+    # The dispatch that follows (entry.py) starts this frame's retry, or most often the next frame.
+    starts = frame if outcome is FrameState.RETRY else spec.plan.after(frame)
     record = job.frames.transition(frame, outcome, store_selection,
                                    expect=lambda current: in_round(current, revision, source),
                                    measured=stage_seconds(before, variations, scored, started),
-                                   read_after=True,  # for the dispatch that follows (entry.py)
-                                   then=reported)
+                                   read_after=(starts,) if starts else (), then=reported)
     if record.state is FrameState.FAILED:
         log.error("frame %s/%s failed: no image could be generated", job.id, frame)
     elif record.selected is not None:

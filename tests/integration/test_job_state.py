@@ -13,18 +13,17 @@ import time
 
 import pytest
 from framefleet.tasks.job.errors import JobNotFound, RequestError
-from framefleet.tasks.job.states import PromptSource
-
-ENHANCED = PromptSource.ENHANCED
-from framefleet.tasks.job.frames import StaleWrite
+from framefleet.tasks.job.frames import FrameView, FrameViews, StaleWrite
 from framefleet.tasks.job.keys import ACTIVE_JOBS, PARKED_JOBS, RECENT_JOBS
 from framefleet.tasks.job.model import Job
+from framefleet.tasks.job.records import FrameRecord, Selection
 from framefleet.tasks.job.redis import ScriptCall, chain
-from framefleet.tasks.job.states import FrameState
+from framefleet.tasks.job.states import FrameState, NoteKind, PromptSource
 
 from tests.contracts import check
-from tests.helpers import create_here, storyboard_request, unique_id, wait_until
+from tests.helpers import create_here, purge_queues, storyboard_request, unique_id, wait_until
 
+ENHANCED = PromptSource.ENHANCED
 pytestmark = pytest.mark.integration
 
 
@@ -261,9 +260,10 @@ def test_reads_beside_a_script_survive_redis_forgetting_its_scripts(local_steps)
     job = Job(create_here("storyboard", storyboard_request(unique_id("noscript"), 1)))
     frame = "clip_001_start"
     job.r.script_flush()
-    job.frames.transition(frame, FrameState.READY, expect=lambda r: True, read_after=True)
-    closed, frames = job.frames.read_after_transition()
-    assert closed is False and '"state":"ready"' in frames[frame].replace(" ", "")
+    job.frames.transition(frame, FrameState.READY, expect=lambda r: True, read_after=(frame,))
+    closed, views = job.frames.read_after_transition()
+    assert closed is False and FrameView.load(views[frame]).state is FrameState.READY
+    assert job.frames.get(frame).state is FrameState.READY  # read with them
     assert job.frames.read_after_transition() is None  # used once
 
 
@@ -388,35 +388,80 @@ def test_the_recent_and_parked_lists_are_trimmed(local_steps):
     assert 0 < state.r.ttl(RECENT_JOBS) <= ttl and 0 < state.r.ttl(PARKED_JOBS) <= ttl
 
 
-def test_a_dispatch_parses_only_the_frame_records_that_changed(local_steps, frame_parses, monkeypatch):
-    """Every dispatch reads every frame of its job; a record it read before, unchanged, is not parsed
-    again (a 64-frame job would parse 64 records after each of its frames). A record looked up from
-    a read is that read's own: a change to it is seen there and nowhere else."""
+def test_a_dispatch_reads_every_frames_view_and_only_the_record_it_starts(local_steps, frame_parses, celery_app):
+    """A dispatch reads each frame's view (state, clip, selection) from the views hash, not its
+    record: what it reads and parses does not grow with the records (a 64-frame job's settled
+    records hold 200 KB), only the record of the frame it starts is read."""
     from framefleet.tasks.coordination.dispatch import dispatch_ready
-    from framefleet.tasks.job import frames as frames_module
 
-    parsed = frame_parses
-    job_id = create_here("storyboard", storyboard_request(unique_id("views"), 3))
-    assert dispatch_ready(Job(job_id)) is None  # frame 1 waits for its enhancement
-    assert len(parsed) == 6
-    assert dispatch_ready(Job(job_id)) is None
-    assert len(parsed) == 6  # nothing changed: nothing parsed
-    Job(job_id).frames.transition("clip_002_end", FrameState.SKIPPED, expect=lambda r: True)
-    before = len(parsed)  # with the transition's own parse
-    frames = Job(job_id).frames.all()
-    assert frames.settled() == 1 and len(parsed) == before + 1  # the one that changed
-    assert dispatch_ready(Job(job_id)) is None and len(parsed) == before + 1
+    job = Job(create_here("storyboard", storyboard_request(unique_id("views"), 3)))
+    bulky = "a note long enough to make its record large " * 500  # 22 KB
+    for frame in ("clip_001_start", "clip_001_end", "clip_002_start"):
+        job.frames.transition(frame, FrameState.SKIPPED, lambda record: record.add_note(NoteKind.QUALITY_LOW, bulky),
+                              expect=lambda r: True)
+    assert len(job.r.hget(job.keys.frames, "clip_001_start")) > 20_000
+    sent_before, parsed_before = job.r.info("stats")["total_net_output_bytes"], len(frame_parses)
+    assert dispatch_ready(Job(job.id)) is None  # clip_002_end waits for its enhancement
+    assert len(frame_parses) == parsed_before  # no record parsed
+    assert job.r.info("stats")["total_net_output_bytes"] - sent_before < 8_000  # the records hold 66 KB
 
-    record = frames["clip_001_start"]  # parsed for this lookup, this read's own
-    record.enter(FrameState.FAILED)
-    assert frames.view("clip_001_start").state is FrameState.FAILED and frames.settled() == 2
-    again = Job(job_id).frames.all()
-    assert again.view("clip_001_start").state is FrameState.WAITING and again.settled() == 1
-    assert again["clip_001_start"] is not record and list(again) == list(frames)
+    job.frames.transition("clip_002_end", FrameState.READY, expect=lambda r: True)
+    parsed_before = len(frame_parses)
+    assert dispatch_ready(Job(job.id)) == "clip_002_end"
+    assert len(frame_parses) - parsed_before == 2  # its record, as read and in the transition's check
+    assert Job(job.id).frames.get("clip_002_end").state is FrameState.GENERATING
+    purge_queues(celery_app)
 
-    monkeypatch.setattr(frames_module, "VIEWS_CACHED", 4)  # bounded: a new view pushes out the least recent
-    Job(job_id).frames.transition("clip_003_end", FrameState.SKIPPED, expect=lambda r: True)
-    assert dispatch_ready(Job(job_id)) is None and len(frames_module._views.views) == 4
-    before = len(parsed)
-    assert dispatch_ready(Job(job_id)) is None and len(parsed) > before  # those pushed out are parsed again
-    assert len(frames_module._views.views) == 4
+
+def test_each_frames_view_is_written_with_its_record(local_steps):
+    """The views hash holds, field for field, the view of each record in the frames hash: through
+    a run, a revision's drafts, a frame taken out of the revision, and the revision kept or dropped."""
+    job = Job(create_here("storyboard", storyboard_request(unique_id("mirror"), 1)))
+    start, end = "clip_001_start", "clip_001_end"
+
+    def mirrored() -> None:
+        records, views = job.r.hgetall(job.keys.frames), job.r.hgetall(job.keys.views)
+        assert {name: FrameView.load(raw) for name, raw in views.items()} == {
+            name: FrameView.of(FrameRecord.model_validate_json(raw)) for name, raw in records.items()}
+        assert dict(Job(job.id).frames.views()) == dict(FrameViews.of_records(Job(job.id).frames.all()))
+
+    def select(record: FrameRecord) -> None:
+        record.selected = Selection(index=2, key=f"jobs/{job.id}/v2.png", frame_key=f"jobs/{job.id}/frames/x.png")
+
+    mirrored()
+    job.frames.transition(start, FrameState.READY, expect=lambda r: True)
+    job.frames.transition(start, FrameState.GENERATING, expect=lambda r: True)
+    job.frames.transition(start, FrameState.SUCCEEDED, select, expect=lambda r: True)
+    job.frames.transition(end, FrameState.SKIPPED, expect=lambda r: True)
+    mirrored()
+    assert Job(job.id).frames.views()[start].selected_key == f"jobs/{job.id}/frames/x.png"
+    for keep in (True, False):  # a revision's drafts, kept, then dropped
+        job.frames.transition(start, FrameState.READY, revision=1, expect=lambda r: True)
+        job.frames.transition(end, FrameState.WAITING, revision=1, expect=lambda r: True)
+        mirrored()
+        assert Job(job.id).frames.views()[end].state is FrameState.WAITING  # the draft's, over the finished
+        assert job.frames.keep_finished(end)
+        mirrored()
+        assert Job(job.id).frames.views()[end].state is FrameState.SKIPPED
+        assert job.frames.end_revision_call(keep).run(job.r) == [start]
+        mirrored()
+        assert Job(job.id).frames.views()[start].state is (FrameState.READY if keep else FrameState.SKIPPED)
+        if keep:
+            job.frames.transition(start, FrameState.SKIPPED, expect=lambda r: True)
+    assert 0 < job.r.ttl(job.keys.views) <= job.ttl
+
+
+def test_a_job_without_a_views_hash_has_its_views_made_from_its_records(local_steps):
+    """A job created by a fleet version that kept no views (in flight through an upgrade): its
+    dispatch reads the records, and a transition writes no views hash (it would have no expiry)."""
+    from framefleet.tasks.coordination.dispatch import dispatch_ready
+
+    job = Job(create_here("storyboard", storyboard_request(unique_id("noviews"), 1)))
+    job.r.delete(job.keys.views)
+    job.frames.transition("clip_001_start", FrameState.SKIPPED, expect=lambda r: True, read_after=())
+    assert not job.r.exists(job.keys.views)
+    views = Job(job.id).frames.views()
+    assert dict(views) == dict(FrameViews.of_records(Job(job.id).frames.all()))
+    assert views["clip_001_start"].state is FrameState.SKIPPED
+    assert dispatch_ready(job) is None  # clip_001_end waits for its enhancement
+    assert job.frames.end_revision_call(True).run(job.r) == [] and not job.r.exists(job.keys.views)

@@ -316,9 +316,9 @@ def test_a_round_records_its_task_ids_with_the_transition_that_starts_it(local_s
     recorded = state.ledger.task_ids() - enhancements
     assert len(sent) == 4 + 2 and sent <= recorded  # 4 variations, scoring, selection
 
-    frames = state.frames.all()
+    views = state.frames.views()
     with pytest.raises(StaleWrite):  # generating already: refused, and nothing recorded
-        enqueue_frame(Job(job_id), frames, "clip_001_start")
+        enqueue_frame(Job(job_id), views, "clip_001_start")
     assert state.ledger.task_ids() - enhancements == recorded
 
 
