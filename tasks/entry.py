@@ -189,7 +189,7 @@ def select_variation(scored: dict, job_id: str, frame: str, stage: str, revision
     try:  # a cancel finalizes the job: it keeps only what was finished before
         run_step(job, f"select:{frame}/{revision}/{stage}", while_open=True,
                  stored=select.selected(job, frame, revision, stage),
-                 work=work, after=lambda: dispatch_ready(job), prefetch=job.prefetch_spec_and_views())
+                 work=work, after=lambda: dispatch_ready(job), prefetch=job.prefetch_spec_frame_and_views(frame))
     except JobClosed:
         return
 

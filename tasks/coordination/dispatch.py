@@ -117,7 +117,7 @@ def enqueue_frame(job: Job, views: FrameViews, frame: str, force: bool = False) 
     With a spending cap the round gets as many variations as the budget affords; False when not
     even one is (the frame is then skipped, or, in a revision, keeps its last finished selection).
     """
-    spec, record = job.spec, job.frames.get(frame)
+    spec, record = job.spec, job.frames.record_of(views, frame)
     source = next_source(record)
     selections = views.selections()
     config = spec.frame_config(record)

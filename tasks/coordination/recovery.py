@@ -44,7 +44,8 @@ def resume(job: Job) -> str:
     """Continue a job from its stored state: missing enhancements, then the next frame.
 
     Steps that hold a live lease are running and steps whose message is still in the broker are
-    queued: both are left alone (``_frame_in_flight``). Finished steps are not redone.
+    queued: both are left alone (``_frame_in_flight``). Finished steps are not redone. The frames'
+    views are written again from their records first (``Frames.rewrite_views``).
     """
     status = job.progress.read()
     if status.state == "done" or job.cancelled():
@@ -53,6 +54,7 @@ def resume(job: Job) -> str:
     spec = job.spec
     enhancing_now = _enhancements_running(job)
     enhancing = enhancing_now | {task.args[1] for task in queued if task.name == ENHANCE_PROMPT}
+    job.frames.rewrite_views()
     frames = job.frames.all()
     frame_steps_busy = _frame_in_flight(job, queued, enhancing_now, frames)
     job.set_active()

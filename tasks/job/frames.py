@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
+import redis
 from framefleet.tasks.job import metrics
 from framefleet.tasks.job.errors import JobNotFound
 from framefleet.tasks.job.records import FrameRecord
@@ -64,10 +65,13 @@ class FrameView(NamedTuple):
 
 
 class FrameViews(Mapping[str, FrameView]):
-    """Every frame's view, as the running revision sees it (its draft's over the finished frame's)."""
+    """Every frame's view, as the running revision sees it (its draft's over the finished frame's),
+    and ``records``: the records of some frames read in the same round trip (their HMGET replies:
+    ``Frames.record_of``)."""
 
-    def __init__(self, views: dict[str, FrameView]):
+    def __init__(self, views: dict[str, FrameView], records: dict[str, list] | None = None):
         self._views = views
+        self.records = records or {}
 
     @classmethod
     def of_records(cls, records: Mapping[str, FrameRecord]) -> FrameViews:
@@ -121,10 +125,6 @@ class FrameRecords(Mapping[str, FrameRecord]):
     def __len__(self) -> int:
         return len(self._raw)
 
-    def settled(self) -> int:
-        """How many frames are settled (selected, failed or skipped)."""
-        return sum(record.state in SETTLED for record in self.values())
-
 
 class Frames:
     def __init__(self, job: "Job"):
@@ -132,12 +132,12 @@ class Frames:
         # Each frame's record as this Job last read or wrote it (field, JSON): a transition tries
         # it first and reads again only when the compare-and-set finds it moved on.
         self._last: dict[str, tuple[str, str]] = {}
-        # Replies read ahead (Job.prefetch_*, a transition's ``read_after``): the next read of the
-        # same records or views returns them.
+        # Replies read ahead (Job.prefetch_*): the next read of the same record or views returns them.
         self._primed: dict[str, list] = {}
         self._primed_views: dict[str, str] | None = None
-        # Whether the job was closed, as read right after this Job's last transition with ``read_after``.
-        self._closed_after: bool | None = None
+        # (closed, the views, the records named) as read right after this Job's last transition
+        # with ``read_after``.
+        self._after: tuple[bool, dict[str, str], dict[str, list]] | None = None
 
     def prime(self, name: str, reply: list) -> None:
         self._primed[name] = reply
@@ -148,15 +148,15 @@ class Frames:
     def closed_after_transition(self) -> bool:
         """Whether the job is closed (cancelled or finalizing), as this Job's last transition with
         ``read_after`` saw it right after its write, or as read now."""
-        if self._closed_after is None:
+        if self._after is None:
             return self.job.closed()
-        return self._closed_after
+        return self._after[0]
 
-    def read_after_transition(self) -> tuple[bool, dict[str, str]] | None:
-        """(closed, the views hash) as the last transition with ``read_after`` read them, once."""
-        closed, self._closed_after = self._closed_after, None
-        raw, self._primed_views = self._primed_views, None
-        return None if closed is None or raw is None else (closed, raw)
+    def read_after_transition(self) -> tuple[bool, dict[str, str], dict[str, list]] | None:
+        """(closed, the views hash, the records named) as the last transition with ``read_after``
+        read them, once."""
+        seen, self._after = self._after, None
+        return seen
 
     def all(self) -> FrameRecords:
         """Every frame's record, as the running revision sees it (its draft over the finished frames)."""
@@ -167,16 +167,38 @@ class Frames:
         raw, self._primed_views = self._primed_views, None
         return self.parse_views(self.r.hgetall(self.keys.views) if raw is None else raw)
 
+    def rewrite_views(self) -> None:
+        """Write every frame's view again from its record, in one transaction (retried when a record
+        changes meanwhile): resume repairs the views of a job that a fleet version keeping none
+        changed (a rolling upgrade), or gives a job created by one its views."""
+        def rewrite(pipe: redis.client.Pipeline) -> None:
+            records, ttl_ms = pipe.hgetall(self.keys.frames), pipe.pttl(self.keys.frames)
+            pipe.multi()
+            pipe.delete(self.keys.views)
+            if records and ttl_ms > 0:
+                pipe.hset(self.keys.views, mapping={field: FrameView.of(FrameRecord.model_validate_json(raw)).dump()
+                                                    for field, raw in records.items()})
+                pipe.pexpire(self.keys.views, ttl_ms)
+
+        self.r.transaction(rewrite, self.keys.frames)
+
     def views_read(self) -> tuple:
         """The Redis read of every frame's view (its reply: ``parse_views``)."""
         return ("HGETALL", self.keys.views)
 
-    def parse_views(self, raw: dict[str, str]) -> FrameViews:
-        """``views`` from the views hash as read (HGETALL). A job without one (created by a fleet
-        version that kept none) has its views made from its records."""
+    def parse_views(self, raw: dict[str, str], records: dict[str, list] | None = None) -> FrameViews:
+        """``views`` from the views hash as read (HGETALL), with ``records`` read beside it. A job
+        without one (created by a fleet version that kept none) has its views made from its records."""
         if not raw:
             return FrameViews.of_records(self.all())
-        return FrameViews({name: FrameView.load(value) for name, (_, value) in current_fields(raw).items()})
+        return FrameViews({name: FrameView.load(value) for name, (_, value) in current_fields(raw).items()}, records)
+
+    def record_of(self, views: FrameViews, name: str) -> FrameRecord:
+        """Frame ``name``'s record as read with ``views``, in the same round trip, or read now."""
+        reply = views.records.get(name)
+        if reply is None:
+            reply = self.r.execute_command(*self.read_command(name))
+        return self.parse(name, reply)
 
     def read_all_command(self) -> tuple:
         """The Redis read of every frame (its reply: ``parse_all``)."""
@@ -271,8 +293,7 @@ class Frames:
                 self._last[name] = (target, written)
                 if read_after is not None:
                     closed, views, *records = after
-                    self._closed_after, self._primed_views = bool(closed), views
-                    self._primed.update(zip(read_after, records))
+                    self._after = (bool(closed), views, dict(zip(read_after, records)))
                 metrics.add(metrics.merged(measured or {}, *fallbacks))
                 return record
             known = None

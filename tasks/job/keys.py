@@ -56,8 +56,8 @@ class JobKeys:
     budget:round:{frame}/{round} (the images reserved for a round), callback-sent:{revision}.
     """
 
-    LASTING = ("spec", "frames", "views", "status", "history", "variations", "scored", "judged", "llm", "cost", "predictions",
-               "offline_calls", "budget", "degradations", "rounds", "redrives")
+    LASTING = ("spec", "frames", "views", "status", "history", "variations", "scored", "judged", "llm", "cost",
+               "predictions", "offline_calls", "budget", "degradations", "rounds", "redrives")
 
     def __init__(self, job_id: str):
         self.job_id = job_id

@@ -91,15 +91,16 @@ class Job:
 
         return Prefetch((*self._spec_read(), self.frames.read_command(name)), keep)
 
-    def prefetch_spec_and_views(self) -> Prefetch:
-        """``spec_and_views()``, read ahead."""
+    def prefetch_spec_frame_and_views(self, name: str) -> Prefetch:
+        """``spec_and_views()`` and frame ``name``'s record (``frames.get``), read ahead."""
         def keep(replies: list) -> None:
-            *spec, views = replies
+            *spec, frame, views = replies
             if spec:
                 self._keep_spec(spec[0])
+            self.frames.prime(name, frame)
             self.frames.prime_views(views)
 
-        return Prefetch((*self._spec_read(), self.frames.views_read()), keep)
+        return Prefetch((*self._spec_read(), self.frames.read_command(name), self.frames.views_read()), keep)
 
     def _spec_read(self) -> tuple[tuple, ...]:
         return () if self._spec is not None else (("GET", self.keys.spec),)
@@ -134,9 +135,9 @@ class Job:
             pipe = self.r.pipeline(transaction=False)
             pipe.exists(self.keys.cancelled, self.keys.finalized)
             pipe.execute_command(*self.frames.views_read())
-            seen = pipe.execute()
-        closed, raw = seen
-        return None if closed else self.frames.parse_views(raw)
+            seen = (*pipe.execute(), {})
+        closed, raw, records = seen
+        return None if closed else self.frames.parse_views(raw, records)
 
     def exists(self) -> bool:
         return bool(self.r.exists(self.keys.spec))

@@ -20,6 +20,7 @@ from framefleet.tasks.artifacts.store import fleet_store
 from framefleet.tasks.coordination.dispatch import send
 from framefleet.tasks.coordination.leases import Stored
 from framefleet.tasks.job.errors import JobNotFound
+from framefleet.tasks.job.frames import FrameViews
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.records import Budget, CompletionCallback
 
@@ -67,7 +68,7 @@ def finalize(job: Job, revision: int) -> dict:
         log.info("%s/%s quality: %s", job.id, frame.name, frame.selected.overall if frame.selected else "no image")
     if spec.callback is not None:  # before "done": a finalize that dies here is re-driven, notify dedups
         send(job, NOTIFY_MAIN_APP, (job.id, revision, manifest.status, manifest.failed_clips))
-    job.finish(manifest.status, frames.settled(), manifest_key(job.id), revision)
+    job.finish(manifest.status, FrameViews.of_records(frames).settled(), manifest_key(job.id), revision)
     return {"job_id": job.id, "status": manifest.status, "manifest": manifest_key(job.id), "revision": revision}
 
 

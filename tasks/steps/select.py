@@ -34,13 +34,8 @@ def in_round(record: FrameRecord, revision: int, source: str) -> bool:
 
 def selected(job: Job, frame: str, revision: int, source: str) -> Stored[bool]:
     """True once the round's selection is stored (or the frame moved on without it)."""
-    def parse(reply: list[str | None]) -> bool | None:
-        if in_round(job.frames.parse(frame, reply), revision, source):
-            job.frames.prime(frame, reply)  # the record the work starts from
-            return None
-        return True
-
-    return Stored(job.frames.read_command(frame), parse)
+    return Stored(job.frames.read_command(frame),
+                  lambda reply: None if in_round(job.frames.parse(frame, reply), revision, source) else True)
 
 
 def select_round(job: Job, frame: str, source: str, revision: int, scored: dict, before: FrameRecord,

@@ -261,9 +261,9 @@ def test_reads_beside_a_script_survive_redis_forgetting_its_scripts(local_steps)
     frame = "clip_001_start"
     job.r.script_flush()
     job.frames.transition(frame, FrameState.READY, expect=lambda r: True, read_after=(frame,))
-    closed, views = job.frames.read_after_transition()
+    closed, views, records = job.frames.read_after_transition()
     assert closed is False and FrameView.load(views[frame]).state is FrameState.READY
-    assert job.frames.get(frame).state is FrameState.READY  # read with them
+    assert job.frames.parse(frame, records[frame]).state is FrameState.READY  # read with them
     assert job.frames.read_after_transition() is None  # used once
 
 
@@ -460,8 +460,51 @@ def test_a_job_without_a_views_hash_has_its_views_made_from_its_records(local_st
     job.r.delete(job.keys.views)
     job.frames.transition("clip_001_start", FrameState.SKIPPED, expect=lambda r: True, read_after=())
     assert not job.r.exists(job.keys.views)
-    views = Job(job.id).frames.views()
-    assert dict(views) == dict(FrameViews.of_records(Job(job.id).frames.all()))
-    assert views["clip_001_start"].state is FrameState.SKIPPED
+    assert dict(Job(job.id).frames.views()) == {"clip_001_start": (FrameState.SKIPPED, 1, None),
+                                                "clip_001_end": (FrameState.WAITING, 1, None)}
     assert dispatch_ready(job) is None  # clip_001_end waits for its enhancement
     assert job.frames.end_revision_call(True).run(job.r) == [] and not job.r.exists(job.keys.views)
+
+
+def test_a_waiting_copys_dispatch_starts_a_retry_from_the_record_as_read_now(local_steps, celery_app):
+    """A second copy of a selection waits (polling where the outcome is stored) while the first
+    stores RETRY; the dispatch it runs after finds the frame's record as it is now: the retry
+    round uses the original prompt, not the round that failed."""
+    from framefleet.tasks.coordination.dispatch import dispatch_ready
+    from framefleet.tasks.steps import select
+
+    job_id = create_here("storyboard", storyboard_request(unique_id("staleread"), 1))
+    frame = "clip_001_start"
+    first = Job(job_id)
+    first.frames.transition(frame, FrameState.READY, expect=lambda r: True)
+    first.frames.transition(frame, FrameState.GENERATING, lambda r: setattr(r, "round", ENHANCED),
+                            expect=lambda r: True)
+    waiter = Job(job_id)
+    stored = select.selected(waiter, frame, 0, ENHANCED.value)
+    assert stored.now(waiter.r) is None  # polled while the first copy works
+    first.frames.transition(frame, FrameState.RETRY, expect=lambda r: True)  # the first copy's outcome
+    assert stored.now(waiter.r) is True
+    assert dispatch_ready(waiter) == frame
+    purge_queues(celery_app)
+    assert Job(job_id).frames.get(frame).round is PromptSource.ORIGINAL
+
+
+def test_resume_writes_the_frames_views_again_from_their_records(local_steps, celery_app):
+    """Views that a fleet version keeping none left out of step (a rolling upgrade: its transitions
+    write records only), or never wrote, are written again from the records by a resume."""
+    from framefleet.tasks.coordination.recovery import resume
+
+    job = Job(create_here("storyboard", storyboard_request(unique_id("rewrite"), 1)))
+    purge_queues(celery_app)  # its enhancements
+    job.frames.transition("clip_001_end", FrameState.SKIPPED, expect=lambda r: True)
+    job.r.hset(job.keys.views, "clip_001_end", FrameView(FrameState.WAITING, 1, None).dump())  # out of step
+    ttl = job.r.pttl(job.keys.frames)
+    resume(Job(job.id))
+    purge_queues(celery_app)
+    assert Job(job.id).frames.views()["clip_001_end"].state is FrameState.SKIPPED
+    assert 0 < job.r.pttl(job.keys.views) <= ttl
+    job.r.delete(job.keys.views)  # a job from a fleet version that kept none
+    resume(Job(job.id))
+    purge_queues(celery_app)
+    assert {name: FrameView.load(raw) for name, raw in job.r.hgetall(job.keys.views).items()} == {
+        "clip_001_start": (FrameState.WAITING, 1, None), "clip_001_end": (FrameState.SKIPPED, 1, None)}
