@@ -175,9 +175,10 @@ def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
 
     ``stored`` reads the step's outcome once it exists (None before); ``prefetch`` is what the
     work reads first (the job's spec, a frame's record or every frame's view), read in the round
-    trip that takes the lease. A second copy returns that outcome instead of working; a copy that finds the first
-    one's lease expired does the work. ``after`` runs once the outcome exists, in either copy: in
-    the working copy while it still holds the lease, so that if it fails the step is re-driven.
+    trip that takes the lease. A second copy returns that outcome instead of working; a copy that
+    finds the first one's lease expired does the work. ``after`` runs once the outcome exists, in
+    either copy: in the working copy while it still holds the lease, so that if it fails the step
+    is re-driven.
     Without ``after``, a write that stores the outcome (``Job.write_if_alive(outcome=True)``)
     releases the lease in the same script; with an ``after`` that dispatches the job, so does the
     write that counts the round it enqueued (its last, ``Rounds.count_round``). A Celery retry of

@@ -74,6 +74,11 @@ class FrameViews(Mapping[str, FrameView]):
         self.records = records or {}
 
     @classmethod
+    def load(cls, raw: dict[str, str], records: dict[str, list] | None = None) -> FrameViews:
+        """From the views hash as read (HGETALL), and the records read beside it."""
+        return cls({name: FrameView.load(value) for name, (_, value) in current_fields(raw).items()}, records)
+
+    @classmethod
     def of_records(cls, records: Mapping[str, FrameRecord]) -> FrameViews:
         return cls({name: FrameView.of(record) for name, record in records.items()})
 
@@ -189,9 +194,7 @@ class Frames:
     def parse_views(self, raw: dict[str, str], records: dict[str, list] | None = None) -> FrameViews:
         """``views`` from the views hash as read (HGETALL), with ``records`` read beside it. A job
         without one (created by a fleet version that kept none) has its views made from its records."""
-        if not raw:
-            return FrameViews.of_records(self.all())
-        return FrameViews({name: FrameView.load(value) for name, (_, value) in current_fields(raw).items()}, records)
+        return FrameViews.load(raw, records) if raw else FrameViews.of_records(self.all())
 
     def record_of(self, views: FrameViews, name: str) -> FrameRecord:
         """Frame ``name``'s record as read with ``views``, in the same round trip, or read now."""

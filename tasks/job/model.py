@@ -117,7 +117,8 @@ class Job:
         return self._spec, self.frames.parse(name, reply)
 
     def spec_and_views(self) -> tuple[JobSpec, FrameViews]:
-        """The spec and every frame's view (``frames.views``), in one round trip when neither is read yet."""
+        """The spec and every frame's view (``frames.views``), in one round trip when the spec is not
+        read yet."""
         if self._spec is not None:
             return self._spec, self.frames.views()
         pipe = self.r.pipeline(transaction=False)

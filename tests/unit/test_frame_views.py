@@ -46,9 +46,10 @@ def test_views_overlay_the_running_revisions_drafts_and_count_what_is_settled():
     raw = {"a": finished.dump(), "b": FrameView(FrameState.SKIPPED, 1, None).dump(),
            DRAFT + "b": FrameView(FrameState.WAITING, 1, None).dump(), "c": FrameView(FrameState.READY, 2, None).dump()}
     assert current_fields(raw)["b"] == (DRAFT + "b", raw[DRAFT + "b"]) and current_fields(raw)["a"] == ("a", raw["a"])
-    views = FrameViews({name: FrameView.load(value) for name, (_, value) in current_fields(raw).items()})
+    views = FrameViews.load(raw, {"c": ["record as read"]})
     assert sorted(views) == ["a", "b", "c"] and views["b"].state is FrameState.WAITING  # the draft's
     assert views.settled() == 1 and views.selections() == {"a": "jobs/j/frames/a.png"}
+    assert views.records == {"c": ["record as read"]} and FrameViews.load(raw).records == {}
     records = FrameRecords({"a": stored("a", state=FrameState.SKIPPED), "b": stored("b", clip=2)})
     assert dict(FrameViews.of_records(records)) == {"a": (FrameState.SKIPPED, 1, None),
                                                     "b": (FrameState.WAITING, 2, None)}
