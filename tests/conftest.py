@@ -6,8 +6,11 @@ import gc
 import os
 import signal
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from framefleet.config.celery import QUEUES
 from framefleet.workers.fleet import Fleet
 from framefleet.workers.local_redis import LocalRedis
 
@@ -99,37 +102,35 @@ def celery_app(broker_url):
     gc.collect()
 
 
-@pytest.fixture(scope="module")
-def start_fleet(broker_url, tmp_path_factory):
-    """Start one worker subprocess per queue with extra environment; all stopped at module end."""
+def started_fleets(broker_url: str, log_dir: Callable[[], Path]) -> Iterator[Callable[..., Fleet]]:
+    """A function that starts worker subprocesses (one per queue, with extra environment), each
+    logging under a folder from ``log_dir``; every fleet it started is stopped when this ends."""
     fleets: list[Fleet] = []
 
-    def start(env: dict[str, str], queues=("intake", "control", "llm", "images", "gpu")) -> Fleet:
-        logs = tmp_path_factory.mktemp("worker-logs")
-        fleet = Fleet({**TEST_ENV, "FRAMEFLEET_BROKER_URL": broker_url, **env}, queues=tuple(queues), log_dir=logs,
-                      shapes=TEST_SHAPES)
+    def start(env: dict[str, str], queues: tuple[str, ...] = QUEUES, beat: bool = True,
+              shapes: dict[str, tuple[str, int]] | None = None) -> Fleet:
+        fleet = Fleet({**TEST_ENV, "FRAMEFLEET_BROKER_URL": broker_url, **env}, queues=tuple(queues),
+                      log_dir=log_dir(), shapes={**TEST_SHAPES, **(shapes or {})}, beat=beat)
         fleets.append(fleet.start(FLEET_START_TIMEOUT_S))
         return fleet
 
-    yield start
-    for fleet in fleets:
-        fleet.stop()
+    try:
+        yield start
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def start_fleet(broker_url, tmp_path_factory):
+    """Start a fleet (``started_fleets``); all stopped at module end."""
+    yield from started_fleets(broker_url, lambda: tmp_path_factory.mktemp("worker-logs"))
 
 
 @pytest.fixture
 def fleet_for_test(broker_url, tmp_path):
     """Like start_fleet, but stopped at the end of the test (for fleets that get killed)."""
-    fleets: list[Fleet] = []
-
-    def start(env: dict[str, str], beat: bool = True, shapes: dict[str, tuple[str, int]] | None = None) -> Fleet:
-        fleet = Fleet({**TEST_ENV, "FRAMEFLEET_BROKER_URL": broker_url, **env}, log_dir=tmp_path / "worker-logs",
-                      shapes={**TEST_SHAPES, **(shapes or {})}, beat=beat)
-        fleets.append(fleet.start(FLEET_START_TIMEOUT_S))
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        fleet.stop()
+    yield from started_fleets(broker_url, lambda: tmp_path / "worker-logs")
 
 
 @pytest.fixture

@@ -59,14 +59,20 @@ def build_pickscore(directory: Path) -> Path:
     return directory
 
 
-def build_open_clip(directory: Path) -> tuple[Path, Path]:
+def tiny_open_clip(directory: Path, name: str, seed: int) -> tuple[Path, torch.nn.Module]:
+    """An open_clip model of OPEN_CLIP_CONFIG registered as ``name``, with weights drawn from
+    ``seed``: (its config file, the model)."""
     import open_clip
 
-    config = directory / "framefleet-tiny-clip.json"
+    config = directory / f"{name}.json"
     config.write_text(json.dumps(OPEN_CLIP_CONFIG))
     open_clip.add_model_config(config)
-    torch.manual_seed(1)
-    model = open_clip.create_model("framefleet-tiny-clip")
+    torch.manual_seed(seed)
+    return config, open_clip.create_model(name)
+
+
+def build_open_clip(directory: Path) -> tuple[Path, Path]:
+    config, model = tiny_open_clip(directory, "framefleet-tiny-clip", seed=1)
     weights = directory / "tiny-clip.pt"
     torch.save(model.state_dict(), weights)
     return config, weights
@@ -79,14 +85,9 @@ def build_aesthetic(path: Path) -> Path:
 
 
 def build_hps(directory: Path) -> tuple[Path, Path]:
-    import open_clip
-
-    config = directory / "framefleet-tiny-hps.json"
-    config.write_text(json.dumps(OPEN_CLIP_CONFIG))
-    open_clip.add_model_config(config)
-    torch.manual_seed(3)
+    config, model = tiny_open_clip(directory, "framefleet-tiny-hps", seed=3)
     checkpoint = directory / "tiny-hps.pt"
-    torch.save({"state_dict": open_clip.create_model("framefleet-tiny-hps").state_dict()}, checkpoint)
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
     return config, checkpoint
 
 
