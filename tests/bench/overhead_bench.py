@@ -179,7 +179,7 @@ def run_floor(jobs: int, frames_per_job: int, warmup: int = WARMUP_JOBS, frames_
                     if len(floor_app.app.control.ping(timeout=0.5) or []) >= 3:
                         break
                 except redis.ConnectionError:  # a connection kombu kept from an earlier run's Redis
-                    pass
+                    time.sleep(0.2)
                 assert time.monotonic() < deadline, "floor workers did not start"
             sent = iter(range(warmup + jobs))
 

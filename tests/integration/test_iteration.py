@@ -261,12 +261,13 @@ def test_regenerate_overrides_of_the_enhancement_enhance_again_and_renew_the_job
     first = frames_of(manifest_of(store, job_id))["clip_001_start"]
     assert first["enhancement"]["iterations"] > 1
     assert state.ledger.task_ids() == set()  # a finished revision's task ids are dropped: a later cancel revokes its own
-    for part in ("spec", "frames", "status"):  # as if the job were near the end of its time in Redis
+    for part in ("spec", "frames", "views", "status"):  # as if the job were near the end of its time in Redis
         state.r.expire(f"framefleet:job:{job_id}:{part}", 100)
 
     regenerate_frame(celery_app, job_id, "clip_001_start", {"overrides": {"max_enhancement_iterations": 1},
                                                             "cascade": False})
-    assert all(state.r.ttl(f"framefleet:job:{job_id}:{part}") > 1000 for part in ("spec", "frames", "status"))
+    assert all(state.r.ttl(f"framefleet:job:{job_id}:{part}") > 1000
+               for part in ("spec", "frames", "views", "status"))
     assert wait_for_job(job_id, timeout_s=60, revision=1).outcome == "succeeded"
     assert frames_of(manifest_of(store, job_id))["clip_001_start"]["enhancement"]["iterations"] == 1
 
