@@ -50,9 +50,8 @@ class Lease:
         return self.job.keys.lease(self.step)
 
     def acquire(self, *reads: tuple, then: tuple[tuple, ...] = ()) -> bool:
-        """Take the lease; ``reads`` (Redis read commands) run in its script once it is taken, their
-        replies kept in ``read_replies``; ``then`` right after it in the same round trip, their
-        replies in ``then_replies``."""
+        """Take the lease; ``reads`` and ``then`` (Redis read commands) run in the same transaction,
+        their replies kept in ``read_replies`` and ``then_replies``."""
         taken, self.read_replies, self.then_replies = self.job.leases.acquire(
             self.step, self.owner, self.ttl_ms, self.while_open, reads, then)
         if taken < 0:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import redis
 
 from framefleet.tasks.job.keys import LEASES, JobKeys
-from framefleet.tasks.job.redis import packed, script, script_then_reads, state_client
+from framefleet.tasks.job.redis import script, state_client
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
@@ -51,15 +51,42 @@ class Leases:
 
     def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False, reads: tuple[tuple, ...] = (),
                 then: tuple[tuple, ...] = ()) -> tuple[int, list, list]:
-        """(1, the replies of ``reads``, run in the script right after the taking, the replies of
-        ``then``) when ``owner`` now holds the step's lease, (0, [], ...) when another copy does;
-        with ``while_open``, (-1, [], ...) (and no lease) when the job is closed (cancelled or
-        finalizing). One round trip: ``then`` is read right after the script, beside it."""
-        closing = [self.keys.cancelled, self.keys.finalized] if while_open else []
-        args = [owner, ttl_ms, now_ms() + ttl_ms, *packed(reads)]
-        (taken, *replies), after = script_then_reads(self.r, "acquire_lease",
-                                                     [self.keys.lease(step), LEASES, *closing], args, then)
-        return taken, replies, after
+        """(1, the replies of ``reads``, the replies of ``then``) when ``owner`` now holds the step's
+        lease, (0, [], []) when another copy does; with ``while_open``, (-1, [], []) (and no lease)
+        when the job is closed (cancelled or finalizing). One transaction, in one round trip: the
+        reads see the lease as it was taken, so a copy that finished before is seen by its outcome.
+
+        A transaction, not a script: Lua's own machinery costs Redis several times what these
+        commands do, and about 7 steps a frame take a lease. The lease is indexed with ``ZADD NX``,
+        which a copy that did not take it cannot change: a lease's key exists only while its entry
+        does (both are set here; a release removes the key with its entry or first, and the watchdog
+        takes an entry only once its key is gone). A copy that takes over from one that died or
+        raised finds that copy's entry and moves its deadline on with a second write. What the
+        transaction cannot leave undone it undoes at once: a lease taken on a closed job, or beside
+        a read that failed, is released."""
+        lease = self.keys.lease(step)
+        pipe = self.r.pipeline()
+        if while_open:
+            pipe.exists(self.keys.cancelled, self.keys.finalized)
+        deadline = now_ms() + ttl_ms
+        pipe.set(lease, owner, nx=True, px=ttl_ms).zadd(LEASES, {lease: deadline}, nx=True)
+        for command in (*reads, *then):
+            pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)
+        closed = replies.pop(0) if while_open else 0
+        taken, indexed, replies = bool(replies[0]), replies[1], replies[2:]
+        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if taken and (closed or failed is not None):
+            self.release(step, owner, finished=True)
+        if failed is not None:
+            raise failed
+        if closed:
+            return -1, [], []
+        if not taken:
+            return 0, [], []
+        if not indexed:  # taken over: the entry still holds the former holder's deadline
+            self.r.zadd(LEASES, {lease: deadline}, xx=True)
+        return 1, replies[:len(reads)], replies[len(reads):]
 
     def renew(self, step: str, owner: str, ttl_ms: int) -> bool:
         return bool(script(self.r, "renew_lease")(keys=[self.keys.lease(step), LEASES],

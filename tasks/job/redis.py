@@ -21,9 +21,9 @@ SENTINEL_PORT = 26379
 
 
 class Prefetch(NamedTuple):
-    """Reads made ahead, in the round trip of a script that runs anyway (``script_then_reads``):
-    the one that takes a step's lease (what the step's work reads first, coordination/leases.py)
-    or the one that stores its outcome (what its caller reads next, ``Job.after_outcome``).
+    """Reads made ahead, in a round trip that runs anyway: the transaction that takes a step's lease
+    (what the step's work reads first, coordination/leases.py) or the script that stores its
+    outcome (what its caller reads next, ``Job.after_outcome``; ``script_then_reads``).
     ``keep`` hands the replies over, and the next read of the same records returns them instead of
     reading again."""
 
@@ -141,7 +141,7 @@ def script(client: redis.Redis, name: str) -> Script:
 
 def packed(commands: tuple[tuple, ...] | list[tuple]) -> list:
     """Commands as a script's ARGV carries them: each as its length followed by its words (the
-    scripts that run commands they are given: write_if_alive, swap_frame, acquire_lease)."""
+    scripts that run commands they are given: write_if_alive, swap_frame)."""
     return [part for command in commands for part in (len(command), *command)]
 
 

@@ -165,8 +165,8 @@ def test_a_transition_from_an_earlier_read_never_writes_past_a_newer_record(loca
 
 
 def test_a_lease_whose_outcome_read_fails_is_not_left_taken(local_steps):
-    """The outcome read runs in the lease's script: when it fails, no lease is left held (nor in
-    the index), so nothing waits for its expiry and the watchdog has nothing to re-drive."""
+    """The outcome read runs in the lease's transaction: when it fails, no lease is left held (nor
+    in the index), so nothing waits for its expiry and the watchdog has nothing to re-drive."""
     import redis
     from framefleet.tasks.coordination.leases import Lease
     from framefleet.tasks.job.keys import LEASES
@@ -181,6 +181,29 @@ def test_a_lease_whose_outcome_read_fails_is_not_left_taken(local_steps):
     lease.release(finished=True)
     with pytest.raises(JobNotFound):  # a finalize waiting on a job that is gone fails at once
         finalized(Job(unique_id("gone")), 0).now(job.r)
+
+
+def test_the_lease_index_holds_the_holders_deadline(local_steps):
+    """A lease is indexed by when its holder's lease runs out: a copy that finds it held changes
+    nothing in the index, and one that takes over from a holder that died moves the deadline on."""
+    from framefleet.tasks.coordination.leases import Lease
+    from framefleet.tasks.job.keys import LEASES
+
+    job = Job(create_here("storyboard", storyboard_request(unique_id("deadline"), 1)))
+    holder = Lease(job, "enhance:clip_001_start")
+    assert holder.acquire()
+    deadline = job.r.zscore(LEASES, holder.key)
+    time.sleep(0.01)  # a later copy's deadline is later
+    second = Lease(Job(job.id), holder.step)
+    assert not second.acquire()
+    assert job.r.get(holder.key) == holder.owner and job.r.zscore(LEASES, holder.key) == deadline
+    job.r.delete(holder.key)  # the holder died: its key ran out, its entry waits for the watchdog
+    assert second.acquire()
+    assert job.r.get(holder.key) == second.owner and job.r.zscore(LEASES, holder.key) > deadline
+    holder.release(finished=True)  # a former holder's release leaves the new holder's lease
+    assert job.r.get(holder.key) == second.owner and job.r.zscore(LEASES, holder.key) is not None
+    second.release(finished=True)
+    assert not job.r.exists(holder.key) and job.r.zscore(LEASES, holder.key) is None
 
 
 def test_the_write_that_stores_an_outcome_releases_only_its_owners_lease(local_steps):
