@@ -183,8 +183,9 @@ def run_step(job: "Job", step: str, stored: Stored[T], work: Callable[[], T],
     write that counts the round it enqueued (its last, ``Rounds.count_round``). A Celery retry of
     the work is a new message, so the lease is released as finished; any other error leaves the
     step for the watchdog.
-    ``while_open``: the lease is refused once the job is closed (cancelled or finalizing), and
-    JobClosed raised, checked in the same round trip as taking the lease.
+    ``while_open``: once the job is closed (cancelled or finalizing) the step does not start and
+    JobClosed is raised: the flags are read in the transaction that takes the lease, and a lease
+    taken on a closed job is given back.
     """
     result, lease = wait_for(stored, Lease(job, step, while_open), prefetch)
     if lease is None:

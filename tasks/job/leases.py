@@ -9,6 +9,7 @@ the steps that died, not by the jobs in Redis. A claim (SET NX) makes "enqueue t
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,8 @@ from framefleet.tasks.job.redis import script, state_client
 
 if TYPE_CHECKING:
     from framefleet.tasks.job.model import Job
+
+log = logging.getLogger(__name__)
 
 
 def now_ms() -> int:
@@ -52,40 +55,44 @@ class Leases:
     def acquire(self, step: str, owner: str, ttl_ms: int, while_open: bool = False, reads: tuple[tuple, ...] = (),
                 then: tuple[tuple, ...] = ()) -> tuple[int, list, list]:
         """(1, the replies of ``reads``, the replies of ``then``) when ``owner`` now holds the step's
-        lease, (0, [], []) when another copy does; with ``while_open``, (-1, [], []) (and no lease)
-        when the job is closed (cancelled or finalizing). One transaction, in one round trip: the
-        reads see the lease as it was taken, so a copy that finished before is seen by its outcome.
+        lease, (0, [], []) when another copy does; with ``while_open``, (-1, [], []) when the job is
+        closed (cancelled or finalizing). One transaction: the reads see the lease as it was taken,
+        so a copy that finished before is seen by its outcome.
 
         A transaction, not a script: Lua's own machinery costs Redis several times what these
-        commands do, and about 7 steps a frame take a lease. The lease is indexed with ``ZADD NX``,
-        which a copy that did not take it cannot change: a lease's key exists only while its entry
-        does (both are set here; a release removes the key with its entry or first, and the watchdog
-        takes an entry only once its key is gone). A copy that takes over from one that died or
-        raised finds that copy's entry and moves its deadline on with a second write. What the
-        transaction cannot leave undone it undoes at once: a lease taken on a closed job, or beside
-        a read that failed, is released."""
+        commands do, and about 7 steps a frame take a lease. ``SET NX`` decides, and the lease's
+        owner is read back in the same transaction, so a transaction that a lost reply sent again
+        finds the lease it took. The lease is indexed with ``ZADD NX``, which a copy that did not
+        take it cannot change: a lease's key exists only while its entry does (both are set here; a
+        release removes the key with its entry or first, and the watchdog takes an entry only once
+        its key is gone). A lease taken on a closed job, or beside a read that failed, is given back
+        at once, in a second call (a worker that dies in between leaves it to run out; the
+        watchdog's re-drive then finds the job closed); a copy that takes over from one that died
+        or raised moves that copy's entry's deadline on, in a second call too."""
         lease = self.keys.lease(step)
         pipe = self.r.pipeline()
         if while_open:
             pipe.exists(self.keys.cancelled, self.keys.finalized)
         deadline = now_ms() + ttl_ms
-        pipe.set(lease, owner, nx=True, px=ttl_ms).zadd(LEASES, {lease: deadline}, nx=True)
+        pipe.set(lease, owner, nx=True, px=ttl_ms).get(lease).zadd(LEASES, {lease: deadline}, nx=True)
         for command in (*reads, *then):
             pipe.execute_command(*command)
         replies = pipe.execute(raise_on_error=False)
         closed = replies.pop(0) if while_open else 0
-        taken, indexed, replies = bool(replies[0]), replies[1], replies[2:]
-        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
-        if taken and (closed or failed is not None):
-            self.release(step, owner, finished=True)
-        if failed is not None:
-            raise failed
-        if closed:
-            return -1, [], []
+        taken, indexed, replies = replies[1] == owner, replies[2], replies[3:]
         if not taken:
-            return 0, [], []
+            return (-1 if closed else 0), [], []
+        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if closed or failed is not None:
+            self.release(step, owner, finished=True)
+            if closed:
+                return -1, [], []
+            raise failed
         if not indexed:  # taken over: the entry still holds the former holder's deadline
-            self.r.zadd(LEASES, {lease: deadline}, xx=True)
+            try:
+                self.r.zadd(LEASES, {lease: deadline}, xx=True)
+            except redis.RedisError as error:  # the watchdog leaves a held lease's entry; a renewal moves it
+                log.warning("could not move the deadline of lease %s on: %s", lease, error)
         return 1, replies[:len(reads)], replies[len(reads):]
 
     def renew(self, step: str, owner: str, ttl_ms: int) -> bool:

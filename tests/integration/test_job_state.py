@@ -206,6 +206,26 @@ def test_the_lease_index_holds_the_holders_deadline(local_steps):
     assert not job.r.exists(holder.key) and job.r.zscore(LEASES, holder.key) is None
 
 
+def test_a_lease_transaction_sent_again_finds_the_lease_it_took(local_steps):
+    """A transaction that a lost reply sends again (redis-py retries it on a connection error)
+    finds the lease it took: taken, on an open job; given back, once the job is closed. Another
+    copy's is refused either way and leaves the lease alone."""
+    from framefleet.tasks.job.keys import LEASES
+
+    job = Job(create_here("storyboard", storyboard_request(unique_id("resent"), 1)))
+    step, ttl_ms = "generate:clip_001_start/0/enhanced/1", 30_000
+    key = job.keys.lease(step)
+    assert job.leases.acquire(step, "mine", ttl_ms, while_open=True)[0] == 1
+    assert job.leases.acquire(step, "mine", ttl_ms, while_open=True)[0] == 1  # the same, sent again
+    assert job.leases.acquire(step, "another copy", ttl_ms, while_open=True)[0] == 0
+    assert job.r.get(key) == "mine"
+    job.cancel(0)
+    assert job.leases.acquire(step, "another copy", ttl_ms, while_open=True)[0] == -1
+    assert job.r.get(key) == "mine" and job.r.zscore(LEASES, key) is not None
+    assert job.leases.acquire(step, "mine", ttl_ms, while_open=True)[0] == -1  # sent again, now closed
+    assert not job.r.exists(key) and job.r.zscore(LEASES, key) is None
+
+
 def test_the_write_that_stores_an_outcome_releases_only_its_owners_lease(local_steps):
     """A step without ``after`` hands its lease's release to the write that stores its outcome: one
     script stores the outcome and releases the lease, and only while this copy still holds it."""

@@ -90,7 +90,7 @@ def test_every_step_raced_by_a_second_copy_runs_once(local_steps):
     assert state.leases.running_steps() == []  # every step finished
 
 
-def test_a_closed_job_starts_no_step_and_takes_no_lease(local_steps):
+def test_a_closed_job_starts_no_step_and_keeps_no_lease(local_steps):
     from framefleet.tasks import entry
 
     job_id = create_here("storyboard", storyboard_request(unique_id("closed"), 1))
@@ -105,7 +105,7 @@ def test_a_closed_job_starts_no_step_and_takes_no_lease(local_steps):
     assert scored["scorer"] is None and state.rounds.scored(frame, 0, ENHANCED) is None
     entry.select_variation(scored, job_id, frame, ENHANCED)
     assert state.frames.get(frame).state is FrameState.GENERATING  # nothing selected
-    assert state.leases.running_steps() == []  # no lease was taken, so none is left in the index
+    assert state.leases.running_steps() == []  # none is held or left in the index
 
 
 def test_a_stale_record_is_never_written_back(local_steps):
