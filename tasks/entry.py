@@ -246,5 +246,6 @@ def cancel_job(job_id: str) -> dict:
 
 @app.task(name=WATCHDOG, ignore_result=True)
 def watchdog() -> dict:
-    """Re-drive steps whose worker died (their lease expired); see coordination/recovery.py."""
+    """Re-drive steps whose worker died (their lease expired) and resume stalled jobs; see
+    coordination/recovery.py."""
     return recovery.watchdog_round()

@@ -46,7 +46,7 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "completion_tokens_total": ((), "LLM completion tokens"),
     "cost_usd_total": ((), "Estimated spend at the configured prices, as in the manifests' cost"),
     "straggler_cuts_total": ((), "Variations stopped by the straggler cut"),
-    "step_redrives_total": ((), "Steps the watchdog re-drove after their worker died"),
+    "step_redrives_total": ((), "Steps the watchdog re-drove after their worker died, and stalled jobs it resumed"),
     "fallbacks_total": (("kind",), "Fallbacks taken, by note kind (tasks/job/states.py NoteKind)"),
 }
 HISTOGRAM_HELP = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -134,6 +135,10 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            # A child the worker forked after the SIGTERM (its embedded beat, started while the
+            # worker was still coming up) never got it, and would outlive the worker.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
         self.processes.clear()
         for directory in self._beat_dirs:
             shutil.rmtree(directory, ignore_errors=True)

@@ -68,6 +68,17 @@ def decode_message(raw: bytes | str, unacked: bool) -> QueuedTask | None:
 
 def queued_tasks(job_id: str) -> list[QueuedTask]:
     """The job's tasks waiting in any queue or held unacknowledged by a worker (one snapshot)."""
+    return [task for task in broker_tasks() if job_id in job_ids_of(task)]
+
+
+def job_ids_of(task: QueuedTask) -> set[str]:
+    """The job a task is for: its first argument, or its second where Celery puts the previous
+    step's result first (a chord body, the next link of a chain: scoring, selection)."""
+    return {arg for arg in task.args[:2] if isinstance(arg, str)}
+
+
+def broker_tasks() -> list[QueuedTask]:
+    """Every task waiting in any queue or held unacknowledged by a worker (one snapshot)."""
     with app.pool.acquire(block=True, timeout=BROKER_TIMEOUT_S) as connection:
         channel = connection.default_channel
         client = channel.client
@@ -79,9 +90,7 @@ def queued_tasks(job_id: str) -> list[QueuedTask]:
             *queued, unacked = pipe.execute()
     tasks = [decode_message(raw, unacked=False) for entries in queued for raw in entries]
     tasks += [decode_message(raw, unacked=True) for raw in unacked]
-    # The job id is the first argument, or the second where Celery puts the previous step's
-    # result first (a chord body, the next link of a chain: scoring, selection).
-    return [task for task in tasks if task is not None and job_id in task.args[:2]]
+    return [task for task in tasks if task is not None]
 
 
 def waiting_tasks(queue: str, name: str, window: int) -> list[QueuedTask]:

@@ -114,7 +114,8 @@ class LeaseKeeper:
                 if time.monotonic() - lease.renewed < lease.ttl_ms / 3000:
                     continue
                 try:
-                    if not lease.renew():
+                    # A step that stored its outcome meanwhile gave its lease back: not lost.
+                    if not lease.renew() and not lease.released:
                         log.warning("lease %s was lost (expired and taken over)", lease.key)
                         self.remove(lease)
                 except redis.RedisError as error:  # Redis restarting: try again next round

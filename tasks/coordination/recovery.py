@@ -4,16 +4,23 @@ A running step holds a lease that its worker renews (leases.py). A step whose le
 with its worker: the watchdog re-drives that step (and only that one) within
 ``lease_ttl_s + watchdog_interval_s``. A step that keeps dying (``max_redrives``) parks
 its job. Queued steps have no lease and are never re-driven: a busy fleet is not a stalled one.
-A job whose messages were lost (the broker was wiped) has nothing running and nothing queued:
-`framefleet status` shows it stalled after ``stall_after_s`` and `framefleet resume` continues it.
+A job whose messages were lost has nothing running and nothing queued: a message a worker was
+taking when Redis shut down (popped, its reply never sent), or every message when the broker was
+wiped. The watchdog resumes such a job once it has made no progress for ``stall_after_s``
+(``sweep_stalled``); `framefleet status` shows it stalled and `framefleet resume` continues it by
+hand.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 
+import kombu.exceptions
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from framefleet.config.celery import (
     ENHANCE_PROMPT,
     FINALIZE_JOB,
@@ -23,14 +30,20 @@ from framefleet.config.celery import (
     SELECT_VARIATION,
 )
 from framefleet.config.settings import get_settings
-from framefleet.tasks.coordination.broker import queued_tasks
+from framefleet.tasks.coordination.broker import QueuedTask, broker_tasks, job_ids_of, queued_tasks
 from framefleet.tasks.coordination.dispatch import (
     dispatch_ready,
     send,
     send_all,
     signature,
 )
-from framefleet.tasks.job.jobs import count_watchdog_round, stale_creates
+from framefleet.tasks.job.jobs import (
+    count_watchdog_round,
+    quiet_jobs,
+    stale_creates,
+    stall_sweep_due,
+    stall_sweep_failed,
+)
 from framefleet.tasks.job.leases import take_dead_leases
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.states import FrameState
@@ -40,34 +53,36 @@ log = logging.getLogger(__name__)
 FRAME_TASKS = {GENERATE_VARIATION, SCORE_VARIATIONS, JUDGE_CANDIDATES, SELECT_VARIATION, FINALIZE_JOB}
 
 
-def resume(job: Job) -> str:
+def resume(job: Job, broker: list[QueuedTask] | None = None) -> str:
     """Continue a job from its stored state: missing enhancements, then the next frame.
 
     Steps that hold a live lease are running and steps whose message is still in the broker are
     queued: both are left alone (``_frame_in_flight``). Finished steps are not redone. The frames'
-    views are written again from their records first (``Frames.rewrite_views``).
+    views are written again from their records first (``Frames.rewrite_views``); the status is
+    written only when something was sent. ``broker``: the job's messages in a read of the broker
+    made before this call (the stall sweep's), used as the first.
     """
     status = job.progress.read()
     if status.state == "done" or job.cancelled():
         return "nothing to do"
-    queued = queued_tasks(job.id)  # the broker first: see _frame_in_flight
+    queued = queued_tasks(job.id) if broker is None else broker  # the broker first: see _frame_in_flight
     spec = job.spec
     enhancing_now = _enhancements_running(job)
     enhancing = enhancing_now | {task.args[1] for task in queued if task.name == ENHANCE_PROMPT}
     job.frames.rewrite_views()
     frames = job.frames.all()
     frame_steps_busy = _frame_in_flight(job, queued, enhancing_now, frames)
-    job.set_active()
-    job.progress.write(message=f"Resumed at {status.stage}")
     waiting = [planned.name for planned in spec.plan.frames
                if frames[planned.name].state is FrameState.WAITING and planned.name not in enhancing]
     send_all(job, [signature(ENHANCE_PROMPT, (job.id, name)) for name in waiting])
     sent = [f"enhance {name}" for name in waiting]
-    if not frame_steps_busy:
-        enqueued = dispatch_ready(job, force=True)
-        if enqueued:
-            sent.append(enqueued)
-    return ", ".join(sent) or "running"
+    if not frame_steps_busy and (enqueued := dispatch_ready(job, force=True)):
+        sent.append(enqueued)
+    if not sent:  # nothing written either: a job that only looked stalled stays as it was
+        return "running"
+    job.set_active()
+    job.progress.write(message=f"Resumed at {status.stage}: sent {', '.join(sent)}")
+    return ", ".join(sent)
 
 
 def _enhancements_running(job: Job) -> set[str]:
@@ -135,41 +150,126 @@ def redrive_dead_steps(job: Job, dead: list[str]) -> list[str]:
     return sorted(dead)
 
 
-def watchdog_round() -> dict:
-    """Re-drive the steps whose lease ran out and discard creates that never finished: both read
-    from indexes of what is due, so a round's work is bounded by what it finds, not by the jobs in
-    Redis. One broken job never stops the round: it is logged, counted and parked (its state cannot
-    be read), and the round goes on with the next job."""
-    acted, failed, errors = {}, {}, {}
+STALL_SWEEP_LIMIT = 100  # stalled jobs resumed per sweep, the quietest first
+STALL_SWEEP_BUDGET_S = 30.0  # a sweep resumes no more after this long (the watchdog's soft limit is 120 s)
+# Errors that say Redis or the broker connection failed, not the job: the job is skipped this round.
+TRANSIENT = (redis.RedisError, ConnectionError, TimeoutError, kombu.exceptions.KombuError)
+# Between the stall sweep's two reads of the broker: a message a worker is taking (off its queue,
+# not yet in `unacked`) in the first is in `unacked` by the second.
+BROKER_REREAD_S = 0.1
+Report = dict[str, dict[str, str]]
+
+
+def watchdog_round() -> Report:
+    """Re-drive the steps whose lease ran out, discard creates that never finished, and (every
+    ``stall_after_s / 2``) resume the jobs that stalled. The first two read from indexes of what is
+    due; the stall sweep reads the active list. So a round's work is bounded by what it finds and by
+    the jobs in flight, never by the finished jobs in Redis. One broken job never stops the round:
+    it is logged, counted and parked (its state cannot be read), and the round goes on with the next."""
+    report: Report = {"acted": {}, "parked": {}, "errors": {}}
+    settings = get_settings()
     count_watchdog_round()
-    work = [(job_id, steps) for job_id, steps in take_dead_leases().items()]
-    work += [(job_id, None) for job_id in stale_creates(time.time() - get_settings().create_timeout_s)]
-    for job_id, dead in work:
-        job = Job(job_id)
+    for job_id, dead in take_dead_leases().items():
+        watch(report, job_id, functools.partial(redrive_dead_steps_of, dead=dead))
+    for job_id in stale_creates(time.time() - settings.create_timeout_s):
+        watch(report, job_id, discard_stale_create)
+    if stall_sweep_due(max(settings.stall_after_s / 2, settings.watchdog_interval_s)):
+        sweep_stalled(report, time.time() - settings.stall_after_s)  # quiet by the workers' clock, as written
+    return report
+
+
+def watch(report: Report, job_id: str, action: Callable[[Job], str | None]) -> None:
+    """One job's part of a round, isolated: what ``action`` did goes into ``report``."""
+    job = Job(job_id)
+    try:
+        if (done := action(job)) is not None:
+            report["acted"][job_id] = done
+    except SoftTimeLimitExceeded:
+        raise
+    except TRANSIENT as error:  # Redis restarting: not the job's fault, next round retries
+        log.warning("watchdog: job %s skipped this round: %s", job_id, error)
+        report["errors"][job_id] = str(error)
+    except Exception as error:  # noqa: BLE001 — isolate each job
+        log.exception("watchdog: job %s cannot be watched; parking it", job_id)
+        report["parked"][job_id] = f"{type(error).__name__}: {error}"
         try:
-            if (done := watch_job(job, dead)) is not None:
-                acted[job_id] = done
-        except redis.RedisError as error:  # Redis restarting: not the job's fault, next round retries
-            log.warning("watchdog: job %s skipped this round: %s", job_id, error)
-            errors[job_id] = str(error)
-        except Exception as error:  # noqa: BLE001 — isolate each job
-            log.exception("watchdog: job %s cannot be watched; parking it", job_id)
-            failed[job_id] = f"{type(error).__name__}: {error}"
-            try:
-                job.park(f"state unreadable ({type(error).__name__}: {error})")
-            except Exception:  # noqa: BLE001 — Redis itself failing: the next round tries again
-                log.exception("watchdog: could not park job %s", job_id)
-    return {"acted": acted, "parked": failed, "errors": errors}
+            job.park(f"state unreadable ({type(error).__name__}: {error})")
+        except Exception:  # noqa: BLE001 — Redis itself failing: the next round tries again
+            log.exception("watchdog: could not park job %s", job_id)
 
 
-def watch_job(job: Job, dead: list[str] | None) -> str | None:
-    """One job's part of a watchdog round: its dead steps, or (``dead`` None) its stale create."""
-    if dead is None:
-        if job.progress.read().stage == "creating":
-            log.warning("job %s: its create never finished; discarding it (the id is free again)", job.id)
-            job.discard()
-            return "discarded"
+def sweep_stalled(report: Report, updated_before: float) -> None:
+    """Resume up to STALL_SWEEP_LIMIT stalled jobs (``stalled_jobs``), within STALL_SWEEP_BUDGET_S;
+    a job this round already acted on is left for the next sweep."""
+    try:
+        stalled, broker = stalled_jobs(updated_before)
+    except TRANSIENT as error:
+        log.warning("watchdog: no stall sweep this round (the next round tries again): %s", error)
+        report["errors"]["stall sweep"] = str(error)
+        stall_sweep_failed()
+        return
+    deadline = time.monotonic() + STALL_SWEEP_BUDGET_S
+    for job_id in stalled[:STALL_SWEEP_LIMIT]:
+        if time.monotonic() > deadline:
+            break
+        if job_id not in report["acted"]:
+            watch(report, job_id, functools.partial(resume_stalled, updated_before=updated_before, broker=broker))
+
+
+def stalled_jobs(updated_before: float) -> tuple[list[str], list[QueuedTask]]:
+    """The active jobs without progress since ``updated_before`` that have no message in the broker,
+    the quietest first (two reads of the broker for all of them: a job waiting in a busy queue is
+    not stalled), and what the reads found."""
+    quiet = quiet_jobs(updated_before)
+    if not quiet:
+        return [], []
+    broker = broker_tasks()
+    time.sleep(BROKER_REREAD_S)
+    broker += broker_tasks()
+    queued = {job_id for task in broker for job_id in job_ids_of(task)}
+    return [job_id for job_id in quiet if job_id not in queued], broker
+
+
+def resume_stalled(job: Job, updated_before: float, broker: list[QueuedTask]) -> str | None:
+    """Resume a stalled job unless a step of it holds a lease (live, or run out and left to the
+    re-drive of dead steps) or it moved on since the sweep read it: resume's own reads
+    (``broker``, the sweep's, first) decide what to send; a cancelled job gets its finalize again.
+    One that stalls at the same point after ``max_redrives`` resumes there is parked instead of
+    resumed for ever."""
+    if job.leases.running_steps():
         return None
+    status = job.progress.read()
+    if status.state == "done" or status.updated_at >= updated_before:
+        return None
+    point = f"stalled:{status.revision}/{status.frames_done}"
+    if (resumed := job.leases.redrives(point)) >= get_settings().max_redrives:
+        job.park(f"stalled again at {status.stage} after {resumed} resumes")
+        log.error("job %s parked: stalled again at %s after %s resumes", job.id, status.stage, resumed)
+        return "parked"
+    if job.cancelled():
+        send(job, FINALIZE_JOB, (job.id, status.revision))
+        sent = "finalize of the cancelled revision"
+    else:
+        sent = resume(job, broker=[task for task in broker if job.id in job_ids_of(task)])
+        if sent in ("running", "nothing to do"):
+            return None
+    job.leases.count_redrives([point])
+    job.progress.count_redrives(1)
+    log.warning("job %s: no progress for %.0fs with nothing running or queued; resumed (%s)", job.id,
+                status.stalled_for(time.time()), sent)
+    return f"resumed: {sent}"
+
+
+def discard_stale_create(job: Job) -> str | None:
+    if job.progress.read().stage == "creating":
+        log.warning("job %s: its create never finished; discarding it (the id is free again)", job.id)
+        job.discard()
+        return "discarded"
+    return None
+
+
+def redrive_dead_steps_of(job: Job, dead: list[str]) -> str | None:
+    """The job's dead steps (``redrive_dead_steps``), unless it is gone or finished."""
     if not job.exists() or job.progress.read().state == "done":
         return None  # gone, or finished (a late step's lease ran out after the job ended)
     if redriven := redrive_dead_steps(job, dead):

@@ -4,10 +4,18 @@ parked; and a page of job summaries read in one round trip."""
 from __future__ import annotations
 
 import redis
-from framefleet.tasks.job.keys import ACTIVE_JOBS, CREATING_JOBS, PARKED_JOBS, RECENT_JOBS, WATCHDOG_ROUNDS, JobKeys
+from framefleet.tasks.job.keys import (
+    ACTIVE_JOBS,
+    CREATING_JOBS,
+    PARKED_JOBS,
+    RECENT_JOBS,
+    STALL_SWEEP,
+    WATCHDOG_ROUNDS,
+    JobKeys,
+)
 from framefleet.tasks.job.progress import typed
 from framefleet.tasks.job.records import JobStatus, JobSummary
-from framefleet.tasks.job.redis import state_client
+from framefleet.tasks.job.redis import script, state_client
 from pydantic import ValidationError
 
 
@@ -74,3 +82,39 @@ def count_watchdog_round() -> None:
 def stale_creates(started_before: float, limit: int = 1000) -> list[str]:
     """Jobs whose create began before ``started_before`` and never finished (its worker died)."""
     return state_client().zrangebyscore(CREATING_JOBS, "-inf", started_before, start=0, num=limit)
+
+
+def stall_sweep_due(period_s: float) -> bool:
+    """True when the fleet's last stall sweep began ``period_s`` or more ago by Redis's clock, and
+    then it is this caller's (one script: a second watchdog copy finds it taken; each caller
+    judges by its own period)."""
+    return bool(script(state_client(), "stall_sweep_due")(keys=[STALL_SWEEP], args=[int(period_s * 1000)]))
+
+
+def stall_sweep_failed() -> None:
+    """A sweep that could not read what it needs: the next round may sweep at once (best effort:
+    Redis may be what failed)."""
+    try:
+        state_client().delete(STALL_SWEEP)
+    except redis.RedisError:
+        pass
+
+
+def quiet_jobs(updated_before: float) -> list[str]:
+    """The active jobs whose status has not changed since ``updated_before``, the quietest first;
+    jobs still being created are left to ``stale_creates``. Reads the active list and three status
+    fields of each job on it, in two round trips."""
+    client = state_client()
+    job_ids = list(client.smembers(ACTIVE_JOBS))
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(JobKeys(job_id).status, "state", "stage", "updated_at")
+    quiet = []
+    for job_id, (state, stage, updated_at) in zip(job_ids, pipe.execute()):
+        try:
+            updated = float(updated_at or "nan")
+        except ValueError:  # an unreadable status: the job's own steps or resume report it
+            continue
+        if state != "done" and stage != "creating" and updated < updated_before:
+            quiet.append((updated, job_id))
+    return [job_id for _, job_id in sorted(quiet)]

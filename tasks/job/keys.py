@@ -15,6 +15,7 @@ PARKED_JOBS = "framefleet:jobs:parked"  # hash job id → why the watchdog parke
 CREATING_JOBS = "framefleet:jobs:creating"  # zset job id → when its create began, until it finishes
 LEASES = "framefleet:leases"  # zset lease key → when it runs out (epoch ms): the watchdog's index
 WATCHDOG_ROUNDS = "framefleet:watchdog:rounds"  # counter: watchdog rounds run
+STALL_SWEEP = "framefleet:watchdog:stall_sweep"  # when the last sweep for stalled jobs began (epoch ms, Redis TIME)
 # Fleet-wide metrics (job/metrics.py; workers/exporter.py reads them). Never expire: counters.
 FLEET_METRICS = "framefleet:metrics"  # hash "name" or "name|label=value,..." → float counter
 # (beside it, "framefleet:metrics:batch:{id}": a written batch of counts, 5 minutes: add_metrics.lua)
@@ -47,7 +48,8 @@ class JobKeys:
       offline_calls  list of the offline image provider's calls (its stand-in for a bill)
       budget       committed estimated spend (float); degradations: list of notes
       rounds       generation rounds enqueued (counter; slot holding waits for the next)
-      redrives     hash step → how often the watchdog re-drove it
+      redrives     hash step → how often the watchdog re-drove it; "stalled:{revision}/{frames done}"
+                   → how often it resumed the job stalled there
     Of the running revision:
       cancelled    the revision that was cancelled; finalized: set when its finalize starts
       tasks        set of its enqueued task ids (revoked on cancel)

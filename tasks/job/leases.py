@@ -125,6 +125,10 @@ class Leases:
         pipe.expire(self.keys.redrives, self.job.ttl)
         return dict(zip(steps, pipe.execute()[:-1]))
 
+    def redrives(self, step: str) -> int:
+        """How often the watchdog re-drove ``step`` (``count_redrives``)."""
+        return int(self.r.hget(self.keys.redrives, step) or 0)
+
     def claim(self, step: str) -> bool:
         """True for the first caller only: a redelivered task must not enqueue a step twice."""
         return bool(self.r.set(self.keys.claim(step), "1", nx=True, ex=self.job.ttl))

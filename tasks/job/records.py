@@ -206,7 +206,7 @@ class JobStatus(BaseModel):
     outcome: JobOutcome | None = None
     manifest_key: str | None = None
     updated_at: float = Field(default=0.0)
-    redrives: int = 0  # steps the watchdog re-sent because their worker died
+    redrives: int = 0  # steps the watchdog re-sent because their worker died, and stalls it resumed
     revision: int = 0  # the revision running or last finished
 
     def stalled_for(self, now: float) -> float:

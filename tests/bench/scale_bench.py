@@ -11,8 +11,8 @@
    the 16-job ones (target: within 10%), and Redis memory sampled every 0.2 s: the bytes per job
    in flight where the jobs in flight held the most (finished ones counted at their own size).
 4. The fleet stopped (so only this process talks to Redis), ``--jobs`` jobs created here and left
-   queued: one job list, one resume and one watchdog round (with ``--dead`` steps to re-drive), each
-   timed, with the Redis commands it issued (INFO commandstats; Lua scripts count what they call)
+   queued: one job list, one resume, one watchdog round (with ``--dead`` steps to re-drive) and one
+   whose stall sweep is due (it reads the active list, every ``stall_after_s / 2``), each timed, with the Redis commands it issued (INFO commandstats; Lua scripts count what they call)
    and the bytes Redis sent back; then ``--grow`` times the finished jobs and the same again: equal
    counts and bytes show the work is bounded by what each returns and by the jobs in flight, not by
    the jobs Redis keeps.
@@ -42,7 +42,7 @@ from rich.table import Table
 
 from framefleet.config.celery import CREATE_STORYBOARD, JOB_STATUS, QUEUES, broker_lists
 from framefleet.config.settings import get_settings
-from framefleet.tasks.job.keys import ACTIVE_JOBS, LEASES, PARKED_JOBS, RECENT_JOBS, JobKeys
+from framefleet.tasks.job.keys import ACTIVE_JOBS, LEASES, PARKED_JOBS, RECENT_JOBS, STALL_SWEEP, JobKeys
 from framefleet.tasks.job.requests import new_job_id
 from framefleet.workers.cli import demo_request
 from framefleet.workers.fleet import Fleet
@@ -239,8 +239,13 @@ def bounded_operations(client: redis.Redis, queued: list[str], dead: list[str]) 
     costs["resume, one queued job"].note = f"{outcome}; it read the broker's {sum(lengths.values()):,} messages"
     first_frame = Job(queued[0]).spec.plan.frames[0].name
     client.zadd(LEASES, {JobKeys(job_id).lease(f"enhance:{first_frame}"): 0 for job_id in dead})
+    client.set(STALL_SWEEP, int(time.time() * 1000))  # a sweep just began: a round as most rounds run
     costs["watchdog round"], report = issued(client, watchdog_round)
     costs["watchdog round"].note = f"re-drove {len(report['acted'])} steps"
+    client.delete(STALL_SWEEP)
+    label = "watchdog round with its stall sweep"
+    costs[label], report = issued(client, watchdog_round)
+    costs[label].note = f"read {client.scard(ACTIVE_JOBS):,} active jobs' status, resumed {len(report['acted'])}"
     for name, length in lengths.items():  # kombu pushes on the left
         if (sent := client.llen(name) - length) > 0:
             client.ltrim(name, sent, -1)

@@ -32,7 +32,10 @@ def store(tmp_path_factory):
 def fleet(start_fleet, store) -> Fleet:
     # FAST: a message reserved but not started when the connection dropped stays in `unacked`
     # until the visibility timeout; the job completes through that redelivery, not a restart.
-    return start_fleet({"FRAMEFLEET_STORE_URL": store.url, **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "1.0"})
+    # A message a worker was taking as Redis shut down is lost (popped, the reply never sent): the
+    # watchdog resumes its job after FRAMEFLEET_STALL_AFTER_S.
+    return start_fleet({"FRAMEFLEET_STORE_URL": store.url, **FAST, "FRAMEFLEET_OFFLINE_IMAGE_LATENCY_S": "1.0",
+                        "FRAMEFLEET_STALL_AFTER_S": "5"})
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,33 @@ def test_resume_after_every_worker_died_and_the_broker_was_wiped(celery_app, fle
     assert_no_image_paid_twice(job_id, manifest)
 
 
+def test_a_lost_message_is_resumed_by_the_watchdog(celery_app, fleet_for_test, store, broker_url):
+    """A variation's message is taken off its queue and never delivered, as when a worker's BRPOP is
+    answered in the moment Redis shuts down (the pop is in the append-only file, the reply never
+    sent). The round's chord never completes; nothing of the job runs or waits, and after
+    FRAMEFLEET_STALL_AFTER_S the watchdog resumes it: the round is sent again, its stored
+    variations come back without new work."""
+    import redis
+
+    env = {**store_env(store), **FAST, "FRAMEFLEET_STALL_AFTER_S": "2"}
+    fleet = fleet_for_test(env, queues=tuple(queue for queue in QUEUES if queue != "images"))
+    job_id = submit_job(celery_app, "storyboard", storyboard_request(unique_id("lost-message"), 1))
+    client = redis.Redis.from_url(broker_url)
+    images = broker_lists("images")
+    wait_until(lambda: sum(client.llen(name) for name in images) == 4)  # the first round, queued
+    assert next(client.rpop(name) for name in images if client.llen(name)) is not None
+    fleet.start_worker("images")
+    fleet.wait_ready([fleet.node_name("images")])
+    ready_at = time.time()
+    status = wait_for_job(job_id, timeout_s=120)
+    print(f"lost message: job done {time.time() - ready_at:.1f}s after its round could run (stall after 2 s)")
+    manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
+    assert status.outcome == "succeeded" and status.redrives >= 1
+    assert all(len([v for v in f["variations"] if v["key"]]) == 4 for f in manifest["frames"])
+    assert "with nothing running or queued; resumed" in (fleet.log_dir / "control.log").read_text()
+    assert_no_image_paid_twice(job_id, manifest)
+
+
 def test_a_killed_worker_is_recovered_at_the_default_settings(celery_app, fleet_for_test, store):
     """Default lease (30 s) and watchdog interval (10 s): the recovery time is printed
     (docs/benchmarks.md); the test asserts the job completes and the dead steps were re-driven."""

@@ -15,7 +15,7 @@ import redis
 from framefleet.config.settings import get_settings
 from framefleet.tasks.coordination.recovery import resume, watchdog_round
 from framefleet.tasks.job.jobs import job_summaries
-from framefleet.tasks.job.keys import LEASES, PARKED_JOBS, RECENT_JOBS, JobKeys
+from framefleet.tasks.job.keys import LEASES, PARKED_JOBS, RECENT_JOBS, STALL_SWEEP, JobKeys
 from framefleet.tasks.job.model import Job
 from framefleet.tasks.job.progress import flatten
 from framefleet.tasks.job.records import JobStatus
@@ -84,6 +84,7 @@ def test_list_resume_and_watchdog_do_the_same_work_with_four_times_the_finished_
         job's enhancements), the other two jobs' enhancement leases dead (the round re-drives them)."""
         purge_queues(celery_app)
         client.zadd(LEASES, dead)
+        client.delete(STALL_SWEEP)  # each round sweeps the active list for stalled jobs
         return {name: redis_work(client, operation) for name, operation in operations.items()}
 
     seed_finished(client, finished_ids(finished_prefix, 0, FINISHED), 0, oldest)
