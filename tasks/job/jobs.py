@@ -3,6 +3,8 @@ parked; and a page of job summaries read in one round trip."""
 
 from __future__ import annotations
 
+import contextlib
+
 import redis
 from framefleet.tasks.job.keys import (
     ACTIVE_JOBS,
@@ -94,10 +96,8 @@ def stall_sweep_due(period_s: float) -> bool:
 def stall_sweep_failed() -> None:
     """A sweep that could not read what it needs: the next round may sweep at once (best effort:
     Redis may be what failed)."""
-    try:
+    with contextlib.suppress(redis.RedisError):
         state_client().delete(STALL_SWEEP)
-    except redis.RedisError:
-        pass
 
 
 def quiet_jobs(updated_before: float) -> list[str]:
@@ -112,8 +112,8 @@ def quiet_jobs(updated_before: float) -> list[str]:
     quiet = []
     for job_id, (state, stage, updated_at) in zip(job_ids, pipe.execute()):
         try:
-            updated = float(updated_at or "nan")
-        except ValueError:  # an unreadable status: the job's own steps or resume report it
+            updated = float(updated_at)
+        except (TypeError, ValueError):  # gone, or unreadable: the job's own steps or resume report it
             continue
         if state != "done" and stage != "creating" and updated < updated_before:
             quiet.append((updated, job_id))

@@ -12,8 +12,9 @@
    in flight where the jobs in flight held the most (finished ones counted at their own size).
 4. The fleet stopped (so only this process talks to Redis), ``--jobs`` jobs created here and left
    queued: one job list, one resume, one watchdog round (with ``--dead`` steps to re-drive) and one
-   whose stall sweep is due (it reads the active list, every ``stall_after_s / 2``), each timed, with the Redis commands it issued (INFO commandstats; Lua scripts count what they call)
-   and the bytes Redis sent back; then ``--grow`` times the finished jobs and the same again: equal
+   whose stall sweep is due (it reads the active list, every ``stall_after_s / 2``), each timed,
+   with the Redis commands it issued (INFO commandstats; Lua scripts count what they call) and the
+   bytes Redis sent back; then ``--grow`` times the finished jobs and the same again: equal
    counts and bytes show the work is bounded by what each returns and by the jobs in flight, not by
    the jobs Redis keeps.
 

@@ -197,7 +197,7 @@ def test_a_lost_message_is_resumed_by_the_watchdog(celery_app, fleet_for_test, s
     fleet.wait_ready([fleet.node_name("images")])
     ready_at = time.time()
     status = wait_for_job(job_id, timeout_s=120)
-    print(f"lost message: job done {time.time() - ready_at:.1f}s after its round could run (stall after 2 s)")
+    print(f"lost message: job done {time.time() - ready_at:.1f}s after the images worker started (stall after 2 s)")
     manifest = json.loads(store.get(f"jobs/{job_id}/manifest.json"))
     assert status.outcome == "succeeded" and status.redrives >= 1
     assert all(len([v for v in f["variations"] if v["key"]]) == 4 for f in manifest["frames"])

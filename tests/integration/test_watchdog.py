@@ -159,4 +159,5 @@ def test_a_sweep_that_cannot_read_the_broker_leaves_the_rest_of_the_round_alone(
     report = sweep()
     assert report["acted"][dead.id] == "re-drove enhance:clip_001_start"
     assert report["errors"]["stall sweep"] == "the broker went away" and stalled.id not in report["acted"]
+    assert stall_sweep_due(3600)  # the failed sweep gave its turn back: the next round sweeps
     assert stalled.id not in report["parked"] and stalled.progress.read().redrives == 0
